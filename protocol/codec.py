@@ -1,0 +1,168 @@
+"""Encoding, decoding and stream framing.
+
+``encode(msg)`` turns a Message into a msgpack map; ``decode(data)`` turns bytes
+back into a Message or raises a ``ProtocolError`` saying what was wrong —
+nothing else escapes it. On streams each message is one frame: a 4-byte
+big-endian length followed by that many bytes. The length is checked against
+the maximum frame size before anything is buffered or unpacked.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import msgpack
+
+from .errors import DecodeError, FrameTooLarge, LocalProtocolError
+from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+
+DEFAULT_MAX_FRAME = 4 << 20
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise DecodeError(f"msgpack ext type {code} is not allowed")
+
+
+def _unpack(data: bytes) -> object:
+    limit = len(data)
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=limit,
+            max_map_len=limit,
+            max_ext_len=0,
+        )
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # msgpack's own errors (ExtraData, FormatError, StackError, OutOfData…)
+        # derive from ValueError; invalid UTF-8 raises UnicodeDecodeError.
+        raise DecodeError(f"not a valid msgpack document: {exc}") from exc
+    except msgpack.UnpackException as exc:
+        raise DecodeError(f"not a valid msgpack document: {exc}") from exc
+
+
+def decode(data: bytes) -> Message:
+    """Decode one message; raise ProtocolError (and only that) if invalid."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if not data:
+        raise DecodeError("empty message")
+    value = _unpack(data)
+    if type(value) is not dict:
+        raise DecodeError(f"message must be a map, got {type(value).__name__}")
+    version = value.get("v")
+    if type(version) is not int:
+        raise DecodeError("message has no integer protocol version 'v'")
+    if version != PROTOCOL_VERSION:
+        raise DecodeError(
+            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+        )
+    tag = value.get("t")
+    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise DecodeError(f"unknown message type {tag!r}")
+    return cls.from_wire(value, cls.__name__, reserved=2)
+
+
+def decode_as(data: bytes, cls: type[Message]) -> Message:
+    """Decode and insist on one message class."""
+    msg = decode(data)
+    if type(msg) is not cls:
+        raise DecodeError(f"expected {cls.TYPE!r}, got {msg.TYPE!r}")
+    return msg
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message; it must already be valid (it was checked on construction)."""
+    if not isinstance(msg, Message) or not msg.TYPE:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: not a message")
+    try:
+        return msgpack.packb(msg.to_wire(), use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {msg.TYPE}: {exc}") from exc
+
+
+def frame(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Prefix ``payload`` with its length."""
+    if len(payload) > max_frame:
+        raise LocalProtocolError(f"frame of {len(payload)} bytes exceeds {max_frame}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    return frame(encode(msg), max_frame)
+
+
+class FrameDecoder:
+    """Reassembles length-prefixed frames from arbitrary byte chunks.
+
+    Feed bytes with ``receive_data``; take complete frames with
+    ``next_frame`` (None when more data is needed). An oversize length
+    raises ``FrameTooLarge`` as soon as the header arrives.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes; ``b""`` means the peer closed its side."""
+        if not data:
+            self._eof = True
+            return
+        self._buffer += data
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if len(self._buffer) >= HEADER_SIZE:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > self.max_frame:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+
+    def next_frame(self) -> bytes | None:
+        if len(self._buffer) < HEADER_SIZE:
+            return self._at_eof()
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self.max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+        end = HEADER_SIZE + length
+        if len(self._buffer) < end:
+            return self._at_eof()
+        payload = bytes(self._buffer[HEADER_SIZE:end])
+        del self._buffer[:end]
+        self._check_header()
+        return payload
+
+    def _at_eof(self) -> None:
+        if self._eof and self._buffer:
+            raise DecodeError(f"stream closed inside a frame ({len(self._buffer)} bytes pending)")
+        return None
+
+    @property
+    def closed(self) -> bool:
+        """True once the peer closed and every complete frame was taken."""
+        return self._eof and not self._buffer
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def iter_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Iterator[bytes]:
+    """Split a complete byte string into frames (raises on a truncated tail)."""
+    decoder = FrameDecoder(max_frame)
+    decoder.receive_data(data)
+    decoder.receive_data(b"")
+    while (payload := decoder.next_frame()) is not None:
+        yield payload

@@ -1,0 +1,605 @@
+"""Every message the peerd network exchanges, as frozen typed classes.
+
+A *Struct* is a typed record encoded as a msgpack map of its fields. A
+*Message* is a Struct that can stand alone on the wire: its map also carries
+``"v"`` (the protocol version) and ``"t"`` (its type tag, ``TYPE``). Field
+ranges are checked on construction, so an absurd value can neither be built
+locally (``LocalProtocolError``) nor decoded (``DecodeError``).
+
+Units: memory and sizes in bytes, durations in seconds, timestamps in seconds
+since the Unix epoch (float), prices in credits per hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .errors import DecodeError, LocalProtocolError
+from .schema import Converter, Value, converter_for, to_wire_value
+
+PROTOCOL_VERSION = 1
+
+MAX_CPUS = 4096.0
+MAX_MEMORY = 1 << 50  # 1 PiB
+MAX_GPUS = 64
+MAX_TIMEOUT = 30 * 24 * 3600.0
+MAX_PRICE = 1e12
+MAX_TIMESTAMP = 1e11  # year ~5138: anything beyond is nonsense
+MAX_COUNT = 1 << 40
+
+
+# ---------------------------------------------------------------- enums
+class RejectCode(enum.StrEnum):
+    """Why a provider refused a task request (machine-readable)."""
+
+    NO_CAPACITY = "no_capacity"
+    NO_MATCHING_GPU = "no_matching_gpu"
+    NO_GPU_RUNTIME = "no_gpu_runtime"
+    IMAGE_NOT_ALLOWED = "image_not_allowed"
+    IMAGE_UNAVAILABLE = "image_unavailable"
+    TIME_LIMIT_TOO_LONG = "time_limit_too_long"
+    NETWORK_NOT_ALLOWED = "network_not_allowed"
+    PRICE_TOO_LOW = "price_too_low"
+    BUSY = "busy"
+    DRAINING = "draining"
+    NOT_A_PROVIDER = "not_a_provider"
+    BAD_REQUEST = "bad_request"
+    INTERNAL = "internal"
+
+
+class TaskState(enum.StrEnum):
+    """How a task ended (or where it is)."""
+
+    PENDING = "pending"
+    PLACING = "placing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    NOT_PLACED = "not_placed"
+    LOST = "lost"
+
+
+FINAL_STATES = frozenset(
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.TIMEOUT,
+        TaskState.OOM,
+        TaskState.CANCELLED,
+        TaskState.INTERRUPTED,
+        TaskState.NOT_PLACED,
+        TaskState.LOST,
+    }
+)
+
+
+class NodeRole(enum.StrEnum):
+    PROVIDER = "provider"
+    SEED = "seed"
+    REQUESTER = "requester"
+
+
+class LogStream(enum.StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+# ---------------------------------------------------------------- range checks
+def _fail(cls: type, name: str, why: str) -> typing.NoReturn:
+    raise LocalProtocolError(f"{cls.__name__}.{name} {why}")
+
+
+def check_range(obj: object, name: str, lo: float, hi: float) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(type(obj), name, f"must be finite, got {value!r}")
+    if not lo <= value <= hi:
+        _fail(type(obj), name, f"must be in [{lo}, {hi}], got {value!r}")
+
+
+def check_text(obj: object, name: str, max_len: int, *, nonempty: bool = False) -> None:
+    value = getattr(obj, name)
+    if len(value) > max_len:
+        _fail(type(obj), name, f"longer than {max_len}")
+    if nonempty and not value:
+        _fail(type(obj), name, "must not be empty")
+
+
+def check_len(obj: object, name: str, max_items: int) -> None:
+    if len(getattr(obj, name)) > max_items:
+        _fail(type(obj), name, f"has more than {max_items} items")
+
+
+# ---------------------------------------------------------------- bases
+_COMPILED: dict[type, tuple[tuple[str, Converter], ...]] = {}
+
+
+class Struct:
+    """A typed record; subclasses are frozen dataclasses."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        """Range checks; override. Raise LocalProtocolError."""
+
+    @classmethod
+    def _fields(cls) -> tuple[tuple[str, Converter], ...]:
+        compiled = _COMPILED.get(cls)
+        if compiled is None:
+            hints = typing.get_type_hints(cls)
+            compiled = tuple(
+                (f.name, converter_for(hints[f.name])) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            )
+            _COMPILED[cls] = compiled
+        return compiled
+
+    @classmethod
+    def from_wire(cls, value: object, where: str | None = None, reserved: int = 0) -> typing.Self:
+        """Build from a decoded msgpack map, checking every field."""
+        where = where or cls.__name__
+        if type(value) is not dict:
+            raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
+        mapping = typing.cast("dict[str, object]", value)
+        fields = cls._fields()
+        kwargs: dict[str, object] = {}
+        for name, convert in fields:
+            try:
+                raw = mapping[name]
+            except KeyError:
+                raise DecodeError(f"{where}: missing field {name!r}") from None
+            kwargs[name] = convert(raw, f"{where}.{name}")
+        if len(mapping) != len(fields) + reserved:
+            known = {name for name, _ in fields} | {"v", "t"}
+            extra = sorted(str(k) for k in mapping if k not in known)
+            raise DecodeError(f"{where}: unexpected fields {extra}")
+        try:
+            return cls(**kwargs)
+        except LocalProtocolError as exc:
+            raise DecodeError(f"{where}: {exc}") from exc
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            f.name: to_wire_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
+
+
+class Message(Struct):
+    """A Struct that stands alone on the wire, tagged with ``TYPE``."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {"v": PROTOCOL_VERSION, "t": self.TYPE}
+        wire.update(super().to_wire())
+        return wire
+
+
+frozen = dataclass(frozen=True, slots=True)
+
+
+# ---------------------------------------------------------------- resources
+@frozen
+class GpuOffer(Struct):
+    """One GPU a provider offers, as NVML reports it."""
+
+    uuid: str
+    model: str
+    memory: int
+    compute_capability: str
+
+    def _check(self) -> None:
+        check_text(self, "uuid", 128, nonempty=True)
+        check_text(self, "model", 128)
+        check_range(self, "memory", 0, MAX_MEMORY)
+        check_text(self, "compute_capability", 16)
+
+
+@frozen
+class Advert(Message):
+    """A provider's signed description of what it offers right now."""
+
+    TYPE: ClassVar[str] = "advert"
+    peer_id: str
+    seq: int
+    issued_at: float
+    expires_at: float
+    role: NodeRole
+    addrs: tuple[str, ...]
+    version: str
+    cpus: float
+    memory: int
+    disk: int
+    gpus: tuple[GpuOffer, ...]
+    free_cpus: float
+    free_memory: int
+    free_gpus: tuple[str, ...]
+    queue_depth: int
+    running: int
+    price_cpu_hour: float
+    price_gpu_hour: float
+    docker: bool
+    gpu_runtime: bool
+    network: bool
+    max_timeout: float
+    draining: bool
+
+    def _check(self) -> None:
+        check_text(self, "peer_id", 128, nonempty=True)
+        check_range(self, "seq", 0, MAX_COUNT)
+        check_range(self, "issued_at", 0, MAX_TIMESTAMP)
+        check_range(self, "expires_at", 0, MAX_TIMESTAMP)
+        if self.expires_at < self.issued_at:
+            _fail(type(self), "expires_at", "is before issued_at")
+        check_len(self, "addrs", 16)
+        check_text(self, "version", 64)
+        check_range(self, "cpus", 0, MAX_CPUS)
+        check_range(self, "memory", 0, MAX_MEMORY)
+        check_range(self, "disk", 0, MAX_MEMORY)
+        check_len(self, "gpus", MAX_GPUS)
+        check_range(self, "free_cpus", 0, self.cpus)
+        check_range(self, "free_memory", 0, self.memory)
+        check_len(self, "free_gpus", len(self.gpus))
+        if not set(self.free_gpus) <= {g.uuid for g in self.gpus}:
+            _fail(type(self), "free_gpus", "names a GPU not in gpus")
+        check_range(self, "queue_depth", 0, MAX_COUNT)
+        check_range(self, "running", 0, MAX_COUNT)
+        check_range(self, "price_cpu_hour", 0, MAX_PRICE)
+        check_range(self, "price_gpu_hour", 0, MAX_PRICE)
+        check_range(self, "max_timeout", 0, MAX_TIMEOUT)
+
+
+# ---------------------------------------------------------------- jobs
+@frozen
+class JobSpec(Struct):
+    """What a requester wants run."""
+
+    image: str
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cpus: float = 1.0
+    memory: int = 256 << 20
+    gpus: int = 0
+    gpu_memory: int = 0
+    gpu_model: str = ""
+    timeout: float = 600.0
+    network: bool = False
+    max_price: float = MAX_PRICE
+
+    def _check(self) -> None:
+        check_text(self, "image", 256, nonempty=True)
+        check_len(self, "command", 256)
+        check_len(self, "env", 128)
+        for key in self.env:
+            if not key or "=" in key or "\0" in key:
+                _fail(type(self), "env", f"has an invalid name {key!r}")
+        if not 0 < self.cpus <= MAX_CPUS or not math.isfinite(self.cpus):
+            _fail(type(self), "cpus", f"must be in (0, {MAX_CPUS}], got {self.cpus!r}")
+        check_range(self, "memory", 4 << 20, MAX_MEMORY)
+        check_range(self, "gpus", 0, MAX_GPUS)
+        check_range(self, "gpu_memory", 0, MAX_MEMORY)
+        check_text(self, "gpu_model", 128)
+        if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
+            _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
+        check_range(self, "max_price", 0, MAX_PRICE)
+
+
+def _check_task_id(obj: object) -> None:
+    check_text(obj, "task_id", 64, nonempty=True)
+
+
+@frozen
+class TaskRequest(Message):
+    """Requester → provider: please run this."""
+
+    TYPE: ClassVar[str] = "request"
+    task_id: str
+    requester: str
+    spec: JobSpec
+    sent_at: float
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "requester", 128, nonempty=True)
+        check_range(self, "sent_at", 0, MAX_TIMESTAMP)
+
+
+@frozen
+class Offer(Message):
+    """Provider → requester: I hold these resources for you until ``expires_at``."""
+
+    TYPE: ClassVar[str] = "offer"
+    task_id: str
+    price: float
+    expires_at: float
+    cpus: float
+    memory: int
+    gpus: tuple[str, ...]
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_range(self, "price", 0, MAX_PRICE)
+        check_range(self, "expires_at", 0, MAX_TIMESTAMP)
+        check_range(self, "cpus", 0, MAX_CPUS)
+        check_range(self, "memory", 0, MAX_MEMORY)
+        check_len(self, "gpus", MAX_GPUS)
+
+
+@frozen
+class Reject(Message):
+    """Provider → requester: no, with a machine-readable reason."""
+
+    TYPE: ClassVar[str] = "reject"
+    task_id: str
+    code: RejectCode
+    detail: str
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "detail", 1024)
+
+
+@frozen
+class Accept(Message):
+    """Requester → provider: I take the offer at this price."""
+
+    TYPE: ClassVar[str] = "accept"
+    task_id: str
+    price: float
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_range(self, "price", 0, MAX_PRICE)
+
+
+@frozen
+class LeaseTerms(Message):
+    """What both parties sign before the job starts."""
+
+    TYPE: ClassVar[str] = "lease_terms"
+    task_id: str
+    requester: str
+    provider: str
+    spec: JobSpec
+    price: float
+    gpus: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "requester", 128, nonempty=True)
+        check_text(self, "provider", 128, nonempty=True)
+        check_range(self, "price", 0, MAX_PRICE)
+        check_len(self, "gpus", MAX_GPUS)
+        check_range(self, "issued_at", 0, MAX_TIMESTAMP)
+        check_range(self, "expires_at", 0, MAX_TIMESTAMP)
+
+
+@frozen
+class ReceiptTerms(Message):
+    """What both parties sign after the job ends."""
+
+    TYPE: ClassVar[str] = "receipt_terms"
+    task_id: str
+    requester: str
+    provider: str
+    lease_digest: str
+    state: TaskState
+    exit_code: int | None
+    stdout_digest: str
+    stderr_digest: str
+    output_digest: str
+    output_size: int
+    wall_time: float
+    gpu_seconds: float
+    price: float
+    cost: float
+    finished_at: float
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "requester", 128, nonempty=True)
+        check_text(self, "provider", 128, nonempty=True)
+        for name in ("lease_digest", "stdout_digest", "stderr_digest", "output_digest"):
+            check_text(self, name, 128)
+        if self.exit_code is not None:
+            check_range(self, "exit_code", -(1 << 31), (1 << 31) - 1)
+        check_range(self, "output_size", 0, MAX_MEMORY)
+        check_range(self, "wall_time", 0, MAX_TIMEOUT * 2)
+        check_range(self, "gpu_seconds", 0, MAX_TIMEOUT * 2 * MAX_GPUS)
+        check_range(self, "price", 0, MAX_PRICE)
+        check_range(self, "cost", 0, MAX_PRICE * MAX_TIMEOUT)
+        check_range(self, "finished_at", 0, MAX_TIMESTAMP)
+
+
+@frozen
+class CoSigned(Message):
+    """Terms (exact bytes) signed by both the requester and the provider."""
+
+    terms: bytes
+    provider_sig: bytes
+    requester_sig: bytes
+
+    def _check(self) -> None:
+        for name in ("provider_sig", "requester_sig"):
+            if len(getattr(self, name)) not in (0, 64):
+                _fail(type(self), name, "must be empty or a 64-byte Ed25519 signature")
+
+
+@frozen
+class Lease(CoSigned):
+    TYPE: ClassVar[str] = "lease"
+
+
+@frozen
+class Receipt(CoSigned):
+    TYPE: ClassVar[str] = "receipt"
+
+
+@frozen
+class Status(Message):
+    """Provider → requester: progress of a leased task."""
+
+    TYPE: ClassVar[str] = "status"
+    task_id: str
+    state: TaskState
+    detail: str
+    at: float
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "detail", 1024)
+        check_range(self, "at", 0, MAX_TIMESTAMP)
+
+
+@frozen
+class LogChunk(Message):
+    """Provider → requester: a piece of the job's output as it comes."""
+
+    TYPE: ClassVar[str] = "log"
+    task_id: str
+    stream: LogStream
+    seq: int
+    data: bytes
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_range(self, "seq", 0, MAX_COUNT)
+        if len(self.data) > 64 << 10:
+            _fail(type(self), "data", "is larger than 64 KiB")
+
+
+@frozen
+class Result(Message):
+    """Provider → requester: how the job ended."""
+
+    TYPE: ClassVar[str] = "result"
+    task_id: str
+    state: TaskState
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    output_digest: str
+    output_size: int
+    wall_time: float
+    gpu_seconds: float
+    detail: str
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        if self.exit_code is not None:
+            check_range(self, "exit_code", -(1 << 31), (1 << 31) - 1)
+        check_text(self, "output_digest", 128)
+        check_range(self, "output_size", 0, MAX_MEMORY)
+        check_range(self, "wall_time", 0, MAX_TIMEOUT * 2)
+        check_range(self, "gpu_seconds", 0, MAX_TIMEOUT * 2 * MAX_GPUS)
+        check_text(self, "detail", 1024)
+
+
+@frozen
+class Cancel(Message):
+    """Requester → provider: stop this task."""
+
+    TYPE: ClassVar[str] = "cancel"
+    task_id: str
+    reason: str
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "reason", 1024)
+
+
+@frozen
+class Envelope(Message):
+    """Exact payload bytes signed by ``signer`` (a libp2p peer ID)."""
+
+    TYPE: ClassVar[str] = "envelope"
+    payload: bytes
+    signer: str
+    sig: bytes
+
+    def _check(self) -> None:
+        check_text(self, "signer", 128, nonempty=True)
+        if len(self.sig) != 64:
+            _fail(type(self), "sig", "must be a 64-byte Ed25519 signature")
+
+
+# ---------------------------------------------------------------- control socket
+@frozen
+class ControlError(Struct):
+    code: str
+    message: str
+
+    def _check(self) -> None:
+        check_text(self, "code", 64, nonempty=True)
+        check_text(self, "message", 4096)
+
+
+@frozen
+class ControlRequest(Message):
+    """CLI → daemon: run ``command`` with ``args``; ``id`` matches the replies."""
+
+    TYPE: ClassVar[str] = "ctl_request"
+    id: int
+    command: str
+    args: dict[str, Value]
+
+    def _check(self) -> None:
+        check_range(self, "id", 0, MAX_COUNT)
+        check_text(self, "command", 64, nonempty=True)
+
+
+@frozen
+class ControlResponse(Message):
+    """Daemon → CLI: a result or an error for request ``id``.
+
+    A streamed command sends several responses with ``more=True`` and closes
+    with one that has ``more=False``.
+    """
+
+    TYPE: ClassVar[str] = "ctl_response"
+    id: int
+    result: Value
+    error: ControlError | None
+    more: bool = False
+
+    def _check(self) -> None:
+        check_range(self, "id", 0, MAX_COUNT)
+
+
+# The table of every top-level message, by type tag.
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Advert,
+        TaskRequest,
+        Offer,
+        Reject,
+        Accept,
+        LeaseTerms,
+        Lease,
+        Status,
+        LogChunk,
+        Result,
+        ReceiptTerms,
+        Receipt,
+        Cancel,
+        Envelope,
+        ControlRequest,
+        ControlResponse,
+    )
+}

@@ -1,0 +1,195 @@
+"""Typed field conversion for wire messages.
+
+Each message class declares its fields as type-annotated dataclass fields; this
+module compiles those annotations once per class into converters that check a
+decoded msgpack value and turn it into the field's Python type. Converters raise
+``DecodeError`` naming the offending field. Supported field types: ``str``,
+``bytes``, ``int``, ``float`` (finite only), ``bool``, ``StrEnum`` subclasses,
+``tuple[T, ...]``, ``dict[str, str]``, ``T | None``, nested ``Struct`` classes
+and the recursive control ``Value``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+import typing
+from collections.abc import Callable
+
+from .errors import DecodeError
+
+Converter = Callable[[object, str], object]
+
+MAX_STR = 4096
+MAX_ITEMS = 1024
+MAX_VALUE_DEPTH = 16
+
+# The recursive value type carried by control-socket requests and responses.
+Value = typing.Union[
+    None, bool, int, float, str, bytes, list["Value"], dict[str, "Value"]
+]
+
+
+def _conv_str(value: object, where: str) -> str:
+    if type(value) is not str:
+        raise DecodeError(f"{where}: expected str, got {type(value).__name__}")
+    if len(value) > MAX_STR:
+        raise DecodeError(f"{where}: string longer than {MAX_STR}")
+    return value
+
+
+def _conv_bytes(value: object, where: str) -> bytes:
+    if type(value) is not bytes:
+        raise DecodeError(f"{where}: expected bytes, got {type(value).__name__}")
+    return value
+
+
+def _conv_int(value: object, where: str) -> int:
+    if type(value) is not int:
+        raise DecodeError(f"{where}: expected int, got {type(value).__name__}")
+    return value
+
+
+def _conv_float(value: object, where: str) -> float:
+    if type(value) is float:
+        result = value
+    elif type(value) is int:
+        result = float(value)
+    else:
+        raise DecodeError(f"{where}: expected float, got {type(value).__name__}")
+    if not math.isfinite(result):
+        raise DecodeError(f"{where}: must be finite, got {result!r}")
+    return result
+
+
+def _conv_bool(value: object, where: str) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(f"{where}: expected bool, got {type(value).__name__}")
+    return value
+
+
+def _conv_value(value: object, where: str, depth: int = 0) -> object:
+    if depth > MAX_VALUE_DEPTH:
+        raise DecodeError(f"{where}: nested deeper than {MAX_VALUE_DEPTH}")
+    if value is None or type(value) in (bool, int, str, bytes):
+        return value
+    if type(value) is float:
+        return _conv_float(value, where)
+    if type(value) in (list, tuple):
+        items = typing.cast("list[object]", value)
+        if len(items) > MAX_ITEMS:
+            raise DecodeError(f"{where}: more than {MAX_ITEMS} items")
+        return [_conv_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(items)]
+    if type(value) is dict:
+        mapping = typing.cast("dict[object, object]", value)
+        if len(mapping) > MAX_ITEMS:
+            raise DecodeError(f"{where}: more than {MAX_ITEMS} entries")
+        out: dict[str, object] = {}
+        for k, v in mapping.items():
+            key = _conv_str(k, f"{where} key")
+            out[key] = _conv_value(v, f"{where}.{key}", depth + 1)
+        return out
+    raise DecodeError(f"{where}: unsupported value type {type(value).__name__}")
+
+
+def _enum_converter(enum_type: type[enum.Enum]) -> Converter:
+    members = {m.value: m for m in enum_type}
+
+    def convert(value: object, where: str) -> object:
+        try:
+            return members[value]
+        except (KeyError, TypeError):
+            raise DecodeError(
+                f"{where}: {value!r} is not one of {sorted(members)}"
+            ) from None
+
+    return convert
+
+
+def _tuple_converter(item: Converter) -> Converter:
+    def convert(value: object, where: str) -> tuple[object, ...]:
+        if type(value) not in (list, tuple):
+            raise DecodeError(f"{where}: expected array, got {type(value).__name__}")
+        items = typing.cast("list[object]", value)
+        if len(items) > MAX_ITEMS:
+            raise DecodeError(f"{where}: more than {MAX_ITEMS} items")
+        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(items))
+
+    return convert
+
+
+def _dict_converter(key: Converter, val: Converter) -> Converter:
+    def convert(value: object, where: str) -> dict[object, object]:
+        if type(value) is not dict:
+            raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
+        mapping = typing.cast("dict[object, object]", value)
+        if len(mapping) > MAX_ITEMS:
+            raise DecodeError(f"{where}: more than {MAX_ITEMS} entries")
+        return {key(k, f"{where} key"): val(v, f"{where}[{k!r}]") for k, v in mapping.items()}
+
+    return convert
+
+
+def _optional_converter(inner: Converter) -> Converter:
+    def convert(value: object, where: str) -> object:
+        return None if value is None else inner(value, where)
+
+    return convert
+
+
+_VALUE_ORIGINS = {type(None), bool, int, float, str, bytes, list, dict}
+
+
+def _is_value_type(tp: object) -> bool:
+    """True for ``Value`` (also after get_type_hints resolved its forward refs)."""
+    if typing.get_origin(tp) is not typing.Union:
+        return False
+    return {typing.get_origin(a) or a for a in typing.get_args(tp)} == _VALUE_ORIGINS
+
+
+_SCALARS: dict[object, Converter] = {
+    str: _conv_str,
+    bytes: _conv_bytes,
+    int: _conv_int,
+    float: _conv_float,
+    bool: _conv_bool,
+}
+
+
+def converter_for(tp: object) -> Converter:
+    """Build the converter for one annotated field type."""
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    if _is_value_type(tp):
+        return _conv_value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _tuple_converter(converter_for(args[0]))
+    if origin is dict and len(args) == 2:
+        return _dict_converter(converter_for(args[0]), converter_for(args[1]))
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return _optional_converter(converter_for(rest[0]))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _enum_converter(tp)
+    struct_from_wire = getattr(tp, "from_wire", None)
+    if isinstance(tp, type) and struct_from_wire is not None:
+        return lambda value, where: struct_from_wire(value, where)
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def to_wire_value(value: object) -> object:
+    """Turn a field value into plain msgpack-able data."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    to_wire = getattr(value, "to_wire", None)
+    if to_wire is not None:
+        return to_wire()
+    if isinstance(value, tuple | list):
+        return [to_wire_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire_value(v) for k, v in value.items()}
+    return value
