@@ -524,6 +524,26 @@ class Cancel(Message):
 
 
 @frozen
+class Resume(Message):
+    """Requester → provider, on a new stream: continue a leased task.
+
+    The provider answers as it would on the original stream (status, log
+    chunks from ``log_seq`` on, result, receipt) if the lease is still valid,
+    or with a Reject.
+    """
+
+    TYPE: ClassVar[str] = "resume"
+    task_id: str
+    lease_digest: str
+    log_seq: int
+
+    def _check(self) -> None:
+        _check_task_id(self)
+        check_text(self, "lease_digest", 128, nonempty=True)
+        check_range(self, "log_seq", 0, MAX_COUNT)
+
+
+@frozen
 class Envelope(Message):
     """Exact payload bytes signed by ``signer`` (a libp2p peer ID)."""
 
@@ -598,6 +618,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReceiptTerms,
         Receipt,
         Cancel,
+        Resume,
         Envelope,
         ControlRequest,
         ControlResponse,
