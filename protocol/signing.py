@@ -56,6 +56,14 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
+    def private_seed(self) -> bytes:
+        """The raw 32-byte private key (for building the libp2p key pair)."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
 
 # A tiny cache of peer ID → key: parsing a key costs more than a verify does not,
 # but decoding base58 each time is needless work on the advert hot path.

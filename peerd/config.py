@@ -1,0 +1,334 @@
+"""The node's configuration: one frozen ``Config`` with every default.
+
+``load(home)`` reads ``<home>/config.toml`` (written commented by
+``peerd init``), checks every key against the table below and returns a
+``Config``. Unknown keys and bad values raise ``ConfigError`` naming the key
+and the file. Command-line flags are applied on top with ``dataclasses.replace``
+by the CLI, never by mutating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .units import parse_duration, parse_size
+
+CONFIG_NAME = "config.toml"
+ROLES = ("provider", "requester", "seed")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    role: str = "provider"
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    control_socket: str = ""
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesConfig:
+    cpus: float = 0.0  # 0 = every CPU
+    memory: int = 0  # 0 = all memory less reserve_memory
+    reserve_memory: int = 1 << 30
+    gpus: tuple[str, ...] = ("all",)  # "all", "none", or GPU UUIDs
+    docker_url: str = ""  # "" = the environment's DOCKER_HOST or the local socket
+
+
+@dataclass(frozen=True, slots=True)
+class PricingConfig:
+    cpu_hour: float = 0.01
+    gpu_hour: float = 0.50
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    images: tuple[str, ...] = ("*",)
+    max_timeout: float = 24 * 3600.0
+    allow_network: bool = False
+    max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
+    max_memory: int = 0
+    max_concurrent: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    pids: int = 512
+    tmpfs: int = 64 << 20
+    log_limit: int = 1 << 20
+    output_limit: int = 64 << 20
+    stop_grace: float = 5.0
+    drain_grace: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    advert_interval: float = 60.0
+    advert_ttl: float = 300.0
+    connect_timeout: float = 10.0
+    io_timeout: float = 30.0
+    keepalive: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequesterConfig:
+    max_attempts: int = 3
+    placement_deadline: float = 60.0
+    offer_hold: float = 15.0
+    provider_timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = ""  # e.g. "127.0.0.1:9464"; empty = off
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    home: Path = Path(".")
+    node: NodeConfig = field(default_factory=NodeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    requester: RequesterConfig = field(default_factory=RequesterConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "node.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "state.db"
+
+    @property
+    def control_path(self) -> Path:
+        if self.node.control_socket:
+            return Path(self.node.control_socket)
+        runtime = os.environ.get("RUNTIME_DIRECTORY")
+        if runtime:
+            return Path(runtime.split(":")[0]) / "control.sock"
+        return self.home / "control.sock"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "tasks"
+
+
+# ---------------------------------------------------------------- value parsers
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a size like 512M, got {value!r}")
+    return parse_size(value)
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration like 90s, got {value!r}")
+    return parse_duration(value)
+
+
+def _role(value: object) -> str:
+    role = _str(value)
+    if role not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}, got {role!r}")
+    return role
+
+
+Parser = Callable[[object], object]
+
+# section -> (dataclass, {key: parser})
+SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
+    "node": (NodeConfig, {"role": _role, "listen": _strs, "bootstrap": _strs,
+                          "control_socket": _str, "log_level": _str}),
+    "resources": (ResourcesConfig, {"cpus": _number, "memory": _size, "reserve_memory": _size,
+                                    "gpus": _strs, "docker_url": _str}),
+    "pricing": (PricingConfig, {"cpu_hour": _number, "gpu_hour": _number}),
+    "policy": (PolicyConfig, {"images": _strs, "max_timeout": _duration, "allow_network": _bool,
+                              "max_cpus": _number, "max_memory": _size, "max_concurrent": _count}),
+    "limits": (LimitsConfig, {"pids": _count, "tmpfs": _size, "log_limit": _size,
+                              "output_limit": _size, "stop_grace": _duration, "drain_grace": _duration}),
+    "network": (NetworkConfig, {"advert_interval": _duration, "advert_ttl": _duration,
+                                "connect_timeout": _duration, "io_timeout": _duration,
+                                "keepalive": _duration}),
+    "requester": (RequesterConfig, {"max_attempts": _count, "placement_deadline": _duration,
+                                    "offer_hold": _duration, "provider_timeout": _duration}),
+    "metrics": (MetricsConfig, {"listen": _str}),
+}
+
+
+def parse(data: dict[str, object], *, home: Path, source: str) -> Config:
+    """Build a Config from parsed TOML; errors name the key and ``source``."""
+    sections: dict[str, object] = {}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        cls, parsers = SCHEMA[section]
+        values: dict[str, object] = {}
+        for key, raw in body.items():
+            parser = parsers.get(key)
+            if parser is None:
+                raise ConfigError(f"{source}: unknown key {section}.{key}")
+            try:
+                values[key] = parser(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {section}.{key}: {exc}") from exc
+        sections[section] = cls(**values)
+    config = Config(home=home, **sections)  # type: ignore[arg-type]
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: Config, source: str) -> None:
+    net = config.network
+    if net.advert_interval <= 0 or net.advert_ttl < 2 * net.advert_interval:
+        raise ConfigError(
+            f"{source}: network.advert_ttl ({net.advert_ttl:g}s) must be at least twice "
+            f"network.advert_interval ({net.advert_interval:g}s)"
+        )
+    if config.requester.max_attempts < 1:
+        raise ConfigError(f"{source}: requester.max_attempts must be at least 1")
+
+
+def load(home: Path) -> Config:
+    """Read ``<home>/config.toml``; a missing file means every default."""
+    path = home / CONFIG_NAME
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        return Config(home=home)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return parse(data, home=home, source=str(path))
+
+
+def resolve_home(flag: str | None) -> Path:
+    """``--home`` wins, then ``$PEERD_HOME``, then ``~/.peerd``."""
+    if flag:
+        return Path(flag).expanduser().absolute()
+    env = os.environ.get("PEERD_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".peerd"
+
+
+def with_overrides(config: Config, section: str, **values: object) -> Config:
+    """A copy of ``config`` with some keys of one section replaced."""
+    current = getattr(config, section)
+    return dataclasses.replace(config, **{section: dataclasses.replace(current, **values)})
+
+
+DEFAULT_CONFIG_TEXT = '''\
+# peerd node configuration. Every key is shown with its default.
+# Sizes: 512M, 24G. Durations: 90s, 10m, 2h.
+
+[node]
+# provider: lends this host's CPUs/GPUs and can also submit jobs.
+# requester: only submits jobs. seed: bootstrap node (DHT + gossip relay only).
+role = "provider"
+# libp2p listen addresses.
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+# Seed multiaddrs (with /p2p/<peer id>) to join through. Empty = a private
+# network you seed yourself; `peerd run --bootstrap ADDR` adds to this list.
+bootstrap = []
+# Control socket path; empty = $RUNTIME_DIRECTORY/control.sock under systemd,
+# else <home>/control.sock.
+control_socket = ""
+log_level = "info"
+
+[resources]
+# CPUs offered (0 = all), memory offered (0 = all less reserve_memory).
+cpus = 0
+memory = 0
+reserve_memory = "1G"
+# GPUs shared: ["all"], ["none"], or a list of NVML UUIDs.
+gpus = ["all"]
+# Docker endpoint; empty = $DOCKER_HOST or the local socket.
+docker_url = ""
+
+[pricing]
+# Credits per hour for one CPU / one GPU.
+cpu_hour = 0.01
+gpu_hour = 0.5
+
+[policy]
+# Images jobs may use (shell-style patterns), e.g. ["docker.io/library/*"].
+images = ["*"]
+max_timeout = "24h"
+# May a job ask for network access? Off by default: jobs get no network.
+allow_network = false
+# Per-job caps (0 = up to what is offered).
+max_cpus = 0
+max_memory = 0
+max_concurrent = 8
+
+[limits]
+pids = 512
+tmpfs = "64M"
+log_limit = "1M"
+output_limit = "64M"
+stop_grace = "5s"
+drain_grace = "60s"
+
+[network]
+advert_interval = "60s"
+advert_ttl = "300s"
+connect_timeout = "10s"
+io_timeout = "30s"
+keepalive = "5s"
+
+[requester]
+max_attempts = 3
+placement_deadline = "60s"
+offer_hold = "15s"
+provider_timeout = "20s"
+
+[metrics]
+# Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.
+listen = ""
+'''
