@@ -83,13 +83,15 @@ def test_unsupported_socket_scheme_is_ignored() -> None:
         ({"WATCHDOG_USEC": "0"}, None),
         ({"WATCHDOG_USEC": "junk"}, None),
         ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "SELF"}, 30.0),
-        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "OTHER"}, None),
         ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"}, None),
     ],
 )
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
-    if env.get("WATCHDOG_PID") == "SELF":
-        env = {**env, "WATCHDOG_PID": str(os.getpid())}
+    # Symbolic PIDs: under `docker run` the test process may well be PID 1.
+    pids = {"SELF": str(os.getpid()), "OTHER": str(os.getpid() + 1)}
+    if env.get("WATCHDOG_PID") in pids:
+        env = {**env, "WATCHDOG_PID": pids[env["WATCHDOG_PID"]]}
     assert sdnotify.watchdog_interval(env) == expected
 
 
