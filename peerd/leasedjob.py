@@ -1,0 +1,149 @@
+"""One leased job on the provider side, from container start to receipt.
+
+A ``LeasedJob`` outlives the stream that created it: the requester may lose
+its connection and come back with ``Resume``. It keeps the log chunks as they
+come (bounded, numbered so a resumed stream continues where it stopped), the
+``Result`` once the container ended, and the receipt (first signed by the
+provider alone, later by both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.messages import (
+    LeaseTerms,
+    LogChunk,
+    LogStream,
+    Receipt,
+    ReceiptTerms,
+    Result,
+    TaskState,
+)
+from protocol.signing import Signer, digest, propose
+
+from .executor.contract import Outcome, OutcomeState
+
+MAX_CHUNK = 60 << 10
+
+OUTCOME_STATES: dict[OutcomeState, TaskState] = {
+    OutcomeState.SUCCEEDED: TaskState.SUCCEEDED,
+    OutcomeState.FAILED: TaskState.FAILED,
+    OutcomeState.TIMEOUT: TaskState.TIMEOUT,
+    OutcomeState.OOM: TaskState.OOM,
+    OutcomeState.CANCELLED: TaskState.CANCELLED,
+    OutcomeState.LOST: TaskState.LOST,
+}
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def cost_of(price_per_hour: float, wall_time: float) -> float:
+    return price_per_hour * wall_time / 3600.0
+
+
+def result_from_outcome(outcome: Outcome, *, interrupted: bool = False) -> Result:
+    state = TaskState.INTERRUPTED if interrupted else OUTCOME_STATES[outcome.state]
+    digest_text = f"sha256:{outcome.output_digest}" if outcome.output_digest else ""
+    return Result(
+        task_id=outcome.task_id,
+        state=state,
+        exit_code=outcome.exit_code,
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+        output_digest=digest_text,
+        output_size=outcome.output_size,
+        wall_time=max(outcome.wall_time, 0.0),
+        gpu_seconds=max(outcome.gpu_seconds, 0.0),
+        detail=outcome.detail[:1024],
+    )
+
+
+def failed_result(task_id: str, state: TaskState, detail: str) -> Result:
+    return Result(
+        task_id=task_id, state=state, exit_code=None, stdout=b"", stderr=b"",
+        output_digest="", output_size=0, wall_time=0.0, gpu_seconds=0.0, detail=detail[:1024],
+    )
+
+
+def receipt_terms(terms: LeaseTerms, lease_bytes: bytes, result: Result, finished_at: float) -> ReceiptTerms:
+    """The receipt both parties sign; digests bind it to the exact result bytes."""
+    return ReceiptTerms(
+        task_id=terms.task_id,
+        requester=terms.requester,
+        provider=terms.provider,
+        lease_digest=digest(lease_bytes),
+        state=result.state,
+        exit_code=result.exit_code,
+        stdout_digest=_sha(result.stdout),
+        stderr_digest=_sha(result.stderr),
+        output_digest=result.output_digest,
+        output_size=result.output_size,
+        wall_time=result.wall_time,
+        gpu_seconds=result.gpu_seconds,
+        price=terms.price,
+        cost=cost_of(terms.price, result.wall_time),
+        finished_at=finished_at,
+    )
+
+
+@dataclass
+class LeasedJob:
+    """State shared between the job's runner and every stream that serves it."""
+
+    terms: LeaseTerms
+    lease_bytes: bytes
+    max_log_bytes: int = 1 << 20
+    logs: list[LogChunk] = field(default_factory=list)
+    first_seq: int = 0
+    log_bytes: int = 0
+    result: Result | None = None
+    receipt: Receipt | None = None
+    stop_reason: str = ""  # "cancelled" or "interrupted" once a stop was asked
+    _changed: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def task_id(self) -> str:
+        return self.terms.task_id
+
+    @property
+    def next_seq(self) -> int:
+        return self.first_seq + len(self.logs)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def add_output(self, stream: str, data: bytes) -> None:
+        kind = LogStream(stream)
+        for start in range(0, len(data), MAX_CHUNK):
+            piece = data[start:start + MAX_CHUNK]
+            self.logs.append(LogChunk(task_id=self.task_id, stream=kind, seq=self.next_seq, data=piece))
+            self.log_bytes += len(piece)
+        while self.log_bytes > self.max_log_bytes and len(self.logs) > 1:
+            dropped = self.logs.pop(0)
+            self.log_bytes -= len(dropped.data)
+            self.first_seq += 1
+        self._wake()
+
+    def chunks_from(self, seq: int) -> list[LogChunk]:
+        start = max(seq - self.first_seq, 0)
+        return self.logs[start:]
+
+    def finish(self, result: Result, signer: Signer, finished_at: float) -> ReceiptTerms:
+        """Record the result and the provider-signed receipt proposal."""
+        terms = receipt_terms(self.terms, self.lease_bytes, result, finished_at)
+        self.result = result
+        self.receipt = propose(terms, Receipt, signer, as_provider=True)
+        self.done.set()
+        self._wake()
+        return terms

@@ -1,0 +1,294 @@
+"""The provider side of a task: admission, offer, lease, run, result, receipt.
+
+``Provider.handle_stream`` serves one ``/peerd/task/1.0.0`` stream. A request
+is admitted against policy, price and free capacity (the capacity ledger holds
+the resources for the offer's lifetime, so nothing is double-booked); a refusal
+is a signed ``Reject`` with a reason code. Once both parties signed the lease it
+is written to the store *before* the container starts, and the job then runs in
+the provider's own nursery, independent of the stream: a requester that
+reconnects with ``Resume`` picks up the logs, result and receipt.
+Every exit path releases the ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from protocol import ProtocolError
+from protocol.messages import (
+    Accept,
+    Cancel,
+    Lease,
+    LeaseTerms,
+    Offer,
+    Receipt,
+    ReceiptTerms,
+    Reject,
+    RejectCode,
+    Resume,
+    Status,
+    TaskRequest,
+    TaskState,
+)
+from protocol.negotiation import Negotiation, Role
+from protocol.signing import Signer, digest, propose, verify_cosigned
+
+from .executor.contract import RunSpec
+from .executor.errors import ExecutorError, Reason
+from .executor.gpus import CapacityLedger
+from .executor.policy import ProviderPolicy
+from .leasedjob import LeasedJob
+from .market import price_for
+from .jobrun import JobRunner
+from .taskwire import PeerGone, PeerTimeout, TaskChannel, TaskWireError
+
+log = logging.getLogger(__name__)
+
+REJECT_FOR_REASON: dict[Reason, RejectCode] = {
+    Reason.IMAGE_NOT_ALLOWED: RejectCode.IMAGE_NOT_ALLOWED,
+    Reason.TIME_LIMIT_TOO_LONG: RejectCode.TIME_LIMIT_TOO_LONG,
+    Reason.NETWORK_NOT_ALLOWED: RejectCode.NETWORK_NOT_ALLOWED,
+    Reason.CPUS_OVER_LIMIT: RejectCode.NO_CAPACITY,
+    Reason.MEMORY_OVER_LIMIT: RejectCode.NO_CAPACITY,
+    Reason.NO_GPU_RUNTIME: RejectCode.NO_GPU_RUNTIME,
+    Reason.NO_CAPACITY: RejectCode.NO_CAPACITY,
+    Reason.NO_MATCHING_GPU: RejectCode.NO_MATCHING_GPU,
+    Reason.DUPLICATE_TASK: RejectCode.BAD_REQUEST,
+    Reason.INVALID_SPEC: RejectCode.BAD_REQUEST,
+    Reason.IMAGE_UNAVAILABLE: RejectCode.IMAGE_UNAVAILABLE,
+}
+
+
+class Refusal(Exception):
+    """Internal: a request is refused with ``code`` (becomes a signed Reject)."""
+
+    def __init__(self, code: RejectCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    price_cpu_hour: float
+    price_gpu_hour: float
+    policy: ProviderPolicy
+    gpu_runtime: bool
+    pids: int = 512
+    offer_hold: float = 15.0
+    io_timeout: float = 30.0
+    keepalive: float = 5.0
+    max_concurrent: int = 8
+    lease_grace: float = 60.0
+
+
+class Provider:
+    def __init__(
+        self,
+        *,
+        signer: Signer,
+        ledger: CapacityLedger,
+        runner: JobRunner,
+        settings: ProviderSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.signer = signer
+        self.ledger = ledger
+        self.runner = runner
+        self.settings = settings
+        self.clock = clock
+        self.draining = False
+
+    @property
+    def peer_id(self) -> str:
+        return self.signer.peer_id
+
+    # ------------------------------------------------------------ admission
+    def admit(self, request: TaskRequest, remote_peer: str) -> RunSpec:
+        """Check one request; raise Refusal with the reason code, or return its RunSpec."""
+        if self.draining:
+            raise Refusal(RejectCode.DRAINING, "this provider is draining and takes no new tasks")
+        if request.requester != remote_peer:
+            raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
+        if len(self.runner.jobs) >= self.settings.max_concurrent:
+            raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here")
+        if self.runner.knows(request.task_id):
+            raise Refusal(RejectCode.BAD_REQUEST, f"task {request.task_id} is already known here")
+        spec = request.spec
+        price = self.price(request)
+        if price > spec.max_price:
+            raise Refusal(
+                RejectCode.PRICE_TOO_LOW,
+                f"price here is {price:.6g}/h for this job, above the job's max {spec.max_price:.6g}/h",
+            )
+        placeholder = ("GPU-pending",) * spec.gpus
+        try:
+            run_spec = self._run_spec(request, placeholder)
+            self.settings.policy.check(run_spec, gpu_runtime=self.settings.gpu_runtime)
+        except ExecutorError as exc:
+            raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.BAD_REQUEST), exc.detail) from exc
+        return run_spec
+
+    def price(self, request: TaskRequest) -> float:
+        return price_for(request.spec, self.settings.price_cpu_hour, self.settings.price_gpu_hour)
+
+    def _run_spec(self, request: TaskRequest, gpus: tuple[str, ...]) -> RunSpec:
+        spec = request.spec
+        return RunSpec(
+            task_id=request.task_id,
+            image=spec.image,
+            command=spec.command,
+            env=spec.env,
+            cpus=spec.cpus,
+            memory=spec.memory,
+            pids=self.settings.pids,
+            gpus=gpus,
+            network=spec.network,
+            timeout=spec.timeout,
+        )
+
+    def _reserve(self, request: TaskRequest, now: float) -> tuple[str, ...]:
+        spec = request.spec
+        try:
+            held = self.ledger.reserve(
+                request.task_id,
+                cpus=spec.cpus,
+                memory=spec.memory,
+                gpu_count=spec.gpus,
+                gpu_model=spec.gpu_model or None,
+                min_gpu_memory=spec.gpu_memory,
+                now=now,
+                hold_until=now + self.settings.offer_hold,
+            )
+        except ExecutorError as exc:
+            raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
+        return held.gpus
+
+    # ------------------------------------------------------------ streams
+    async def handle_stream(self, stream: object, remote_peer: str) -> None:
+        """Serve one task stream; protocol and stream errors end only this stream."""
+        machine = Negotiation(Role.PROVIDER, self.signer, remote_peer)
+        channel = TaskChannel(stream, machine, timeout=self.settings.io_timeout)  # type: ignore[arg-type]
+        try:
+            first = await channel.receive()
+            if isinstance(first, TaskRequest):
+                await self._negotiate(channel, first, remote_peer)
+            elif isinstance(first, Resume):
+                await self._resume(channel, first, remote_peer)
+        except ProtocolError as exc:
+            log.warning("task stream from %s broke the protocol: %s", remote_peer[:16], exc)
+        except TaskWireError as exc:
+            log.info("task stream from %s ended: %s", remote_peer[:16], exc)
+        finally:
+            await channel.close()
+
+    async def _negotiate(self, channel: TaskChannel, request: TaskRequest, remote_peer: str) -> None:
+        now = self.clock()
+        try:
+            run_spec = self.admit(request, remote_peer)
+            gpus = self._reserve(request, now)
+        except Refusal as refusal:
+            log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
+            await channel.send(Reject(task_id=request.task_id, code=refusal.code, detail=refusal.detail[:1024]))
+            return
+        leased = False
+        try:
+            leased = await self._offer_and_lease(channel, request, run_spec, gpus, now)
+        finally:
+            if not leased:
+                self.ledger.release(request.task_id)
+        if leased:
+            job = self.runner.get(request.task_id)
+            if job is not None:
+                await self.serve(channel, job, from_seq=0)
+
+    async def _offer_and_lease(
+        self, channel: TaskChannel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float
+    ) -> bool:
+        spec = request.spec
+        price = self.price(request)
+        expires = now + self.settings.offer_hold
+        await channel.send(
+            Offer(task_id=request.task_id, price=price, expires_at=expires, cpus=spec.cpus, memory=spec.memory, gpus=gpus)
+        )
+        answer = await channel.receive(timeout=max(expires - self.clock(), 0.0))
+        if isinstance(answer, Cancel):
+            return False
+        assert isinstance(answer, Accept)
+        if self.clock() > expires:
+            await channel.send(Reject(task_id=request.task_id, code=RejectCode.BUSY, detail="the offer expired"))
+            return False
+        issued = self.clock()
+        terms = LeaseTerms(
+            task_id=request.task_id, requester=request.requester, provider=self.peer_id, spec=spec,
+            price=price, gpus=gpus, issued_at=issued,
+            expires_at=issued + spec.timeout + self.settings.lease_grace,
+        )
+        await channel.send(propose(terms, Lease, self.signer, as_provider=True))
+        signed = await channel.receive(timeout=self.settings.io_timeout)
+        if isinstance(signed, Cancel):
+            return False
+        assert isinstance(signed, Lease)
+        verify_cosigned(signed, LeaseTerms)
+        self.ledger.confirm(request.task_id, now=self.clock())
+        final_spec = dataclasses.replace(run_spec, gpus=gpus)  # the leased GPUs, not placeholders
+        await self.runner.launch(terms, signed, final_spec)
+        return True
+
+    async def _resume(self, channel: TaskChannel, resume: Resume, remote_peer: str) -> None:
+        job = self.runner.get(resume.task_id) or await self.runner.load_finished(resume.task_id)
+        if job is None or job.terms.requester != remote_peer or digest(job.lease_bytes) != resume.lease_digest:
+            await channel.send(
+                Reject(task_id=resume.task_id, code=RejectCode.BAD_REQUEST, detail="no such lease here")
+            )
+            return
+        await self.serve(channel, job, from_seq=resume.log_seq)
+
+    # ------------------------------------------------------------ serving a leased job
+    async def serve(self, channel: TaskChannel, job: LeasedJob, *, from_seq: int) -> None:
+        """Stream status, logs, result and receipt; handle cancel and the countersigned receipt."""
+        countersigned = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_requester, channel, job, countersigned)
+            await channel.send(Status(task_id=job.task_id, state=TaskState.RUNNING, detail="leased", at=self.clock()))
+            await self._send_until_result(channel, job, from_seq)
+            with trio.move_on_after(self.settings.io_timeout):
+                await countersigned.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _send_until_result(self, channel: TaskChannel, job: LeasedJob, seq: int) -> None:
+        while True:
+            for chunk in job.chunks_from(seq):
+                await channel.send(chunk)
+                seq = chunk.seq + 1
+            if job.result is not None and seq >= job.next_seq:
+                break
+            with trio.move_on_after(self.settings.keepalive) as idle:
+                await job.wait_changed()
+            if idle.cancelled_caught:
+                await channel.send(
+                    Status(task_id=job.task_id, state=TaskState.RUNNING, detail="heartbeat", at=self.clock())
+                )
+        assert job.result is not None and job.receipt is not None
+        await channel.send(job.result)
+        await channel.send(job.receipt)
+
+    async def _read_requester(self, channel: TaskChannel, job: LeasedJob, countersigned: trio.Event) -> None:
+        try:
+            while True:
+                msg = await channel.receive(timeout=job.terms.expires_at - self.clock() + self.settings.io_timeout)
+                if isinstance(msg, Cancel):
+                    await self.runner.cancel(job.task_id, msg.reason or "cancelled by the requester")
+                elif isinstance(msg, Receipt):
+                    verify_cosigned(msg, ReceiptTerms)
+                    await self.runner.store_receipt(job, msg)
+                    countersigned.set()
+                    return
+        except (PeerGone, PeerTimeout) as exc:
+            log.info("requester of %s went away: %s (the job runs on)", job.task_id, exc)

@@ -1,0 +1,330 @@
+"""The requester side: place a job on another host and see it through.
+
+``Requester.submit`` records the task and starts placement in the requester's
+nursery. Placement ranks candidates from the peer table (never this node
+unless the user asked for ``local``), negotiates with the best, and on a
+reject, a timeout or a lost provider tries the next, within
+``max_attempts`` and ``placement_deadline``. Every attempt is recorded with
+its outcome and reason, so "why wasn't my job placed?" always has an answer.
+A provider that vanishes after the lease is given one chance to be resumed
+before the job moves on. After a restart, unfinished tasks are resumed
+(leased) or placed again (not yet leased).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import trio
+
+from protocol import ProtocolError, decode_as
+from protocol.messages import (
+    FINAL_STATES,
+    Accept,
+    Cancel,
+    JobSpec,
+    Lease,
+    LeaseTerms,
+    LogChunk,
+    Offer,
+    Receipt,
+    ReceiptTerms,
+    Reject,
+    Result,
+    Resume,
+    Status,
+    TaskRequest,
+    TaskState,
+)
+from protocol.negotiation import Negotiation, Role
+from protocol.signing import Signer, countersign, digest, verify_cosigned
+
+from .leasedjob import receipt_terms
+from .store import Attempt, ResultRecord, Store, TaskRecord
+from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError
+from .tracking import TaskTracker
+
+log = logging.getLogger(__name__)
+
+TASK_PROTOCOL = "/peerd/task/1.0.0"
+
+OpenStream = Callable[[str, list[str]], AbstractAsyncContextManager[ByteStream]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    peer_id: str
+    addrs: list[str]
+
+
+CandidateSource = Callable[[JobSpec, float, bool], list[Candidate]]
+
+
+@dataclass(frozen=True)
+class RequesterSettings:
+    max_attempts: int = 3
+    placement_deadline: float = 60.0
+    provider_timeout: float = 20.0
+    io_timeout: float = 30.0
+
+
+class AttemptFailed(Exception):
+    """Internal: one attempt ended without a result; carries what to record."""
+
+    def __init__(self, outcome: str, code: str, detail: str, signed: bytes | None = None) -> None:
+        super().__init__(detail)
+        self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
+
+
+class Requester:
+    def __init__(
+        self,
+        *,
+        signer: Signer,
+        store: Store,
+        tracker: TaskTracker,
+        candidates: CandidateSource,
+        open_stream: OpenStream,
+        settings: RequesterSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.signer = signer
+        self.store = store
+        self.tracker = tracker
+        self.candidates = candidates
+        self.open_stream = open_stream
+        self.settings = settings
+        self.clock = clock
+        self._nursery: trio.Nursery | None = None
+        self._cancel: dict[str, Callable[[str], Awaitable[None]]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for record in await self.store.unfinished_tasks("requester"):
+                nursery.start_soon(self._recover, record)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ------------------------------------------------------------ public operations
+    async def submit(self, spec: JobSpec, *, local: bool = False) -> str:
+        assert self._nursery is not None, "Requester.run() must be started first"
+        task_id = "t" + secrets.token_hex(8)
+        record = TaskRecord.new(
+            task_id=task_id, role="requester", spec=spec, requester=self.signer.peer_id,
+            provider=None, price=None, state=TaskState.PLACING, now=self.clock(), local=local,
+        )
+        await self.store.create_task(record)
+        self.tracker.open(task_id)
+        self._nursery.start_soon(self._place, task_id, spec, local)
+        return task_id
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask the task to stop; False if it is unknown or already final."""
+        stop = self._cancel.get(task_id)
+        if stop is None:
+            return False
+        await stop("cancelled by the user")
+        return True
+
+    # ------------------------------------------------------------ placement
+    async def _place(self, task_id: str, spec: JobSpec, local: bool, tried: int = 0) -> None:
+        deadline = self.clock() + self.settings.placement_deadline
+        excluded: set[str] = set()
+        attempts = tried
+        with trio.CancelScope() as scope:
+            self._cancel[task_id] = self._cancel_placing(task_id, scope)
+            while attempts < self.settings.max_attempts and self.clock() < deadline:
+                ranked = [c for c in self.candidates(spec, self.clock(), local) if c.peer_id not in excluded]
+                if not ranked:
+                    break
+                candidate = ranked[0]
+                excluded.add(candidate.peer_id)
+                attempts += 1
+                if await self._attempt(task_id, spec, candidate, attempts, deadline):
+                    return
+        if scope.cancelled_caught:
+            await self._settle(task_id, TaskState.CANCELLED, "cancelled before placement")
+            return
+        detail = await self._not_placed_reason(task_id, spec, attempts, local)
+        await self._settle(task_id, TaskState.NOT_PLACED, detail)
+
+    def _cancel_placing(self, task_id: str, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
+        async def stop(reason: str) -> None:
+            scope.cancel()
+
+        return stop
+
+    async def _not_placed_reason(self, task_id: str, spec: JobSpec, attempts: int, local: bool) -> str:
+        if attempts == 0:
+            where = "this node" if local else "the peer table"
+            return f"no provider in {where} can run this job (cpus, memory, GPUs, price or image)"
+        reasons = [f"{a.provider[:16]}…: {a.outcome} {a.reason_code} {a.detail}".strip()
+                   for a in await self.store.attempts(task_id)]
+        return f"not placed after {attempts} attempt(s): " + "; ".join(reasons)
+
+    async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, n: int, deadline: float) -> bool:
+        """One negotiation; True when the task reached a final state through it."""
+        lease: Lease | None = None
+        try:
+            async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
+                channel = self._channel(stream, candidate.peer_id)
+                with trio.fail_after(max(deadline - self.clock(), 0.1)):
+                    lease = await self._negotiate(channel, task_id, spec)
+                await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
+                return await self._collect(channel, task_id, lease)
+        except AttemptFailed as failed:
+            await self._record_attempt(task_id, n, candidate.peer_id, failed.outcome, failed.code,
+                                       failed.detail, failed.signed)
+            if lease is None:
+                return False
+        except trio.TooSlowError:
+            await self._record_attempt(task_id, n, candidate.peer_id, "timeout", "", "placement deadline passed")
+            return False
+        except ProtocolError as exc:
+            await self._record_attempt(task_id, n, candidate.peer_id, "error", exc.code, str(exc))
+            if lease is not None:
+                await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
+            return False
+        except (TaskWireError, OSError) as exc:
+            if lease is None:
+                outcome = "timeout" if isinstance(exc, PeerTimeout) else "unreachable"
+                await self._record_attempt(task_id, n, candidate.peer_id, outcome, getattr(exc, "code", ""), str(exc))
+                return False
+            log.info("lost provider %s for %s (%s); trying to resume", candidate.peer_id[:16], task_id, exc)
+        assert lease is not None
+        return await self._resume(task_id, candidate, lease)
+
+    def _channel(self, stream: ByteStream, peer_id: str) -> TaskChannel:
+        machine = Negotiation(Role.REQUESTER, self.signer, peer_id)
+        return TaskChannel(stream, machine, timeout=self.settings.io_timeout)
+
+    async def _negotiate(self, channel: TaskChannel, task_id: str, spec: JobSpec) -> Lease:
+        """Request → offer → accept → co-signed lease; AttemptFailed otherwise."""
+        await channel.send(TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=self.clock()))
+        answer = await channel.receive(timeout=self.settings.provider_timeout)
+        if isinstance(answer, Reject):
+            raise AttemptFailed("rejected", answer.code.value, answer.detail, channel.machine.last_envelope)
+        assert isinstance(answer, Offer)
+        if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
+            await channel.send(Cancel(task_id=task_id, reason="offer does not match the request"))
+            raise AttemptFailed("rejected", "bad_offer", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
+        await channel.send(Accept(task_id=task_id, price=answer.price))
+        proposal = await channel.receive(timeout=self.settings.provider_timeout)
+        if isinstance(proposal, Reject):
+            raise AttemptFailed("rejected", proposal.code.value, proposal.detail, channel.machine.last_envelope)
+        assert isinstance(proposal, Lease)
+        lease = countersign(proposal, self.signer, as_provider=False)
+        terms = verify_cosigned(lease, LeaseTerms)
+        # Write before act: the lease is ours once recorded, then the provider learns we signed.
+        await self.store.put_lease(task_id, lease, terms.expires_at)
+        await self.store.update_task(task_id, now=self.clock(), state=TaskState.RUNNING,
+                                     provider=terms.provider, price=terms.price)
+        self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
+        await channel.send(lease)
+        return lease
+
+    # ------------------------------------------------------------ after the lease
+    async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
+        """Re-attach to a leased task on a new stream; on failure, back to placing."""
+        with trio.move_on_after(self.settings.provider_timeout):
+            while True:
+                try:
+                    async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
+                        channel = self._channel(stream, candidate.peer_id)
+                        await channel.send(Resume(task_id=task_id, lease_digest=digest(lease.terms),
+                                                  log_seq=self.tracker.next_log_seq(task_id)))
+                        return await self._collect(channel, task_id, lease)
+                except AttemptFailed as failed:
+                    await self._record_attempt(task_id, 0, candidate.peer_id, failed.outcome, failed.code,
+                                               failed.detail, failed.signed)
+                    break
+                except ProtocolError as exc:
+                    await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
+                    break
+                except (TaskWireError, OSError) as exc:
+                    log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
+                await trio.sleep(1.0)  # back off between resume tries (bounded by move_on_after)
+        await self._record_attempt(task_id, 0, candidate.peer_id, "lost", "provider_lost",
+                                   "the provider vanished after the lease and could not be resumed")
+        await self._back_to_placing(task_id, "provider lost; placing elsewhere")
+        return False
+
+    async def _back_to_placing(self, task_id: str, detail: str) -> None:
+        await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
+        self.tracker.state(task_id, TaskState.PLACING, detail)
+
+    async def _collect(self, channel: TaskChannel, task_id: str, lease: Lease) -> bool:
+        terms = verify_cosigned(lease, LeaseTerms)
+        self._cancel[task_id] = self._cancel_running(channel, task_id)
+        try:
+            while True:
+                msg = await channel.receive(timeout=self.settings.provider_timeout)
+                if isinstance(msg, LogChunk):
+                    self.tracker.log(task_id, msg)
+                elif isinstance(msg, Status):
+                    self.tracker.state(task_id, TaskState.RUNNING, msg.detail)
+                elif isinstance(msg, Result):
+                    break
+                elif isinstance(msg, Reject):
+                    raise AttemptFailed("lost", msg.code.value, msg.detail, channel.machine.last_envelope)
+            proposal = await channel.receive(timeout=self.settings.provider_timeout)
+            assert isinstance(proposal, Receipt)
+            receipt = self._check_receipt(proposal, terms, lease, msg)
+            await self._finish(task_id, msg, receipt)
+            await channel.send(receipt)
+            return True
+        finally:
+            self._cancel.pop(task_id, None)
+
+    def _cancel_running(self, channel: TaskChannel, task_id: str) -> Callable[[str], Awaitable[None]]:
+        async def stop(reason: str) -> None:
+            await channel.send(Cancel(task_id=task_id, reason=reason))
+
+        return stop
+
+    def _check_receipt(self, proposal: Receipt, terms: LeaseTerms, lease: Lease, result: Result) -> Receipt:
+        """The provider's receipt must describe exactly the result it sent."""
+        offered = verify_cosigned(proposal, ReceiptTerms, require_both=False)
+        expected = receipt_terms(terms, lease.terms, result, offered.finished_at)
+        if offered != expected:
+            raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
+        receipt = countersign(proposal, self.signer, as_provider=False)
+        verify_cosigned(receipt, ReceiptTerms)
+        return receipt
+
+    async def _finish(self, task_id: str, result: Result, receipt: Receipt) -> None:
+        now = self.clock()
+        await self.store.put_result(task_id, ResultRecord.from_result(result, finished_at=now))
+        await self.store.put_receipt(task_id, receipt)
+        await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)
+
+    async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
+        with trio.CancelScope(shield=True):
+            await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail, exit_code=exit_code)
+        self._cancel.pop(task_id, None)
+        self.tracker.finish(task_id, state, detail)
+
+    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: str, code: str,
+                              detail: str, signed: bytes | None = None) -> None:
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome, reason_code=code,
+                          detail=detail[:1024], signed=signed, at=self.clock())
+        with trio.CancelScope(shield=True):
+            await self.store.add_attempt(attempt)
+        self.tracker.state(task_id, TaskState.PLACING, f"{provider[:16]}…: {outcome} {code}".strip())
+
+    # ------------------------------------------------------------ after a restart
+    async def _recover(self, record: TaskRecord) -> None:
+        self.tracker.open(record.task_id)
+        lease = await self.store.get_lease(record.task_id)
+        if lease is not None and lease.requester_sig and record.provider:
+            candidate = Candidate(peer_id=record.provider, addrs=[])
+            if await self._resume(record.task_id, candidate, lease):
+                return
+        tried = len(await self.store.attempts(record.task_id))
+        await self._place(record.task_id, record.spec, record.local, tried=min(tried, self.settings.max_attempts - 1))

@@ -1,0 +1,112 @@
+"""Pumps bytes between a p2p stream and a negotiation machine (httpcore style).
+
+``TaskChannel`` owns one stream and one ``protocol.negotiation`` machine. It
+sends messages through the machine (which signs and frames them) and reads
+until the machine yields the next message. Every read and write runs under a
+deadline; foreign exceptions are mapped here, at the edge, to ``PeerGone`` (the
+stream broke or closed) and ``PeerTimeout`` (nothing arrived in time).
+Protocol violations surface as ``protocol.ProtocolError`` unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+
+from protocol import ProtocolError
+from protocol.messages import Message
+from protocol.negotiation import CLOSED, NEED_DATA, Negotiation
+
+from .errors import PeerdError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 << 10
+
+
+class ByteStream(Protocol):
+    """What the p2p layer's stream wrapper offers."""
+
+    async def read(self, max_bytes: int) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class TaskWireError(PeerdError):
+    """The task stream failed."""
+
+
+class PeerGone(TaskWireError):
+    """The stream closed or broke before the conversation ended."""
+
+
+class PeerTimeout(TaskWireError):
+    """Nothing arrived, or could be sent, within the deadline."""
+
+
+class TaskChannel:
+    def __init__(self, stream: ByteStream, machine: Negotiation, *, timeout: float) -> None:
+        self.stream = stream
+        self.machine = machine
+        self.timeout = timeout
+
+    async def send(self, msg: Message) -> None:
+        data = self.machine.send(msg)
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.timeout):
+                await self.stream.write(data)
+        except trio.TooSlowError as exc:
+            raise PeerTimeout(f"write timed out after {self.timeout:g}s") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise PeerGone(f"stream broke while writing: {exc}") from exc
+        except PeerdError:
+            raise
+        except Exception as exc:  # libp2p raises its own stream errors; map them here
+            raise PeerGone(f"stream failed while writing: {type(exc).__name__}: {exc}") from exc
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next message; PeerGone on close, PeerTimeout after ``timeout``."""
+        limit = self.timeout if timeout is None else timeout
+        try:
+            with trio.fail_after(max(limit, 0.0)):
+                while True:
+                    event = self.machine.next_event()
+                    if event is NEED_DATA:
+                        self.machine.receive_data(await self._read())
+                        continue
+                    if event is CLOSED:
+                        raise PeerGone("peer closed the stream")
+                    assert isinstance(event, Message)
+                    return event
+        except trio.TooSlowError as exc:
+            raise PeerTimeout(f"no message within {limit:g}s") from exc
+
+    async def _read(self) -> bytes:
+        try:
+            return await self.stream.read(READ_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise PeerGone(f"stream broke while reading: {exc}") from exc
+        except (PeerdError, trio.TooSlowError, trio.Cancelled):
+            raise
+        except Exception as exc:  # libp2p stream errors
+            raise PeerGone(f"stream failed while reading: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            try:
+                await self.stream.close()
+            except Exception as exc:  # closing a broken stream: nothing left to do but log
+                log.debug("closing task stream failed: %s", exc)
+
+
+__all__ = ["PeerGone", "PeerTimeout", "ProtocolError", "TaskChannel", "TaskWireError"]
