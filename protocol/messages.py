@@ -49,6 +49,8 @@ class RejectCode(enum.StrEnum):
     DRAINING = "draining"
     NOT_A_PROVIDER = "not_a_provider"
     BAD_REQUEST = "bad_request"
+    OFFER_EXPIRED = "offer_expired"
+    UNKNOWN_TASK = "unknown_task"
     INTERNAL = "internal"
 
 
@@ -120,59 +122,108 @@ def check_len(obj: object, name: str, max_items: int) -> None:
 
 
 # ---------------------------------------------------------------- bases
-_COMPILED: dict[type, tuple[tuple[str, Converter], ...]] = {}
+class _NoFastPath:
+    """Stands in for a field's exact wire type when every value needs converting."""
+
+
+# Per field: name, the exact Python type a wire value may have to be taken
+# as-is (int, bool, bytes), the converter for everything else, and the path
+# used in error messages.
+_Field = tuple[str, type, Converter, str]
+_PLANS: dict[type, tuple[_Field, ...]] = {}
+_AS_IS = (int, bool, bytes)
+
+
+def _plan(cls: type) -> tuple[_Field, ...]:
+    """Compile a Struct class's annotations into field converters (once)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        plan = tuple(
+            (
+                f.name,
+                hints[f.name] if hints[f.name] in _AS_IS else _NoFastPath,
+                converter_for(hints[f.name]),
+                f"{cls.__name__}.{f.name}",
+            )
+            for f in dataclasses.fields(cls)
+        )
+        _PLANS[cls] = plan
+    return plan
+
+
+def _shape_error(cls: type, mapping: dict[str, object], where: str, reserved: int) -> DecodeError:
+    names = [name for name, _, _, _ in _plan(cls)]
+    missing = [name for name in names if name not in mapping]
+    if missing:
+        return DecodeError(f"{where}: missing field {missing[0]!r}")
+    allowed = set(names) | ({"v", "t"} if reserved else set())
+    extra = sorted(str(k) for k in mapping if k not in allowed)
+    return DecodeError(f"{where}: unexpected fields {extra}")
 
 
 class Struct:
-    """A typed record; subclasses are frozen dataclasses."""
+    """A typed record; subclasses are frozen dataclasses.
+
+    Built locally, every field is converted to its annotated type (a list
+    becomes a tuple, an int a float where a float is declared, a str an enum
+    member) and range-checked; a wrong type or range raises
+    LocalProtocolError. ``from_wire`` does the same conversions on decoded
+    msgpack data and raises DecodeError instead.
+    """
 
     __slots__ = ()
 
     def __post_init__(self) -> None:
+        try:
+            for name, as_is, convert, path in _plan(type(self)):
+                value = getattr(self, name)
+                if type(value) is not as_is:
+                    object.__setattr__(self, name, convert(value, path))
+        except DecodeError as exc:
+            raise LocalProtocolError(str(exc)) from None
         self._check()
 
     def _check(self) -> None:
         """Range checks; override. Raise LocalProtocolError."""
 
     @classmethod
-    def _fields(cls) -> tuple[tuple[str, Converter], ...]:
-        compiled = _COMPILED.get(cls)
-        if compiled is None:
-            hints = typing.get_type_hints(cls)
-            compiled = tuple(
-                (f.name, converter_for(hints[f.name])) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            )
-            _COMPILED[cls] = compiled
-        return compiled
-
-    @classmethod
     def from_wire(cls, value: object, where: str | None = None, reserved: int = 0) -> typing.Self:
-        """Build from a decoded msgpack map, checking every field."""
+        """Build from a decoded msgpack map, checking every field.
+
+        ``reserved`` is the number of keys besides the fields ("v" and "t"
+        for a top-level message, already checked by the caller).
+        """
         where = where or cls.__name__
         if type(value) is not dict:
             raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
         mapping = typing.cast("dict[str, object]", value)
-        fields = cls._fields()
-        kwargs: dict[str, object] = {}
-        for name, convert in fields:
-            try:
-                raw = mapping[name]
-            except KeyError:
-                raise DecodeError(f"{where}: missing field {name!r}") from None
-            kwargs[name] = convert(raw, f"{where}.{name}")
-        if len(mapping) != len(fields) + reserved:
-            known = {name for name, _ in fields} | {"v", "t"}
-            extra = sorted(str(k) for k in mapping if k not in known)
-            raise DecodeError(f"{where}: unexpected fields {extra}")
+        plan = _PLANS.get(cls) or _plan(cls)
+        if len(mapping) != len(plan) + reserved:
+            raise _shape_error(cls, mapping, where, reserved)
+        # Fields are set directly (as dataclasses' own __init__ does) so that
+        # decoding converts each value once.
+        obj = object.__new__(cls)
+        setattr_ = object.__setattr__
         try:
-            return cls(**kwargs)
+            for name, as_is, convert, path in plan:
+                raw = mapping[name]
+                setattr_(obj, name, raw if type(raw) is as_is else convert(raw, path))
+            obj._check()
+        except KeyError:
+            raise _shape_error(cls, mapping, where, reserved) from None
+        except DecodeError as exc:
+            if where == cls.__name__:
+                raise
+            raise DecodeError(f"{where}: {exc}") from exc
         except LocalProtocolError as exc:
             raise DecodeError(f"{where}: {exc}") from exc
+        return obj
 
     def to_wire(self) -> dict[str, object]:
         return {
-            f.name: to_wire_value(getattr(self, f.name))
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            name: to_wire_value(getattr(self, name))
+            for name, _, _, _ in _PLANS.get(type(self)) or _plan(type(self))
         }
 
 
@@ -252,8 +303,13 @@ class Advert(Message):
         check_len(self, "gpus", MAX_GPUS)
         check_range(self, "free_cpus", 0, self.cpus)
         check_range(self, "free_memory", 0, self.memory)
-        check_len(self, "free_gpus", len(self.gpus))
-        if not set(self.free_gpus) <= {g.uuid for g in self.gpus}:
+        uuids = {g.uuid for g in self.gpus}
+        if len(uuids) != len(self.gpus):
+            _fail(type(self), "gpus", "lists a GPU twice")
+        free = set(self.free_gpus)
+        if len(free) != len(self.free_gpus):
+            _fail(type(self), "free_gpus", "lists a GPU twice")
+        if not free <= uuids:
             _fail(type(self), "free_gpus", "names a GPU not in gpus")
         check_range(self, "queue_depth", 0, MAX_COUNT)
         check_range(self, "running", 0, MAX_COUNT)

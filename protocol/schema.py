@@ -114,7 +114,13 @@ def _tuple_converter(item: Converter) -> Converter:
         items = typing.cast("list[object]", value)
         if len(items) > MAX_ITEMS:
             raise DecodeError(f"{where}: more than {MAX_ITEMS} items")
-        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(items))
+        try:
+            return tuple([item(v, where) for v in items])
+        except DecodeError:
+            # Slow path, only to name the offending index in the error.
+            for i, v in enumerate(items):
+                item(v, f"{where}[{i}]")
+            raise
 
     return convert
 
@@ -177,7 +183,15 @@ def converter_for(tp: object) -> Converter:
         return _enum_converter(tp)
     struct_from_wire = getattr(tp, "from_wire", None)
     if isinstance(tp, type) and struct_from_wire is not None:
-        return lambda value, where: struct_from_wire(value, where)
+        struct_type = tp
+
+        def convert_struct(value: object, where: str) -> object:
+            # An instance comes from local construction, a map from the wire.
+            if type(value) is struct_type:
+                return value
+            return struct_from_wire(value, where)
+
+        return convert_struct
     raise TypeError(f"unsupported field type {tp!r}")
 
 
