@@ -1,0 +1,584 @@
+"""The task negotiation on ``/peerd/task/1.0.0``, as sans-IO state machines.
+
+Rules
+=====
+
+Rule 1: everything that decides whether a message may be sent or received
+lives in this file: the transition table first, the per-message checks after
+it. The machine never does I/O and never reads the clock; callers pass ``now``
+where time matters.
+
+Rule 2: both sides run the same table and the same checks. A message we are
+about to send that breaks them raises ``LocalProtocolError`` (nothing is sent
+and the machine is unchanged); a received message that breaks them raises
+``RemoteProtocolError`` naming the side that broke the protocol, and the
+machine moves to ERROR for good.
+
+Wire
+----
+Every frame (``codec.frame``) holds one encoded ``Envelope`` (``signing.seal``)
+signed by its sender; the remote's envelopes must be signed by the peer ID
+the transport authenticated. The envelope's payload is one message:
+
+    R→P  TaskRequest                 IDLE            → REQUESTED
+    R→P  Resume                      IDLE            → RESUMING
+    P→R  Offer | Reject              REQUESTED       → OFFERED | REJECTED
+    R→P  Accept | Cancel             OFFERED         → ACCEPTED | CANCELLED
+    P→R  Lease (provider-signed) | Reject
+                                     ACCEPTED        → LEASE_PROPOSED | REJECTED
+    R→P  Lease (both signed) | Cancel
+                                     LEASE_PROPOSED  → LEASED | CANCELLED
+    P→R  Status, LogChunk            LEASED          → LEASED
+    R→P  Cancel                      LEASED          → CANCELLING
+    P→R  Status, LogChunk            CANCELLING      → CANCELLING
+    P→R  Result                      LEASED, CANCELLING → RESULT
+    P→R  Status, LogChunk | Result | Reject
+                                     RESUMING        → LEASED | RESULT | REJECTED
+    P→R  Receipt (provider-signed)   RESULT          → RECEIPT_PROPOSED
+    R→P  Receipt (both signed)       RECEIPT_PROPOSED → DONE
+
+DONE, REJECTED, CANCELLED and ERROR are terminal: nothing more may be sent or
+received. Closing the stream is not a message: ``next_event`` returns CLOSED
+in any state and the caller decides (a requester that loses a leased task's
+stream reconnects with Resume).
+
+Crossing messages: after the lease both sides may send at once, so a Cancel
+the requester sent in LEASED can reach a provider that has already sent its
+Result (RESULT or RECEIPT_PROPOSED). Such a Cancel is accepted on receipt and
+changes nothing (table ``CROSSING``); the requester cannot send one there.
+
+Checks beyond the table (``Negotiation._check_*``), applied to both sides:
+
+- every message carries the task_id of the first one;
+- TaskRequest.requester is the requester's peer ID;
+- Offer holds exactly ``spec.gpus`` distinct GPUs and at least the requested
+  CPUs and memory;
+- Accept.price == Offer.price (there is no counter-offer: refuse with Cancel);
+- the proposed Lease is signed by the provider only, and its LeaseTerms name
+  this task, the requester and provider peer IDs, the requested spec, the
+  accepted price and the offered GPUs, with ``expires_at > issued_at``;
+- the countersigned Lease has the very same terms bytes and provider
+  signature, and both signatures verify (``signing.verify_cosigned``);
+- Status, LogChunk and Result need a lease (a provider answering Resume calls
+  ``attach_lease`` first); after a Resume, log chunks start at its log_seq;
+- Result.state is final; the requester cancels at most once;
+- the proposed Receipt is signed by the provider only, and its ReceiptTerms
+  name this task and parties, ``lease_digest == signing.digest(lease.terms)``,
+  the lease's price and the Result's state, exit code, output digest and size,
+  wall time and GPU seconds; the countersigned Receipt has identical terms
+  bytes and both signatures verify.
+
+Time: the machine holds no clock. ``RequesterNegotiation.accept(now=...)``
+refuses an expired offer; a provider receiving Accept asks
+``offer_expired(now)`` and answers ``Reject(OFFER_EXPIRED)`` if so.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from . import signing
+from .codec import DEFAULT_MAX_FRAME, FrameDecoder, frame
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .messages import (
+    FINAL_STATES,
+    Accept,
+    JobSpec,
+    Cancel,
+    CoSigned,
+    Lease,
+    LeaseTerms,
+    LogChunk,
+    Message,
+    Offer,
+    Receipt,
+    ReceiptTerms,
+    Reject,
+    RejectCode,
+    Result,
+    Resume,
+    Status,
+    TaskRequest,
+)
+
+TASK_PROTOCOL = "/peerd/task/1.0.0"
+
+
+class Role(enum.StrEnum):
+    REQUESTER = "requester"
+    PROVIDER = "provider"
+
+
+class State(enum.StrEnum):
+    IDLE = "IDLE"
+    REQUESTED = "REQUESTED"
+    OFFERED = "OFFERED"
+    ACCEPTED = "ACCEPTED"
+    LEASE_PROPOSED = "LEASE_PROPOSED"
+    LEASED = "LEASED"
+    CANCELLING = "CANCELLING"
+    RESUMING = "RESUMING"
+    RESULT = "RESULT"
+    RECEIPT_PROPOSED = "RECEIPT_PROPOSED"
+    DONE = "DONE"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    ERROR = "ERROR"
+
+
+class Sentinel(enum.Enum):
+    """What ``next_event`` returns when it has no message."""
+
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
+
+_R, _P = Role.REQUESTER, Role.PROVIDER
+_S = State
+
+# (state, sender, message TYPE) -> next state. Anything absent is illegal.
+TRANSITIONS: dict[tuple[State, Role, str], State] = {
+    (_S.IDLE, _R, TaskRequest.TYPE): _S.REQUESTED,
+    (_S.IDLE, _R, Resume.TYPE): _S.RESUMING,
+    (_S.REQUESTED, _P, Offer.TYPE): _S.OFFERED,
+    (_S.REQUESTED, _P, Reject.TYPE): _S.REJECTED,
+    (_S.OFFERED, _R, Accept.TYPE): _S.ACCEPTED,
+    (_S.OFFERED, _R, Cancel.TYPE): _S.CANCELLED,
+    (_S.ACCEPTED, _P, Lease.TYPE): _S.LEASE_PROPOSED,
+    (_S.ACCEPTED, _P, Reject.TYPE): _S.REJECTED,
+    (_S.LEASE_PROPOSED, _R, Lease.TYPE): _S.LEASED,
+    (_S.LEASE_PROPOSED, _R, Cancel.TYPE): _S.CANCELLED,
+    (_S.LEASED, _P, Status.TYPE): _S.LEASED,
+    (_S.LEASED, _P, LogChunk.TYPE): _S.LEASED,
+    (_S.LEASED, _P, Result.TYPE): _S.RESULT,
+    (_S.LEASED, _R, Cancel.TYPE): _S.CANCELLING,
+    (_S.CANCELLING, _P, Status.TYPE): _S.CANCELLING,
+    (_S.CANCELLING, _P, LogChunk.TYPE): _S.CANCELLING,
+    (_S.CANCELLING, _P, Result.TYPE): _S.RESULT,
+    (_S.RESUMING, _P, Status.TYPE): _S.LEASED,
+    (_S.RESUMING, _P, LogChunk.TYPE): _S.LEASED,
+    (_S.RESUMING, _P, Result.TYPE): _S.RESULT,
+    (_S.RESUMING, _P, Reject.TYPE): _S.REJECTED,
+    (_S.RESULT, _P, Receipt.TYPE): _S.RECEIPT_PROPOSED,
+    (_S.RECEIPT_PROPOSED, _R, Receipt.TYPE): _S.DONE,
+}
+
+# Legal only on receipt: sent by the peer before it saw our last message.
+CROSSING: dict[tuple[State, Role, str], State] = {
+    (_S.RESULT, _R, Cancel.TYPE): _S.RESULT,
+    (_S.RECEIPT_PROPOSED, _R, Cancel.TYPE): _S.RECEIPT_PROPOSED,
+}
+
+TERMINAL = frozenset({_S.DONE, _S.REJECTED, _S.CANCELLED, _S.ERROR})
+
+# Every message type that may appear on the task stream.
+STREAM_MESSAGES: tuple[type[Message], ...] = (
+    TaskRequest, Resume, Offer, Reject, Accept, Lease, Status, LogChunk, Result, Cancel, Receipt,
+)
+
+Event = Message | Sentinel
+M = TypeVar("M", bound=Message)
+
+
+class _Violation(Exception):
+    """A broken rule; ``Negotiation._apply`` turns it into Local/RemoteProtocolError."""
+
+    def __init__(self, message: str, code: str = "invalid_message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _require(ok: bool, why: str) -> None:
+    if not ok:
+        raise _Violation(why)
+
+
+def _verified_terms(doc: CoSigned, terms_type: type[M], *, require_both: bool) -> M:
+    try:
+        return signing.verify_cosigned(doc, terms_type, require_both=require_both)
+    except ProtocolError as exc:
+        raise _Violation(str(exc), exc.code) from exc
+
+
+class Negotiation:
+    """One side of one task stream. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        role: Role,
+        signer: signing.Signer,
+        peer_id: str,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.role = Role(role)
+        self.signer = signer
+        self.peer_id = peer_id
+        self.max_frame = max_frame
+        self._frames = FrameDecoder(max_frame)
+        self._state = State.IDLE
+        self._error: str | None = None
+        self._task_id: str | None = None
+        self.last_envelope: bytes | None = None
+        self.request: TaskRequest | None = None
+        self.resumed: Resume | None = None
+        self.offer: Offer | None = None
+        self.accepted: Accept | None = None
+        self.rejection: Reject | None = None
+        self.lease_terms: LeaseTerms | None = None
+        self.proposed_lease: Lease | None = None
+        self.lease: Lease | None = None
+        self.result: Result | None = None
+        self.receipt_terms: ReceiptTerms | None = None
+        self.proposed_receipt: Receipt | None = None
+        self.receipt: Receipt | None = None
+        self.cancel_requested = False
+
+    # ------------------------------------------------------------ properties
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def task_id(self) -> str | None:
+        return self._task_id
+
+    @property
+    def their_role(self) -> Role:
+        return _P if self.role is _R else _R
+
+    @property
+    def requester_id(self) -> str:
+        return self.signer.peer_id if self.role is _R else self.peer_id
+
+    @property
+    def provider_id(self) -> str:
+        return self.signer.peer_id if self.role is _P else self.peer_id
+
+    def offer_expired(self, now: float) -> bool:
+        """True if there is an offer and ``now`` is at or past its expiry."""
+        return self.offer is not None and now >= self.offer.expires_at
+
+    # ------------------------------------------------------------ I/O edges
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the stream; ``b""`` means the remote closed it."""
+        if self._state is State.ERROR:
+            return
+        try:
+            self._frames.receive_data(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def next_event(self) -> Event:
+        """The next received message, NEED_DATA or CLOSED; raises RemoteProtocolError."""
+        if self._state is State.ERROR:
+            raise RemoteProtocolError(f"negotiation already failed: {self._error}")
+        try:
+            payload = self._frames.next_frame()
+            if payload is None:
+                return CLOSED if self._frames.closed else NEED_DATA
+            _, msg = signing.open_envelope(payload, expected_signer=self.peer_id)
+        except ProtocolError as exc:
+            self._fail(exc)
+        try:
+            self._apply(msg, self.their_role)
+        except _Violation as exc:
+            self._fail(RemoteProtocolError(str(exc), code=exc.code))
+        self.last_envelope = payload
+        return msg
+
+    def send(self, msg: Message) -> bytes:
+        """Seal, check and frame ``msg``; raises LocalProtocolError if illegal now."""
+        if self._state is State.ERROR:
+            raise LocalProtocolError(f"negotiation already failed: {self._error}")
+        data = frame(signing.seal_bytes(msg, self.signer), self.max_frame)
+        try:
+            self._apply(msg, self.role)
+        except _Violation as exc:
+            raise LocalProtocolError(str(exc), code=exc.code) from None
+        return data
+
+    def _fail(self, exc: ProtocolError) -> NoReturn:
+        self._state = State.ERROR
+        self._error = str(exc)
+        if isinstance(exc, RemoteProtocolError):
+            raise exc
+        raise RemoteProtocolError(str(exc), code=exc.code) from exc
+
+    # ------------------------------------------------------------ the table
+    def _apply(self, msg: Message, sender: Role) -> None:
+        """Check ``msg`` from ``sender``; only if it passes, record it and move."""
+        key = (self._state, sender, msg.TYPE)
+        new_state = TRANSITIONS.get(key)
+        if new_state is None and sender is not self.role:
+            new_state = CROSSING.get(key)
+        if new_state is None:
+            verb = "sent" if sender is not self.role else "may not send"
+            raise _Violation(
+                f"{sender} {verb} {msg.TYPE!r} in state {self._state}", "unexpected_message"
+            )
+        # Lease and Receipt carry the task_id inside their terms (checked below).
+        task_id = getattr(msg, "task_id", self._task_id)
+        if self._task_id is not None and task_id != self._task_id:
+            raise _Violation(
+                f"{sender}'s {msg.TYPE!r} is for task {task_id!r}, not {self._task_id!r}"
+            )
+        try:
+            _CHECKS[type(msg)](self, msg, sender)
+        except _Violation as exc:
+            raise _Violation(f"{sender}'s {msg.TYPE!r} in state {self._state}: {exc}", exc.code) from None
+        self._task_id = task_id
+        self._state = new_state
+
+    # ------------------------------------------------------------ per-message checks
+    # Each checks first and records last, so a failed check changes nothing.
+    def _check_request(self, msg: TaskRequest, sender: Role) -> None:
+        _require(msg.requester == self.requester_id, "requester is not the requester's peer ID")
+        self.request = msg
+
+    def _check_resume(self, msg: Resume, sender: Role) -> None:
+        if self.role is _R:
+            _require(self.lease is not None, "use resume(lease, log_seq), not send(Resume)")
+            assert self.lease is not None
+            _require(msg.lease_digest == signing.digest(self.lease.terms), "lease_digest mismatch")
+        self.resumed = msg
+
+    def _check_offer(self, msg: Offer, sender: Role) -> None:
+        assert self.request is not None
+        spec = self.request.spec
+        _require(len(msg.gpus) == spec.gpus, f"offers {len(msg.gpus)} GPUs, {spec.gpus} requested")
+        _require(len(set(msg.gpus)) == len(msg.gpus), "offers a GPU twice")
+        _require(msg.cpus >= spec.cpus, "offers fewer CPUs than requested")
+        _require(msg.memory >= spec.memory, "offers less memory than requested")
+        self.offer = msg
+
+    def _check_reject(self, msg: Reject, sender: Role) -> None:
+        self.rejection = msg
+
+    def _check_accept(self, msg: Accept, sender: Role) -> None:
+        assert self.offer is not None
+        _require(msg.price == self.offer.price, f"price {msg.price} is not the offered {self.offer.price}")
+        self.accepted = msg
+
+    def _check_lease(self, msg: Lease, sender: Role) -> None:
+        if sender is _P:
+            _require(not msg.requester_sig, "a proposed lease carries no requester signature")
+            _require(bool(msg.provider_sig), "a proposed lease carries the provider's signature")
+            terms = _verified_terms(msg, LeaseTerms, require_both=False)
+            self._check_lease_terms(terms)
+            self.lease_terms, self.proposed_lease = terms, msg
+            return
+        proposed = self.proposed_lease
+        assert proposed is not None
+        _require(msg.terms == proposed.terms, "terms differ from the proposed lease")
+        _require(msg.provider_sig == proposed.provider_sig, "provider signature differs")
+        _verified_terms(msg, LeaseTerms, require_both=True)
+        self.lease = msg
+
+    def _check_lease_terms(self, terms: LeaseTerms) -> None:
+        assert self.request is not None and self.offer is not None and self.accepted is not None
+        _require(terms.task_id == self._task_id, "terms name another task")
+        _require(terms.requester == self.requester_id, "terms name another requester")
+        _require(terms.provider == self.provider_id, "terms name another provider")
+        _require(terms.spec == self.request.spec, "terms spec differs from the requested spec")
+        _require(terms.price == self.accepted.price, "terms price differs from the accepted price")
+        _require(terms.gpus == self.offer.gpus, "terms GPUs differ from the offered GPUs")
+        _require(terms.expires_at > terms.issued_at, "terms expire before they are issued")
+
+    def _check_leased_phase(self, msg: Status | LogChunk | Result, sender: Role) -> None:
+        _require(self.lease is not None, "no lease: a provider answering Resume calls attach_lease()")
+        if isinstance(msg, LogChunk) and self.resumed is not None:
+            _require(msg.seq >= self.resumed.log_seq, f"log seq {msg.seq} < resumed log_seq")
+        if isinstance(msg, Result):
+            _require(msg.state in FINAL_STATES, f"result state {msg.state} is not final")
+            self.result = msg
+
+    def _check_cancel(self, msg: Cancel, sender: Role) -> None:
+        _require(not self.cancel_requested, "cancel sent twice")
+        self.cancel_requested = True
+
+    def _check_receipt(self, msg: Receipt, sender: Role) -> None:
+        if sender is _P:
+            _require(not msg.requester_sig, "a proposed receipt carries no requester signature")
+            _require(bool(msg.provider_sig), "a proposed receipt carries the provider's signature")
+            terms = _verified_terms(msg, ReceiptTerms, require_both=False)
+            self._check_receipt_terms(terms)
+            self.receipt_terms, self.proposed_receipt = terms, msg
+            return
+        proposed = self.proposed_receipt
+        assert proposed is not None
+        _require(msg.terms == proposed.terms, "terms differ from the proposed receipt")
+        _require(msg.provider_sig == proposed.provider_sig, "provider signature differs")
+        _verified_terms(msg, ReceiptTerms, require_both=True)
+        self.receipt = msg
+
+    def _check_receipt_terms(self, terms: ReceiptTerms) -> None:
+        lease, lease_terms, result = self.lease, self.lease_terms, self.result
+        assert lease is not None and lease_terms is not None and result is not None
+        _require(terms.task_id == self._task_id, "terms name another task")
+        _require(terms.requester == self.requester_id, "terms name another requester")
+        _require(terms.provider == self.provider_id, "terms name another provider")
+        _require(terms.lease_digest == signing.digest(lease.terms), "lease_digest mismatch")
+        _require(terms.price == lease_terms.price, "price differs from the lease")
+        for name in ("state", "exit_code", "output_digest", "output_size", "wall_time", "gpu_seconds"):
+            _require(getattr(terms, name) == getattr(result, name), f"{name} differs from the result")
+
+    # ------------------------------------------------------------ shared helpers
+    def _need(self, role: Role, what: str) -> None:
+        if self.role is not role:
+            raise LocalProtocolError(f"only the {role} can {what}")
+
+    def _adopt_lease(self, lease: Lease) -> LeaseTerms:
+        """Verify a stored, fully signed lease for this stream's parties."""
+        try:
+            terms = signing.verify_cosigned(lease, LeaseTerms)
+        except ProtocolError as exc:
+            raise LocalProtocolError(f"stored lease does not verify: {exc}") from exc
+        if terms.requester != self.requester_id or terms.provider != self.provider_id:
+            raise LocalProtocolError("stored lease is between other peers")
+        return terms
+
+
+_CHECKS: dict[type[Message], Callable[[Negotiation, Message, Role], None]] = {
+    TaskRequest: Negotiation._check_request,  # type: ignore[dict-item]
+    Resume: Negotiation._check_resume,  # type: ignore[dict-item]
+    Offer: Negotiation._check_offer,  # type: ignore[dict-item]
+    Reject: Negotiation._check_reject,  # type: ignore[dict-item]
+    Accept: Negotiation._check_accept,  # type: ignore[dict-item]
+    Lease: Negotiation._check_lease,  # type: ignore[dict-item]
+    Status: Negotiation._check_leased_phase,  # type: ignore[dict-item]
+    LogChunk: Negotiation._check_leased_phase,  # type: ignore[dict-item]
+    Result: Negotiation._check_leased_phase,  # type: ignore[dict-item]
+    Cancel: Negotiation._check_cancel,  # type: ignore[dict-item]
+    Receipt: Negotiation._check_receipt,  # type: ignore[dict-item]
+}
+
+
+class RequesterNegotiation(Negotiation):
+    """The requester's side: opens the stream with ``request`` or ``resume``."""
+
+    def __init__(
+        self, signer: signing.Signer, peer_id: str, *, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
+        super().__init__(Role.REQUESTER, signer, peer_id, max_frame=max_frame)
+
+    def send_request(self, task_id: str, spec: JobSpec, *, now: float) -> bytes:
+        """Send the TaskRequest for ``spec`` (``requester`` is our peer ID)."""
+        return self.send(
+            TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=now)
+        )
+
+    def resume(self, lease: Lease, log_seq: int = 0) -> bytes:
+        """Re-attach to a leased task on a fresh stream (first message only)."""
+        if self._state is not State.IDLE:
+            raise LocalProtocolError(f"resume opens a stream; state is {self._state}")
+        terms = self._adopt_lease(lease)
+        msg = Resume(task_id=terms.task_id, lease_digest=signing.digest(lease.terms), log_seq=log_seq)
+        self.lease, self.lease_terms = lease, terms
+        try:
+            return self.send(msg)
+        except LocalProtocolError:
+            self.lease = self.lease_terms = None
+            raise
+
+    def accept(self, *, now: float) -> bytes:
+        """Accept the offer at its price; LocalProtocolError(code="offer_expired") if too late."""
+        if self.offer is None or self._task_id is None:
+            raise LocalProtocolError(f"no offer to accept in state {self._state}")
+        if self.offer_expired(now):
+            raise LocalProtocolError("the offer has expired", code="offer_expired")
+        return self.send(Accept(task_id=self._task_id, price=self.offer.price))
+
+    def cancel(self, reason: str) -> bytes:
+        if self._task_id is None:
+            raise LocalProtocolError("nothing to cancel before the first message")
+        return self.send(Cancel(task_id=self._task_id, reason=reason))
+
+    def countersign_lease(self) -> bytes:
+        """Sign the proposed lease (after checking it on receipt) and send it."""
+        if self.proposed_lease is None or self._state is not State.LEASE_PROPOSED:
+            raise LocalProtocolError(f"no lease proposal to countersign in state {self._state}")
+        return self.send(signing.countersign(self.proposed_lease, self.signer, as_provider=False))
+
+    def countersign_receipt(self) -> bytes:
+        """Sign the proposed receipt and send it; the signed one is then ``receipt``."""
+        if self.proposed_receipt is None or self._state is not State.RECEIPT_PROPOSED:
+            raise LocalProtocolError(f"no receipt proposal to countersign in state {self._state}")
+        return self.send(signing.countersign(self.proposed_receipt, self.signer, as_provider=False))
+
+
+class ProviderNegotiation(Negotiation):
+    """The provider's side: answers one TaskRequest or Resume."""
+
+    def __init__(
+        self, signer: signing.Signer, peer_id: str, *, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
+        super().__init__(Role.PROVIDER, signer, peer_id, max_frame=max_frame)
+
+    def reject(self, code: RejectCode, detail: str) -> bytes:
+        if self._task_id is None:
+            raise LocalProtocolError("nothing to reject before the first message")
+        return self.send(Reject(task_id=self._task_id, code=code, detail=detail))
+
+    def draft_lease(self, *, issued_at: float, expires_at: float) -> LeaseTerms:
+        """LeaseTerms matching the request, the offer and the accepted price."""
+        if self.request is None or self.offer is None or self.accepted is None:
+            raise LocalProtocolError(f"nothing to lease in state {self._state}")
+        return LeaseTerms(
+            task_id=self.request.task_id,
+            requester=self.requester_id,
+            provider=self.provider_id,
+            spec=self.request.spec,
+            price=self.accepted.price,
+            gpus=self.offer.gpus,
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
+
+    def propose_lease(self, terms: LeaseTerms) -> bytes:
+        """Sign ``terms`` as the provider and send the Lease proposal."""
+        return self.send(signing.propose(terms, Lease, self.signer, as_provider=True))
+
+    def attach_lease(self, lease: Lease) -> None:
+        """After receiving Resume: adopt the stored lease it names (or Reject instead)."""
+        resumed = self.resumed
+        if self._state is not State.RESUMING or resumed is None or self.lease is not None:
+            raise LocalProtocolError(f"attach_lease answers a Resume; state is {self._state}")
+        terms = self._adopt_lease(lease)
+        if terms.task_id != resumed.task_id or signing.digest(lease.terms) != resumed.lease_digest:
+            raise LocalProtocolError("the stored lease is not the one the requester resumes")
+        self.lease, self.lease_terms = lease, terms
+
+    def draft_receipt(
+        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float
+    ) -> ReceiptTerms:
+        """ReceiptTerms matching the lease and the Result already sent."""
+        lease, lease_terms, result = self.lease, self.lease_terms, self.result
+        if lease is None or lease_terms is None or result is None:
+            raise LocalProtocolError(f"nothing to receipt in state {self._state}")
+        return ReceiptTerms(
+            task_id=lease_terms.task_id,
+            requester=self.requester_id,
+            provider=self.provider_id,
+            lease_digest=signing.digest(lease.terms),
+            state=result.state,
+            exit_code=result.exit_code,
+            stdout_digest=stdout_digest,
+            stderr_digest=stderr_digest,
+            output_digest=result.output_digest,
+            output_size=result.output_size,
+            wall_time=result.wall_time,
+            gpu_seconds=result.gpu_seconds,
+            price=lease_terms.price,
+            cost=cost,
+            finished_at=finished_at,
+        )
+
+    def propose_receipt(self, terms: ReceiptTerms) -> bytes:
+        """Sign ``terms`` as the provider and send the Receipt proposal."""
+        return self.send(signing.propose(terms, Receipt, self.signer, as_provider=True))
