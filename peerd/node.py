@@ -1,0 +1,393 @@
+"""The daemon: owns the root nursery and starts every service in order.
+
+Start-up order: store → executor (provider role; recovers its containers) →
+job runner (re-attaches leased jobs) → p2p (joins through the seeds, then
+publishes adverts) → requester (resumes unfinished tasks) → control socket →
+READY=1. SIGTERM drains: a draining advert goes out, new requests are rejected
+with ``draining``, running jobs get ``limits.drain_grace`` to finish, the rest
+are stopped and reported interrupted, then the daemon exits 0. SIGHUP reloads
+the policy parts of the config.
+
+``Node`` implements the control socket's ``NodeOps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from protocol.messages import FINAL_STATES, JobSpec, TaskState
+
+from . import __version__, sdnotify
+from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
+from .config import Config, load
+from .control.ops import (
+    CancelView,
+    DoctorCheck,
+    DrainView,
+    EventView,
+    LogChunkView,
+    PeerView,
+    ReceiptView,
+    StatusView,
+    TaskNotFound,
+    TaskView,
+)
+from .control.server import ControlServer
+from .errors import PeerdError
+from .executor.docker import DockerExecutor
+from .executor.gpus import CapacityLedger
+from .executor.policy import ProviderPolicy
+from .identity import load_key
+from .jobrun import JobRunner
+from .market import rank_candidates
+from .p2p import P2PService
+from .provider import Provider, ProviderSettings
+from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
+from .resources import snapshot
+from .store import Store
+from .tracking import TaskTracker
+from .views import peer_view, receipt_view, task_view
+
+log = logging.getLogger(__name__)
+
+
+def policy_from(config: Config) -> ProviderPolicy:
+    p = config.policy
+    return ProviderPolicy(
+        allowed_images=p.images,
+        max_time_limit=p.max_timeout,
+        allow_network=p.allow_network,
+        max_cpus=p.max_cpus or None,
+        max_memory=p.max_memory or None,
+    )
+
+
+class Node:
+    def __init__(self, config: Config, *, seed: bool = False) -> None:
+        self.config = config
+        self.seed = seed or config.node.role == "seed"
+        self.signer = load_key(config.key_path)
+        self.tracker = TaskTracker()
+        self.store: Store | None = None
+        self.p2p: P2PService | None = None
+        self.provider: Provider | None = None
+        self.runner: JobRunner | None = None
+        self.requester: Requester | None = None
+        self.host: HostFacts | None = None
+        self.ledger: CapacityLedger | None = None
+        self.draining = False
+        self.ready = trio.Event()
+        self._advert_seq = int(time.time() * 1000)
+
+    @property
+    def role(self) -> str:
+        return "seed" if self.seed else self.config.node.role
+
+    # ------------------------------------------------------------ services
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        config.home.mkdir(parents=True, exist_ok=True)
+        async with Store.open(config.db_path) as store, trio.open_nursery() as nursery:
+            self.store = store
+            if self.role == "provider":
+                await self._start_provider(nursery, store)
+            self.p2p = P2PService(
+                self.signer,
+                listen=list(config.node.listen),
+                bootstrap=list(config.node.bootstrap),
+                seed=self.seed,
+                net=config.network,
+                advert_source=self._advert if self.role == "provider" else None,
+            )
+            await nursery.start(self.p2p.run)
+            if self.provider is not None:
+                self.p2p.set_stream_handler(TASK_PROTOCOL, self._serve_task_stream)
+            if not self.seed:
+                self.requester = Requester(
+                    signer=self.signer, store=store, tracker=self.tracker,
+                    candidates=self._candidates, open_stream=self._open_task_stream,
+                    settings=RequesterSettings(
+                        max_attempts=config.requester.max_attempts,
+                        placement_deadline=config.requester.placement_deadline,
+                        provider_timeout=config.requester.provider_timeout,
+                        io_timeout=config.network.io_timeout,
+                    ),
+                )
+                await nursery.start(self.requester.run)
+            await nursery.start(ControlServer(config.control_path, self).run)
+            nursery.start_soon(self._signals, nursery)
+            nursery.start_soon(sdnotify.Watchdog(status=self._status_line).run)
+            sdnotify.notify("READY=1\nSTATUS=" + self._status_line())
+            self.ready.set()
+            task_status.started(self)
+
+    async def _start_provider(self, nursery: trio.Nursery, store: Store) -> None:
+        config = self.config
+        inventory = await snapshot(docker_url=config.resources.docker_url or None, home=config.home)
+        self.host = HostFacts(
+            cpus=float(inventory.cpus), memory=inventory.memory, disk_free=inventory.disk_free,
+            docker=inventory.docker, gpu_runtime=inventory.nvidia_runtime, gpus=tuple(inventory.gpus),
+        )
+        cpus, memory = offered_capacity(config, self.host)
+        executor = DockerExecutor(
+            self.signer.peer_id, config.work_dir, base_url=config.resources.docker_url or None,
+            policy=policy_from(config), log_limit=config.limits.log_limit,
+            output_limit=config.limits.output_limit, stop_grace=config.limits.stop_grace,
+        )
+        await nursery.start(executor.run)
+        self.ledger = CapacityLedger(cpus=cpus, memory=memory, gpus=offered_gpus(config, self.host.gpus))
+        self.runner = JobRunner(
+            signer=self.signer, executor=executor, ledger=self.ledger, store=store,
+            pids=config.limits.pids, log_limit=config.limits.log_limit,
+        )
+        await nursery.start(self.runner.run)
+        self.provider = Provider(
+            signer=self.signer, ledger=self.ledger, runner=self.runner,
+            settings=ProviderSettings(
+                price_cpu_hour=config.pricing.cpu_hour, price_gpu_hour=config.pricing.gpu_hour,
+                policy=policy_from(config), gpu_runtime=executor.gpu_runtime, pids=config.limits.pids,
+                offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
+                keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
+            ),
+        )
+
+    def _advert(self, now: float):  # -> Advert
+        assert self.host is not None and self.ledger is not None and self.p2p is not None
+        self._advert_seq = max(self._advert_seq + 1, int(now * 1000))
+        running = len(self.runner.jobs) if self.runner else 0
+        return build_advert(
+            config=self.config, host=self.host, ledger=self.ledger, peer_id=self.signer.peer_id,
+            addrs=self.p2p.listen_addrs(), now=now, seq=self._advert_seq, queue_depth=0,
+            running=running, draining=self.draining,
+        )
+
+    async def _serve_task_stream(self, stream) -> None:  # p2p Stream
+        assert self.provider is not None
+        await self.provider.handle_stream(stream, stream.remote_peer)
+
+    def _candidates(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:
+        assert self.p2p is not None
+        if local:
+            return [Candidate(peer_id=self.signer.peer_id, addrs=[])] if self.provider else []
+        entries = self.p2p.table.candidates(spec, now, exclude={self.signer.peer_id})
+        return [Candidate(peer_id=e.peer_id, addrs=list(e.advert.addrs)) for e in entries]
+
+    @asynccontextmanager
+    async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[object]:
+        assert self.p2p is not None
+        if peer_id == self.signer.peer_id:
+            async with self._local_stream() as stream:
+                yield stream
+            return
+        async with self.p2p.open_stream(peer_id, TASK_PROTOCOL, addrs or None) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _local_stream(self) -> AsyncIterator[object]:
+        """An in-process byte pipe to this node's own provider (``--local``)."""
+        from .localpipe import pipe_pair
+
+        assert self.provider is not None
+        ours, theirs = pipe_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.provider.handle_stream, theirs, self.signer.peer_id)
+            try:
+                yield ours
+            finally:
+                await ours.close()
+
+    def _status_line(self) -> str:
+        peers = len(self.p2p.connected_peers()) if self.p2p else 0
+        running = len(self.runner.jobs) if self.runner else 0
+        return f"{peers} peers, {running} running tasks" + (", draining" if self.draining else "")
+
+    # ------------------------------------------------------------ signals and drain
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                log.info("signal %s: draining", signal.Signals(signum).name)
+                sdnotify.notify("STOPPING=1")
+                with trio.CancelScope(shield=True):
+                    await self._drain_and_stop()
+                nursery.cancel_scope.cancel()
+                return
+
+    def _reload(self) -> None:
+        try:
+            fresh = load(self.config.home)
+        except PeerdError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        if self.provider is not None:
+            self.provider.settings = type(self.provider.settings)(
+                **{**self.provider.settings.__dict__, "policy": policy_from(fresh)}
+            )
+        log.info("SIGHUP: policy reloaded")
+
+    async def _drain_and_stop(self) -> None:
+        await self.drain()
+        if self.runner is None:
+            return
+        with trio.move_on_after(self.config.limits.drain_grace):
+            while self.runner.jobs:
+                job = next(iter(self.runner.jobs.values()))
+                await job.done.wait()
+        for task_id in list(self.runner.jobs):
+            await self.runner.cancel(task_id, "the provider is shutting down", interrupted=True)
+        with trio.move_on_after(self.config.limits.stop_grace + 10):
+            while self.runner.jobs:
+                job = next(iter(self.runner.jobs.values()))
+                await job.done.wait()
+                await trio.sleep(0)
+
+    # ------------------------------------------------------------ NodeOps
+    async def status(self) -> StatusView:
+        assert self.p2p is not None and self.store is not None
+        running = len(self.runner.jobs) if self.runner else 0
+        placing = len(await self.store.list_tasks(role="requester", states=[TaskState.PLACING, TaskState.PENDING]))
+        return StatusView(
+            peer_id=self.signer.peer_id,
+            addrs=self.p2p.listen_addrs(),
+            role=self.role,
+            peers_connected=len(self.p2p.connected_peers()),
+            peers_known=len(self.p2p.table.snapshot(time.time())),
+            tasks_running=running,
+            tasks_queued=placing,
+            version=__version__,
+            counters=dict(self.p2p.counters()),
+            draining=self.draining,
+        )
+
+    async def peers(self) -> list[PeerView]:
+        assert self.p2p is not None
+        return [peer_view(e.advert) for e in self.p2p.table.snapshot(time.time())]
+
+    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+        if self.requester is None:
+            raise PeerdError("a seed node does not take jobs")
+        return await self.requester.submit(spec, local=local)
+
+    async def _view(self, task_id: str) -> TaskView | None:
+        assert self.store is not None
+        record = await self.store.get_task(task_id)
+        if record is None:
+            return None
+        return task_view(
+            record,
+            await self.store.attempts(task_id),
+            await self.store.get_result(task_id),
+            await self.store.get_receipt(task_id),
+        )
+
+    async def task(self, task_id: str) -> TaskView | None:
+        return await self._view(task_id)
+
+    async def wait(self, task_id: str) -> TaskView:
+        view = await self._view(task_id)
+        if view is None:
+            raise TaskNotFound(task_id)
+        if TaskState(view["state"]) not in FINAL_STATES:
+            await self.tracker.wait_final(task_id)
+        final = await self._view(task_id)
+        assert final is not None
+        return final
+
+    async def tasks(self, limit: int) -> list[TaskView]:
+        assert self.store is not None
+        views = []
+        for record in await self.store.list_tasks(limit=limit):
+            view = await self._view(record.task_id)
+            if view is not None:
+                views.append(view)
+        return views
+
+    async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
+        view = await self._view(task_id)
+        if view is None:
+            raise TaskNotFound(task_id)
+        live = follow and TaskState(view["state"]) not in FINAL_STATES
+        sent = False
+        async for chunk in self.tracker.follow_logs(task_id, follow=live):
+            sent = True
+            yield LogChunkView(stream=chunk.stream.value, data=chunk.data)
+        if not sent:  # after a restart only the stored result tails remain
+            final = await self._view(task_id) or view
+            if final["stdout"]:
+                yield LogChunkView(stream="stdout", data=final["stdout"].encode())
+            if final["stderr"]:
+                yield LogChunkView(stream="stderr", data=final["stderr"].encode())
+
+    async def events(self, task_id: str) -> AsyncIterator[EventView]:
+        if await self._view(task_id) is None:
+            raise TaskNotFound(task_id)
+        async for event in self.tracker.follow_events(task_id):
+            yield EventView(task_id=task_id, state=event.state.value, detail=event.detail, at=time.time())
+
+    async def cancel(self, task_id: str) -> CancelView:
+        view = await self._view(task_id)
+        if view is None:
+            raise TaskNotFound(task_id)
+        asked = self.requester is not None and await self.requester.cancel(task_id)
+        if not asked and self.runner is not None:
+            asked = await self.runner.cancel(task_id, "cancelled by the provider's operator")
+        detail = "cancel requested" if asked else "the task is not running"
+        return CancelView(task_id=task_id, state=view["state"], detail=detail)
+
+    async def receipts(self, limit: int) -> list[ReceiptView]:
+        assert self.store is not None
+        return [receipt_view(r.receipt) for r in await self.store.list_receipts(limit)]
+
+    async def doctor(self) -> list[DoctorCheck]:
+        from .doctor import run_checks
+
+        checks = await run_checks(self.config.resources.docker_url or None, self.config.home)
+        return [DoctorCheck(name=c.name, ok=c.ok, detail=c.detail if c.ok else f"{c.detail} — {c.fix}")
+                for c in checks]
+
+    async def drain(self) -> DrainView:
+        self.draining = True
+        if self.provider is not None:
+            self.provider.draining = True
+        if self.p2p is not None:
+            self.p2p.advert_changed()
+        running = len(self.runner.jobs) if self.runner else 0
+        return DrainView(draining=True, tasks_running=running,
+                         detail=f"no new tasks; {running} running task(s) may finish")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_daemon(config: Config, *, seed: bool = False) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit status."""
+    setup_logging(config.node.log_level)
+
+    async def main() -> None:
+        node = Node(config, seed=seed)
+        async with trio.open_nursery() as nursery:
+            started = await nursery.start(node.run)
+            for addr in started.p2p.listen_addrs():
+                print(addr, flush=True)
+
+    try:
+        trio.run(main)
+    except PeerdError as exc:
+        log.error("%s", exc)
+        print(f"peerd: {exc}", file=sys.stderr)
+        return 1
+    return 0

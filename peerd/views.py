@@ -1,0 +1,68 @@
+"""Turns stored records into the control socket's views (plain dicts). Pure."""
+
+from __future__ import annotations
+
+from protocol import ProtocolError, encode
+from protocol.messages import Advert, Receipt, ReceiptTerms
+from protocol.schema import Value
+from protocol.signing import verify_cosigned
+
+from .control.ops import AttemptView, PeerView, ReceiptView, TaskView
+from .store import Attempt, ResultRecord, TaskRecord
+
+
+def receipt_view(receipt: Receipt) -> ReceiptView:
+    try:
+        terms = verify_cosigned(receipt, ReceiptTerms)
+        verified = True
+    except ProtocolError:
+        terms = verify_cosigned(receipt, ReceiptTerms, require_both=False)
+        verified = False
+    return ReceiptView(
+        task_id=terms.task_id,
+        provider=terms.provider,
+        requester=terms.requester,
+        cost=terms.cost,
+        state=terms.state.value,
+        verified=verified,
+        cosigned=encode(receipt).hex(),
+    )
+
+
+def attempt_view(attempt: Attempt) -> AttemptView:
+    return AttemptView(
+        provider=attempt.provider,
+        outcome=attempt.outcome,
+        reason=attempt.reason_code,
+        detail=attempt.detail,
+    )
+
+
+def task_view(
+    record: TaskRecord,
+    attempts: list[Attempt],
+    result: ResultRecord | None,
+    receipt: Receipt | None,
+) -> TaskView:
+    return TaskView(
+        task_id=record.task_id,
+        state=record.state.value,
+        exit_code=result.exit_code if result else record.exit_code,
+        stdout=result.stdout.decode("utf-8", "replace") if result else "",
+        stderr=result.stderr.decode("utf-8", "replace") if result else "",
+        provider=record.provider,
+        attempts=[attempt_view(a) for a in attempts],
+        receipt=receipt_view(receipt) if receipt else None,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        spec=record.spec.to_wire(),  # type: ignore[typeddict-item]
+        role=record.role,
+        detail=record.detail,
+    )
+
+
+def peer_view(advert: Advert) -> PeerView:
+    wire: dict[str, Value] = advert.to_wire()  # type: ignore[assignment]
+    wire.pop("v", None)
+    wire.pop("t", None)
+    return PeerView(peer_id=advert.peer_id, addrs=list(advert.addrs), advert=wire)
