@@ -1,0 +1,66 @@
+"""Running leased jobs in Docker containers on this host.
+
+  contract   RunSpec, Outcome, the Executor protocol
+  errors     ExecutorError and its reason codes
+  policy     ProviderPolicy: which jobs this host accepts
+  gpus       CapacityLedger: exclusive GPUs + CPU/memory holds (pure)
+  plan       spec -> container config with the isolation defaults (pure)
+  reconcile  what to do with this node's containers after a restart (pure)
+  logs       bounded output tails with followers
+  outputs    the job's /out directory -> bounded tar.gz
+  engine     the docker SDK adapter (worker threads)
+  docker     DockerExecutor, the service tying them together
+"""
+
+from peerd.executor.contract import (
+    ContainerInfo,
+    Executor,
+    LogChunk,
+    Outcome,
+    OutcomeState,
+    PullProgress,
+    RecoveryReport,
+    RunSpec,
+)
+from peerd.executor.docker import DockerExecutor
+from peerd.executor.engine import EngineInfo, probe
+from peerd.executor.errors import (
+    CapacityError,
+    EngineError,
+    ExecutorError,
+    ImageUnavailable,
+    InvalidSpec,
+    PolicyError,
+    Reason,
+    UnknownTask,
+)
+from peerd.executor.gpus import CapacityLedger, FreeCapacity, Reservation
+from peerd.executor.plan import Limits
+from peerd.executor.policy import ProviderPolicy
+
+__all__ = [
+    "CapacityError",
+    "CapacityLedger",
+    "ContainerInfo",
+    "DockerExecutor",
+    "EngineError",
+    "EngineInfo",
+    "Executor",
+    "ExecutorError",
+    "FreeCapacity",
+    "ImageUnavailable",
+    "InvalidSpec",
+    "Limits",
+    "LogChunk",
+    "Outcome",
+    "OutcomeState",
+    "PolicyError",
+    "ProviderPolicy",
+    "PullProgress",
+    "Reason",
+    "RecoveryReport",
+    "Reservation",
+    "RunSpec",
+    "UnknownTask",
+    "probe",
+]

@@ -1,0 +1,202 @@
+"""The executor contract: what a job is, what comes back, and the operations.
+
+``RunSpec`` is a job exactly as leased (image, command, limits, the GPU UUIDs
+leased to it). ``Outcome`` is what happened. ``Executor`` is the protocol the
+provider programs against; ``DockerExecutor`` is the implementation.
+
+Rules every implementation keeps:
+  * a task id names at most one container per node; a second start is refused;
+  * ``wait`` returns exactly one Outcome per started task; the container is gone
+    by then and its GPUs may be released by the caller;
+  * ``recover`` touches only containers labelled with this node's id.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Callable, NamedTuple, Protocol
+
+from peerd.executor.errors import InvalidSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+RESERVED_ENV = frozenset({"NVIDIA_VISIBLE_DEVICES"})
+MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
+NOBODY = "65534:65534"
+
+EnvPairs = tuple[tuple[str, str], ...]
+
+
+def check_name(kind: str, value: str) -> str:
+    """Task and node ids end up in container names and host paths: keep them tame."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidSpec(f"{kind} {value!r} must match {_NAME.pattern}")
+    return value
+
+
+def _normalise_env(env: Mapping[str, str] | EnvPairs) -> EnvPairs:
+    pairs = tuple(sorted(env.items())) if isinstance(env, Mapping) else tuple(env)
+    seen: set[str] = set()
+    for key, value in pairs:
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise InvalidSpec(f"bad environment variable name {key!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidSpec(f"environment variable {key} must be a string without NUL")
+        if key in RESERVED_ENV:
+            raise InvalidSpec(f"environment variable {key} is set by the executor")
+        if key in seen:
+            raise InvalidSpec(f"environment variable {key} given twice")
+        seen.add(key)
+    return pairs
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One job, exactly as leased. ``env`` may be given as a mapping; it is stored as sorted pairs."""
+
+    task_id: str
+    image: str
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] | EnvPairs = ()
+    cpus: float
+    memory: int  # bytes; swap is not granted (memswap == memory)
+    pids: int = 256
+    gpus: tuple[str, ...] = ()  # NVML UUIDs
+    network: bool = False
+    timeout: float  # wall-clock seconds
+    user: str | None = NOBODY
+
+    def __post_init__(self) -> None:
+        check_name("task id", self.task_id)
+        if not self.image or any(c.isspace() for c in self.image):
+            raise InvalidSpec(f"bad image reference {self.image!r}")
+        object.__setattr__(self, "command", tuple(self.command))
+        if not all(isinstance(arg, str) and "\0" not in arg for arg in self.command):
+            raise InvalidSpec("command arguments must be strings without NUL")
+        object.__setattr__(self, "env", _normalise_env(self.env))
+        if not (math.isfinite(self.cpus) and self.cpus > 0):
+            raise InvalidSpec(f"cpus must be > 0, got {self.cpus}")
+        if self.memory < MIN_MEMORY:
+            raise InvalidSpec(f"memory must be at least {MIN_MEMORY} bytes, got {self.memory}")
+        if self.pids < 1:
+            raise InvalidSpec(f"pids must be >= 1, got {self.pids}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise InvalidSpec(f"timeout must be > 0 seconds, got {self.timeout}")
+        object.__setattr__(self, "gpus", tuple(self.gpus))
+        if len(set(self.gpus)) != len(self.gpus) or not all(
+            isinstance(g, str) and g and "," not in g and not g.isspace() for g in self.gpus
+        ):
+            raise InvalidSpec(f"gpus must be distinct NVML UUIDs, got {self.gpus!r}")
+        if self.user is not None and not _USER.match(self.user):
+            raise InvalidSpec(f"bad user {self.user!r}")
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The job's own environment (without the variables the executor adds)."""
+        pairs: EnvPairs = self.env  # type: ignore[assignment]  # normalised in __post_init__
+        return dict(pairs)
+
+
+class OutcomeState(StrEnum):
+    SUCCEEDED = "succeeded"  # exit code 0
+    FAILED = "failed"  # non-zero exit code
+    TIMEOUT = "timeout"  # killed at the wall-clock limit
+    OOM = "oom"  # killed by the kernel for exceeding its memory limit
+    CANCELLED = "cancelled"  # stopped on request
+    LOST = "lost"  # the container vanished or could not be followed
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    task_id: str
+    state: OutcomeState
+    exit_code: int | None
+    stdout: bytes  # last log_limit bytes
+    stderr: bytes  # last log_limit bytes
+    output_digest: str  # sha256 hex of the archive; "" when /out was empty
+    output_size: int  # archive size in bytes
+    output_path: Path | None  # host path of <workdir>/<task_id>/out.tar.gz, or None
+    output_truncated: bool = False  # some files of /out did not fit the output limit
+    started_at: float  # unix time
+    finished_at: float
+    wall_time: float
+    gpu_seconds: float  # wall_time x number of GPUs
+    detail: str = ""
+
+
+class LogChunk(NamedTuple):
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    """A container this node owns, as recorded in its labels and state."""
+
+    container_id: str
+    name: str
+    node_id: str
+    task_id: str
+    state: str  # docker's: created, running, exited, dead, ...
+    image: str
+    cpus: float
+    memory: int
+    gpus: tuple[str, ...]
+    deadline: float | None  # unix time the time limit expires
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    reattached: tuple[str, ...] = ()  # tracked task ids whose container runs on; wait() works
+    finished: tuple[Outcome, ...] = ()  # tracked tasks that ended meanwhile (state lost if no container)
+    removed: tuple[str, ...] = ()  # task ids of untracked containers, stopped and removed
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    image: str
+    status: str
+    layer: str | None = None
+    current: int | None = None
+    total: int | None = None
+
+
+PullListener = Callable[[PullProgress], None]
+
+
+class Executor(Protocol):
+    async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None: ...
+
+    async def wait(self, task_id: str) -> Outcome: ...
+
+    async def stop(self, task_id: str, reason: str) -> None: ...
+
+    def logs(self, task_id: str) -> AsyncIterator[LogChunk]: ...
+
+    async def inspect(self, task_id: str) -> ContainerInfo | None: ...
+
+    async def recover(self, tracked: set[str]) -> RecoveryReport: ...
+
+    async def list_owned(self) -> list[ContainerInfo]: ...
+
+
+__all__ = [
+    "ContainerInfo",
+    "EnvPairs",
+    "Executor",
+    "LogChunk",
+    "NOBODY",
+    "Outcome",
+    "OutcomeState",
+    "PullListener",
+    "PullProgress",
+    "RecoveryReport",
+    "RunSpec",
+    "check_name",
+]

@@ -1,0 +1,388 @@
+"""DockerExecutor: leased jobs as Docker containers, supervised by this node.
+
+A service (``await nursery.start(executor.run)``) owning one nursery in which
+every container gets a supervisor task: it streams the output into a bounded
+tail, waits for the exit under the wall-clock limit (stop with a short grace,
+then kill), classifies the end, archives /out and removes the container; then
+``wait`` returns the Outcome. Cancelling the service (or a crash) leaves the
+containers running: ``recover`` re-attaches them on the next start.
+
+Flow of one job: start -> [pull if missing] -> create+attach+start (one thread
+hop) -> supervisor(wait, logs) -> inspect+remove (one hop) -> outputs -> wait().
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from peerd.executor.contract import (
+    ContainerInfo,
+    LogChunk,
+    Outcome,
+    OutcomeState,
+    PullListener,
+    RecoveryReport,
+    RunSpec,
+    check_name,
+)
+from peerd.executor.engine import Engine, EngineInfo, Frames, ImageMissing
+from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
+from peerd.executor.logs import LogTail
+from peerd.executor.outputs import OutputArchive, collect_outputs, discard_task_dir, prepare_out_dir
+from peerd.executor.plan import (
+    ExitState,
+    Limits,
+    container_name,
+    info_from_inspect,
+    plan_container,
+)
+from peerd.executor.policy import ProviderPolicy
+from peerd.executor.reconcile import plan_recovery
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 2.0  # after the exit, how long the last output may take to arrive
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: str
+    container_id: str
+    gpus: tuple[str, ...]
+    memory: int
+    timeout: float | None  # seconds; None when re-attached (only the deadline is known)
+    deadline: float  # unix time
+    out_dir: Path
+    archive: Path
+    tail: LogTail
+    launched_at: float = field(default_factory=time.time)
+    stopping: OutcomeState | None = None  # CANCELLED or TIMEOUT, first one wins
+    stop_detail: str = ""
+    exited: bool = False
+    output_done: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: Outcome | None = None
+
+    def mark(self, state: OutcomeState, detail: str) -> None:
+        if self.stopping is None:
+            self.stopping, self.stop_detail = state, detail
+
+
+SIGKILL_EXIT = 128 + 9
+
+
+def classify(task_stop: OutcomeState | None, exit_state: ExitState | None) -> OutcomeState:
+    """How the job ended. We stopped it: cancelled/timeout. Otherwise docker's OOMKilled, or a
+    SIGKILL nobody here sent (dockerd's OOM watcher is racy and misses fast OOMs on some hosts;
+    the kernel's OOM killer is what sends SIGKILL to a job at its memory limit)."""
+    if task_stop is not None:
+        return task_stop
+    if exit_state is None or exit_state.status == "created":
+        return OutcomeState.LOST
+    if exit_state.oom_killed or exit_state.exit_code == SIGKILL_EXIT:
+        return OutcomeState.OOM
+    return OutcomeState.SUCCEEDED if exit_state.exit_code == 0 else OutcomeState.FAILED
+
+
+class DockerExecutor:
+    """The Executor on a real dockerd. Every container carries ``peerd.node=<node_id>``."""
+
+    def __init__(
+        self,
+        node_id: str,
+        workdir: Path,
+        *,
+        base_url: str | None = None,
+        policy: ProviderPolicy = ProviderPolicy(),
+        log_limit: int = 1 << 20,
+        output_limit: int = 16 << 20,
+        stop_grace: float = 2.0,
+        pull_timeout: float = 120.0,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.node_id = check_name("node id", node_id)
+        self.workdir = Path(workdir)
+        self.policy = policy
+        self._base_url = base_url
+        self._log_limit = log_limit
+        self._output_limit = output_limit
+        self._grace = max(0, math.ceil(stop_grace))
+        self._pull_timeout = pull_timeout
+        self._limits = limits
+        self._engine: Engine | None = None
+        self._nursery: trio.Nursery | None = None
+        self._tasks: dict[str, _Task] = {}
+        self._starting: set[str] = set()
+        self.engine_info = EngineInfo(reachable=False, detail="not started")
+
+    # ---- service -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[EngineInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to dockerd and supervise jobs until cancelled (containers are left running)."""
+        engine = await Engine.connect(self._base_url)
+        try:
+            self.engine_info = await engine.info()
+            async with trio.open_nursery() as nursery:
+                self._engine, self._nursery = engine, nursery
+                task_status.started(self.engine_info)
+                await trio.sleep_forever()
+        finally:
+            self._engine = self._nursery = None
+            engine.close()
+
+    def _running(self) -> tuple[Engine, trio.Nursery]:
+        if self._engine is None or self._nursery is None:
+            raise EngineError(Reason.DOCKER_UNAVAILABLE, "the executor service is not running")
+        return self._engine, self._nursery
+
+    @property
+    def gpu_runtime(self) -> bool:
+        return self.engine_info.gpu_runtime
+
+    def _paths(self, task_id: str) -> tuple[Path, Path]:
+        task_dir = self.workdir / task_id
+        return task_dir / "out", task_dir / "out.tar.gz"
+
+    # ---- start -------------------------------------------------------------------------
+    async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None:
+        """Refuse (typed reason) or launch the job; returns once the container runs."""
+        engine, nursery = self._running()
+        self.policy.check(spec, gpu_runtime=self.gpu_runtime)
+        if spec.task_id in self._tasks or spec.task_id in self._starting:
+            raise ExecutorError(Reason.TASK_EXISTS, f"task {spec.task_id!r} is already running here")
+        self._starting.add(spec.task_id)
+        try:
+            task, frames = await self._launch(engine, spec, on_pull)
+        finally:
+            self._starting.discard(spec.task_id)
+        self._tasks[spec.task_id] = task
+        nursery.start_soon(self._supervise, task, frames)
+
+    async def _launch(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> tuple[_Task, Frames]:
+        out_dir, archive = self._paths(spec.task_id)
+        await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user)
+        deadline = time.time() + spec.timeout
+        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self._limits)
+        try:
+            try:
+                container_id, frames = await engine.launch(plan)
+            except ImageMissing:
+                await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
+                container_id, frames = await engine.launch(plan)
+        except ExecutorError:
+            await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
+            raise
+        task = _Task(
+            task_id=spec.task_id, container_id=container_id, gpus=spec.gpus, memory=spec.memory,
+            timeout=spec.timeout, deadline=deadline, out_dir=out_dir, archive=archive,
+            tail=LogTail(self._log_limit),
+        )
+        return task, frames
+
+    # ---- supervision -------------------------------------------------------------------
+    async def _supervise(self, task: _Task, frames: Frames | None) -> None:
+        engine, _ = self._running()
+        try:
+            failure = await self._follow(engine, task, frames)
+            if failure is not None:
+                raise failure
+            outcome = await self._outcome(task, await engine.finish(task.container_id))
+        except ExecutorError as exc:  # the edge of one job: dockerd failed under it
+            log.warning("task %s lost: %s", task.task_id, exc)
+            outcome = await self._lose(engine, task, exc.detail)
+        task.outcome = outcome
+        task.tail.close()
+        task.done.set()
+
+    async def _follow(self, engine: Engine, task: _Task, frames: Frames | None) -> ExecutorError | None:
+        """Pump output and wait for the exit (enforcing the limit); then let the output drain."""
+        async with trio.open_nursery() as inner:
+            inner.start_soon(self._pump, engine, task, frames)
+            try:
+                await self._await_exit(engine, task)
+            except ExecutorError as exc:
+                inner.cancel_scope.cancel()
+                return exc
+            with trio.move_on_after(DRAIN_SECONDS):
+                await task.output_done.wait()
+            inner.cancel_scope.cancel()
+        return None
+
+    async def _pump(self, engine: Engine, task: _Task, frames: Frames | None) -> None:
+        try:
+            if frames is None:
+                frames = await engine.attach(task.container_id)
+            while (chunk := await engine.next_chunk(frames)) is not None:
+                task.tail.append(chunk.stream, chunk.data)
+        except EngineError as exc:
+            log.warning("output of task %s cut short: %s", task.task_id, exc)
+        finally:
+            task.output_done.set()
+
+    async def _await_exit(self, engine: Engine, task: _Task) -> None:
+        with trio.move_on_after(max(0.0, task.deadline - time.time())):
+            await engine.wait_exit(task.container_id)
+            task.exited = True
+            return
+        limit = f" of {task.timeout:g}s" if task.timeout else ""
+        task.mark(OutcomeState.TIMEOUT, f"time limit{limit} reached")
+        await engine.stop(task.container_id, self._grace)
+        await engine.wait_exit(task.container_id)
+        task.exited = True
+
+    async def _outcome(self, task: _Task, exit_state: ExitState | None) -> Outcome:
+        archive = await self._collect(task)
+        state = classify(task.stopping, exit_state)
+        started = exit_state.started_at if exit_state and exit_state.started_at else task.launched_at
+        finished = exit_state.finished_at if exit_state and exit_state.finished_at else time.time()
+        wall = max(0.0, finished - started)
+        return Outcome(
+            task_id=task.task_id, state=state,
+            exit_code=exit_state.exit_code if exit_state and exit_state.status != "created" else None,
+            stdout=task.tail.tail("stdout"), stderr=task.tail.tail("stderr"),
+            output_digest=archive.digest, output_size=archive.size, output_path=archive.path,
+            output_truncated=archive.truncated, started_at=started, finished_at=finished,
+            wall_time=wall, gpu_seconds=wall * len(task.gpus),
+            detail=self._detail(task, state, exit_state, archive),
+        )
+
+    async def _collect(self, task: _Task) -> OutputArchive:
+        try:
+            return await collect_outputs(task.out_dir, task.archive, self._output_limit)
+        except OSError as exc:
+            log.warning("outputs of task %s unreadable: %s", task.task_id, exc)
+            return OutputArchive(None, "", 0, True, ())
+
+    @staticmethod
+    def _detail(task: _Task, state: OutcomeState, exit_state: ExitState | None, archive: OutputArchive) -> str:
+        if state in (OutcomeState.CANCELLED, OutcomeState.TIMEOUT):
+            text = task.stop_detail
+        elif state is OutcomeState.OOM and exit_state is not None and exit_state.oom_killed:
+            text = f"out of memory: limit of {task.memory} bytes exceeded"
+        elif state is OutcomeState.OOM:
+            text = f"killed by SIGKILL, taken as out of memory (limit {task.memory} bytes)"
+        elif state is OutcomeState.LOST:
+            text = "the container never ran" if exit_state else "the container disappeared"
+        else:
+            text = f"exit code {exit_state.exit_code if exit_state else None}"
+        if exit_state is not None and exit_state.error:
+            text += f"; docker: {exit_state.error}"
+        if archive.truncated:
+            text += f"; outputs truncated ({len(archive.skipped)} file(s) left out)"
+        return text
+
+    async def _lose(self, engine: Engine, task: _Task, detail: str) -> Outcome:
+        try:
+            await engine.remove(task.container_id)
+        except EngineError as exc:
+            log.warning("could not remove the container of lost task %s: %s", task.task_id, exc)
+        task.mark(OutcomeState.LOST, detail)
+        return await self._outcome(task, None)
+
+    # ---- the rest of the contract ------------------------------------------------------
+    async def wait(self, task_id: str) -> Outcome:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        await task.done.wait()
+        self._tasks.pop(task_id, None)
+        assert task.outcome is not None
+        return task.outcome
+
+    async def run_job(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> Outcome:
+        """start + wait: the container is gone when this returns."""
+        await self.start(spec, on_pull=on_pull)
+        return await self.wait(spec.task_id)
+
+    async def stop(self, task_id: str, reason: str) -> None:
+        """Cancel: SIGTERM, SIGKILL after the grace; returns once the container stopped."""
+        engine, _ = self._running()
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        if task.exited:  # too late: it ended by itself
+            return
+        task.mark(OutcomeState.CANCELLED, f"cancelled: {reason}")
+        await engine.stop(task.container_id, self._grace)
+
+    async def stop_all(self, reason: str) -> None:
+        """Cancel every job this process supervises (drain)."""
+        async with trio.open_nursery() as nursery:
+            for task_id in list(self._tasks):
+                nursery.start_soon(self.stop, task_id, reason)
+
+    async def logs(self, task_id: str) -> AsyncIterator[LogChunk]:
+        """What the job wrote (as much as is retained), then live chunks until it ends."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        async for chunk in task.tail.follow():
+            yield chunk
+
+    async def inspect(self, task_id: str) -> ContainerInfo | None:
+        engine, _ = self._running()
+        details = await engine.inspect(container_name(self.node_id, check_name("task id", task_id)))
+        if details is None:
+            return None
+        info = info_from_inspect(details)
+        return info if info.node_id == self.node_id else None
+
+    async def list_owned(self) -> list[ContainerInfo]:
+        engine, _ = self._running()
+        return await engine.list_owned(self.node_id)
+
+    def running(self) -> set[str]:
+        """Task ids this process supervises now."""
+        return set(self._tasks)
+
+    # ---- recovery ----------------------------------------------------------------------
+    async def recover(self, tracked: set[str]) -> RecoveryReport:
+        """Re-attach tracked running containers, finish tracked exited ones, remove the rest
+        of this node's containers; tracked tasks without a container come back lost."""
+        engine, nursery = self._running()
+        plan = plan_recovery(
+            await engine.list_owned(self.node_id), node_id=self.node_id,
+            tracked=set(tracked), active=set(self._tasks) | self._starting,
+        )
+        for info in plan.remove:
+            await engine.remove(info.container_id)
+        for info in plan.reattach:
+            task = self._adopt(info)
+            self._tasks[task.task_id] = task
+            nursery.start_soon(self._supervise, task, None)
+        finished = [await self._collect_exited(engine, info) for info in plan.collect]
+        finished += [await self._lose(engine, self._adopt_missing(t), "no container after restart") for t in plan.missing]
+        return RecoveryReport(
+            reattached=tuple(i.task_id for i in plan.reattach),
+            finished=tuple(finished),
+            removed=tuple(i.task_id for i in plan.remove),
+        )
+
+    def _adopt(self, info: ContainerInfo) -> _Task:
+        out_dir, archive = self._paths(info.task_id)
+        deadline = info.deadline if info.deadline is not None else time.time()
+        return _Task(
+            task_id=info.task_id, container_id=info.container_id, gpus=info.gpus, memory=info.memory,
+            timeout=None, deadline=deadline, out_dir=out_dir, archive=archive, tail=LogTail(self._log_limit),
+        )
+
+    def _adopt_missing(self, task_id: str) -> _Task:
+        out_dir, archive = self._paths(task_id)
+        return _Task(
+            task_id=task_id, container_id=container_name(self.node_id, task_id), gpus=(), memory=0,
+            timeout=None, deadline=0.0, out_dir=out_dir, archive=archive, tail=LogTail(self._log_limit),
+        )
+
+    async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> Outcome:
+        task = self._adopt(info)
+        stdout, stderr = await engine.output_tails(info.container_id, self._log_limit)
+        task.tail.append("stdout", stdout)
+        task.tail.append("stderr", stderr)
+        return await self._outcome(task, await engine.finish(info.container_id))
+

@@ -1,0 +1,326 @@
+"""The Docker adapter: the only executor module that imports ``docker``.
+
+Each public coroutine is one hop to a worker thread running blocking docker SDK
+calls (low-level ``APIClient``: no hidden re-inspects), with every docker /
+requests exception translated into ``EngineError`` at this edge. Calls that
+block until a container does something (wait, log frames, pulls) abandon their
+thread on cancellation; the thread ends when dockerd answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+import trio
+from docker.utils import kwargs_from_env, parse_repository_tag
+
+from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullProgress
+from peerd.executor.errors import EngineError, ImageUnavailable, Reason
+from peerd.executor.plan import (
+    LABEL_NODE,
+    ContainerPlan,
+    ExitState,
+    JsonObject,
+    exit_from_inspect,
+    info_from_summary,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Frames = Iterator[tuple[bytes | None, bytes | None]]
+
+
+class ImageMissing(ImageUnavailable):
+    """The image is not present locally (a pull may still fetch it)."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What dockerd says about itself (``reachable=False`` with ``detail`` when it does not)."""
+
+    reachable: bool
+    detail: str = ""
+    version: str | None = None
+    api_version: str | None = None
+    runtimes: tuple[str, ...] = ()
+    cdi_spec_dirs: tuple[str, ...] = ()
+    memory_limit: bool = False
+    swap_limit: bool = False
+    pids_limit: bool = False
+    cpu_cfs_quota: bool = False
+    root_dir: str | None = None
+
+    @property
+    def gpu_runtime(self) -> bool:
+        """An NVIDIA runtime is configured, or CDI devices can be requested."""
+        return "nvidia" in self.runtimes or bool(self.cdi_spec_dirs)
+
+
+def _engine_info(info: JsonObject, version: JsonObject, api_version: str) -> EngineInfo:
+    runtimes = info.get("Runtimes")
+    cdi = info.get("CDISpecDirs")
+    root = info.get("DockerRootDir")
+    return EngineInfo(
+        reachable=True,
+        version=str(version.get("Version", "")) or None,
+        api_version=api_version,
+        runtimes=tuple(sorted(runtimes)) if isinstance(runtimes, dict) else (),
+        cdi_spec_dirs=tuple(str(d) for d in cdi) if isinstance(cdi, list) else (),
+        memory_limit=bool(info.get("MemoryLimit")),
+        swap_limit=bool(info.get("SwapLimit")),
+        pids_limit=bool(info.get("PidsLimit")),
+        cpu_cfs_quota=bool(info.get("CpuCfsQuota")),
+        root_dir=str(root) if root else None,
+    )
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Map docker/requests failures to EngineError (the one place this happens)."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise ImageMissing(f"{action}: {_explain(exc)}") from exc
+    except docker.errors.APIError as exc:
+        code = exc.status_code
+        reason = Reason.TASK_EXISTS if code == 409 and "already in use" in _explain(exc) else Reason.ENGINE_ERROR
+        raise EngineError(reason, f"{action}: {_explain(exc)}") from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise EngineError(Reason.DOCKER_UNAVAILABLE, f"{action}: dockerd unreachable: {exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(Reason.ENGINE_ERROR, f"{action}: {_explain(exc)}") from exc
+
+
+def _pull_event(image: str, raw: JsonObject) -> PullProgress:
+    detail = raw.get("progressDetail")
+    detail = detail if isinstance(detail, dict) else {}
+    current, total = detail.get("current"), detail.get("total")
+    layer = raw.get("id")
+    return PullProgress(
+        image=image,
+        status=str(raw.get("status", "")),
+        layer=str(layer) if layer else None,
+        current=current if isinstance(current, int) else None,
+        total=total if isinstance(total, int) else None,
+    )
+
+
+class Engine:
+    """One dockerd. Construct with ``await Engine.connect(base_url)``."""
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self._api = api
+
+    @classmethod
+    async def connect(cls, base_url: str | None = None, *, timeout: float = 30.0) -> Engine:
+        """Open a client (negotiating the API version: one request); DOCKER_HOST when no URL."""
+
+        def open_client() -> docker.APIClient:
+            with _translated("connect to dockerd"):
+                if base_url is None:
+                    env = kwargs_from_env()
+                    return docker.APIClient(
+                        base_url=env.get("base_url"), tls=env.get("tls", False),
+                        version="auto", timeout=timeout, max_pool_size=64,
+                    )
+                return docker.APIClient(base_url=base_url, version="auto", timeout=timeout, max_pool_size=64)
+
+        return cls(await trio.to_thread.run_sync(open_client))
+
+    async def _call(self, action: str, fn: Callable[[], T], *, abandon: bool = False) -> T:
+        def run() -> T:
+            with _translated(action):
+                return fn()
+
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
+
+    def close(self) -> None:
+        self._api.close()
+
+    async def info(self) -> EngineInfo:
+        api = self._api
+        return await self._call("docker info", lambda: _engine_info(api.info(), api.version(), api.api_version))
+
+    async def launch(self, plan: ContainerPlan) -> tuple[str, Frames]:
+        """Create, attach to and start the container in one thread hop. A container that
+        fails to start is removed again; ImageMissing when the image is not here."""
+        api = self._api
+
+        def work() -> tuple[str, Frames]:
+            with _translated(f"create {plan.name}"):
+                created = api.create_container(
+                    image=plan.image, command=plan.command, environment=plan.environment,
+                    user=plan.user or "", labels=plan.labels, name=plan.name,
+                    host_config=plan.host_config, detach=True, tty=False, stdin_open=False,
+                )
+            container_id = str(created["Id"])
+            try:
+                with _translated(f"start {plan.name}"):
+                    frames = api.attach(container_id, stream=True, logs=True, demux=True)
+                    api.start(container_id)
+            except EngineError as exc:
+                self._remove_quietly(container_id)
+                raise EngineError(Reason.START_FAILED, exc.detail) from exc
+            return container_id, frames
+
+        return await trio.to_thread.run_sync(work)
+
+    def _remove_quietly(self, container_id: str) -> None:
+        try:
+            with _translated(f"remove {container_id[:12]}"):
+                self._api.remove_container(container_id, force=True)
+        except EngineError as exc:
+            log.warning("could not remove container %s: %s", container_id[:12], exc)
+
+    async def attach(self, container_id: str) -> Frames:
+        """Follow a running container's output, starting with what it already wrote."""
+        api = self._api
+        return await self._call(
+            f"attach {container_id[:12]}",
+            lambda: api.attach(container_id, stream=True, logs=True, demux=True),
+        )
+
+    async def next_chunk(self, frames: Frames) -> LogChunk | None:
+        """The next output chunk, or None once the container's output ends."""
+
+        def read() -> LogChunk | None:
+            for out, err in frames:
+                if out:
+                    return LogChunk("stdout", out)
+                if err:
+                    return LogChunk("stderr", err)
+            return None
+
+        return await self._call("read container output", read, abandon=True)
+
+    async def wait_exit(self, container_id: str) -> int | None:
+        """Block until the container is not running; its exit code."""
+        api = self._api
+        result = await self._call(f"wait {container_id[:12]}", lambda: api.wait(container_id), abandon=True)
+        code = result.get("StatusCode") if isinstance(result, dict) else None
+        return code if isinstance(code, int) else None
+
+    async def stop(self, container_id: str, grace: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds. A container already gone is fine."""
+        api = self._api
+
+        def work() -> None:
+            try:
+                api.stop(container_id, timeout=grace)
+            except docker.errors.NotFound:
+                pass
+
+        await self._call(f"stop {container_id[:12]}", work)
+
+    async def finish(self, container_id: str) -> ExitState | None:
+        """Inspect the exited container and remove it (one hop); None if it is already gone."""
+        api = self._api
+
+        def work() -> ExitState | None:
+            try:
+                details = api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            try:
+                api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            return exit_from_inspect(details)
+
+        return await self._call(f"finish {container_id[:12]}", work)
+
+    async def remove(self, container_id: str) -> None:
+        """Kill and remove; a container already gone is fine."""
+        api = self._api
+
+        def work() -> None:
+            try:
+                api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+
+        await self._call(f"remove {container_id[:12]}", work)
+
+    async def inspect(self, name_or_id: str) -> JsonObject | None:
+        api = self._api
+
+        def work() -> JsonObject | None:
+            try:
+                details = api.inspect_container(name_or_id)
+            except docker.errors.NotFound:
+                return None
+            return details if isinstance(details, dict) else None
+
+        return await self._call(f"inspect {name_or_id}", work)
+
+    async def list_owned(self, node_id: str) -> list[ContainerInfo]:
+        """Every container (any state) labelled ``peerd.node=<node_id>``: one request."""
+        api = self._api
+        summaries = await self._call(
+            "list containers",
+            lambda: api.containers(all=True, filters={"label": [f"{LABEL_NODE}={node_id}"]}),
+        )
+        infos = [info_from_summary(s) for s in summaries]
+        return [i for i in infos if i.node_id == node_id]
+
+    async def output_tails(self, container_id: str, limit: int) -> tuple[bytes, bytes]:
+        """The last ``limit`` bytes of stdout and stderr of a (stopped) container."""
+        api = self._api
+
+        def work() -> tuple[bytes, bytes]:
+            out = api.logs(container_id, stdout=True, stderr=False)
+            err = api.logs(container_id, stdout=False, stderr=True)
+            return bytes(out)[-limit:], bytes(err)[-limit:]
+
+        return await self._call(f"logs {container_id[:12]}", work)
+
+    async def pull(self, image: str, *, timeout: float, on_progress: PullListener | None) -> None:
+        """Pull ``image``; ImageUnavailable when no registry has it (or within ``timeout``)."""
+        api = self._api
+        repository, tag = parse_repository_tag(image)
+        try:
+            with trio.fail_after(timeout):
+                events: Iterator[JsonObject] = await self._call(
+                    f"pull {image}",
+                    lambda: iter(api.pull(repository, tag or "latest", stream=True, decode=True)),
+                    abandon=True,
+                )
+                while (raw := await self._call(f"pull {image}", lambda: next(events, None), abandon=True)) is not None:
+                    if "error" in raw:
+                        raise ImageUnavailable(f"pull {image}: {raw['error']}")
+                    if on_progress is not None:
+                        on_progress(_pull_event(image, raw))
+        except trio.TooSlowError as exc:
+            raise ImageUnavailable(f"pull {image}: no answer within {timeout:g}s") from exc
+        except EngineError as exc:
+            if isinstance(exc, ImageUnavailable):
+                raise
+            raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}") from exc
+
+
+async def probe(base_url: str | None = None, *, timeout: float = 5.0) -> EngineInfo:
+    """EngineInfo of the dockerd at ``base_url``; never raises (unreachable is an answer)."""
+    try:
+        engine = await Engine.connect(base_url, timeout=timeout)
+    except EngineError as exc:
+        return EngineInfo(reachable=False, detail=exc.detail)
+    try:
+        return await engine.info()
+    except EngineError as exc:
+        return EngineInfo(reachable=False, detail=exc.detail)
+    finally:
+        engine.close()

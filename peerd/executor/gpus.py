@@ -1,0 +1,201 @@
+"""The capacity ledger: who holds which GPUs, CPUs and memory. Pure: no I/O, no clock.
+
+Rules:
+  * a GPU (by NVML UUID) belongs to at most one reservation at a time;
+  * a reservation is first a *hold* (it lapses at ``hold_until`` unless
+    confirmed) and, once confirmed, lasts until released;
+  * ``release`` is idempotent, so every exit path may call it;
+  * after a daemon restart the ledger is rebuilt from the live tasks only
+    (``CapacityLedger.rebuild``): holds die with the process, confirmed
+    allocations come back from the containers' labels;
+  * free = total - sum(reservations), for CPUs, memory and each GPU.
+
+The caller passes ``now`` (any monotonic or wall clock, used consistently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from peerd.executor.errors import CapacityError, Reason
+from peerd.nvml import GpuInfo
+
+
+@dataclass(frozen=True)
+class Reservation:
+    task_id: str
+    cpus: float
+    memory: int
+    gpus: tuple[str, ...]  # UUIDs, in device-index order
+    hold_until: float | None  # None once confirmed
+
+    @property
+    def confirmed(self) -> bool:
+        return self.hold_until is None
+
+
+@dataclass(frozen=True)
+class FreeCapacity:
+    cpus: float
+    memory: int
+    gpus: tuple[GpuInfo, ...]  # the free GPUs, in device-index order
+
+
+class Allocated(Protocol):
+    """What a live task holds (``ContainerInfo`` fits)."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def cpus(self) -> float: ...
+
+    @property
+    def memory(self) -> int: ...
+
+    @property
+    def gpus(self) -> tuple[str, ...]: ...
+
+
+def gpu_matches(gpu: GpuInfo, model: str | None, min_memory: int) -> bool:
+    """``model`` matches case-insensitively as a substring of the NVML name ("h100" fits
+    "NVIDIA H100 80GB HBM3"); ``min_memory`` is compared with the GPU's total memory."""
+    if model and model.casefold() not in gpu.name.casefold():
+        return False
+    return gpu.memory_total >= min_memory
+
+
+_EPS = 1e-9
+
+
+class CapacityLedger:
+    def __init__(self, *, cpus: float, memory: int, gpus: Iterable[GpuInfo] = ()) -> None:
+        self.total_cpus = float(cpus)
+        self.total_memory = int(memory)
+        self._gpus: dict[str, GpuInfo] = {g.uuid: g for g in sorted(gpus, key=lambda g: g.index)}
+        self._owner: dict[str, str] = {}  # gpu uuid -> task id
+        self._reservations: dict[str, Reservation] = {}
+
+    @classmethod
+    def rebuild(
+        cls, *, cpus: float, memory: int, gpus: Iterable[GpuInfo], live: Iterable[Allocated]
+    ) -> CapacityLedger:
+        """A ledger after a restart: every live task's allocation, confirmed."""
+        ledger = cls(cpus=cpus, memory=memory, gpus=gpus)
+        for task in live:
+            ledger.adopt(task.task_id, cpus=task.cpus, memory=task.memory, gpus=task.gpus)
+        return ledger
+
+    @property
+    def gpus(self) -> tuple[GpuInfo, ...]:
+        return tuple(self._gpus.values())
+
+    def reservation(self, task_id: str) -> Reservation | None:
+        return self._reservations.get(task_id)
+
+    def reservations(self) -> tuple[Reservation, ...]:
+        return tuple(self._reservations.values())
+
+    def free(self) -> FreeCapacity:
+        used_cpus = sum(r.cpus for r in self._reservations.values())
+        used_memory = sum(r.memory for r in self._reservations.values())
+        return FreeCapacity(
+            cpus=self.total_cpus - used_cpus,
+            memory=self.total_memory - used_memory,
+            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in self._owner),
+        )
+
+    def reserve(
+        self,
+        task_id: str,
+        *,
+        cpus: float,
+        memory: int,
+        gpu_count: int = 0,
+        gpu_model: str | None = None,
+        min_gpu_memory: int = 0,
+        now: float,
+        hold_until: float,
+    ) -> Reservation:
+        """Hold capacity for ``task_id`` until ``hold_until`` (lapsed holds are expired first)."""
+        self.expire(now)
+        if task_id in self._reservations:
+            raise CapacityError(Reason.DUPLICATE_TASK, f"task {task_id!r} already holds capacity")
+        if cpus < 0 or memory < 0 or gpu_count < 0:
+            raise CapacityError(Reason.NO_CAPACITY, "negative resources requested")
+        free = self.free()
+        if cpus > free.cpus + _EPS or memory > free.memory:
+            raise CapacityError(
+                Reason.NO_CAPACITY,
+                f"asked {cpus} cpus / {memory} B, free {free.cpus:g} cpus / {free.memory} B",
+            )
+        chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus)
+        return self._record(Reservation(task_id, float(cpus), int(memory), chosen, hold_until))
+
+    def _choose_gpus(
+        self, count: int, model: str | None, min_memory: int, free: tuple[GpuInfo, ...]
+    ) -> tuple[str, ...]:
+        if count == 0:
+            return ()
+        fitting = [g for g in self._gpus.values() if gpu_matches(g, model, min_memory)]
+        if len(fitting) < count:
+            raise CapacityError(
+                Reason.NO_MATCHING_GPU,
+                f"{len(fitting)} GPU(s) here match model={model!r} memory>={min_memory}, {count} asked",
+            )
+        available = [g.uuid for g in free if gpu_matches(g, model, min_memory)]
+        if len(available) < count:
+            raise CapacityError(
+                Reason.NO_CAPACITY, f"{len(available)} matching GPU(s) free, {count} asked"
+            )
+        return tuple(available[:count])
+
+    def adopt(self, task_id: str, *, cpus: float, memory: int, gpus: tuple[str, ...]) -> Reservation:
+        """Record a confirmed allocation of exactly these GPUs (restart path). CPUs and memory
+        are taken even past the total: the containers exist whatever the ledger thinks."""
+        if task_id in self._reservations:
+            raise CapacityError(Reason.DUPLICATE_TASK, f"task {task_id!r} already holds capacity")
+        for uuid in gpus:
+            if uuid in self._owner:
+                raise CapacityError(
+                    Reason.GPU_CONFLICT, f"GPU {uuid} claimed by {self._owner[uuid]!r} and {task_id!r}"
+                )
+        known = tuple(u for u in gpus if u in self._gpus)  # a GPU that vanished holds nothing
+        return self._record(Reservation(task_id, float(cpus), int(memory), known, None))
+
+    def _record(self, reservation: Reservation) -> Reservation:
+        self._reservations[reservation.task_id] = reservation
+        for uuid in reservation.gpus:
+            self._owner[uuid] = reservation.task_id
+        return reservation
+
+    def confirm(self, task_id: str, *, now: float | None = None) -> Reservation:
+        """Turn a hold into an allocation; with ``now``, a lapsed hold is refused."""
+        held = self._reservations.get(task_id)
+        if held is None:
+            raise CapacityError(Reason.UNKNOWN_RESERVATION, f"no reservation for {task_id!r}")
+        if held.hold_until is not None and now is not None and now >= held.hold_until:
+            self.release(task_id)
+            raise CapacityError(Reason.RESERVATION_EXPIRED, f"hold for {task_id!r} lapsed")
+        confirmed = Reservation(held.task_id, held.cpus, held.memory, held.gpus, None)
+        self._reservations[task_id] = confirmed
+        return confirmed
+
+    def release(self, task_id: str) -> Reservation | None:
+        """Give back everything ``task_id`` holds. Idempotent."""
+        gone = self._reservations.pop(task_id, None)
+        if gone is not None:
+            for uuid in gone.gpus:
+                del self._owner[uuid]
+        return gone
+
+    def expire(self, now: float) -> tuple[Reservation, ...]:
+        """Drop holds whose ``hold_until`` is at or before ``now``; return them."""
+        lapsed = [
+            r for r in self._reservations.values() if r.hold_until is not None and r.hold_until <= now
+        ]
+        for r in lapsed:
+            self.release(r.task_id)
+        return tuple(lapsed)

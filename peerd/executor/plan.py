@@ -1,0 +1,204 @@
+"""Pure translation between a RunSpec and what dockerd is told / reports. No I/O.
+
+``plan_container`` turns a spec into the container to create, with the
+isolation defaults every job gets (written as Docker Engine API JSON so the
+tests read exactly what dockerd receives). ``info_from_summary`` /
+``info_from_inspect`` / ``exit_from_inspect`` read containers back through the
+labels this module writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from peerd.executor.contract import ContainerInfo, RunSpec
+
+LABEL_NODE = "peerd.node"
+LABEL_TASK = "peerd.task"
+LABEL_GPUS = "peerd.gpus"
+LABEL_CPUS = "peerd.cpus"
+LABEL_MEMORY = "peerd.memory"
+LABEL_DEADLINE = "peerd.deadline"
+
+OUT_MOUNT = "/out"
+NO_GPUS = "void"  # NVIDIA_VISIBLE_DEVICES value that makes the NVIDIA runtime act like runc
+
+JsonObject = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Host-side knobs that are not part of the lease."""
+
+    tmp_size: int = 64 * 1024 * 1024  # bytes of tmpfs at /tmp (charged to the memory limit)
+    log_file_size: int = 4 * 1024 * 1024  # dockerd's own json log, per container (bounded disk)
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    name: str
+    image: str
+    command: list[str] | None  # None: the image's default command
+    environment: dict[str, str]
+    user: str | None
+    labels: dict[str, str]
+    host_config: JsonObject  # Docker Engine API "HostConfig"
+
+
+def container_name(node_id: str, task_id: str) -> str:
+    return f"peerd-{node_id}-{task_id}"
+
+
+def plan_container(
+    spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits()
+) -> ContainerPlan:
+    environment = spec.environment
+    environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus) if spec.gpus else NO_GPUS
+    labels = {
+        LABEL_NODE: node_id,
+        LABEL_TASK: spec.task_id,
+        LABEL_GPUS: ",".join(spec.gpus),
+        LABEL_CPUS: repr(float(spec.cpus)),
+        LABEL_MEMORY: str(spec.memory),
+        LABEL_DEADLINE: repr(float(deadline)),
+    }
+    return ContainerPlan(
+        name=container_name(node_id, spec.task_id),
+        image=spec.image,
+        command=list(spec.command) or None,
+        environment=environment,
+        user=spec.user,
+        labels=labels,
+        host_config=host_config(spec, out_dir=out_dir, limits=limits),
+    )
+
+
+def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
+    config: JsonObject = {
+        "NetworkMode": "bridge" if spec.network else "none",
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "ReadonlyRootfs": True,
+        "IpcMode": "private",
+        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"},
+        "Mounts": [
+            {"Type": "bind", "Source": str(out_dir), "Target": OUT_MOUNT, "ReadOnly": False}
+        ],
+        "Memory": spec.memory,
+        "MemorySwap": spec.memory,  # == Memory: no swap, exceeding the limit OOM-kills
+        "NanoCpus": int(round(spec.cpus * 1e9)),
+        "PidsLimit": spec.pids,
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": str(limits.log_file_size), "max-file": "1"},
+        },
+    }
+    if spec.gpus:
+        config["DeviceRequests"] = [
+            {
+                "Driver": "",
+                "Count": 0,
+                "DeviceIDs": list(spec.gpus),
+                "Capabilities": [["gpu"]],
+                "Options": {},
+            }
+        ]
+    return config
+
+
+def _label_float(labels: dict[str, str], key: str) -> float | None:
+    try:
+        return float(labels[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _info(container_id: str, name: str, image: str, state: str, labels: dict[str, str]) -> ContainerInfo:
+    gpus = labels.get(LABEL_GPUS, "")
+    return ContainerInfo(
+        container_id=container_id,
+        name=name.lstrip("/"),
+        node_id=labels.get(LABEL_NODE, ""),
+        task_id=labels.get(LABEL_TASK, ""),
+        state=state,
+        image=image,
+        cpus=_label_float(labels, LABEL_CPUS) or 0.0,
+        memory=int(_label_float(labels, LABEL_MEMORY) or 0),
+        gpus=tuple(g for g in gpus.split(",") if g),
+        deadline=_label_float(labels, LABEL_DEADLINE),
+    )
+
+
+def info_from_summary(summary: JsonObject) -> ContainerInfo:
+    """From one entry of GET /containers/json."""
+    names = summary.get("Names") or [""]
+    return _info(
+        str(summary["Id"]),
+        str(names[0]) if isinstance(names, list) else "",
+        str(summary.get("Image", "")),
+        str(summary.get("State", "")),
+        _labels(summary.get("Labels")),
+    )
+
+
+def info_from_inspect(details: JsonObject) -> ContainerInfo:
+    """From GET /containers/{id}/json."""
+    config = details.get("Config")
+    state = details.get("State")
+    config = config if isinstance(config, dict) else {}
+    state = state if isinstance(state, dict) else {}
+    return _info(
+        str(details["Id"]),
+        str(details.get("Name", "")),
+        str(config.get("Image", "")),
+        str(state.get("Status", "")),
+        _labels(config.get("Labels")),
+    )
+
+
+def _labels(raw: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """How a container ended, from its inspect data."""
+
+    status: str
+    exit_code: int | None
+    oom_killed: bool
+    started_at: float | None
+    finished_at: float | None
+    error: str
+
+
+def exit_from_inspect(details: JsonObject) -> ExitState:
+    state = details.get("State")
+    state = state if isinstance(state, dict) else {}
+    code = state.get("ExitCode")
+    return ExitState(
+        status=str(state.get("Status", "")),
+        exit_code=code if isinstance(code, int) else None,
+        oom_killed=bool(state.get("OOMKilled", False)),
+        started_at=parse_timestamp(state.get("StartedAt")),
+        finished_at=parse_timestamp(state.get("FinishedAt")),
+        error=str(state.get("Error") or ""),
+    )
+
+
+def parse_timestamp(raw: object) -> float | None:
+    """Docker's RFC 3339 with nanoseconds ("...T12:00:00.123456789Z"); zero time -> None."""
+    if not isinstance(raw, str) or not raw or raw.startswith("0001-"):
+        return None
+    text = raw.replace("Z", "+00:00")
+    head, _, rest = text.partition(".")
+    if rest:  # keep microseconds, drop nanoseconds; keep the offset
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[:min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
