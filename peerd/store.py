@@ -1,0 +1,605 @@
+"""Durable node state in SQLite: tasks, placement attempts, leases, results, receipts.
+
+One file, ``<home>/state.db`` (mode 0600), one connection, WAL journal,
+foreign keys on, a busy timeout. Every call runs in a worker thread
+(``trio.to_thread.run_sync``) behind a ``CapacityLimiter(1)``, so the
+connection is used by one thread at a time and calls are serialized in arrival
+order. Every write is its own transaction and has committed when the call
+returns: callers write before they act (record the lease, then start the
+container; record the result, then remove it), so a restart loses nothing
+that was acted on. The store never reads the clock; callers pass times.
+
+Durability: ``synchronous=NORMAL`` by default: a commit survives a crash of
+the daemon, and the database is never corrupted, but the last commits may roll
+back on power loss. Leases, results and receipts are committed with
+``synchronous=FULL`` (the WAL is fsynced before the call returns), because a
+co-signed lease or receipt is a promise to another party and a result is
+recorded just before its container is destroyed. The WAL is append-only, so
+that fsync also makes every earlier NORMAL commit durable (the task row the
+lease belongs to, its attempts).
+
+Leases, results and receipts are write-once: putting the same record again is
+a no-op (a retry after a crash is harmless); putting a different one raises
+``AlreadyRecorded``. The file format (migrations, connection settings,
+transactions) and the error base live in ``peerd.store_schema``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from collections.abc import Callable, Collection, Generator, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import msgpack
+import trio
+
+from protocol.codec import decode_as, encode
+from protocol.errors import ProtocolError
+from protocol.messages import FINAL_STATES, JobSpec, Lease, Receipt, RejectCode, Result, TaskState
+
+from .store_schema import (
+    MIGRATIONS,
+    Migration,
+    SchemaVersionError,
+    StoreError,
+    StoreInfo,
+    connect,
+    read_info,
+    transaction,
+)
+
+DB_NAME = "state.db"
+DEFAULT_BUSY_TIMEOUT = 5.0  # seconds another connection may hold the write lock
+DEFAULT_LIMIT = 100
+
+T = TypeVar("T")
+
+
+__all__ = [
+    "DB_NAME",
+    "AlreadyRecorded",
+    "Attempt",
+    "NoSuchTask",
+    "Outcome",
+    "ReceiptRecord",
+    "ResultRecord",
+    "SchemaVersionError",
+    "Store",
+    "StoreError",
+    "StoreInfo",
+    "TaskRecord",
+    "TaskRole",
+    "db_path",
+]
+
+
+# ---------------------------------------------------------------- errors
+class AlreadyRecorded(StoreError):
+    """A task id, attempt number, lease, result or receipt is already recorded (differently)."""
+
+
+class NoSuchTask(StoreError):
+    """The task id is not in the store."""
+
+
+# ---------------------------------------------------------------- records
+class TaskRole(enum.StrEnum):
+    """Which side of a task this node is on."""
+
+    REQUESTER = "requester"
+    PROVIDER = "provider"
+
+
+class Outcome(enum.StrEnum):
+    """What one placement attempt (one exchange with one provider) came to."""
+
+    OFFERED = "offered"  # the provider offered; not yet accepted
+    ACCEPTED = "accepted"  # the offer was accepted and the lease co-signed
+    DECLINED = "declined"  # the requester turned the offer down (price, expiry)
+    REJECTED = "rejected"  # the provider refused: reason_code, signed reject as proof
+    TIMEOUT = "timeout"  # no answer in time
+    UNREACHABLE = "unreachable"  # no connection or stream to the provider
+    LOST = "lost"  # leased, then the provider vanished
+    ERROR = "error"  # protocol violation or local failure; see detail
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task, seen from this node's side of it (``role``)."""
+
+    task_id: str
+    role: TaskRole
+    state: TaskState
+    spec: JobSpec
+    requester: str
+    created_at: float
+    updated_at: float
+    provider: str | None = None
+    price: float | None = None
+    local: bool = False
+    exit_code: int | None = None
+    detail: str = ""
+    gpus: tuple[str, ...] = ()  # UUIDs of the GPUs leased (provider side)
+    container: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Entry ``n`` (1-based, numbered by the caller) of a task's placement log."""
+
+    task_id: str
+    n: int
+    provider: str
+    outcome: Outcome
+    at: float
+    reason_code: RejectCode | None = None
+    detail: str = ""
+    signed: bytes | None = None  # raw encoded Envelope of a signed Reject
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """How a task ended: a ``protocol`` Result without its task id, plus when."""
+
+    state: TaskState
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    output_digest: str
+    output_size: int
+    wall_time: float
+    gpu_seconds: float
+    detail: str
+    finished_at: float
+
+    @classmethod
+    def from_result(cls, result: Result, finished_at: float) -> ResultRecord:
+        return cls(
+            result.state, result.exit_code, result.stdout, result.stderr, result.output_digest,
+            result.output_size, result.wall_time, result.gpu_seconds, result.detail, finished_at,
+        )  # fmt: skip
+
+    def to_result(self, task_id: str) -> Result:
+        return Result(
+            task_id, self.state, self.exit_code, self.stdout, self.stderr, self.output_digest,
+            self.output_size, self.wall_time, self.gpu_seconds, self.detail,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRecord:
+    """A co-signed receipt with the figures listings need without decoding it."""
+
+    task_id: str
+    receipt: Receipt
+    provider: str
+    requester: str
+    cost: float
+    finished_at: float
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
+
+
+# ---------------------------------------------------------------- row <-> record
+def _corrupt(what: str, key: str, exc: Exception) -> StoreError:
+    return StoreError(f"corrupt {what} for task {key!r} in the state database: {exc}")
+
+
+def _pack_spec(spec: JobSpec) -> bytes:
+    packed: bytes = msgpack.packb(spec.to_wire(), use_bin_type=True)
+    return packed
+
+
+def _unpack_spec(blob: bytes, task_id: str) -> JobSpec:
+    try:
+        return JobSpec.from_wire(msgpack.unpackb(blob, raw=False))
+    except (ProtocolError, ValueError, msgpack.UnpackException) as exc:
+        raise _corrupt("job spec", task_id, exc) from exc
+
+
+def _unpack_gpus(text: str, task_id: str) -> tuple[str, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _corrupt("GPU list", task_id, exc) from exc
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise _corrupt("GPU list", task_id, ValueError(f"not a list of strings: {text!r}"))
+    return tuple(value)
+
+
+_TASK_COLUMNS = (
+    "task_id, role, state, spec, requester, provider, price, local, "
+    "created_at, updated_at, exit_code, detail, gpus, container"
+)
+
+
+def _task_row(t: TaskRecord) -> tuple[object, ...]:
+    return (
+        t.task_id, TaskRole(t.role).value, TaskState(t.state).value, _pack_spec(t.spec),
+        t.requester, t.provider, t.price, int(t.local), t.created_at, t.updated_at, t.exit_code,
+        t.detail, json.dumps(list(t.gpus)), t.container,
+    )  # fmt: skip
+
+
+def _task_from_row(row: sqlite3.Row) -> TaskRecord:
+    task_id: str = row["task_id"]
+    try:
+        role, state = TaskRole(row["role"]), TaskState(row["state"])
+    except ValueError as exc:
+        raise _corrupt("task row", task_id, exc) from exc
+    return TaskRecord(
+        task_id=task_id, role=role, state=state, spec=_unpack_spec(row["spec"], task_id),
+        requester=row["requester"], created_at=row["created_at"], updated_at=row["updated_at"],
+        provider=row["provider"], price=row["price"], local=bool(row["local"]),
+        exit_code=row["exit_code"], detail=row["detail"], gpus=_unpack_gpus(row["gpus"], task_id),
+        container=row["container"],
+    )  # fmt: skip
+
+
+def _attempt_from_row(row: sqlite3.Row) -> Attempt:
+    task_id: str = row["task_id"]
+    code = row["reason_code"]
+    try:
+        outcome, reason = Outcome(row["outcome"]), None if code is None else RejectCode(code)
+    except ValueError as exc:
+        raise _corrupt("attempt", task_id, exc) from exc
+    return Attempt(
+        task_id, row["n"], row["provider"], outcome, row["at"], reason, row["detail"], row["signed"]
+    )
+
+
+def _result_from_row(row: sqlite3.Row, task_id: str) -> ResultRecord:
+    try:
+        state = TaskState(row["state"])
+    except ValueError as exc:
+        raise _corrupt("result", task_id, exc) from exc
+    return ResultRecord(
+        state, row["exit_code"], row["stdout"], row["stderr"], row["output_digest"],
+        row["output_size"], row["wall_time"], row["gpu_seconds"], row["detail"], row["finished_at"],
+    )  # fmt: skip
+
+
+def _receipt_from_row(row: sqlite3.Row) -> ReceiptRecord:
+    task_id: str = row["task_id"]
+    try:
+        receipt = decode_as(row["encoded"], Receipt)
+    except ProtocolError as exc:
+        raise _corrupt("receipt", task_id, exc) from exc
+    assert isinstance(receipt, Receipt)
+    return ReceiptRecord(
+        task_id, receipt, row["provider"], row["requester"], row["cost"], row["finished_at"]
+    )
+
+
+# ---------------------------------------------------------------- blocking SQL (worker thread)
+def _integrity(exc: sqlite3.IntegrityError, task_id: str, what: str) -> StoreError:
+    """Translate a constraint failure into the error the caller can act on."""
+    name = exc.sqlite_errorname
+    if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
+        return NoSuchTask(f"no task {task_id!r} to record {what} for")
+    if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+        return AlreadyRecorded(f"{what} for task {task_id!r} is already recorded")
+    return StoreError(f"{what} for task {task_id!r} violates the schema: {exc}")
+
+
+def _put_once(conn: sqlite3.Connection, table: str, row: dict[str, object], what: str) -> None:
+    """Insert ``row`` keyed by task_id; an identical row already there is fine, another is not."""
+    task_id = str(row["task_id"])
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+
+    def body() -> None:
+        try:
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            cur = conn.execute(sql, tuple(row.values()))
+        except sqlite3.IntegrityError as exc:
+            raise _integrity(exc, task_id, what) from exc
+        if cur.rowcount == 1:
+            return
+        existing = conn.execute(
+            f"SELECT {columns} FROM {table} WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if tuple(existing) != tuple(row.values()):
+            raise AlreadyRecorded(f"a different {what} is already recorded for task {task_id!r}")
+
+    transaction(conn, body, durable=True)
+
+
+def _insert(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], task_id: str, what: str
+) -> None:
+    def body() -> None:
+        try:
+            conn.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity(exc, task_id, what) from exc
+
+    transaction(conn, body)
+
+
+def _update_task(conn: sqlite3.Connection, task_id: str, changes: dict[str, object]) -> TaskRecord:
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+
+    def body() -> TaskRecord:
+        cur = conn.execute(
+            f"UPDATE tasks SET {assignments} WHERE task_id = ?", (*changes.values(), task_id)
+        )
+        if cur.rowcount == 0:
+            raise NoSuchTask(f"no task {task_id!r} to update")
+        row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return _task_from_row(row.fetchone())
+
+    return transaction(conn, body)
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+# ---------------------------------------------------------------- the async API
+class Store:
+    """The node's state database. Get one with ``Store.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._path = path
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> _Opening:
+        """``await Store.open(path)`` or ``async with Store.open(path) as store``.
+
+        Creates the file (0600) if needed and migrates it to the latest schema;
+        ``migrations`` is the schema history (tests pass their own).
+        """
+        return _Opening(path, busy_timeout, migrations)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def close(self) -> None:
+        """Wait for the call in flight, then close; idempotent and shielded from cancellation."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+
+    def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"{self._path}: the store is closed")
+        try:
+            return op(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {exc}") from exc
+
+    async def info(self) -> StoreInfo:
+        return await self._run(partial(read_info, path=self._path))
+
+    # ------------------------------------------------------------ tasks
+    async def create_task(self, record: TaskRecord) -> None:
+        """Record a new task; ``AlreadyRecorded`` if its id exists."""
+        row = _task_row(record)
+        sql = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
+        await self._run(partial(_insert, sql=sql, params=row, task_id=record.task_id, what="task"))
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        now: float,
+        state: TaskState | _Unset = _UNSET,
+        provider: str | _Unset | None = _UNSET,
+        price: float | _Unset | None = _UNSET,
+        exit_code: int | _Unset | None = _UNSET,
+        detail: str | _Unset = _UNSET,
+        gpus: Sequence[str] | _Unset = _UNSET,
+        container: str | _Unset | None = _UNSET,
+    ) -> TaskRecord:
+        """Change the given fields, set ``updated_at = now``; return the new record.
+
+        ``NoSuchTask`` if the id is unknown. Passing ``None`` clears a nullable field.
+        """
+        given: dict[str, object] = {
+            "state": _UNSET if state is _UNSET else TaskState(state).value,
+            "provider": provider,
+            "price": price,
+            "exit_code": exit_code,
+            "detail": detail,
+            "gpus": _UNSET if isinstance(gpus, _Unset) else json.dumps(list(gpus)),
+            "container": container,
+        }
+        changes = {column: value for column, value in given.items() if value is not _UNSET}
+        changes["updated_at"] = now
+        return await self._run(partial(_update_task, task_id=task_id, changes=changes))
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        return _task_from_row(rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        role: TaskRole | None = None,
+        states: Collection[TaskState] | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only one role and only some states."""
+        if limit < 1 or (states is not None and not states):
+            return []
+        where, params = ["1"], list[object]()
+        if role is not None:
+            where.append("role = ?")
+            params.append(TaskRole(role).value)
+        if states is not None:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            params.extend(TaskState(s).value for s in states)
+        sql = (
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._run(partial(_select, sql=sql, params=(*params, limit)))
+        return [_task_from_row(row) for row in rows]
+
+    async def unfinished_tasks(self, role: TaskRole) -> list[TaskRecord]:
+        """Every task of ``role`` not in a final state, oldest first (to reconcile on restart)."""
+        finals = sorted(s.value for s in FINAL_STATES)
+        sql = (
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE role = ? "
+            f"AND state NOT IN ({', '.join('?' * len(finals))}) ORDER BY created_at, rowid"
+        )
+        rows = await self._run(partial(_select, sql=sql, params=(TaskRole(role).value, *finals)))
+        return [_task_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ attempts
+    async def add_attempt(self, attempt: Attempt) -> None:
+        """Append to the task's placement log; ``AlreadyRecorded`` if entry ``n`` exists."""
+        reason = None if attempt.reason_code is None else RejectCode(attempt.reason_code).value
+        params: tuple[object, ...] = (
+            attempt.task_id, attempt.n, attempt.provider, Outcome(attempt.outcome).value,
+            reason, attempt.detail, attempt.signed, attempt.at,
+        )  # fmt: skip
+        sql = (
+            "INSERT INTO attempts (task_id, n, provider, outcome, reason_code, detail, signed, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        what = f"attempt {attempt.n}"
+        await self._run(
+            partial(_insert, sql=sql, params=params, task_id=attempt.task_id, what=what)
+        )
+
+    async def attempts(self, task_id: str) -> list[Attempt]:
+        """The task's placement log in order of ``n``."""
+        sql = "SELECT * FROM attempts WHERE task_id = ? ORDER BY n"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        return [_attempt_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ leases, results, receipts
+    async def put_lease(self, task_id: str, lease: Lease, expires_at: float) -> None:
+        """Record the co-signed lease (durably, write-once) before acting on it."""
+        row: dict[str, object] = {
+            "task_id": task_id,
+            "terms": lease.terms,
+            "provider_sig": lease.provider_sig,
+            "requester_sig": lease.requester_sig,
+            "expires_at": expires_at,
+        }
+        await self._run(partial(_put_once, table="leases", row=row, what="lease"))
+
+    async def get_lease(self, task_id: str) -> Lease | None:
+        sql = "SELECT terms, provider_sig, requester_sig FROM leases WHERE task_id = ?"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        if not rows:
+            return None
+        try:
+            return Lease(rows[0]["terms"], rows[0]["provider_sig"], rows[0]["requester_sig"])
+        except ProtocolError as exc:
+            raise _corrupt("lease", task_id, exc) from exc
+
+    async def put_result(self, task_id: str, result: ResultRecord) -> None:
+        """Record how the task ended (durably, write-once) before its container goes."""
+        row: dict[str, object] = {"task_id": task_id}
+        row.update((f.name, getattr(result, f.name)) for f in fields(ResultRecord))
+        row["state"] = TaskState(result.state).value
+        await self._run(partial(_put_once, table="results", row=row, what="result"))
+
+    async def get_result(self, task_id: str) -> ResultRecord | None:
+        sql = "SELECT * FROM results WHERE task_id = ?"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        return _result_from_row(rows[0], task_id) if rows else None
+
+    async def put_receipt(
+        self,
+        task_id: str,
+        receipt: Receipt,
+        provider: str,
+        requester: str,
+        cost: float,
+        finished_at: float,
+    ) -> None:
+        """Record the co-signed receipt (durably, write-once), stored as its encoded bytes."""
+        try:
+            encoded = encode(receipt)
+        except ProtocolError as exc:
+            raise StoreError(f"cannot encode the receipt for task {task_id!r}: {exc}") from exc
+        row: dict[str, object] = {
+            "task_id": task_id,
+            "encoded": encoded,
+            "provider": provider,
+            "requester": requester,
+            "cost": cost,
+            "finished_at": finished_at,
+        }
+        await self._run(partial(_put_once, table="receipts", row=row, what="receipt"))
+
+    async def get_receipt(self, task_id: str) -> Receipt | None:
+        sql = "SELECT * FROM receipts WHERE task_id = ?"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        return _receipt_from_row(rows[0]).receipt if rows else None
+
+    async def list_receipts(self, limit: int = DEFAULT_LIMIT) -> list[ReceiptRecord]:
+        """Receipts, most recently finished first."""
+        sql = "SELECT * FROM receipts ORDER BY finished_at DESC, rowid DESC LIMIT ?"
+        rows = await self._run(partial(_select, sql=sql, params=(max(limit, 0),)))
+        return [_receipt_from_row(row) for row in rows]
+
+
+class _Opening:
+    """What ``Store.open`` returns: await it, or use it as an async context manager."""
+
+    def __init__(self, path: Path, busy_timeout: float, migrations: Sequence[Migration]) -> None:
+        self._path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._migrations = tuple(migrations)
+        self._store: Store | None = None
+
+    async def _open(self) -> Store:
+        conn = await trio.to_thread.run_sync(
+            connect, self._path, self._busy_timeout, self._migrations
+        )
+        return Store(conn, self._path)
+
+    def __await__(self) -> Generator[object, None, Store]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def db_path(home: Path) -> Path:
+    """Where a node keeps its state database."""
+    return home / DB_NAME
