@@ -16,14 +16,14 @@ from collections.abc import Callable
 import trio
 
 from protocol import decode_as
-from protocol.messages import Lease, LeaseTerms, Receipt, Result, TaskState
+from protocol.messages import Lease, LeaseTerms, Receipt, ReceiptTerms, Result, TaskState
 from protocol.signing import Signer
 
 from .executor.contract import Executor, RunSpec
 from .executor.errors import ExecutorError
 from .executor.gpus import CapacityLedger
 from .leasedjob import LeasedJob, failed_result, result_from_outcome
-from .store import ResultRecord, Store, TaskRecord
+from .store import ResultRecord, Store, TaskRecord, TaskRole
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ class JobRunner:
         assert self._nursery is not None, "JobRunner.run() must be started first"
         now = self.clock()
         await self.store.create_task(
-            TaskRecord.new(
-                task_id=terms.task_id, role="provider", spec=terms.spec, requester=terms.requester,
-                provider=terms.provider, price=terms.price, state=TaskState.RUNNING, now=now,
-                gpus=terms.gpus,
+            TaskRecord(
+                task_id=terms.task_id, role=TaskRole.PROVIDER, state=TaskState.RUNNING, spec=terms.spec,
+                requester=terms.requester, created_at=now, updated_at=now, provider=terms.provider,
+                price=terms.price, gpus=terms.gpus,
             )
         )
         await self.store.put_lease(terms.task_id, lease, terms.expires_at)
-        job = LeasedJob(terms=terms, lease_bytes=lease.terms, max_log_bytes=self.log_limit)
+        job = LeasedJob(terms=terms, lease=lease, max_log_bytes=self.log_limit)
         self.jobs[terms.task_id] = job
         self._nursery.start_soon(self._run_job, job, spec)
         return job
@@ -123,7 +123,7 @@ class JobRunner:
                 job.task_id, now=now, state=result.state, exit_code=result.exit_code, detail=result.detail
             )
             assert job.receipt is not None
-            await self.store.put_receipt(job.task_id, job.receipt)
+            await self._put_receipt(job, job.receipt)
 
     async def cancel(self, task_id: str, reason: str, *, interrupted: bool = False) -> bool:
         job = self.jobs.get(task_id)
@@ -137,8 +137,16 @@ class JobRunner:
         return True
 
     async def store_receipt(self, job: LeasedJob, receipt: Receipt) -> None:
+        """Replace the provider-signed proposal with the co-signed receipt."""
         job.receipt = receipt
-        await self.store.put_receipt(job.task_id, receipt)
+        await self._put_receipt(job, receipt)
+
+    async def _put_receipt(self, job: LeasedJob, receipt: Receipt) -> None:
+        terms = decode_as(receipt.terms, ReceiptTerms)
+        assert isinstance(terms, ReceiptTerms)
+        await self.store.put_receipt(
+            job.task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at, replace=True
+        )
 
     # ------------------------------------------------------------ after a restart
     async def load_finished(self, task_id: str) -> LeasedJob | None:
@@ -146,11 +154,11 @@ class JobRunner:
         record = await self.store.get_task(task_id)
         lease = await self.store.get_lease(task_id)
         result = await self.store.get_result(task_id)
-        if record is None or lease is None or result is None or record.role != "provider":
+        if record is None or lease is None or result is None or record.role != TaskRole.PROVIDER:
             return None
         terms = decode_as(lease.terms, LeaseTerms)
         assert isinstance(terms, LeaseTerms)
-        job = LeasedJob(terms=terms, lease_bytes=lease.terms)
+        job = LeasedJob(terms=terms, lease=lease)
         job.result = result.to_result(task_id)
         job.receipt = await self.store.get_receipt(task_id)
         job.done.set()
@@ -158,7 +166,7 @@ class JobRunner:
 
     async def _recover(self) -> None:
         """Re-attach running containers of unfinished tasks; settle the rest."""
-        unfinished = await self.store.unfinished_tasks("provider")
+        unfinished = await self.store.unfinished_tasks(TaskRole.PROVIDER)
         report = await self.executor.recover({t.task_id for t in unfinished})
         by_id = {t.task_id: t for t in unfinished}
         for task_id in report.reattached:
@@ -169,7 +177,7 @@ class JobRunner:
             terms = decode_as(lease.terms, LeaseTerms)
             assert isinstance(terms, LeaseTerms)
             self.ledger.adopt(task_id, cpus=terms.spec.cpus, memory=terms.spec.memory, gpus=terms.gpus)
-            job = LeasedJob(terms=terms, lease_bytes=lease.terms, max_log_bytes=self.log_limit)
+            job = LeasedJob(terms=terms, lease=lease, max_log_bytes=self.log_limit)
             self.jobs[task_id] = job
             assert self._nursery is not None
             self._nursery.start_soon(self._run_job, job, None)
@@ -191,7 +199,7 @@ class JobRunner:
         if lease is not None:
             terms = decode_as(lease.terms, LeaseTerms)
             assert isinstance(terms, LeaseTerms)
-            job = LeasedJob(terms=terms, lease_bytes=lease.terms)
+            job = LeasedJob(terms=terms, lease=lease)
             await self._finish(job, result)
         else:
             await self.store.update_task(task_id, now=now, state=result.state, detail=result.detail)

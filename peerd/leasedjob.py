@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from protocol.messages import (
+    Lease,
     LeaseTerms,
     LogChunk,
     LogStream,
@@ -97,7 +98,7 @@ class LeasedJob:
     """State shared between the job's runner and every stream that serves it."""
 
     terms: LeaseTerms
-    lease_bytes: bytes
+    lease: Lease
     max_log_bytes: int = 1 << 20
     logs: list[LogChunk] = field(default_factory=list)
     first_seq: int = 0
@@ -111,6 +112,10 @@ class LeasedJob:
     @property
     def task_id(self) -> str:
         return self.terms.task_id
+
+    @property
+    def lease_bytes(self) -> bytes:
+        return self.lease.terms
 
     @property
     def next_seq(self) -> int:

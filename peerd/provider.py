@@ -36,7 +36,7 @@ from protocol.messages import (
     TaskRequest,
     TaskState,
 )
-from protocol.negotiation import Negotiation, Role
+from protocol.negotiation import ProviderNegotiation
 from protocol.signing import Signer, digest, propose, verify_cosigned
 
 from .executor.contract import RunSpec
@@ -44,7 +44,6 @@ from .executor.errors import ExecutorError, Reason
 from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
 from .leasedjob import LeasedJob
-from .market import price_for
 from .jobrun import JobRunner
 from .taskwire import PeerGone, PeerTimeout, TaskChannel, TaskWireError
 
@@ -136,7 +135,9 @@ class Provider:
         return run_spec
 
     def price(self, request: TaskRequest) -> float:
-        return price_for(request.spec, self.settings.price_cpu_hour, self.settings.price_gpu_hour)
+        # The same rule as market.price_for applies to our own advert.
+        spec = request.spec
+        return spec.cpus * self.settings.price_cpu_hour + spec.gpus * self.settings.price_gpu_hour
 
     def _run_spec(self, request: TaskRequest, gpus: tuple[str, ...]) -> RunSpec:
         spec = request.spec
@@ -173,7 +174,7 @@ class Provider:
     # ------------------------------------------------------------ streams
     async def handle_stream(self, stream: object, remote_peer: str) -> None:
         """Serve one task stream; protocol and stream errors end only this stream."""
-        machine = Negotiation(Role.PROVIDER, self.signer, remote_peer)
+        machine = ProviderNegotiation(self.signer, remote_peer)
         channel = TaskChannel(stream, machine, timeout=self.settings.io_timeout)  # type: ignore[arg-type]
         try:
             first = await channel.receive()
@@ -222,7 +223,9 @@ class Provider:
             return False
         assert isinstance(answer, Accept)
         if self.clock() > expires:
-            await channel.send(Reject(task_id=request.task_id, code=RejectCode.BUSY, detail="the offer expired"))
+            await channel.send(
+                Reject(task_id=request.task_id, code=RejectCode.OFFER_EXPIRED, detail="the offer expired")
+            )
             return False
         issued = self.clock()
         terms = LeaseTerms(
@@ -245,9 +248,11 @@ class Provider:
         job = self.runner.get(resume.task_id) or await self.runner.load_finished(resume.task_id)
         if job is None or job.terms.requester != remote_peer or digest(job.lease_bytes) != resume.lease_digest:
             await channel.send(
-                Reject(task_id=resume.task_id, code=RejectCode.BAD_REQUEST, detail="no such lease here")
+                Reject(task_id=resume.task_id, code=RejectCode.UNKNOWN_TASK, detail="no such lease here")
             )
             return
+        assert isinstance(channel.machine, ProviderNegotiation)
+        channel.machine.attach_lease(job.lease)
         await self.serve(channel, job, from_seq=resume.log_seq)
 
     # ------------------------------------------------------------ serving a leased job

@@ -35,21 +35,24 @@ from protocol.messages import (
     Receipt,
     ReceiptTerms,
     Reject,
+    RejectCode,
     Result,
     Resume,
     Status,
     TaskRequest,
     TaskState,
 )
-from protocol.negotiation import Negotiation, Role
+from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, countersign, digest, verify_cosigned
 
 from .leasedjob import receipt_terms
-from .store import Attempt, ResultRecord, Store, TaskRecord
+from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
 from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError
 from .tracking import TaskTracker
 
 log = logging.getLogger(__name__)
+
+_REJECT_CODES = frozenset(code.value for code in RejectCode)
 
 TASK_PROTOCOL = "/peerd/task/1.0.0"
 
@@ -73,12 +76,27 @@ class RequesterSettings:
     io_timeout: float = 30.0
 
 
+def _single(group: BaseExceptionGroup) -> Exception:
+    """The one attempt error inside a group raised by a stream's nursery."""
+    matched, rest = group.split(_ATTEMPT_ERRORS)
+    if matched is None or rest is not None:
+        raise group
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, Exception)
+    return first
+
+
 class AttemptFailed(Exception):
     """Internal: one attempt ended without a result; carries what to record."""
 
     def __init__(self, outcome: str, code: str, detail: str, signed: bytes | None = None) -> None:
         super().__init__(detail)
         self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
+
+
+_ATTEMPT_ERRORS = (AttemptFailed, trio.TooSlowError, ProtocolError, TaskWireError, OSError)
 
 
 class Requester:
@@ -106,7 +124,7 @@ class Requester:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for record in await self.store.unfinished_tasks("requester"):
+            for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
                 nursery.start_soon(self._recover, record)
             task_status.started()
             await trio.sleep_forever()
@@ -115,9 +133,10 @@ class Requester:
     async def submit(self, spec: JobSpec, *, local: bool = False) -> str:
         assert self._nursery is not None, "Requester.run() must be started first"
         task_id = "t" + secrets.token_hex(8)
-        record = TaskRecord.new(
-            task_id=task_id, role="requester", spec=spec, requester=self.signer.peer_id,
-            provider=None, price=None, state=TaskState.PLACING, now=self.clock(), local=local,
+        now = self.clock()
+        record = TaskRecord(
+            task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
+            requester=self.signer.peer_id, created_at=now, updated_at=now, local=local,
         )
         await self.store.create_task(record)
         self.tracker.open(task_id)
@@ -171,37 +190,46 @@ class Requester:
     async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, n: int, deadline: float) -> bool:
         """One negotiation; True when the task reached a final state through it."""
         lease: Lease | None = None
+        failure: Exception | None = None
         try:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
-                channel = self._channel(stream, candidate.peer_id)
-                with trio.fail_after(max(deadline - self.clock(), 0.1)):
-                    lease = await self._negotiate(channel, task_id, spec)
-                await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
-                return await self._collect(channel, task_id, lease)
-        except AttemptFailed as failed:
-            await self._record_attempt(task_id, n, candidate.peer_id, failed.outcome, failed.code,
-                                       failed.detail, failed.signed)
-            if lease is None:
-                return False
-        except trio.TooSlowError:
-            await self._record_attempt(task_id, n, candidate.peer_id, "timeout", "", "placement deadline passed")
-            return False
-        except ProtocolError as exc:
-            await self._record_attempt(task_id, n, candidate.peer_id, "error", exc.code, str(exc))
+                try:
+                    channel = self._channel(stream, candidate.peer_id)
+                    with trio.fail_after(max(deadline - self.clock(), 0.1)):
+                        lease = await self._negotiate(channel, task_id, spec)
+                    await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
+                    return await self._collect(channel, task_id, lease)
+                except _ATTEMPT_ERRORS as exc:
+                    failure = exc  # handled below, outside the stream's own nursery
+        except _ATTEMPT_ERRORS as exc:
+            failure = failure or exc
+        except BaseExceptionGroup as group:
+            failure = failure or _single(group)
+        return await self._after_failure(task_id, n, candidate, lease, failure)
+
+    async def _after_failure(
+        self, task_id: str, n: int, candidate: Candidate, lease: Lease | None, failure: Exception | None
+    ) -> bool:
+        peer = candidate.peer_id
+        if isinstance(failure, AttemptFailed):
+            await self._record_attempt(task_id, n, peer, failure.outcome, failure.code, failure.detail, failure.signed)
+        elif isinstance(failure, trio.TooSlowError):
+            await self._record_attempt(task_id, n, peer, "timeout", "", "placement deadline passed")
+        elif isinstance(failure, ProtocolError):
+            await self._record_attempt(task_id, n, peer, "error", "", f"{failure.code}: {failure}")
             if lease is not None:
                 await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
             return False
-        except (TaskWireError, OSError) as exc:
-            if lease is None:
-                outcome = "timeout" if isinstance(exc, PeerTimeout) else "unreachable"
-                await self._record_attempt(task_id, n, candidate.peer_id, outcome, getattr(exc, "code", ""), str(exc))
-                return False
-            log.info("lost provider %s for %s (%s); trying to resume", candidate.peer_id[:16], task_id, exc)
-        assert lease is not None
+        elif lease is None:
+            outcome = "timeout" if isinstance(failure, PeerTimeout) else "unreachable"
+            await self._record_attempt(task_id, n, peer, outcome, "", str(failure))
+        if lease is None or isinstance(failure, trio.TooSlowError):
+            return False
+        log.info("lost provider %s for %s (%s); trying to resume", peer[:16], task_id, failure)
         return await self._resume(task_id, candidate, lease)
 
     def _channel(self, stream: ByteStream, peer_id: str) -> TaskChannel:
-        machine = Negotiation(Role.REQUESTER, self.signer, peer_id)
+        machine = RequesterNegotiation(self.signer, peer_id)
         return TaskChannel(stream, machine, timeout=self.settings.io_timeout)
 
     async def _negotiate(self, channel: TaskChannel, task_id: str, spec: JobSpec) -> Lease:
@@ -213,7 +241,7 @@ class Requester:
         assert isinstance(answer, Offer)
         if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
             await channel.send(Cancel(task_id=task_id, reason="offer does not match the request"))
-            raise AttemptFailed("rejected", "bad_offer", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
+            raise AttemptFailed("declined", "", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
         await channel.send(Accept(task_id=task_id, price=answer.price))
         proposal = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(proposal, Reject):
@@ -222,7 +250,7 @@ class Requester:
         lease = countersign(proposal, self.signer, as_provider=False)
         terms = verify_cosigned(lease, LeaseTerms)
         # Write before act: the lease is ours once recorded, then the provider learns we signed.
-        await self.store.put_lease(task_id, lease, terms.expires_at)
+        await self.store.put_lease(task_id, lease, terms.expires_at, replace=True)  # a retry re-leases
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.RUNNING,
                                      provider=terms.provider, price=terms.price)
         self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
@@ -235,11 +263,7 @@ class Requester:
         with trio.move_on_after(self.settings.provider_timeout):
             while True:
                 try:
-                    async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
-                        channel = self._channel(stream, candidate.peer_id)
-                        await channel.send(Resume(task_id=task_id, lease_digest=digest(lease.terms),
-                                                  log_seq=self.tracker.next_log_seq(task_id)))
-                        return await self._collect(channel, task_id, lease)
+                    return await self._resume_once(task_id, candidate, lease)
                 except AttemptFailed as failed:
                     await self._record_attempt(task_id, 0, candidate.peer_id, failed.outcome, failed.code,
                                                failed.detail, failed.signed)
@@ -254,6 +278,24 @@ class Requester:
                                    "the provider vanished after the lease and could not be resumed")
         await self._back_to_placing(task_id, "provider lost; placing elsewhere")
         return False
+
+    async def _resume_once(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
+        failure: Exception | None = None
+        try:
+            async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
+                try:
+                    channel = self._channel(stream, candidate.peer_id)
+                    assert isinstance(channel.machine, RequesterNegotiation)
+                    await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
+                    return await self._collect(channel, task_id, lease)
+                except _ATTEMPT_ERRORS as exc:
+                    failure = exc
+        except _ATTEMPT_ERRORS as exc:
+            failure = failure or exc
+        except BaseExceptionGroup as group:
+            failure = failure or _single(group)
+        assert failure is not None
+        raise failure
 
     async def _back_to_placing(self, task_id: str, detail: str) -> None:
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
@@ -301,7 +343,8 @@ class Requester:
     async def _finish(self, task_id: str, result: Result, receipt: Receipt) -> None:
         now = self.clock()
         await self.store.put_result(task_id, ResultRecord.from_result(result, finished_at=now))
-        await self.store.put_receipt(task_id, receipt)
+        terms = verify_cosigned(receipt, ReceiptTerms)
+        await self.store.put_receipt(task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at)
         await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)
 
     async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
@@ -312,7 +355,13 @@ class Requester:
 
     async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: str, code: str,
                               detail: str, signed: bytes | None = None) -> None:
-        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome, reason_code=code,
+        """Append to the task's placement log (``n`` is advisory; the log numbers itself)."""
+        reason = code if code in _REJECT_CODES else None
+        if code and reason is None:
+            detail = f"{code}: {detail}"
+        n = len(await self.store.attempts(task_id)) + 1
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=Outcome(outcome),
+                          reason_code=RejectCode(reason) if reason else None,
                           detail=detail[:1024], signed=signed, at=self.clock())
         with trio.CancelScope(shield=True):
             await self.store.add_attempt(attempt)

@@ -293,15 +293,23 @@ def _integrity(exc: sqlite3.IntegrityError, task_id: str, what: str) -> StoreErr
     return StoreError(f"{what} for task {task_id!r} violates the schema: {exc}")
 
 
-def _put_once(conn: sqlite3.Connection, table: str, row: dict[str, object], what: str) -> None:
-    """Insert ``row`` keyed by task_id; an identical row already there is fine, another is not."""
+def _put_once(
+    conn: sqlite3.Connection, table: str, row: dict[str, object], what: str, replace: bool = False
+) -> None:
+    """Insert ``row`` keyed by task_id; an identical row already there is fine, another is not.
+
+    With ``replace`` the new row supersedes the old one (a receipt gaining its
+    second signature; a lease on a new provider after the first was lost).
+    """
     task_id = str(row["task_id"])
     columns = ", ".join(row)
     marks = ", ".join("?" for _ in row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "task_id")
+    conflict = f"ON CONFLICT (task_id) DO UPDATE SET {updates}" if replace else "ON CONFLICT DO NOTHING"
 
     def body() -> None:
         try:
-            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) {conflict}"
             cur = conn.execute(sql, tuple(row.values()))
         except sqlite3.IntegrityError as exc:
             raise _integrity(exc, task_id, what) from exc
@@ -499,8 +507,8 @@ class Store:
         return [_attempt_from_row(row) for row in rows]
 
     # ------------------------------------------------------------ leases, results, receipts
-    async def put_lease(self, task_id: str, lease: Lease, expires_at: float) -> None:
-        """Record the co-signed lease (durably, write-once) before acting on it."""
+    async def put_lease(self, task_id: str, lease: Lease, expires_at: float, *, replace: bool = False) -> None:
+        """Record the co-signed lease (durably, write-once unless ``replace``) before acting on it."""
         row: dict[str, object] = {
             "task_id": task_id,
             "terms": lease.terms,
@@ -508,7 +516,7 @@ class Store:
             "requester_sig": lease.requester_sig,
             "expires_at": expires_at,
         }
-        await self._run(partial(_put_once, table="leases", row=row, what="lease"))
+        await self._run(partial(_put_once, table="leases", row=row, what="lease", replace=replace))
 
     async def get_lease(self, task_id: str) -> Lease | None:
         sql = "SELECT terms, provider_sig, requester_sig FROM leases WHERE task_id = ?"
@@ -540,8 +548,10 @@ class Store:
         requester: str,
         cost: float,
         finished_at: float,
+        *,
+        replace: bool = False,
     ) -> None:
-        """Record the co-signed receipt (durably, write-once), stored as its encoded bytes."""
+        """Record the receipt (durably, write-once unless ``replace``), stored as its encoded bytes."""
         try:
             encoded = encode(receipt)
         except ProtocolError as exc:
@@ -554,7 +564,7 @@ class Store:
             "cost": cost,
             "finished_at": finished_at,
         }
-        await self._run(partial(_put_once, table="receipts", row=row, what="receipt"))
+        await self._run(partial(_put_once, table="receipts", row=row, what="receipt", replace=replace))
 
     async def get_receipt(self, task_id: str) -> Receipt | None:
         sql = "SELECT * FROM receipts WHERE task_id = ?"

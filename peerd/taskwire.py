@@ -57,7 +57,10 @@ class TaskChannel:
         self.timeout = timeout
 
     async def send(self, msg: Message) -> None:
-        data = self.machine.send(msg)
+        await self._write(self.machine.send(msg))
+
+    async def send_frame(self, data: bytes) -> None:
+        """Send bytes a machine helper already produced (e.g. ``resume``)."""
         await self._write(data)
 
     async def _write(self, data: bytes) -> None:

@@ -1,0 +1,119 @@
+"""Provider and requester end to end over an in-process pipe, on a real dockerd.
+
+The transport is the in-memory pipe ``--local`` uses; the negotiation,
+signatures, store, executor and container are real. The network variant of
+these tests lives in tests/integration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from peerd.executor.docker import DockerExecutor
+from peerd.executor.gpus import CapacityLedger
+from peerd.executor.policy import ProviderPolicy
+from peerd.jobrun import JobRunner
+from peerd.localpipe import PipeEnd, pipe_pair
+from peerd.provider import Provider, ProviderSettings
+from peerd.requester import Candidate, Requester, RequesterSettings
+from peerd.store import Store
+from peerd.tracking import TaskTracker
+from protocol.messages import JobSpec, LeaseTerms, ReceiptTerms, RejectCode, TaskState
+from protocol.signing import Signer, verify_cosigned
+
+IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
+
+
+class Pair:
+    def __init__(self, requester: Requester, provider: Provider, store: Store, pstore: Store) -> None:
+        self.requester, self.provider, self.store, self.pstore = requester, provider, store, pstore
+
+    async def run(self, spec: JobSpec) -> str:
+        task_id = await self.requester.submit(spec)
+        with trio.fail_after(60):
+            await self.requester.tracker.wait_final(task_id)
+        return task_id
+
+
+@asynccontextmanager
+async def task_pair(tmp_path: Path, *, cpus: float = 2.0, images: tuple[str, ...] = ("*",)) -> AsyncIterator[Pair]:
+    psigner, rsigner = Signer.generate(), Signer.generate()
+    async with Store.open(tmp_path / "p.db") as pstore, Store.open(tmp_path / "r.db") as rstore:
+        async with trio.open_nursery() as nursery:
+            policy = ProviderPolicy(allowed_images=images, max_time_limit=120)
+            executor = DockerExecutor(psigner.peer_id, tmp_path / "work", policy=policy, stop_grace=1)
+            await nursery.start(executor.run)
+            ledger = CapacityLedger(cpus=cpus, memory=2 << 30)
+            runner = JobRunner(signer=psigner, executor=executor, ledger=ledger, store=pstore, pids=64, log_limit=1 << 20)
+            await nursery.start(runner.run)
+            provider = Provider(
+                signer=psigner, ledger=ledger, runner=runner,
+                settings=ProviderSettings(price_cpu_hour=0.01, price_gpu_hour=1.0, policy=policy,
+                                          gpu_runtime=False, keepalive=1.0, io_timeout=10),
+            )
+
+            @asynccontextmanager
+            async def open_stream(peer_id: str, addrs: list[str]) -> AsyncIterator[PipeEnd]:
+                ours, theirs = pipe_pair()
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(provider.handle_stream, theirs, rsigner.peer_id)
+                    try:
+                        yield ours
+                    finally:
+                        await ours.close()
+
+            requester = Requester(
+                signer=rsigner, store=rstore, tracker=TaskTracker(),
+                candidates=lambda spec, now, local: [Candidate(psigner.peer_id, [])],
+                open_stream=open_stream,
+                settings=RequesterSettings(max_attempts=2, placement_deadline=20, provider_timeout=10, io_timeout=10),
+            )
+            await nursery.start(requester.run)
+            yield Pair(requester, provider, rstore, pstore)
+            nursery.cancel_scope.cancel()
+
+
+async def test_job_runs_and_both_sides_hold_the_same_cosigned_receipt(tmp_path: Path) -> None:
+    async with task_pair(tmp_path) as pair:
+        task_id = await pair.run(JobSpec(image=IMAGE, command=("sh", "-c", "echo hello; echo oops >&2; exit 3"), timeout=30))
+        record = await pair.store.get_task(task_id)
+        assert record is not None and record.state is TaskState.FAILED and record.exit_code == 3
+        result = await pair.store.get_result(task_id)
+        assert result is not None and result.stdout == b"hello\n" and result.stderr == b"oops\n"
+        mine, theirs = await pair.store.get_receipt(task_id), await pair.pstore.get_receipt(task_id)
+        assert mine is not None and mine == theirs
+        terms = verify_cosigned(mine, ReceiptTerms)
+        assert terms.exit_code == 3 and terms.provider == pair.provider.peer_id
+        lease = await pair.store.get_lease(task_id)
+        assert lease is not None and verify_cosigned(lease, LeaseTerms).task_id == task_id
+        assert pair.provider.ledger.free().cpus == 2.0
+
+
+async def test_refused_job_is_not_placed_with_the_signed_reason(tmp_path: Path) -> None:
+    async with task_pair(tmp_path, images=("allowed/*",)) as pair:
+        task_id = await pair.run(JobSpec(image=IMAGE, command=("true",)))
+        record = await pair.store.get_task(task_id)
+        assert record is not None and record.state is TaskState.NOT_PLACED
+        attempts = await pair.store.attempts(task_id)
+        assert attempts and attempts[0].reason_code is RejectCode.IMAGE_NOT_ALLOWED
+        assert attempts[0].signed  # the provider's signed reject, kept as proof
+        assert "image_not_allowed" in record.detail or "matches none" in record.detail
+
+
+async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
+    async with task_pair(tmp_path) as pair:
+        task_id = await pair.requester.submit(JobSpec(image=IMAGE, command=("sleep", "60"), timeout=90))
+        with trio.fail_after(30):
+            async for event in pair.requester.tracker.follow_events(task_id):
+                if event.state is TaskState.RUNNING and "leased" in event.detail:
+                    break
+            assert await pair.requester.cancel(task_id)
+            await pair.requester.tracker.wait_final(task_id)
+        record = await pair.store.get_task(task_id)
+        assert record is not None and record.state is TaskState.CANCELLED
+        assert pair.provider.ledger.free().cpus == 2.0
