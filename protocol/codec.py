@@ -9,6 +9,7 @@ the maximum frame size before anything is buffered or unpacked.
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Iterator
 
@@ -18,6 +19,17 @@ from .errors import DecodeError, FrameTooLarge, LocalProtocolError
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
 
 DEFAULT_MAX_FRAME = 4 << 20
+
+
+class Sentinel(enum.Enum):
+    """What a sans-IO connection returns when it has no message to give."""
+
+    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
+    CLOSED = "CLOSED"  # the peer closed its side at a frame boundary
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 
@@ -141,7 +153,8 @@ class FrameDecoder:
             return self._at_eof()
         payload = bytes(self._buffer[HEADER_SIZE:end])
         del self._buffer[:end]
-        self._check_header()
+        # A following oversize header is reported by the next call, not this
+        # one: raising here would lose the complete frame just taken.
         return payload
 
     def _at_eof(self) -> None:

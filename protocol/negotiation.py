@@ -77,10 +77,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 from . import signing
-from .codec import DEFAULT_MAX_FRAME, FrameDecoder, frame
+from .codec import CLOSED, DEFAULT_MAX_FRAME, NEED_DATA, FrameDecoder, Sentinel, frame
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .messages import (
     FINAL_STATES,
@@ -127,16 +127,6 @@ class State(enum.StrEnum):
     CANCELLED = "CANCELLED"
     ERROR = "ERROR"
 
-
-class Sentinel(enum.Enum):
-    """What ``next_event`` returns when it has no message."""
-
-    NEED_DATA = "NEED_DATA"
-    CLOSED = "CLOSED"
-
-
-NEED_DATA = Sentinel.NEED_DATA
-CLOSED = Sentinel.CLOSED
 
 _R, _P = Role.REQUESTER, Role.PROVIDER
 _S = State
@@ -198,6 +188,12 @@ def _require(ok: bool, why: str) -> None:
         raise _Violation(why)
 
 
+def _remote(exc: ProtocolError) -> RemoteProtocolError:
+    if isinstance(exc, RemoteProtocolError):
+        return exc
+    return RemoteProtocolError(str(exc), code=exc.code)
+
+
 def _verified_terms(doc: CoSigned, terms_type: type[M], *, require_both: bool) -> M:
     try:
         return signing.verify_cosigned(doc, terms_type, require_both=require_both)
@@ -222,7 +218,8 @@ class Negotiation:
         self.max_frame = max_frame
         self._frames = FrameDecoder(max_frame)
         self._state = State.IDLE
-        self._error: str | None = None
+        self._error: RemoteProtocolError | None = None
+        self._unreported = False
         self._task_id: str | None = None
         self.last_envelope: bytes | None = None
         self.request: TaskRequest | None = None
@@ -266,35 +263,45 @@ class Negotiation:
 
     # ------------------------------------------------------------ I/O edges
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the stream; ``b""`` means the remote closed it."""
+        """Feed bytes from the stream; ``b""`` means the remote closed it.
+
+        Never raises: a broken frame header is reported by ``next_event``.
+        """
         if self._state is State.ERROR:
             return
         try:
             self._frames.receive_data(data)
         except ProtocolError as exc:
-            self._fail(exc)
+            self._state, self._error, self._unreported = State.ERROR, _remote(exc), True
 
     def next_event(self) -> Event:
         """The next received message, NEED_DATA or CLOSED; raises RemoteProtocolError."""
-        if self._state is State.ERROR:
-            raise RemoteProtocolError(f"negotiation already failed: {self._error}")
+        if self._error is not None:
+            if self._unreported:
+                self._unreported = False
+                raise self._error
+            raise RemoteProtocolError(
+                f"negotiation already failed: {self._error}", code=self._error.code
+            )
         try:
             payload = self._frames.next_frame()
             if payload is None:
                 return CLOSED if self._frames.closed else NEED_DATA
             _, msg = signing.open_envelope(payload, expected_signer=self.peer_id)
-        except ProtocolError as exc:
-            self._fail(exc)
-        try:
             self._apply(msg, self.their_role)
+        except ProtocolError as exc:
+            self._state, self._error = State.ERROR, _remote(exc)
+            raise self._error from None
         except _Violation as exc:
-            self._fail(RemoteProtocolError(str(exc), code=exc.code))
+            self._state = State.ERROR
+            self._error = RemoteProtocolError(str(exc), code=exc.code)
+            raise self._error from None
         self.last_envelope = payload
         return msg
 
     def send(self, msg: Message) -> bytes:
         """Seal, check and frame ``msg``; raises LocalProtocolError if illegal now."""
-        if self._state is State.ERROR:
+        if self._error is not None:
             raise LocalProtocolError(f"negotiation already failed: {self._error}")
         data = frame(signing.seal_bytes(msg, self.signer), self.max_frame)
         try:
@@ -302,13 +309,6 @@ class Negotiation:
         except _Violation as exc:
             raise LocalProtocolError(str(exc), code=exc.code) from None
         return data
-
-    def _fail(self, exc: ProtocolError) -> NoReturn:
-        self._state = State.ERROR
-        self._error = str(exc)
-        if isinstance(exc, RemoteProtocolError):
-            raise exc
-        raise RemoteProtocolError(str(exc), code=exc.code) from exc
 
     # ------------------------------------------------------------ the table
     def _apply(self, msg: Message, sender: Role) -> None:
