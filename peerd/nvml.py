@@ -48,22 +48,29 @@ class SystemNvml:
     """The host's GPUs through NVML. Every call initialises and shuts NVML down again."""
 
     def read(self) -> list[GpuInfo]:
+        gpus, problem = self.diagnose()
+        if problem:
+            log.info("NVML: %s: reporting no GPUs", problem)
+        return gpus
+
+    def diagnose(self) -> tuple[list[GpuInfo], str | None]:
+        """Blocking. (GPUs, problem): no driver at all is no problem, just no GPUs; a driver
+        whose NVML fails (version mismatch, device lost...) is a problem worth reporting."""
         try:
             import pynvml
         except ImportError:
-            log.info("nvidia-ml-py is not installed: no GPUs")
-            return []
+            return [], None
         try:
             pynvml.nvmlInit()
+        except pynvml.NVMLError_LibraryNotFound:
+            return [], None
         except pynvml.NVMLError as exc:
-            log.info("NVML unavailable (%s): no GPUs", exc)
-            return []
+            return [], f"NVML init failed: {exc}"
         try:
             driver = _text(pynvml.nvmlSystemGetDriverVersion())
-            return [self._device(pynvml, i, driver) for i in range(pynvml.nvmlDeviceGetCount())]
+            return [self._device(pynvml, i, driver) for i in range(pynvml.nvmlDeviceGetCount())], None
         except pynvml.NVMLError as exc:
-            log.warning("NVML failed while reading devices (%s): reporting no GPUs", exc)
-            return []
+            return [], f"NVML failed while reading devices: {exc}"
         finally:
             try:
                 pynvml.nvmlShutdown()

@@ -1,0 +1,146 @@
+"""`peerd doctor`: can this host provide? Each check says what it found and, when it
+fails, what to do about it in plain words. The CLI prints them; nothing here prints.
+
+Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk.
+A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import trio
+
+from peerd.executor.engine import EngineInfo, probe
+from peerd.nvml import GpuInfo, NvmlSource, SystemNvml
+from peerd.resources import existing_ancestor
+
+MIN_API_VERSION = (1, 40)  # DeviceRequests (GPUs by UUID) arrived with API 1.40 / Docker 19.03
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # plain-language remedy; "" when ok
+
+
+@dataclass(frozen=True)
+class Findings:
+    engine: EngineInfo
+    gpus: tuple[GpuInfo, ...]
+    nvml_problem: str | None
+    disk_free: int
+    min_disk_free: int
+    home: Path
+
+
+def _api_tuple(version: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in (version or "0").split("."))
+    except ValueError:
+        return (0,)
+
+
+def check_docker(f: Findings) -> Check:
+    e = f.engine
+    if not e.reachable:
+        return Check(
+            "docker", False, f"dockerd is not reachable: {e.detail}",
+            "Install Docker and start it (sudo systemctl enable --now docker); if it runs, let this "
+            "user use it (sudo usermod -aG docker $USER, then log in again) or set resources.docker_url.",
+        )
+    if _api_tuple(e.api_version) < MIN_API_VERSION:
+        return Check(
+            "docker", False, f"Docker {e.version} speaks API {e.api_version}, too old for GPU requests",
+            "Upgrade Docker to 19.03 or newer.",
+        )
+    return Check("docker", True, f"Docker {e.version} (API {e.api_version})")
+
+
+def check_gpus(f: Findings) -> Check:
+    if f.gpus:
+        names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
+        return Check("gpus", True, f"{len(f.gpus)} GPU(s), driver {f.gpus[0].driver_version}: {names}")
+    if f.nvml_problem:
+        return Check(
+            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}",
+            "Make the driver work (nvidia-smi must list the GPUs): a driver/library version mismatch "
+            "is usually fixed by a reboot after a driver upgrade.",
+        )
+    return Check("gpus", True, "no NVIDIA driver found: this node offers CPUs only")
+
+
+def check_runtime(f: Findings) -> Check:
+    e = f.engine
+    if not f.gpus:
+        return Check("nvidia-runtime", True, "not needed: no GPUs to offer")
+    if not e.reachable:
+        return Check("nvidia-runtime", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
+    if e.gpu_runtime:
+        how = "nvidia runtime" if "nvidia" in e.runtimes else f"CDI ({', '.join(e.cdi_spec_dirs)})"
+        return Check("nvidia-runtime", True, f"containers can get GPUs through the {how}")
+    return Check(
+        "nvidia-runtime", False,
+        f"this host has {len(f.gpus)} GPU(s) but dockerd has no NVIDIA runtime (runtimes: "
+        f"{', '.join(e.runtimes) or 'none'}): GPU jobs will be refused",
+        "Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
+        "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.",
+    )
+
+
+def check_cgroups(f: Findings) -> Check:
+    e = f.engine
+    if not e.reachable:
+        return Check("cgroup-limits", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
+    flags = {"memory": e.memory_limit, "swap": e.swap_limit, "pids": e.pids_limit, "cpu quota": e.cpu_cfs_quota}
+    missing = [name for name, on in flags.items() if not on]
+    if not missing:
+        return Check("cgroup-limits", True, "memory, swap, pids and CPU quota limits are enforced")
+    return Check(
+        "cgroup-limits", False, f"dockerd cannot enforce: {', '.join(missing)} limits",
+        "Enable the missing cgroup controllers: boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) "
+        "or add 'cgroup_enable=memory swapaccount=1' to the kernel command line, then reboot.",
+    )
+
+
+def check_disk(f: Findings) -> Check:
+    free_gib = f.disk_free / GiB
+    if f.disk_free >= f.min_disk_free:
+        return Check("disk", True, f"{free_gib:.1f} GiB free under {f.home}")
+    return Check(
+        "disk", False, f"only {free_gib:.1f} GiB free under {f.home} (want {f.min_disk_free / GiB:.0f} GiB)",
+        "Free some disk space (docker system prune removes unused images), or move the peerd home "
+        "to a larger disk.",
+    )
+
+
+CHECKS: tuple[Callable[[Findings], Check], ...] = (
+    check_docker, check_gpus, check_runtime, check_cgroups, check_disk,
+)
+
+
+async def run_checks(
+    docker_base_url: str | None,
+    home: Path,
+    *,
+    nvml: NvmlSource | None = None,
+    min_disk_free: int = 5 * GiB,
+    docker_timeout: float = 5.0,
+) -> list[Check]:
+    """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
+    engine = await probe(docker_base_url, timeout=docker_timeout)
+    if nvml is None:
+        system = SystemNvml()
+        gpus, problem = await trio.to_thread.run_sync(system.diagnose)
+    else:
+        gpus, problem = await trio.to_thread.run_sync(nvml.read), None
+    where = existing_ancestor(home)
+    disk_free = await trio.to_thread.run_sync(lambda: int(psutil.disk_usage(str(where)).free))
+    findings = Findings(engine, tuple(gpus), problem, disk_free, min_disk_free, where)
+    return [check(findings) for check in CHECKS]
