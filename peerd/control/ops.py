@@ -1,0 +1,171 @@
+"""``NodeOps``: what the control socket asks of the node, and its views.
+
+The daemon (``peerd.node``) implements ``NodeOps``; the control server calls
+exactly one operation per request. Every view is a ``TypedDict`` — a plain
+dict at run time, JSON-able except ``LogChunkView.data`` (bytes) — so the
+server sends it as is and the CLI prints it as is.
+
+An operation that cannot do what was asked raises an ``OpError`` (its ``code``
+goes on the wire: ``TaskNotFound`` → ``not_found``, ``BadArgs`` →
+``bad_args``, a plain ``OpError`` → ``failed``; a subclass may set another
+code, e.g. ``protocol.control.UNAVAILABLE``); any other ``PeerdError`` is sent
+as ``failed``. Other exceptions are daemon bugs: logged, ``internal``, connection
+closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, TypedDict
+
+from protocol.messages import JobSpec
+from protocol.schema import Value
+
+from ..errors import PeerdError
+from .wire import BAD_ARGS, FAILED, NOT_FOUND
+
+
+# ---------------------------------------------------------------- errors
+class OpError(PeerdError):
+    """An operation refused or failed; ``code`` is sent to the client."""
+
+    code: str = FAILED
+
+
+class BadArgs(OpError):
+    code = BAD_ARGS
+
+
+class TaskNotFound(OpError):
+    code = NOT_FOUND
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r}")
+        self.task_id = task_id
+
+
+# ---------------------------------------------------------------- views
+class StatusView(TypedDict):
+    peer_id: str
+    addrs: list[str]  # full multiaddrs, each ending /p2p/<peer_id>
+    role: str  # provider | requester | seed
+    peers_connected: int
+    peers_known: int
+    tasks_running: int
+    tasks_queued: int
+    version: str
+    counters: dict[str, int]
+    draining: bool
+
+
+class PeerView(TypedDict):
+    peer_id: str
+    addrs: list[str]
+    # The peer's latest advert, protocol.messages.Advert fields (gpus as a list
+    # of {uuid, model, memory, compute_capability}); None if none seen yet.
+    advert: dict[str, Value] | None
+
+
+class AttemptView(TypedDict):
+    provider: str
+    outcome: str  # e.g. rejected, unreachable, failed, succeeded
+    reason: str  # a RejectCode or short machine-readable reason; "" if none
+    detail: str
+
+
+class ReceiptView(TypedDict):
+    task_id: str
+    provider: str
+    requester: str
+    cost: float
+    state: str  # TaskState value
+    verified: bool  # both signatures checked against the peer IDs
+    cosigned: str  # hex of the encoded co-signed protocol Receipt
+
+
+class TaskView(TypedDict):
+    task_id: str
+    state: str  # TaskState value
+    exit_code: int | None
+    stdout: str  # utf-8, invalid bytes replaced
+    stderr: str
+    provider: str | None
+    attempts: list[AttemptView]
+    receipt: ReceiptView | None
+    created_at: float
+    updated_at: float
+    spec: dict[str, Value]  # JobSpec.to_wire()
+    role: str  # requester | provider: which side of the task this node is
+    detail: str
+
+
+class LogChunkView(TypedDict):
+    stream: str  # stdout | stderr
+    data: bytes
+
+
+class EventView(TypedDict):
+    task_id: str
+    state: str  # TaskState value
+    detail: str
+    at: float
+
+
+class CancelView(TypedDict):
+    task_id: str
+    state: str  # the state after the cancel request
+    detail: str
+
+
+class DoctorCheck(TypedDict):
+    name: str
+    ok: bool
+    detail: str
+
+
+class DrainView(TypedDict):
+    draining: bool
+    tasks_running: int
+    detail: str
+
+
+# ---------------------------------------------------------------- the interface
+class NodeOps(Protocol):
+    """The node, as the control socket sees it."""
+
+    async def status(self) -> StatusView: ...
+
+    async def peers(self) -> list[PeerView]: ...
+
+    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+        """Record the task and return its ID at once; placement runs in the background.
+
+        ``local``: run it on this node's own provider, not on the network.
+        """
+        ...
+
+    async def wait(self, task_id: str) -> TaskView:
+        """Return the task's view once it reaches a final state."""
+        ...
+
+    async def task(self, task_id: str) -> TaskView | None: ...
+
+    async def tasks(self, limit: int) -> list[TaskView]:
+        """The ``limit`` most recent tasks, newest first."""
+        ...
+
+    def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
+        """Output so far; with ``follow``, then new output until the task ends."""
+        ...
+
+    def events(self, task_id: str) -> AsyncIterator[EventView]:
+        """State changes of the task, ending after its final state."""
+        ...
+
+    async def cancel(self, task_id: str) -> CancelView: ...
+
+    async def receipts(self, limit: int) -> list[ReceiptView]: ...
+
+    async def doctor(self) -> list[DoctorCheck]: ...
+
+    async def drain(self) -> DrainView: ...

@@ -1,0 +1,194 @@
+"""A small in-memory ``NodeOps`` for tests about the control socket and the CLI.
+
+These tests are about the socket and the command line, not about the node, so
+the node is a stub: tasks live in a dict, ``submit`` finishes a task at once
+unless its command starts with ``hang`` (then it waits for ``finish``), a
+command starting with ``false`` fails with exit code 1. Every call is recorded
+in ``calls`` as ``(operation, arguments)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import trio
+
+from peerd.control.ops import (
+    CancelView,
+    DoctorCheck,
+    DrainView,
+    EventView,
+    LogChunkView,
+    OpError,
+    PeerView,
+    ReceiptView,
+    StatusView,
+    TaskNotFound,
+    TaskView,
+)
+from protocol.messages import JobSpec
+
+PEER_ID = "12D3KooWStubStubStubStubStubStubStubStubStubStub"
+PROVIDER = "12D3KooWProviderProviderProviderProviderProvide"
+
+
+class _Task:
+    def __init__(self, task_id: str, spec: JobSpec, local: bool) -> None:
+        self.task_id = task_id
+        self.spec = spec
+        self.local = local
+        self.state = "running"
+        self.exit_code: int | None = None
+        self.stdout = b""
+        self.stderr = b""
+        self.done = trio.Event()
+        self.output = trio.Event()  # set whenever output was added
+
+    def finish(self, exit_code: int, stdout: bytes, stderr: bytes = b"") -> None:
+        self.stdout += stdout
+        self.stderr += stderr
+        self.exit_code = exit_code
+        self.state = "succeeded" if exit_code == 0 else "failed"
+        self.done.set()
+        self.output.set()
+
+    def view(self) -> TaskView:
+        receipt: ReceiptView | None = None
+        if self.done.is_set():
+            receipt = {"task_id": self.task_id, "provider": PROVIDER, "requester": PEER_ID,
+                       "cost": 0.25, "state": self.state, "verified": True, "cosigned": "8a01"}
+        return {
+            "task_id": self.task_id, "state": self.state, "exit_code": self.exit_code,
+            "stdout": self.stdout.decode("utf-8", "replace"),
+            "stderr": self.stderr.decode("utf-8", "replace"),
+            "provider": PROVIDER,
+            "attempts": [{"provider": PROVIDER, "outcome": self.state, "reason": "", "detail": ""}],
+            "receipt": receipt, "created_at": 1700000000.0, "updated_at": 1700000001.0,
+            "spec": self.spec.to_wire(), "role": "requester", "detail": "",
+        }
+
+
+class StubOps:
+    """Implements ``peerd.control.ops.NodeOps`` in memory."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, object]]] = []
+        self.tasks_by_id: dict[str, _Task] = {}
+        self.doctor_ok = True
+        self.waiters = 0
+        self.waiter_joined = trio.Event()
+        self.follow_closed = trio.Event()
+
+    def _get(self, task_id: str) -> _Task:
+        if task_id == "boom":
+            raise RuntimeError("a bug in the node")
+        try:
+            return self.tasks_by_id[task_id]
+        except KeyError:
+            raise TaskNotFound(task_id) from None
+
+    async def status(self) -> StatusView:
+        self.calls.append(("status", {}))
+        return {"peer_id": PEER_ID, "addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}"],
+                "role": "provider", "peers_connected": 2, "peers_known": 3, "tasks_running": 1,
+                "tasks_queued": 0, "version": "0.1.0", "counters": {"adverts_in": 7},
+                "draining": False}
+
+    async def peers(self) -> list[PeerView]:
+        self.calls.append(("peers", {}))
+        advert = {"gpus": [{"uuid": "GPU-1", "model": "H100", "memory": 80 << 30,
+                            "compute_capability": "9.0"}],
+                  "cpus": 8.0, "free_cpus": 6.0, "price_cpu_hour": 0.01, "price_gpu_hour": 0.5,
+                  "expires_at": 1700000300.0}
+        return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert}]
+
+    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+        self.calls.append(("submit", {"spec": spec, "local": local}))
+        task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
+        self.tasks_by_id[task.task_id] = task
+        program = spec.command[0] if spec.command else ""
+        if program == "false":
+            task.finish(1, b"", b"it failed\n")
+        elif program != "hang":
+            task.finish(0, " ".join(spec.command[1:]).encode() + b"\n")
+        return task.task_id
+
+    async def wait(self, task_id: str) -> TaskView:
+        self.calls.append(("wait", {"task_id": task_id}))
+        task = self._get(task_id)
+        self.waiters += 1
+        self.waiter_joined.set()
+        await task.done.wait()
+        return task.view()
+
+    async def task(self, task_id: str) -> TaskView | None:
+        self.calls.append(("task", {"task_id": task_id}))
+        task = self.tasks_by_id.get(task_id)
+        if task_id == "boom":
+            raise RuntimeError("a bug in the node")
+        return None if task is None else task.view()
+
+    async def tasks(self, limit: int) -> list[TaskView]:
+        self.calls.append(("tasks", {"limit": limit}))
+        return [t.view() for t in reversed(list(self.tasks_by_id.values()))][:limit]
+
+    async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
+        self.calls.append(("logs", {"task_id": task_id, "follow": follow}))
+        task = self._get(task_id)
+        sent = 0
+        try:
+            while True:
+                if len(task.stdout) > sent:
+                    chunk = task.stdout[sent:]
+                    sent = len(task.stdout)
+                    yield {"stream": "stdout", "data": chunk}
+                    continue  # output may have come while we were suspended
+                if not follow or task.done.is_set():
+                    return
+                task.output = trio.Event()
+                await task.output.wait()
+        finally:
+            self.follow_closed.set()
+
+    async def events(self, task_id: str) -> AsyncIterator[EventView]:
+        self.calls.append(("events", {"task_id": task_id}))
+        task = self._get(task_id)
+        yield {"task_id": task_id, "state": "placing", "detail": "", "at": 1700000000.0}
+        await task.done.wait()
+        yield {"task_id": task_id, "state": task.state, "detail": "", "at": 1700000001.0}
+
+    async def cancel(self, task_id: str) -> CancelView:
+        self.calls.append(("cancel", {"task_id": task_id}))
+        if task_id == "refuse":
+            raise OpError("cannot cancel a task that is leased to us")
+        task = self._get(task_id)
+        if not task.done.is_set():
+            task.state = "cancelled"
+            task.done.set()
+        return {"task_id": task_id, "state": task.state, "detail": "cancel requested"}
+
+    async def receipts(self, limit: int) -> list[ReceiptView]:
+        self.calls.append(("receipts", {"limit": limit}))
+        views = [t.view()["receipt"] for t in self.tasks_by_id.values()]
+        return [r for r in views if r is not None][:limit]
+
+    async def doctor(self) -> list[DoctorCheck]:
+        self.calls.append(("doctor", {}))
+        return [{"name": "docker", "ok": True, "detail": "27.0 reachable"},
+                {"name": "identity", "ok": self.doctor_ok, "detail": "node.key mode 0600"}]
+
+    async def drain(self) -> DrainView:
+        self.calls.append(("drain", {}))
+        return {"draining": True, "tasks_running": 1, "detail": "waiting for 1 task"}
+
+    # ------------------------------------------------------------ test controls
+    def add_task(self, command: tuple[str, ...]) -> _Task:
+        spec = JobSpec(image="peerd-test/busybox:1", command=command)
+        task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, False)
+        self.tasks_by_id[task.task_id] = task
+        return task
+
+    def add_output(self, task_id: str, data: bytes) -> None:
+        task = self.tasks_by_id[task_id]
+        task.stdout += data
+        task.output.set()
