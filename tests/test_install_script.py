@@ -64,6 +64,7 @@ def test_dry_run_contributor_plan(tmp_path: Path) -> None:
         f"usermod --prefix {r} --append --groups docker peerd",
         f"install -d -m 0755 {r}/opt/peerd",
         f"python3 -m venv {r}/opt/peerd/venv",
+        f"{r}/opt/peerd/venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip wheel",
         f"{r}/opt/peerd/venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade {REPO}",
         f"install -d -m 0750 {r}/var/lib/peerd",
         f"install -d -m 0755 {r}/etc/peerd",
@@ -132,6 +133,7 @@ def test_dry_run_uninstall_plan(tmp_path: Path) -> None:
         f"systemctl --root={r} disable peerd.service",
         f"rm -f {r}/etc/systemd/system/peerd.service",
         f"rm -rf {r}/opt/peerd/venv",
+        f"rmdir --ignore-fail-on-non-empty {r}/opt/peerd",
     ]
     assert "= peerd-seed.service not installed" in result.stdout
     assert f"= kept {r}/var/lib/peerd" in result.stdout
@@ -150,7 +152,7 @@ def test_uninstall_into_root_keeps_state_then_purge_removes_it(tmp_path: Path) -
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "etc/systemd/system/peerd.service").exists()
     assert not (tmp_path / "etc/systemd/system/multi-user.target.wants/peerd.service").is_symlink()
-    assert not (tmp_path / "opt/peerd/venv").exists()
+    assert not (tmp_path / "opt/peerd").exists()
     assert (tmp_path / "var/lib/peerd/node.key").read_text() == "secret"
 
     result = run_install("--uninstall", "--purge", "--root", str(tmp_path))
