@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
 from peerd.control.client import ControlClient
+from peerd.control.server import ControlServer
 from protocol.codec import FrameDecoder, decode_as, encode, frame
 from protocol.control import request
 from protocol.messages import ControlResponse
 from protocol.schema import Value
+
+from .stub import StubOps
 
 
 @pytest.fixture
@@ -21,6 +25,21 @@ def sock_dir() -> Iterator[Path]:
     """A short private directory: AF_UNIX paths must stay under 108 bytes."""
     with tempfile.TemporaryDirectory(prefix="peerd-ctl-") as name:
         yield Path(name)
+
+
+@dataclass
+class Daemon:
+    path: Path
+    ops: StubOps
+
+
+@pytest.fixture
+async def daemon(nursery: trio.Nursery, sock_dir: Path) -> Daemon:
+    """A real ControlServer on ``<sock_dir>/control.sock`` over a StubOps."""
+    ops = StubOps()
+    path = sock_dir / "control.sock"
+    await nursery.start(ControlServer(path, ops).run)
+    return Daemon(path, ops)
 
 
 async def call(path: Path, command: str, args: dict[str, Value] | None = None) -> Value:

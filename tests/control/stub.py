@@ -78,6 +78,17 @@ class StubOps:
         self.waiters = 0
         self.waiter_joined = trio.Event()
         self.follow_closed = trio.Event()
+        self._called = trio.Event()
+
+    def _record(self, op: str, args: dict[str, object]) -> None:
+        self.calls.append((op, args))
+        self._called.set()
+
+    async def called(self, op: str) -> None:
+        """Return once ``op`` has been called."""
+        while not any(name == op for name, _ in self.calls):
+            self._called = trio.Event()
+            await self._called.wait()
 
     def _get(self, task_id: str) -> _Task:
         if task_id == "boom":
@@ -88,14 +99,14 @@ class StubOps:
             raise TaskNotFound(task_id) from None
 
     async def status(self) -> StatusView:
-        self.calls.append(("status", {}))
+        self._record("status", {})
         return {"peer_id": PEER_ID, "addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}"],
                 "role": "provider", "peers_connected": 2, "peers_known": 3, "tasks_running": 1,
                 "tasks_queued": 0, "version": "0.1.0", "counters": {"adverts_in": 7},
                 "draining": False}
 
     async def peers(self) -> list[PeerView]:
-        self.calls.append(("peers", {}))
+        self._record("peers", {})
         advert = {"gpus": [{"uuid": "GPU-1", "model": "H100", "memory": 80 << 30,
                             "compute_capability": "9.0"}],
                   "cpus": 8.0, "free_cpus": 6.0, "price_cpu_hour": 0.01, "price_gpu_hour": 0.5,
@@ -103,7 +114,7 @@ class StubOps:
         return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert}]
 
     async def submit(self, spec: JobSpec, *, local: bool) -> str:
-        self.calls.append(("submit", {"spec": spec, "local": local}))
+        self._record("submit", {"spec": spec, "local": local})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task
         program = spec.command[0] if spec.command else ""
@@ -114,7 +125,7 @@ class StubOps:
         return task.task_id
 
     async def wait(self, task_id: str) -> TaskView:
-        self.calls.append(("wait", {"task_id": task_id}))
+        self._record("wait", {"task_id": task_id})
         task = self._get(task_id)
         self.waiters += 1
         self.waiter_joined.set()
@@ -122,18 +133,18 @@ class StubOps:
         return task.view()
 
     async def task(self, task_id: str) -> TaskView | None:
-        self.calls.append(("task", {"task_id": task_id}))
+        self._record("task", {"task_id": task_id})
         task = self.tasks_by_id.get(task_id)
         if task_id == "boom":
             raise RuntimeError("a bug in the node")
         return None if task is None else task.view()
 
     async def tasks(self, limit: int) -> list[TaskView]:
-        self.calls.append(("tasks", {"limit": limit}))
+        self._record("tasks", {"limit": limit})
         return [t.view() for t in reversed(list(self.tasks_by_id.values()))][:limit]
 
     async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
-        self.calls.append(("logs", {"task_id": task_id, "follow": follow}))
+        self._record("logs", {"task_id": task_id, "follow": follow})
         task = self._get(task_id)
         sent = 0
         try:
@@ -151,14 +162,14 @@ class StubOps:
             self.follow_closed.set()
 
     async def events(self, task_id: str) -> AsyncIterator[EventView]:
-        self.calls.append(("events", {"task_id": task_id}))
+        self._record("events", {"task_id": task_id})
         task = self._get(task_id)
         yield {"task_id": task_id, "state": "placing", "detail": "", "at": 1700000000.0}
         await task.done.wait()
         yield {"task_id": task_id, "state": task.state, "detail": "", "at": 1700000001.0}
 
     async def cancel(self, task_id: str) -> CancelView:
-        self.calls.append(("cancel", {"task_id": task_id}))
+        self._record("cancel", {"task_id": task_id})
         if task_id == "refuse":
             raise OpError("cannot cancel a task that is leased to us")
         task = self._get(task_id)
@@ -168,17 +179,17 @@ class StubOps:
         return {"task_id": task_id, "state": task.state, "detail": "cancel requested"}
 
     async def receipts(self, limit: int) -> list[ReceiptView]:
-        self.calls.append(("receipts", {"limit": limit}))
+        self._record("receipts", {"limit": limit})
         views = [t.view()["receipt"] for t in self.tasks_by_id.values()]
         return [r for r in views if r is not None][:limit]
 
     async def doctor(self) -> list[DoctorCheck]:
-        self.calls.append(("doctor", {}))
+        self._record("doctor", {})
         return [{"name": "docker", "ok": True, "detail": "27.0 reachable"},
                 {"name": "identity", "ok": self.doctor_ok, "detail": "node.key mode 0600"}]
 
     async def drain(self) -> DrainView:
-        self.calls.append(("drain", {}))
+        self._record("drain", {})
         return {"draining": True, "tasks_running": 1, "detail": "waiting for 1 task"}
 
     # ------------------------------------------------------------ test controls

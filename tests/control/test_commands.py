@@ -12,8 +12,7 @@ from peerd.control.errors import ControlCallError
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
-from .conftest import Daemon
-from .harness import call
+from .harness import Daemon, call
 
 SPEC = JobSpec(image="peerd-test/busybox:1", command=("echo", "hi"), memory=64 << 20)
 

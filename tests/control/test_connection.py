@@ -14,8 +14,7 @@ from protocol.codec import encode, frame
 from protocol.messages import ControlError, ControlResponse
 from protocol.schema import Value
 
-from .conftest import Daemon
-from .harness import RawClient, call
+from .harness import Daemon, RawClient, call
 from .stub import StubOps
 
 

@@ -1,0 +1,78 @@
+"""What every CLI command gets: its arguments, the home, the daemon's socket.
+
+Also the CLI's exit codes and ``UsageError`` (exit 2), which commands raise
+for arguments argparse could not check by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ..config import Config, load, resolve_home
+from ..control.client import ControlClient
+from ..errors import PeerdError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation failed: job failed, not placed, unknown task…
+EXIT_USAGE = 2  # bad arguments (argparse's own code too)
+EXIT_UNREACHABLE = 3  # no daemon answers on the control socket
+EXIT_INTERRUPTED = 130
+
+# Where systemd/peerd.service (RuntimeDirectory=peerd) puts the socket; tried
+# when the home has none, so users in the peerd group need no flags.
+SYSTEM_SOCKET = Path("/run/peerd/control.sock")
+
+
+class UsageError(PeerdError):
+    """A command-line argument is wrong; the message names the flag."""
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    _config: Config | None = None
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def home(self) -> Path:
+        return resolve_home(getattr(self.args, "home", None))
+
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load(self.home)
+        return self._config
+
+    def socket_path(self) -> Path:
+        """``--socket``, else the config's path, else the system daemon's."""
+        flag = getattr(self.args, "socket", None)
+        if flag:
+            return Path(flag)
+        path = self.config().control_path
+        if not os.path.exists(path) and SYSTEM_SOCKET.exists():
+            return SYSTEM_SOCKET
+        return path
+
+    def client(self) -> ControlClient:
+        """A connected client (use it in a ``with``)."""
+        client = ControlClient(self.socket_path())
+        client.connect()
+        return client
+
+    def say(self, text: str) -> None:
+        """Human output on stdout."""
+        self.out.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        """Progress and diagnostics on stderr, so stdout stays clean."""
+        self.err.write(text + "\n")
+        self.err.flush()

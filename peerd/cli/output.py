@@ -1,0 +1,222 @@
+"""How the CLI prints: one JSON document with ``--json``, aligned text otherwise.
+
+Pure formatting of the control socket's views (``peerd.control.ops``); no I/O
+beyond writing to the streams it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from protocol.schema import Value
+
+
+def _jsonable(obj: object) -> object:
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def print_json(doc: object, out: TextIO | None = None) -> None:
+    """Write ``doc`` as one JSON document (bytes become text)."""
+    stream = out or sys.stdout
+    stream.write(json.dumps(doc, indent=2, default=_jsonable) + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; no trailing blanks."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def pairs(items: Sequence[tuple[str, str]]) -> str:
+    """``key   value`` lines, keys padded to one width."""
+    width = max((len(k) for k, _ in items), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in items)
+
+
+def short_id(peer_id: object) -> str:
+    text = str(peer_id or "-")
+    return text if len(text) <= 20 else f"{text[:8]}…{text[-6:]}"
+
+
+def when(ts: object) -> str:
+    """A timestamp as local time, or ``-``."""
+    if not isinstance(ts, int | float) or ts <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def remaining(ts: object, now: float | None = None) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    left = ts - (time.time() if now is None else now)
+    return "expired" if left <= 0 else f"{left:.0f}s"
+
+
+def size(n: object) -> str:
+    if not isinstance(n, int) or isinstance(n, bool):
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" or value >= 10 else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"
+
+
+def _num(value: Value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "-" if value is None else str(value)
+
+
+# ---------------------------------------------------------------- views
+def status_text(view: Mapping[str, Value]) -> str:
+    addrs = view.get("addrs")
+    addr_list = [str(a) for a in addrs] if isinstance(addrs, list) else []
+    counters = view.get("counters")
+    counter_text = (
+        " ".join(f"{k}={v}" for k, v in sorted(counters.items())) if isinstance(counters, dict) else ""
+    )
+    items = [
+        ("peer id", str(view.get("peer_id"))),
+        ("role", str(view.get("role"))),
+        ("version", str(view.get("version"))),
+        ("peers", f"{view.get('peers_connected')} connected, {view.get('peers_known')} known"),
+        ("tasks", f"{view.get('tasks_running')} running, {view.get('tasks_queued')} queued"),
+        ("draining", "yes" if view.get("draining") else "no"),
+        ("addresses", addr_list[0] if addr_list else "-"),
+        *(("", a) for a in addr_list[1:]),
+        ("counters", counter_text or "-"),
+    ]
+    return pairs(items)
+
+
+def _gpus(advert: Mapping[str, Value]) -> str:
+    gpus = advert.get("gpus")
+    if not isinstance(gpus, list) or not gpus:
+        return "-"
+    models = sorted({str(g.get("model", "?")) for g in gpus if isinstance(g, dict)})
+    return f"{len(gpus)}x {'/'.join(models)}"
+
+
+def peers_text(views: Sequence[Mapping[str, Value]], now: float | None = None) -> str:
+    rows = []
+    for view in views:
+        advert = view.get("advert")
+        ad: Mapping[str, Value] = advert if isinstance(advert, dict) else {}
+        rows.append([
+            str(view.get("peer_id")),
+            str(ad.get("role", "-")),
+            f"{_num(ad.get('free_cpus'))}/{_num(ad.get('cpus'))}",
+            f"{size(ad.get('free_memory'))}/{size(ad.get('memory'))}",
+            _gpus(ad),
+            _num(ad.get("price_cpu_hour")),
+            _num(ad.get("price_gpu_hour")),
+            remaining(ad.get("expires_at"), now) if ad else "-",
+        ])
+    headers = ["PEER", "ROLE", "CPUS FREE", "MEMORY FREE", "GPUS", "CPU/H", "GPU/H", "ADVERT"]
+    return table(headers, rows) if rows else "no peers known"
+
+
+def _command(spec: Value) -> str:
+    if not isinstance(spec, dict):
+        return "-"
+    command = spec.get("command")
+    text = " ".join(str(c) for c in command) if isinstance(command, list) else ""
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _image(spec: Value) -> str:
+    return str(spec.get("image")) if isinstance(spec, dict) else "-"
+
+
+def tasks_text(views: Sequence[Mapping[str, Value]]) -> str:
+    rows = [
+        [str(v.get("task_id")), str(v.get("state")), _num(v.get("exit_code")), str(v.get("role")),
+         short_id(v.get("provider")), when(v.get("created_at")), _command(v.get("spec"))]
+        for v in views
+    ]
+    headers = ["TASK", "STATE", "EXIT", "ROLE", "PROVIDER", "CREATED", "COMMAND"]
+    return table(headers, rows) if rows else "no tasks"
+
+
+def attempts_text(attempts: Value) -> str:
+    if not isinstance(attempts, list) or not attempts:
+        return "  (none)"
+    rows = [
+        [str(a.get("provider")), str(a.get("outcome")), str(a.get("reason") or "-"), str(a.get("detail") or "")]
+        for a in attempts if isinstance(a, dict)
+    ]
+    text = table(["PROVIDER", "OUTCOME", "REASON", "DETAIL"], rows)
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def receipt_line(receipt: Value) -> str:
+    if not isinstance(receipt, dict):
+        return "-"
+    verified = "verified" if receipt.get("verified") else "NOT VERIFIED"
+    return f"cost {_num(receipt.get('cost'))}, {receipt.get('state')}, signatures {verified}"
+
+
+def task_text(view: Mapping[str, Value]) -> str:
+    items = [
+        ("task", str(view.get("task_id"))),
+        ("state", str(view.get("state"))),
+        ("exit code", _num(view.get("exit_code"))),
+        ("role", str(view.get("role"))),
+        ("provider", str(view.get("provider") or "-")),
+        ("command", _command(view.get("spec"))),
+        ("image", _image(view.get("spec"))),
+        ("created", when(view.get("created_at"))),
+        ("updated", when(view.get("updated_at"))),
+        ("detail", str(view.get("detail") or "-")),
+        ("receipt", receipt_line(view.get("receipt"))),
+    ]
+    parts = [pairs(items), "attempts:", attempts_text(view.get("attempts"))]
+    for stream in ("stdout", "stderr"):
+        text = view.get(stream)
+        if isinstance(text, str) and text:
+            parts.append(f"{stream}:\n{text.rstrip(chr(10))}")
+    return "\n".join(parts)
+
+
+def outcome_line(view: Mapping[str, Value]) -> str:
+    """One line saying how a task ended, for ``submit --wait``."""
+    state = view.get("state")
+    line = f"task {view.get('task_id')} {state}"
+    if view.get("exit_code") is not None:
+        line += f" (exit {view.get('exit_code')})"
+    if view.get("provider"):
+        line += f" on {short_id(view.get('provider'))}"
+    receipt = view.get("receipt")
+    if isinstance(receipt, dict):
+        line += f"; {receipt_line(receipt)}"
+    if state != "succeeded" and view.get("detail"):
+        line += f": {view.get('detail')}"
+    return line
+
+
+def receipts_text(views: Sequence[Mapping[str, Value]]) -> str:
+    rows = [
+        [str(r.get("task_id")), str(r.get("state")), _num(r.get("cost")), short_id(r.get("provider")),
+         short_id(r.get("requester")), "yes" if r.get("verified") else "NO"]
+        for r in views
+    ]
+    headers = ["TASK", "STATE", "COST", "PROVIDER", "REQUESTER", "VERIFIED"]
+    return table(headers, rows) if rows else "no receipts"
+
+
+def doctor_text(checks: Sequence[Mapping[str, Value]]) -> str:
+    rows = [["ok" if c.get("ok") else "FAIL", str(c.get("name")), str(c.get("detail") or "")] for c in checks]
+    return table(["", "CHECK", "DETAIL"], rows) if rows else "no checks"

@@ -1,0 +1,79 @@
+"""The ``peerd`` command line: one table of commands, one argparse parser.
+
+Every command takes ``--home DIR`` (else $PEERD_HOME, else ~/.peerd),
+``--socket PATH`` (else the config's control socket) and ``--json``, before
+or after the command name. Usage errors are one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from . import local, query, submit
+from .context import EXIT_USAGE, Context
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _nothing(parser: argparse.ArgumentParser) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CliCommand:
+    name: str
+    help: str
+    run: Callable[[Context], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = _nothing
+
+
+COMMANDS: tuple[CliCommand, ...] = (
+    CliCommand("init", "create the node's home, key and config", local.init),
+    CliCommand("run", "run the daemon in the foreground", local.run, local.run_arguments),
+    CliCommand("status", "the daemon's identity, peers and tasks", query.status),
+    CliCommand("peers", "known peers and what they offer", query.peers),
+    CliCommand("submit", "submit a job: peerd submit [OPTIONS] -- CMD [ARG ...]", submit.run, submit.arguments),
+    CliCommand("tasks", "recent tasks", query.tasks, query.limit_arguments),
+    CliCommand("show", "one task in full", query.show, query.task_argument),
+    CliCommand("logs", "a task's output", query.logs, query.logs_arguments),
+    CliCommand("cancel", "cancel a task", query.cancel, query.task_argument),
+    CliCommand("receipts", "co-signed receipts", query.receipts, query.limit_arguments),
+    CliCommand("doctor", "check this host (exit 1 if a check fails)", query.doctor),
+    CliCommand("drain", "stop taking work; finish what runs", query.drain),
+)
+
+
+def _common(*, top: bool) -> argparse.ArgumentParser:
+    # On subcommands the defaults are SUPPRESS so they never hide a value
+    # given before the command name.
+    unset = None if top else argparse.SUPPRESS
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--home", metavar="DIR", default=unset,
+                        help="node home (default $PEERD_HOME, else ~/.peerd)")
+    parser.add_argument("--socket", metavar="PATH", default=unset,
+                        help="control socket (default from the home's config)")
+    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print one JSON document")
+    return parser
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="peerd", description="peer-to-peer compute: lend and borrow CPUs and GPUs",
+                    parents=[_common(top=True)])
+    subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    common = _common(top=False)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                    parents=[common])
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser

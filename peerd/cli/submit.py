@@ -1,0 +1,158 @@
+"""``peerd submit``: build a JobSpec from flags, submit it, optionally wait.
+
+Prints the task ID at once (``{"task_id": …}`` with ``--json``). With
+``--wait`` it blocks until the task ends; with ``--follow`` it streams the
+job's output first. Then the job's stdout/stderr go to ours (unless already
+followed), a one-line outcome goes to stderr — so stdout carries only the
+job's output and the task ID goes to stderr — and ``--json`` prints the task
+view instead. Exit 1 unless the task succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+
+from protocol.errors import LocalProtocolError
+from protocol.messages import JobSpec
+from protocol.schema import Value
+
+from ..control.wire import to_value
+from ..units import parse_duration, parse_size
+from . import output
+from .context import EXIT_FAILED, EXIT_OK, Context, UsageError
+from .query import expect_map, stream_logs
+
+IMAGE_ENV = "PEERD_IMAGE"
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING}
+
+
+# ---------------------------------------------------------------- argument types
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than zero, got {text!r}")
+    return seconds
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", help=f"container image (default ${IMAGE_ENV})")
+    parser.add_argument("--cpus", type=_number, default=_DEFAULTS["cpus"], help="CPUs (default 1)")
+    parser.add_argument("--memory", type=_size, default=_DEFAULTS["memory"], metavar="SIZE",
+                        help="memory limit, e.g. 512M (default 256M)")
+    parser.add_argument("--gpus", type=_count, default=_DEFAULTS["gpus"], metavar="N", help="GPUs (default 0)")
+    parser.add_argument("--gpu-memory", type=_size, default=_DEFAULTS["gpu_memory"], metavar="SIZE",
+                        help="minimum memory per GPU, e.g. 24G")
+    parser.add_argument("--gpu-model", default=_DEFAULTS["gpu_model"], metavar="MODEL",
+                        help="GPU model substring, e.g. H100")
+    parser.add_argument("--timeout", type=_duration, default=_DEFAULTS["timeout"], metavar="DURATION",
+                        help="time limit, e.g. 90s, 10m, 2h (default 10m)")
+    parser.add_argument("--max-price", type=_number, default=_DEFAULTS["max_price"], metavar="P",
+                        help="highest price per hour accepted")
+    parser.add_argument("--env", type=_env, action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable for the job (repeatable)")
+    parser.add_argument("--network", action="store_true", help="ask for network access")
+    parser.add_argument("--local", action="store_true", help="run on this node's own provider")
+    parser.add_argument("--wait", action="store_true", help="wait for the task to end")
+    parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
+                        help="the command to run in the container")
+
+
+def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
+    """The JobSpec the flags describe; UsageError names the flag at fault."""
+    image = args.image or environ.get(IMAGE_ENV, "")
+    if not image:
+        raise UsageError(f"--image is required (or set ${IMAGE_ENV})")
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("a command is required: peerd submit [OPTIONS] -- CMD [ARG ...]")
+    try:
+        return JobSpec(
+            image=image, command=tuple(command), env=dict(args.env), cpus=args.cpus,
+            memory=args.memory, gpus=args.gpus, gpu_memory=args.gpu_memory,
+            gpu_model=args.gpu_model, timeout=args.timeout, network=args.network,
+            max_price=args.max_price,
+        )
+    except LocalProtocolError as exc:
+        flagged = re.sub(r"JobSpec\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))
+        raise UsageError(flagged) from exc
+
+
+def run(ctx: Context) -> int:
+    args = ctx.args
+    spec = build_spec(args, os.environ)
+    with ctx.client() as client:
+        submitted = expect_map(client.call("submit", {"spec": to_value(spec), "local": args.local}), "submit")
+        task_id = str(submitted.get("task_id"))
+        if not (args.wait or args.follow):
+            if ctx.json:
+                output.print_json({"task_id": task_id}, ctx.out)
+            else:
+                ctx.say(task_id)
+            return EXIT_OK
+        if not ctx.json:
+            ctx.note(f"submitted {task_id}")
+            if args.follow:
+                stream_logs(ctx, client.stream("logs", {"task_id": task_id, "follow": True}),
+                            {"stdout": [], "stderr": []})
+        view = expect_map(client.call("wait", {"task_id": task_id}, no_timeout=True), "wait")
+    _report(ctx, view, printed_output=args.follow)
+    return EXIT_OK if view.get("state") == "succeeded" else EXIT_FAILED
+
+
+def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> None:
+    if ctx.json:
+        output.print_json(view, ctx.out)
+        return
+    if not printed_output:
+        for name, stream in (("stdout", ctx.out), ("stderr", ctx.err)):
+            text = view.get(name)
+            if isinstance(text, str) and text:
+                stream.write(text)
+                stream.flush()
+    ctx.note(output.outcome_line(view))
+    if view.get("state") != "succeeded" and view.get("attempts"):
+        ctx.note("attempts:\n" + output.attempts_text(view.get("attempts")))
