@@ -46,11 +46,11 @@ from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
 from .identity import load_key
 from .jobrun import JobRunner
-from .market import rank_candidates
-from .p2p import P2PService
+from .p2p.service import P2PService
 from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
+from .p2p.streams import Stream
 from .store import Store
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view
@@ -168,7 +168,7 @@ class Node:
             running=running, draining=self.draining,
         )
 
-    async def _serve_task_stream(self, stream) -> None:  # p2p Stream
+    async def _serve_task_stream(self, stream: Stream) -> None:
         assert self.provider is not None
         await self.provider.handle_stream(stream, stream.remote_peer)
 
@@ -177,7 +177,7 @@ class Node:
         if local:
             return [Candidate(peer_id=self.signer.peer_id, addrs=[])] if self.provider else []
         entries = self.p2p.table.candidates(spec, now, exclude={self.signer.peer_id})
-        return [Candidate(peer_id=e.peer_id, addrs=list(e.advert.addrs)) for e in entries]
+        return [Candidate(peer_id=e.peer_id, addrs=list(e.addrs)) for e in entries]
 
     @asynccontextmanager
     async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[object]:
@@ -260,17 +260,17 @@ class Node:
             addrs=self.p2p.listen_addrs(),
             role=self.role,
             peers_connected=len(self.p2p.connected_peers()),
-            peers_known=len(self.p2p.table.snapshot(time.time())),
+            peers_known=len(self.p2p.table.entries(time.time())),
             tasks_running=running,
             tasks_queued=placing,
             version=__version__,
-            counters=dict(self.p2p.counters()),
+            counters=dict(self.p2p.counters),
             draining=self.draining,
         )
 
     async def peers(self) -> list[PeerView]:
         assert self.p2p is not None
-        return [peer_view(e.advert) for e in self.p2p.table.snapshot(time.time())]
+        return [peer_view(e.advert, list(e.addrs)) for e in self.p2p.table.entries(time.time())]
 
     async def submit(self, spec: JobSpec, *, local: bool) -> str:
         if self.requester is None:

@@ -20,6 +20,7 @@ from protocol.messages import Message
 from protocol.negotiation import CLOSED, NEED_DATA, Negotiation
 
 from .errors import PeerdError
+from .p2p.errors import StreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ class TaskChannel:
             raise PeerTimeout(f"write timed out after {self.timeout:g}s") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise PeerGone(f"stream broke while writing: {exc}") from exc
-        except PeerdError:
+        except TaskWireError:
             raise
-        except Exception as exc:  # libp2p raises its own stream errors; map them here
+        except StreamTimeout as exc:
+            raise PeerTimeout(str(exc)) from exc
+        except Exception as exc:  # the p2p layer's StreamError and anything libp2p let through
             raise PeerGone(f"stream failed while writing: {type(exc).__name__}: {exc}") from exc
 
     async def receive(self, timeout: float | None = None) -> Message:
@@ -98,9 +101,11 @@ class TaskChannel:
             return await self.stream.read(READ_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise PeerGone(f"stream broke while reading: {exc}") from exc
-        except (PeerdError, trio.TooSlowError, trio.Cancelled):
+        except (TaskWireError, trio.TooSlowError, trio.Cancelled):
             raise
-        except Exception as exc:  # libp2p stream errors
+        except StreamTimeout as exc:
+            raise PeerTimeout(str(exc)) from exc
+        except Exception as exc:  # the p2p layer's StreamError and anything libp2p let through
             raise PeerGone(f"stream failed while reading: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -32,8 +32,8 @@ def receipt_view(receipt: Receipt) -> ReceiptView:
 def attempt_view(attempt: Attempt) -> AttemptView:
     return AttemptView(
         provider=attempt.provider,
-        outcome=attempt.outcome,
-        reason=attempt.reason_code,
+        outcome=attempt.outcome.value,
+        reason=attempt.reason_code.value if attempt.reason_code else "",
         detail=attempt.detail,
     )
 
@@ -56,13 +56,13 @@ def task_view(
         created_at=record.created_at,
         updated_at=record.updated_at,
         spec=record.spec.to_wire(),  # type: ignore[typeddict-item]
-        role=record.role,
+        role=record.role.value,
         detail=record.detail,
     )
 
 
-def peer_view(advert: Advert) -> PeerView:
+def peer_view(advert: Advert, addrs: list[str]) -> PeerView:
     wire: dict[str, Value] = advert.to_wire()  # type: ignore[assignment]
     wire.pop("v", None)
     wire.pop("t", None)
-    return PeerView(peer_id=advert.peer_id, addrs=list(advert.addrs), advert=wire)
+    return PeerView(peer_id=advert.peer_id, addrs=addrs, advert=wire)

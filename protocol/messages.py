@@ -31,6 +31,7 @@ MAX_TIMEOUT = 30 * 24 * 3600.0
 MAX_PRICE = 1e12
 MAX_TIMESTAMP = 1e11  # year ~5138: anything beyond is nonsense
 MAX_COUNT = 1 << 40
+MAX_SEQ = (1 << 63) - 1  # advert seq: e.g. milliseconds since the epoch
 
 
 # ---------------------------------------------------------------- enums
@@ -290,7 +291,7 @@ class Advert(Message):
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)
-        check_range(self, "seq", 0, MAX_COUNT)
+        check_range(self, "seq", 0, MAX_SEQ)
         check_range(self, "issued_at", 0, MAX_TIMESTAMP)
         check_range(self, "expires_at", 0, MAX_TIMESTAMP)
         if self.expires_at < self.issued_at:
