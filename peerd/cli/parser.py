@@ -8,7 +8,6 @@ or after the command name. Usage errors are one line on stderr, exit 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
