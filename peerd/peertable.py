@@ -126,11 +126,17 @@ class PeerTable:
     # ------------------------------------------------------------ ingest
     def ingest(self, data: bytes, *, source: str | None, now: float) -> Outcome:
         """Check an advert envelope and store it; return (and count) the outcome."""
+        return self.admit(data, source=source, now=now)[0]
+
+    def admit(
+        self, data: bytes, *, source: str | None, now: float
+    ) -> tuple[Outcome, PeerEntry | None]:
+        """Like ``ingest``, also returning the entry stored (None unless accepted)."""
         outcome, entry = self._check(data, source, now)
         if entry is not None:
             self._entries[entry.peer_id] = entry
         self.counters[outcome.value] += 1
-        return outcome
+        return outcome, entry
 
     def _check(self, data: bytes, source: str | None, now: float) -> tuple[Outcome, PeerEntry | None]:
         if source == self.self_id:
@@ -205,9 +211,11 @@ class PeerTable:
     def peer_ids(self, now: float) -> set[str]:
         return {e.peer_id for e in self.entries(now)}
 
-    def envelopes(self, now: float, limit: int) -> list[bytes]:
+    def envelopes(self, now: float, limit: int, exclude: Iterable[str] = ()) -> list[bytes]:
         """The freshest stored envelopes, newest first (for a direct sync)."""
-        live = sorted(self.entries(now), key=lambda e: e.received_at, reverse=True)
+        skip = set(exclude)
+        live = [e for e in self.entries(now) if e.peer_id not in skip]
+        live.sort(key=lambda e: e.received_at, reverse=True)
         return [e.envelope for e in live[:limit]]
 
     def expire(self, now: float) -> list[str]:

@@ -189,6 +189,7 @@ def test_envelopes_newest_first_and_limited() -> None:
     t.ingest(db, source=None, now=NOW + 1)
     assert t.envelopes(NOW + 2, limit=10) == [db, da]
     assert t.envelopes(NOW + 2, limit=1) == [db]
+    assert t.envelopes(NOW + 2, limit=10, exclude={b.peer_id}) == [da]
 
 
 def test_all_outcomes_have_counters() -> None:

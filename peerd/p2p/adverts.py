@@ -1,0 +1,169 @@
+"""Our own advert on the gossip topic, and every received one into the peer table.
+
+Out: ``AdvertPublisher`` stamps the advert from ``advert_source(now)`` with our
+peer ID, a sequence number that survives restarts (``max(last + 1,
+int(now * 100))``), ``issued_at``/``expires_at`` (``advert_ttl``) and, unless
+the source set them, our listen addresses; it seals and publishes it on start,
+when the topic gains its first peer, on ``changed()`` (at most one per
+``MIN_GAP`` seconds; changes in between are coalesced) and every
+``advert_interval`` as a refresh. Adverts are small (the table drops > 8 KiB).
+
+In: ``gossip_validator`` is the topic validator pubsub calls for every message
+before relaying it: the data goes through ``PeerTable.ingest`` with the
+message's signed origin as ``source``, so a forged, replayed or mis-bound
+advert is counted and neither stored nor relayed. A validator exception would
+reach the host, so none escapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+
+from peerd.config import NetworkConfig
+from peerd.peertable import RELAYABLE, PeerEntry, PeerTable
+from protocol.errors import ProtocolError
+from protocol.messages import Advert
+from protocol.signing import Signer, seal_bytes
+
+from .host import Libp2pNode
+from .streams import FOREIGN_ERRORS
+
+log = logging.getLogger(__name__)
+
+ADVERT_TOPIC = "peerd/adverts/1"
+MIN_GAP = 1.0  # seconds between two publications
+TOPIC_POLL = 0.25  # how often to look for the topic's first peer
+MAX_ADDRS = 16
+
+AdvertSource = Callable[[float], Advert]
+Clock = Callable[[], float]
+AcceptHook = Callable[[PeerEntry], None]
+
+
+SEQ_PER_SECOND = 100  # seq follows the clock in centiseconds (fits Advert's 2**40 cap)
+
+
+def next_seq(last: int, now: float) -> int:
+    """Higher than ``last`` and than any seq a previous run issued before ``now``.
+
+    A previous run that published at most SEQ_PER_SECOND adverts a second
+    (we publish at most one) never got ahead of the clock, so a restart with
+    the same key continues above it without persisting anything.
+    """
+    return max(last + 1, int(now * SEQ_PER_SECOND))
+
+
+def gossip_validator(
+    table: PeerTable, clock: Clock, on_accept: AcceptHook | None
+) -> Callable[[ID, rpc_pb2.Message], bool]:
+    """The pubsub topic validator: ingest, and relay only what the table accepts."""
+
+    def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        try:
+            source = ID(msg.from_id).to_base58()
+            outcome, entry = table.admit(bytes(msg.data), source=source, now=clock())
+            if entry is not None and on_accept is not None:
+                on_accept(entry)
+            return outcome in RELAYABLE
+        except Exception:  # edge: an exception here would travel into the pubsub loop
+            log.exception("advert validator failed on a message from …%s", str(forwarder)[-8:])
+            return False
+
+    return validate
+
+
+class AdvertPublisher:
+    """Builds, signs and publishes this node's advert, paced."""
+
+    def __init__(
+        self,
+        node: Libp2pNode,
+        signer: Signer,
+        net: NetworkConfig,
+        source: AdvertSource,
+        addrs: Callable[[], list[str]],
+        clock: Clock,
+    ) -> None:
+        self._node = node
+        self._signer = signer
+        self._net = net
+        self._source = source
+        self._addrs = addrs
+        self._clock = clock
+        self._wake = trio.Event()
+        self._last_publish = -math.inf
+        self.seq = 0
+        self.current: bytes | None = None  # the latest sealed envelope
+        self.advert: Advert | None = None
+        self.counters = {"published": 0, "publish_failed": 0}
+
+    def stamp(self) -> bytes:
+        """Build and seal a fresh advert; it becomes ``current``."""
+        now = self._clock()
+        base = self._source(now)
+        self.seq = next_seq(max(self.seq, base.seq), now)
+        addrs = base.addrs or tuple(self._addrs()[:MAX_ADDRS])
+        advert = dataclasses.replace(
+            base,
+            peer_id=self._signer.peer_id,
+            seq=self.seq,
+            issued_at=now,
+            expires_at=now + self._net.advert_ttl,
+            addrs=addrs,
+        )
+        self.advert = advert
+        self.current = seal_bytes(advert, self._signer)
+        return self.current
+
+    def changed(self) -> None:
+        """Ask for a prompt re-publish (coalesced, at most one per MIN_GAP)."""
+        self._wake.set()
+
+    async def publish_now(self) -> None:
+        try:
+            data = self.stamp()
+        except ProtocolError as exc:
+            self.counters["publish_failed"] += 1
+            log.error("cannot build our advert: %s", exc)
+            return
+        self._last_publish = trio.current_time()
+        try:
+            with trio.fail_after(self._net.io_timeout):
+                await self._node.pubsub.publish(ADVERT_TOPIC, data)
+        except (trio.TooSlowError, *FOREIGN_ERRORS) as exc:
+            self.counters["publish_failed"] += 1
+            log.warning("publishing our advert failed: %r", exc)
+            return
+        self.counters["published"] += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.publish_now()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_topic)
+            while True:
+                with trio.move_on_at(self._last_publish + self._net.advert_interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep_until(self._last_publish + MIN_GAP)
+                await self.publish_now()
+
+    def topic_peers(self) -> int:
+        return len(self._node.pubsub.peer_topics.get(ADVERT_TOPIC, ()))
+
+    async def _watch_topic(self) -> None:
+        """Re-publish when the topic goes from no peers to some (e.g. seeds came back)."""
+        had = self.topic_peers() > 0
+        while True:
+            await trio.sleep(TOPIC_POLL)
+            has = self.topic_peers() > 0
+            if has and not had:
+                self.changed()
+            had = has

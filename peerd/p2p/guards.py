@@ -1,0 +1,130 @@
+"""Process-wide guards for py-libp2p 0.8.1 defects, applied once before a host is built.
+
+See shared/notes/py-libp2p-0.8.1.md. Guards that are per host (Noise-only
+security, closing the host, timeouts, stream resets, gossip seqno) live with
+the code that builds or uses the host (``host.py``, ``streams.py``); the ones
+here change module state of the library or check the operating system:
+
+* ``_HAPPY_EYEBALLS_DELAY`` (defect 2): every outbound dial waits a fixed
+  250 ms before its first address is even given a chance to finish; set to 0
+  here and only here. ``tests/p2p/test_guards.py`` notices if an upgrade
+  renames or changes it.
+* logging (install notes): on import libp2p's logger stops propagating and
+  prints warnings raw to stderr; we make it propagate to the application's
+  handlers at WARNING.
+* the listen port (defect 11): the TCP transport binds with SO_REUSEPORT, so a
+  second daemon on the same port would silently share it; ``check_port_free``
+  probes the port without SO_REUSEPORT first and fails clearly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import libp2p.network.swarm as _swarm
+import multiaddr
+
+from .errors import BadAddress, LibraryChanged, PortInUse
+
+# What 0.8.1 ships: a 250 ms head start for the first address of every dial.
+UPSTREAM_HAPPY_EYEBALLS_DELAY = 0.250
+# Loggers the library writes to (it also ships the "multiaddr" package).
+LIBRARY_LOGGERS = ("libp2p", "multiaddr")
+
+_applied = False
+
+
+def apply_library_guards(log_level: int = logging.WARNING) -> None:
+    """Apply the module-level guards (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    disable_dial_delay()
+    tame_logging(log_level)
+    _applied = True
+
+
+def disable_dial_delay() -> None:
+    """Guard 2: no fixed 250 ms wait before a dial's first address may succeed."""
+    current = getattr(_swarm, "_HAPPY_EYEBALLS_DELAY", None)
+    if not isinstance(current, float):
+        raise LibraryChanged(
+            "libp2p.network.swarm._HAPPY_EYEBALLS_DELAY is gone or not a float; "
+            "re-measure the dial delay (notes: py-libp2p defect 2) before upgrading"
+        )
+    # The only place this is set: dials then take ~4 ms instead of 251 ms on loopback.
+    _swarm._HAPPY_EYEBALLS_DELAY = 0.0
+
+
+def tame_logging(level: int = logging.WARNING) -> None:
+    """Route the library's records to our handlers at ``level``, never raw to stderr.
+
+    Some modules pin their own level (the auto-connector logs every 30 s at
+    INFO); those are reset to inherit. The DHT logs a warning with an empty
+    reason for every normal stream close (defect 9); that one is filtered out.
+    """
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(level)
+        logger.propagate = True
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith("libp2p."):
+            logger.setLevel(logging.NOTSET)
+            logger.handlers.clear()
+            logger.propagate = True
+    dht_logger = logging.getLogger("libp2p.kad_dht.kad_dht")
+    if not any(isinstance(f, _SpuriousDhtClose) for f in dht_logger.filters):
+        dht_logger.addFilter(_SpuriousDhtClose())
+
+
+class _SpuriousDhtClose(logging.Filter):
+    """Drops "Failed to read DHT message from stream: " with an empty reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Failed to read DHT message from stream: %s" and record.args:
+            return bool(str(record.args[0] if isinstance(record.args, tuple) else record.args))
+        return True
+
+
+def tcp_endpoint(addr: str) -> tuple[str, int]:
+    """The (ip, port) of a /ip4|ip6/…/tcp/… multiaddr."""
+    try:
+        maddr = multiaddr.Multiaddr(addr)
+        port = int(maddr.value_for_protocol("tcp"))
+    except Exception as exc:  # multiaddr raises a zoo of types for bad text
+        raise BadAddress(f"{addr!r} is not a TCP multiaddr: {exc}") from exc
+    for proto in ("ip4", "ip6"):
+        try:
+            ip = maddr.value_for_protocol(proto)
+        except Exception:
+            continue
+        if ip:
+            return str(ip), port
+    raise BadAddress(f"{addr!r} has no /ip4 or /ip6 part")
+
+
+def check_port_free(addr: str) -> None:
+    """Guard 11: raise PortInUse if something already listens on ``addr``'s port.
+
+    The probe sets SO_REUSEADDR (so sockets in TIME_WAIT from our own previous
+    run do not count) but not SO_REUSEPORT, so Linux refuses it exactly when a
+    listener holds the port. Port 0 (any free port) is not checked.
+    """
+    ip, port = tcp_endpoint(addr)
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"cannot listen on {addr}: port {port} is already in use "
+                    "(is another peerd running with this port?)"
+                ) from exc
+            raise BadAddress(f"cannot listen on {addr}: {exc}") from exc

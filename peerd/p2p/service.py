@@ -1,0 +1,282 @@
+"""``P2PService``: the network layer of a node, as one trio service.
+
+It owns the libp2p node (``host.open_node``), keeps the node joined to the
+network (``discovery``), publishes our advert and fills the peer table from
+gossip (``adverts``) and from direct syncs with every new connection
+(``sync``), expires stale entries, and gives the rest of the daemon a small
+stream API (``set_stream_handler`` / ``open_stream``) whose streams time out
+and whose handlers cannot take the host down.
+
+Start it with ``await nursery.start(service.run)``: it returns once the node
+listens, has dialled the reachable seeds, filled its routing table and
+subscribed to the advert topic. Cancel the nursery to stop it; the host is
+closed on the way out.
+
+A seed (``seed=True``) is a DHT server and gossip relay with no advert of its
+own. Its multiaddr (``listen_addrs()``) is stable across restarts when it keeps
+its key and a fixed port.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.pubsub.subscription import TrioSubscriptionAPI
+from libp2p.utils.address_validation import expand_wildcard_address
+
+from peerd.config import NetworkConfig
+from peerd.peertable import PeerTable, TableLimits
+from protocol.schema import Value
+from protocol.signing import Signer
+
+from .adverts import ADVERT_TOPIC, AcceptHook, AdvertPublisher, AdvertSource, Clock, gossip_validator
+from .dialing import StreamOpening, is_connected, open_stream, split_p2p
+from .discovery import TARGET_PEERS, Candidate, Discovery, parse_seeds
+from .errors import NotRunning
+from .events import ConnectionEvents
+from .host import Libp2pNode, open_node
+from .streams import Stream, StreamHandler, guard_handler
+from .sync import SYNC_PROTOCOL, AdvertSync
+
+log = logging.getLogger(__name__)
+
+EXPIRY_TICK = 1.0
+SYNC_RETRY_DELAYS = (0.0, 0.25, 1.0)
+
+
+class P2PService:
+    """Host + discovery + adverts + peer table + streams for one node."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        listen: Sequence[str],
+        bootstrap: Sequence[str],
+        *,
+        seed: bool,
+        net: NetworkConfig,
+        advert_source: AdvertSource | None,
+        on_advert: AcceptHook | None = None,
+        table_limits: TableLimits | None = None,
+        target_peers: int = TARGET_PEERS,
+        clock: Clock = time.time,
+    ) -> None:
+        if seed and advert_source is not None:
+            raise ValueError("a seed publishes no advert: pass advert_source=None")
+        self._signer = signer
+        self._listen = list(listen)
+        self._seeds = parse_seeds(bootstrap, signer.peer_id)
+        self.seed = seed
+        self.net = net
+        self._advert_source = advert_source
+        self._on_advert = on_advert
+        self._target = target_peers
+        self._clock = clock
+        self.peer_id: str = signer.peer_id
+        self.table = PeerTable(signer.peer_id, table_limits)
+        self._handlers: dict[str, StreamHandler] = {}
+        self._node: Libp2pNode | None = None
+        self._publisher: AdvertPublisher | None = None
+        self._sync: AdvertSync | None = None
+        self._discovery: Discovery | None = None
+        self._events: ConnectionEvents | None = None
+        self._own_counters = {"handler_errors": 0}
+
+    # ------------------------------------------------------------ read API
+    @property
+    def running(self) -> bool:
+        return self._node is not None
+
+    def _require(self) -> Libp2pNode:
+        if self._node is None:
+            raise NotRunning("the p2p service is not running")
+        return self._node
+
+    def listen_addrs(self) -> list[str]:
+        """Dialable multiaddrs ending in /p2p/<our id>, with the real ports."""
+        node = self._require()
+        out: list[str] = []
+        for addr in node.host.get_transport_addrs():
+            for concrete in expand_wildcard_address(addr):
+                text = f"{concrete}/p2p/{self.peer_id}"
+                if text not in out:
+                    out.append(text)
+        # loopback last: peers elsewhere cannot use it
+        return sorted(out, key=lambda a: "/ip4/127." in a or "/ip6/::1/" in a)
+
+    def connected_peers(self) -> list[str]:
+        if self._node is None:
+            return []
+        return sorted(str(p) for p in self._node.host.get_connected_peers())
+
+    def open_streams(self) -> int:
+        """Streams open on all our connections (leak watch)."""
+        if self._node is None:
+            return 0
+        conns = self._node.host.get_network().connections.values()
+        return sum(len(c.get_streams()) for group in conns for c in group)
+
+    def routing_peers(self) -> list[str]:
+        return sorted(self._discovery.routing_peers()) if self._discovery else []
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Advert outcomes (see peertable.Outcome) and network events, by name."""
+        out = dict(self.table.counters)
+        out.update(self._own_counters)
+        for part in (self._publisher, self._sync, self._discovery):
+            if part is not None:
+                out.update(part.counters)
+        if self._events is not None:
+            out["events_dropped"] = self._events.dropped
+        return out
+
+    @property
+    def own_advert(self) -> bytes | None:
+        """Our latest sealed advert envelope (None for a seed or before start)."""
+        return self._publisher.current if self._publisher else None
+
+    def status(self) -> dict[str, Value]:
+        now = self._clock()
+        return {
+            "peer_id": self.peer_id,
+            "seed": self.seed,
+            "running": self.running,
+            "addrs": self.listen_addrs() if self.running else [],
+            "connected": len(self.connected_peers()),
+            "streams": self.open_streams(),
+            "seeds": len(self._seeds),
+            "seeds_connected": self._discovery.seeds_connected() if self._discovery else 0,
+            "routing_table": len(self.routing_peers()),
+            "peers": len(self.table.entries(now)),
+            "counters": dict(self.counters),
+        }
+
+    # ------------------------------------------------------------ control
+    def advert_changed(self) -> None:
+        """Our resources changed: re-publish soon (at most one advert per second)."""
+        if self._publisher is not None:
+            self._publisher.changed()
+
+    def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
+        """Serve ``protocol_id``; ``handler`` gets a Stream, closed/reset when it returns/raises."""
+        self._handlers[protocol_id] = handler
+        if self._node is not None:
+            self._install(self._node, protocol_id, handler)
+
+    def open_stream(self, peer_id: str, protocol_id: str, addrs: Sequence[str] | None = None) -> StreamOpening:
+        """A stream to ``peer_id``: ``await`` it, or ``async with`` it.
+
+        Dials first when not connected, using ``addrs`` (e.g. from the
+        advert), then the peerstore. DialError / StreamError on failure.
+        """
+        known = list(addrs) if addrs is not None else self._advertised_addrs(peer_id)
+
+        async def opener() -> Stream:
+            return await open_stream(
+                self._require(),
+                peer_id,
+                protocol_id,
+                known,
+                connect_timeout=self.net.connect_timeout,
+                io_timeout=self.net.io_timeout,
+            )
+
+        return StreamOpening(opener)
+
+    # ------------------------------------------------------------ run
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with open_node(
+            self._signer,
+            self._listen,
+            topics=frozenset({ADVERT_TOPIC}),
+            connect_timeout=self.net.connect_timeout,
+        ) as node:
+            try:
+                await self._serve(node, task_status)
+            finally:
+                self._node = None
+
+    async def _serve(self, node: Libp2pNode, task_status: trio.TaskStatus[None]) -> None:
+        self._node = node
+        self._events = ConnectionEvents()
+        node.host.get_network().register_notifee(self._events)
+        if self._advert_source is not None:
+            self._publisher = AdvertPublisher(
+                node, self._signer, self.net, self._advert_source, self.listen_addrs, self._clock
+            )
+            self._publisher.stamp()  # so the first syncs already carry our advert
+        self._sync = AdvertSync(node, self.table, lambda: self.own_advert, self.net, self._clock, self._on_advert)
+        self._install(node, SYNC_PROTOCOL, self._sync.serve)
+        for protocol_id, handler in self._handlers.items():
+            self._install(node, protocol_id, handler)
+        node.pubsub.set_topic_validator(
+            ADVERT_TOPIC, gossip_validator(self.table, self._clock, self._on_advert), False
+        )
+        subscription = await node.pubsub.subscribe(ADVERT_TOPIC)
+        self._discovery = Discovery(node, self._seeds, self.net, self._advert_candidates, target_peers=self._target)
+        joined = await self._discovery.join()
+        log.info("p2p %s listening on %s; %d/%d seeds reachable",
+                 self.peer_id, ", ".join(self.listen_addrs()), joined, len(self._seeds))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, subscription)
+            nursery.start_soon(self._follow_connections, node, nursery)
+            nursery.start_soon(self._discovery.run)
+            nursery.start_soon(self._expire)
+            if self._publisher is not None:
+                await nursery.start(self._publisher.run)
+            task_status.started()
+
+    def _install(self, node: Libp2pNode, protocol_id: str, handler: StreamHandler) -> None:
+        def count_error() -> None:
+            self._own_counters["handler_errors"] += 1
+
+        node.host.set_stream_handler(
+            TProtocol(protocol_id),
+            guard_handler(handler, io_timeout=self.net.io_timeout, on_error=count_error),
+        )
+
+    def _advert_candidates(self) -> list[Candidate]:
+        return [Candidate(e.peer_id, list(e.addrs)) for e in self.table.entries(self._clock())]
+
+    def _advertised_addrs(self, peer_id: str) -> list[str]:
+        entry = self.table.get(peer_id, self._clock())
+        return list(entry.addrs) if entry is not None else []
+
+    async def _follow_connections(self, node: Libp2pNode, nursery: trio.Nursery) -> None:
+        """Sync adverts with every new connection; forget peers that left."""
+        assert self._events is not None and self._sync is not None
+        async for peer_id, up in self._events.receive:
+            if up and self._sync.wants(peer_id):
+                nursery.start_soon(self._sync_with, node, peer_id)
+            elif not up and not is_connected(node, peer_id):
+                self._sync.forget(peer_id)
+
+    async def _sync_with(self, node: Libp2pNode, peer_id: str) -> None:
+        assert self._sync is not None
+        for delay in SYNC_RETRY_DELAYS:
+            await trio.sleep(delay)
+            if not is_connected(node, peer_id):
+                return
+            if await self._sync.fetch(peer_id):
+                return
+        self._sync.give_up(peer_id)
+
+    async def _expire(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_TICK)
+            for peer_id in self.table.expire(self._clock()):
+                log.info("advert of …%s expired", peer_id[-8:])
+
+
+async def _drain(subscription: TrioSubscriptionAPI) -> None:
+    """Adverts are taken in by the topic validator; empty the channel so it never fills."""
+    async for _ in subscription:
+        pass
+
+
+__all__ = ["P2PService", "Stream", "StreamOpening", "split_p2p"]
