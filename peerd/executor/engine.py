@@ -3,7 +3,7 @@
 Each public coroutine is one hop to a worker thread running blocking docker SDK
 calls (low-level ``APIClient``: no hidden re-inspects), with every docker /
 requests exception translated into ``EngineError`` at this edge. Calls that
-block until a container does something (wait, log frames, pulls) abandon their
+block until a container does something (wait, output streams, pulls) abandon their
 thread on cancellation; the thread ends when dockerd answers.
 """
 
@@ -21,7 +21,7 @@ import requests.exceptions
 import trio
 from docker.utils import kwargs_from_env, parse_repository_tag
 
-from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullProgress
+from peerd.executor.contract import ContainerInfo, PullListener, PullProgress
 from peerd.executor.errors import EngineError, ImageUnavailable, Reason
 from peerd.executor.plan import (
     LABEL_NODE,
@@ -35,7 +35,8 @@ from peerd.executor.plan import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Frames = Iterator[tuple[bytes | None, bytes | None]]
+OutputStreams = dict[str, Iterator[bytes]]  # "stdout" / "stderr" -> payloads as they come
+STREAMS = ("stdout", "stderr")
 
 
 class ImageMissing(ImageUnavailable):
@@ -155,12 +156,12 @@ class Engine:
         api = self._api
         return await self._call("docker info", lambda: _engine_info(api.info(), api.version(), api.api_version))
 
-    async def launch(self, plan: ContainerPlan) -> tuple[str, Frames]:
-        """Create, attach to and start the container in one thread hop. A container that
-        fails to start is removed again; ImageMissing when the image is not here."""
+    async def launch(self, plan: ContainerPlan) -> tuple[str, OutputStreams]:
+        """Create and start the container, and open its output streams, in one thread hop.
+        A container that fails to start is removed again; ImageMissing when the image is not here."""
         api = self._api
 
-        def work() -> tuple[str, Frames]:
+        def work() -> tuple[str, OutputStreams]:
             with _translated(f"create {plan.name}"):
                 created = api.create_container(
                     image=plan.image, command=plan.command, environment=plan.environment,
@@ -170,14 +171,23 @@ class Engine:
             container_id = str(created["Id"])
             try:
                 with _translated(f"start {plan.name}"):
-                    frames = api.attach(container_id, stream=True, logs=True, demux=True)
                     api.start(container_id)
+                    return container_id, self._follow(container_id)
             except EngineError as exc:
                 self._remove_quietly(container_id)
                 raise EngineError(Reason.START_FAILED, exc.detail) from exc
-            return container_id, frames
 
         return await trio.to_thread.run_sync(work)
+
+    def _follow(self, container_id: str) -> OutputStreams:
+        # dockerd's log file, from its first byte, then following until the container stops:
+        # unlike attach, nothing written around the moment we connect can fall in between.
+        return {
+            name: self._api.logs(
+                container_id, stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True
+            )
+            for name in STREAMS
+        }
 
     def _remove_quietly(self, container_id: str) -> None:
         try:
@@ -186,26 +196,13 @@ class Engine:
         except EngineError as exc:
             log.warning("could not remove container %s: %s", container_id[:12], exc)
 
-    async def attach(self, container_id: str) -> Frames:
-        """Follow a running container's output, starting with what it already wrote."""
-        api = self._api
-        return await self._call(
-            f"attach {container_id[:12]}",
-            lambda: api.attach(container_id, stream=True, logs=True, demux=True),
-        )
+    async def follow(self, container_id: str) -> OutputStreams:
+        """A running container's output streams, from what it wrote first."""
+        return await self._call(f"follow {container_id[:12]}", lambda: self._follow(container_id))
 
-    async def next_chunk(self, frames: Frames) -> LogChunk | None:
-        """The next output chunk, or None once the container's output ends."""
-
-        def read() -> LogChunk | None:
-            for out, err in frames:
-                if out:
-                    return LogChunk("stdout", out)
-                if err:
-                    return LogChunk("stderr", err)
-            return None
-
-        return await self._call("read container output", read, abandon=True)
+    async def next_output(self, stream: Iterator[bytes]) -> bytes | None:
+        """The next bytes of one output stream, or None once it ends."""
+        return await self._call("read container output", lambda: next(stream, None), abandon=True)
 
     async def wait_exit(self, container_id: str) -> int | None:
         """Block until the container is not running; its exit code."""

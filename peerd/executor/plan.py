@@ -93,7 +93,7 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
         "PidsLimit": spec.pids,
         "LogConfig": {
             "Type": "json-file",
-            "Config": {"max-size": str(limits.log_file_size), "max-file": "1"},
+            "Config": {"max-size": str(limits.log_file_size), "max-file": "2"},
         },
     }
     if spec.gpus:

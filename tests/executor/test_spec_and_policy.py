@@ -1,0 +1,68 @@
+"""RunSpec validation and the provider policy's typed refusals (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerd.executor import InvalidSpec, PolicyError, ProviderPolicy, Reason, RunSpec
+
+MiB = 1 << 20
+
+
+def spec(**overrides: object) -> RunSpec:
+    fields: dict[str, object] = {"task_id": "t-1", "image": "peerd-test/busybox:1", "cpus": 1.0,
+                                 "memory": 64 * MiB, "timeout": 60.0}
+    fields.update(overrides)
+    return RunSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_env_is_stored_frozen_and_sorted() -> None:
+    s = spec(env={"B": "2", "A": "1"})
+    assert s.env == (("A", "1"), ("B", "2")) and s.environment == {"A": "1", "B": "2"}
+    assert hash(s) == hash(spec(env={"A": "1", "B": "2"}))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"task_id": "../../etc"}, {"task_id": "a/b"}, {"task_id": ""}, {"task_id": "-x"},
+        {"image": ""}, {"image": "a b"}, {"cpus": 0}, {"cpus": float("nan")}, {"memory": 1024},
+        {"pids": 0}, {"timeout": 0}, {"timeout": float("inf")}, {"gpus": ("GPU-1", "GPU-1")},
+        {"gpus": ("GPU-1,GPU-2",)}, {"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, {"env": {"A=B": "x"}},
+        {"user": "root; rm"}, {"command": ("ok", "nul\0")},
+    ],
+)
+def test_malformed_specs_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        spec(**overrides)
+    assert raised.value.reason is Reason.INVALID_SPEC
+
+
+@pytest.mark.parametrize(
+    ("policy", "overrides", "reason"),
+    [
+        (ProviderPolicy(allowed_images=("ghcr.io/lab/*",)), {}, Reason.IMAGE_NOT_ALLOWED),
+        (ProviderPolicy(max_time_limit=30), {}, Reason.TIME_LIMIT_TOO_LONG),
+        (ProviderPolicy(), {"network": True}, Reason.NETWORK_NOT_ALLOWED),
+        (ProviderPolicy(max_cpus=0.5), {}, Reason.CPUS_OVER_LIMIT),
+        (ProviderPolicy(max_memory=32 * MiB), {}, Reason.MEMORY_OVER_LIMIT),
+        (ProviderPolicy(), {"gpus": ("GPU-1",)}, Reason.NO_GPU_RUNTIME),
+    ],
+)
+def test_policy_refusals_carry_reason_codes(policy: ProviderPolicy, overrides: dict[str, object], reason: Reason) -> None:
+    with pytest.raises(PolicyError) as raised:
+        policy.check(spec(**overrides), gpu_runtime=False)
+    assert raised.value.reason is reason and raised.value.reason == reason.value
+
+
+def test_policy_allows_what_it_allows() -> None:
+    policy = ProviderPolicy(allowed_images=("peerd-test/*", "ghcr.io/lab/*"), max_time_limit=60,
+                            allow_network=True, max_cpus=1, max_memory=64 * MiB)
+    policy.check(spec(network=True, gpus=("GPU-1",)), gpu_runtime=True)
+    assert policy.violations(spec(), gpu_runtime=False) == []
+
+
+def test_every_violation_is_listed() -> None:
+    policy = ProviderPolicy(allowed_images=("x/*",), max_time_limit=1)
+    reasons = [v.reason for v in policy.violations(spec(network=True), gpu_runtime=False)]
+    assert reasons == [Reason.IMAGE_NOT_ALLOWED, Reason.TIME_LIMIT_TOO_LONG, Reason.NETWORK_NOT_ALLOWED]
