@@ -46,6 +46,7 @@ from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, countersign, digest, verify_cosigned
 
 from .leasedjob import receipt_terms
+from .p2p.errors import P2PError
 from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
 from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError
 from .tracking import TaskTracker
@@ -96,7 +97,7 @@ class AttemptFailed(Exception):
         self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
 
 
-_ATTEMPT_ERRORS = (AttemptFailed, trio.TooSlowError, ProtocolError, TaskWireError, OSError)
+_ATTEMPT_ERRORS = (AttemptFailed, trio.TooSlowError, ProtocolError, TaskWireError, P2PError, OSError)
 
 
 class Requester:
@@ -125,7 +126,7 @@ class Requester:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
-                nursery.start_soon(self._recover, record)
+                nursery.start_soon(self._guarded, record.task_id, self._recover(record))
             task_status.started()
             await trio.sleep_forever()
 
@@ -140,8 +141,16 @@ class Requester:
         )
         await self.store.create_task(record)
         self.tracker.open(task_id)
-        self._nursery.start_soon(self._place, task_id, spec, local)
+        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local))
         return task_id
+
+    async def _guarded(self, task_id: str, work: Awaitable[None]) -> None:
+        """The edge of one task's placement: a bug here ends the task, never the daemon."""
+        try:
+            await work
+        except Exception as exc:  # per-task edge: log it and settle the task with the reason
+            log.exception("task %s failed inside the requester", task_id)
+            await self._settle(task_id, TaskState.LOST, f"internal error: {type(exc).__name__}: {exc}")
 
     async def cancel(self, task_id: str) -> bool:
         """Ask the task to stop; False if it is unknown or already final."""
@@ -271,7 +280,7 @@ class Requester:
                 except ProtocolError as exc:
                     await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
                     break
-                except (TaskWireError, OSError) as exc:
+                except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
                     log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
                 await trio.sleep(1.0)  # back off between resume tries (bounded by move_on_after)
         await self._record_attempt(task_id, 0, candidate.peer_id, "lost", "provider_lost",

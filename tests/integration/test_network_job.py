@@ -1,0 +1,96 @@
+"""Real `peerd run` processes on loopback, a real dockerd, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from peerd.devnet import DevNet, wait_for
+
+IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[DevNet]:
+    with DevNet() as devnet:
+        devnet.add_seed()
+        devnet.add("provider-1", "provider")
+        devnet.add("provider-2", "provider")
+        devnet.add("requester", "requester")
+        devnet.wait_adverts("requester", ["provider-1", "provider-2"])
+        yield devnet
+
+
+def submit(net: DevNet, *args: str) -> tuple[int, dict[str, object]]:
+    out = net.nodes["requester"].peerd("submit", "--image", IMAGE, "--wait", "--json", *args)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_peers_shows_the_providers_adverts(net: DevNet) -> None:
+    out = net.nodes["requester"].peerd("peers", "--json")
+    assert out.returncode == 0
+    peers = json.loads(out.stdout)
+    providers = {net.nodes[n].status()["peer_id"] for n in ("provider-1", "provider-2")}
+    assert providers <= {p["peer_id"] for p in peers}
+    advert = next(p for p in peers if p["peer_id"] in providers)["advert"]
+    assert {"gpus", "price_cpu_hour", "expires_at"} <= set(advert)
+
+
+def test_job_runs_on_a_provider_with_a_receipt_signed_by_both(net: DevNet) -> None:
+    code, view = submit(net, "--", "echo", "hello")
+    assert code == 0, view
+    assert view["state"] == "succeeded" and view["exit_code"] == 0 and view["stdout"] == "hello\n"
+    providers = {net.nodes[n].status()["peer_id"] for n in ("provider-1", "provider-2")}
+    assert view["provider"] in providers
+    receipt = view["receipt"]
+    assert isinstance(receipt, dict) and receipt["verified"] is True
+    # the provider holds the very same co-signed receipt
+    provider = next(n for n in ("provider-1", "provider-2") if net.nodes[n].status()["peer_id"] == view["provider"])
+    theirs = json.loads(net.nodes[provider].peerd("receipts", "--json").stdout)
+    assert receipt["cosigned"] in {r["cosigned"] for r in theirs}
+
+
+def test_a_job_nobody_can_take_ends_not_placed_with_reasons(net: DevNet) -> None:
+    code, view = submit(net, "--gpus", "8", "--", "true")
+    assert code == 1
+    assert view["state"] == "not_placed"
+    assert view["detail"]
+
+
+def test_provider_killed_mid_job_the_job_completes_elsewhere(net: DevNet) -> None:
+    requester = net.nodes["requester"]
+    out = requester.peerd("submit", "--image", IMAGE, "--json", "--", "sh", "-c", "sleep 4; echo done")
+    task_id = json.loads(out.stdout)["task_id"]
+
+    def leased_on() -> str | None:
+        view = json.loads(requester.peerd("show", task_id, "--json").stdout)
+        return view["provider"] if view["state"] == "running" and view["provider"] else None
+
+    provider_id = wait_for("the job to be leased", leased_on, 30)
+    victim = next(n for n in ("provider-1", "provider-2") if net.nodes[n].status()["peer_id"] == provider_id)
+    net.stop(victim, signal.SIGKILL)
+
+    def finished() -> dict[str, object] | None:
+        out = requester.peerd("show", task_id, "--json")
+        if out.returncode != 0:
+            raise AssertionError(f"peerd show failed: {out.stderr}")
+        view = json.loads(out.stdout)
+        return view if view["state"] in ("succeeded", "failed", "not_placed", "lost") else None
+
+    done = wait_for("the job to finish elsewhere", finished, 90)
+    assert done["state"] == "succeeded", (done["detail"], done["attempts"])
+    assert done["provider"] != provider_id and done["stdout"] == "done\n"
+    assert any(a["outcome"] == "lost" for a in done["attempts"]), done
+    # the killed provider, restarted, leaves no orphan container and no reserved capacity
+    net.start(net.nodes[victim])
+    wait_for("the restarted provider to reconcile",
+             lambda: net.nodes[victim].status()["tasks_running"] == 0, 30)
+    node_id = provider_id
+    import subprocess
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.node={node_id}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert left == []
