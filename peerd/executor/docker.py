@@ -119,6 +119,7 @@ class DockerExecutor:
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[str, _Task] = {}
         self._starting: set[str] = set()
+        self._early_stops: dict[str, str] = {}  # task id -> reason, for stops during start
         self.engine_info = EngineInfo(reachable=False, detail="not started")
 
     # ---- service -----------------------------------------------------------------------
@@ -158,10 +159,16 @@ class DockerExecutor:
         self._starting.add(spec.task_id)
         try:
             task, streams = await self._launch(engine, spec, on_pull)
+        except BaseException:
+            self._early_stops.pop(spec.task_id, None)
+            raise
         finally:
             self._starting.discard(spec.task_id)
         self._tasks[spec.task_id] = task
         nursery.start_soon(self._supervise, task, streams)
+        early = self._early_stops.pop(spec.task_id, None)
+        if early is not None:  # stop() came while the container was being created
+            await self.stop(spec.task_id, early)
 
     async def _launch(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> tuple[_Task, OutputStreams]:
         out_dir, archive = self._paths(spec.task_id)
@@ -174,8 +181,9 @@ class DockerExecutor:
             except ImageMissing:
                 await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
                 container_id, streams = await engine.launch(plan)
-        except ExecutorError:
-            await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
+        except BaseException:  # refused, failed or cancelled: nothing of this task may stay
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
             raise
         task = _Task(
             task_id=spec.task_id, container_id=container_id, gpus=spec.gpus, memory=spec.memory,
@@ -249,7 +257,8 @@ class DockerExecutor:
         state = classify(task.stopping, exit_state)
         started = exit_state.started_at if exit_state and exit_state.started_at else task.launched_at
         finished = exit_state.finished_at if exit_state and exit_state.finished_at else time.time()
-        wall = max(0.0, finished - started)
+        finished = max(finished, started)  # dockerd stamps a very short job's start after its end
+        wall = finished - started
         return Outcome(
             task_id=task.task_id, state=state,
             exit_code=exit_state.exit_code if exit_state and exit_state.status != "created" else None,
@@ -312,6 +321,9 @@ class DockerExecutor:
         """Cancel: SIGTERM, SIGKILL after the grace; returns once the container stopped."""
         engine, _ = self._running()
         task = self._tasks.get(task_id)
+        if task is None and task_id in self._starting:
+            self._early_stops.setdefault(task_id, reason)
+            return
         if task is None:
             raise UnknownTask(task_id)
         if task.exited:  # too late: it ended by itself
@@ -344,6 +356,12 @@ class DockerExecutor:
     async def list_owned(self) -> list[ContainerInfo]:
         engine, _ = self._running()
         return await engine.list_owned(self.node_id)
+
+    async def discard(self, task_id: str) -> None:
+        """Delete the task's host directory (its output archive) once it is delivered."""
+        if task_id in self._tasks or task_id in self._starting:
+            raise ExecutorError(Reason.TASK_EXISTS, f"task {task_id!r} is still running here")
+        await trio.to_thread.run_sync(discard_task_dir, self.workdir / check_name("task id", task_id))
 
     def running(self) -> set[str]:
         """Task ids this process supervises now."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from peerd.executor import (
     DockerExecutor,
@@ -74,6 +75,23 @@ async def test_cancel_stops_within_seconds(executor: DockerExecutor) -> None:
     assert outcome.state is OutcomeState.CANCELLED
     assert "requester changed their mind" in outcome.detail
     assert await executor.list_owned() == []
+
+
+async def test_a_cancel_that_arrives_during_start_is_honoured(executor: DockerExecutor) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.start, job("early-1", "sleep 60"))
+        await trio.testing.wait_all_tasks_blocked()  # start() is inside dockerd now
+        await executor.stop("early-1", "changed my mind early")
+    with trio.fail_after(5):
+        outcome = await executor.wait("early-1")
+    assert outcome.state is OutcomeState.CANCELLED and "early" in outcome.detail
+
+
+async def test_discard_deletes_the_delivered_outputs(executor: DockerExecutor, workdir: Path) -> None:
+    outcome = await executor.run_job(job("keep-1", "echo x > /out/x"))
+    assert outcome.output_path is not None and outcome.output_path.exists()
+    await executor.discard("keep-1")
+    assert not (workdir / "keep-1").exists()
 
 
 async def test_exceeding_the_memory_limit_is_reported_oom(executor: DockerExecutor) -> None:
