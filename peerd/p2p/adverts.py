@@ -4,7 +4,7 @@ Out: ``AdvertPublisher`` stamps the advert from ``advert_source(now)`` with our
 peer ID, a sequence number that survives restarts (``max(last + 1,
 int(now * 100))``), ``issued_at``/``expires_at`` (``advert_ttl``) and, unless
 the source set them, our listen addresses; it seals and publishes it on start,
-when the topic gains its first peer, on ``changed()`` (at most one per
+when our gossip mesh gains its first peer, on ``changed()`` (at most one per
 ``MIN_GAP`` seconds; changes in between are coalesced) and every
 ``advert_interval`` as a refresh. Adverts are small (the table drops > 8 KiB).
 
@@ -155,15 +155,19 @@ class AdvertPublisher:
                 await trio.sleep_until(self._last_publish + MIN_GAP)
                 await self.publish_now()
 
-    def topic_peers(self) -> int:
-        return len(self._node.pubsub.peer_topics.get(ADVERT_TOPIC, ()))
+    def mesh_peers(self) -> int:
+        return len(self._node.gossipsub.mesh.get(ADVERT_TOPIC, ()))
 
     async def _watch_topic(self) -> None:
-        """Re-publish when the topic goes from no peers to some (e.g. seeds came back)."""
-        had = self.topic_peers() > 0
+        """Re-publish when our gossip mesh goes from empty to not (start, seeds back).
+
+        A subscribed node publishes to its mesh peers only, so whatever was
+        published while the mesh was empty reached nobody.
+        """
+        had = self.mesh_peers() > 0
         while True:
             await trio.sleep(TOPIC_POLL)
-            has = self.topic_peers() > 0
+            has = self.mesh_peers() > 0
             if has and not had:
                 self.changed()
             had = has

@@ -62,8 +62,8 @@ def tame_logging(level: int = logging.WARNING) -> None:
     """Route the library's records to our handlers at ``level``, never raw to stderr.
 
     Some modules pin their own level (the auto-connector logs every 30 s at
-    INFO); those are reset to inherit. The DHT logs a warning with an empty
-    reason for every normal stream close (defect 9); that one is filtered out.
+    INFO); those are reset to inherit. Records that report normal events as
+    warnings or errors (``_ROUTINE``) are dropped.
     """
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
@@ -75,18 +75,31 @@ def tame_logging(level: int = logging.WARNING) -> None:
             logger.setLevel(logging.NOTSET)
             logger.handlers.clear()
             logger.propagate = True
-    dht_logger = logging.getLogger("libp2p.kad_dht.kad_dht")
-    if not any(isinstance(f, _SpuriousDhtClose) for f in dht_logger.filters):
-        dht_logger.addFilter(_SpuriousDhtClose())
+    for name in _ROUTINE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RoutineFilter) for f in logger.filters):
+            logger.addFilter(_RoutineFilter())
 
 
-class _SpuriousDhtClose(logging.Filter):
-    """Drops "Failed to read DHT message from stream: " with an empty reason."""
+# logger -> (message format, whether its first argument must be empty): normal
+# events the library logs as warnings or errors.
+_ROUTINE: dict[str, tuple[str, bool]] = {
+    # every normal close of a DHT stream (defect 9)
+    "libp2p.kad_dht.kad_dht": ("Failed to read DHT message from stream: %s", True),
+    # a dial to a peer that is down (the caller gets, and handles, the error)
+    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream: %s", False),
+}
 
+
+class _RoutineFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Failed to read DHT message from stream: %s" and record.args:
-            return bool(str(record.args[0] if isinstance(record.args, tuple) else record.args))
-        return True
+        routine = _ROUTINE.get(record.name)
+        if routine is None or record.msg != routine[0]:
+            return True
+        if not routine[1]:
+            return False
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        return bool(args and str(args[0]))
 
 
 def tcp_endpoint(addr: str) -> tuple[str, int]:

@@ -109,10 +109,14 @@ class Cluster:
         bootstrap: Sequence[str] | None = None,
         source: MutableAdvert | None = None,
         listen: str = LOOPBACK,
+        advertise: bool = True,
     ) -> Node:
+        """A provider node (``advertise=False``: a node that publishes no advert)."""
         boot = self.seed_addrs if bootstrap is None else list(bootstrap)
+        if advertise and source is None:
+            source = MutableAdvert()
         return await self._start(signer or Signer.generate(), [listen], boot, seed=False,
-                                 source=source or MutableAdvert())
+                                 source=source if advertise else None)
 
     async def _start(
         self, signer: Signer, listen: list[str], bootstrap: list[str], *, seed: bool,
@@ -175,7 +179,7 @@ async def raw_gossip_node(signer: Signer, peer_addrs: Sequence[str], *, timeout:
     """A bare node subscribed to the advert topic and connected to ``peer_addrs``.
 
     It has no topic validator: whatever it publishes goes out as it is.
-    Returns once every peer's subscription to the topic is known.
+    Returns once every peer is in its gossip mesh for the topic.
     """
     async with open_node(signer, [LOOPBACK], topics=frozenset({ADVERT_TOPIC})) as node:
         await node.pubsub.subscribe(ADVERT_TOPIC)
@@ -185,6 +189,6 @@ async def raw_gossip_node(signer: Signer, peer_addrs: Sequence[str], *, timeout:
             await connect(node, peer_id, [addr], timeout=timeout)
             peers.append(peer_id)
         with trio.fail_after(timeout):
-            while not set(peers) <= {str(p) for p in node.pubsub.peer_topics.get(ADVERT_TOPIC, ())}:
+            while not set(peers) <= {str(p) for p in node.gossipsub.mesh.get(ADVERT_TOPIC, ())}:
                 await trio.sleep(POLL)
         yield node

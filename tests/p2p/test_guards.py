@@ -116,6 +116,7 @@ def test_library_logging_reaches_our_handlers_at_warning(caplog: pytest.LogCaptu
         logging.getLogger("libp2p.swarm").warning("a real problem")
         logging.getLogger("libp2p.kad_dht.kad_dht").warning("Failed to read DHT message from stream: %s", "")
         logging.getLogger("libp2p.kad_dht.kad_dht").warning("Failed to read DHT message from stream: %s", "boom")
+        logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: %s", "refused")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a real problem", "Failed to read DHT message from stream: boom"]
 
