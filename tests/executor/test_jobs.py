@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tarfile
 import time
+from functools import partial
 from hashlib import sha256
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from peerd.executor import (
     OutcomeState,
     PolicyError,
     ProviderPolicy,
+    PullProgress,
     Reason,
     UnknownTask,
 )
-from tests.executor.conftest import IMAGE, MiB, closed_loopback_port, job
+from tests.executor.conftest import MiB, closed_loopback_port, job
+from tests.executor.registry import Registry
 
 
 def members(archive: Path) -> dict[str, bytes]:
@@ -220,3 +223,21 @@ async def test_concurrent_jobs_keep_their_own_outputs(executor: DockerExecutor) 
         assert outcome.stdout == f"{i}\n".encode()
         assert outcome.output_path is not None and members(outcome.output_path) == {"me": f"{i}\n".encode()}
 
+
+
+async def test_a_missing_image_is_pulled_with_progress_events(
+    executor: DockerExecutor, nursery: trio.Nursery, node_id: str
+) -> None:
+    registry = Registry.with_busybox(f"peerd-test/{node_id}", "1")
+    listeners = await nursery.start(partial(trio.serve_tcp, registry.handle, 0, host="127.0.0.1"))
+    image = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}/{registry.name}:1"
+    events: list[PullProgress] = []
+    try:
+        with trio.fail_after(30):
+            outcome = await executor.run_job(job("pull-1", "echo pulled", image=image), on_pull=events.append)
+        assert outcome.state is OutcomeState.SUCCEEDED and outcome.stdout == b"pulled\n"
+        assert any(e.status == "Download complete" for e in events), events
+        assert all(e.image == image for e in events)
+        assert any(r.startswith("GET /v2/" + registry.name + "/blobs/") for r in registry.requests)
+    finally:
+        await trio.run_process(["docker", "image", "rm", "-f", image], capture_stdout=True, check=False)
