@@ -7,7 +7,7 @@ then kill), classifies the end, archives /out and removes the container; then
 ``wait`` returns the Outcome. Cancelling the service (or a crash) leaves the
 containers running: ``recover`` re-attaches them on the next start.
 
-Flow of one job: start -> [pull if missing] -> create+start+follow logs (one thread
+Flow of one job: start -> [pull if missing] -> create+attach+start (one thread
 hop) -> supervisor(wait, logs) -> inspect+remove (one hop) -> outputs -> wait().
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from peerd.executor.contract import (
     RunSpec,
     check_name,
 )
-from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputStreams
+from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
 from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
 from peerd.executor.logs import LogTail
 from peerd.executor.outputs import OutputArchive, collect_outputs, discard_task_dir, prepare_out_dir
@@ -158,29 +158,29 @@ class DockerExecutor:
             raise ExecutorError(Reason.TASK_EXISTS, f"task {spec.task_id!r} is already running here")
         self._starting.add(spec.task_id)
         try:
-            task, streams = await self._launch(engine, spec, on_pull)
+            task, sources = await self._launch(engine, spec, on_pull)
         except BaseException:
             self._early_stops.pop(spec.task_id, None)
             raise
         finally:
             self._starting.discard(spec.task_id)
         self._tasks[spec.task_id] = task
-        nursery.start_soon(self._supervise, task, streams)
+        nursery.start_soon(self._supervise, task, sources)
         early = self._early_stops.pop(spec.task_id, None)
         if early is not None:  # stop() came while the container was being created
             await self.stop(spec.task_id, early)
 
-    async def _launch(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> tuple[_Task, OutputStreams]:
+    async def _launch(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> tuple[_Task, list[OutputSource]]:
         out_dir, archive = self._paths(spec.task_id)
         await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user)
         deadline = time.time() + spec.timeout
         plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self._limits)
         try:
             try:
-                container_id, streams = await engine.launch(plan)
+                container_id, sources = await engine.launch(plan)
             except ImageMissing:
                 await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
-                container_id, streams = await engine.launch(plan)
+                container_id, sources = await engine.launch(plan)
         except BaseException:  # refused, failed or cancelled: nothing of this task may stay
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
@@ -190,13 +190,13 @@ class DockerExecutor:
             timeout=spec.timeout, deadline=deadline, out_dir=out_dir, archive=archive,
             tail=LogTail(self._log_limit),
         )
-        return task, streams
+        return task, sources
 
     # ---- supervision -------------------------------------------------------------------
-    async def _supervise(self, task: _Task, streams: OutputStreams | None) -> None:
+    async def _supervise(self, task: _Task, sources: list[OutputSource] | None) -> None:
         engine, _ = self._running()
         try:
-            failure = await self._follow(engine, task, streams)
+            failure = await self._follow(engine, task, sources)
             if failure is not None:
                 raise failure
             outcome = await self._outcome(task, await engine.finish(task.container_id))
@@ -207,18 +207,18 @@ class DockerExecutor:
         task.tail.close()
         task.done.set()
 
-    async def _follow(self, engine: Engine, task: _Task, streams: OutputStreams | None) -> ExecutorError | None:
+    async def _follow(self, engine: Engine, task: _Task, sources: list[OutputSource] | None) -> ExecutorError | None:
         """Pump output and wait for the exit (enforcing the limit); then let the output drain."""
         try:
-            if streams is None:
-                streams = await engine.follow(task.container_id)
+            if sources is None:
+                sources = await engine.follow(task.container_id)
         except EngineError as exc:
             log.warning("output of task %s cannot be followed: %s", task.task_id, exc)
-            streams = {}
+            sources = []
         async with trio.open_nursery() as inner:
-            pumps_done = [trio.Event() for _ in streams]
-            for (name, stream), done in zip(streams.items(), pumps_done):
-                inner.start_soon(self._pump, engine, task, name, stream, done)
+            pumps_done = [trio.Event() for _ in sources]
+            for source, done in zip(sources, pumps_done):
+                inner.start_soon(self._pump, engine, task, source, done)
             try:
                 await self._await_exit(engine, task)
             except ExecutorError as exc:
@@ -230,14 +230,12 @@ class DockerExecutor:
             inner.cancel_scope.cancel()
         return None
 
-    async def _pump(
-        self, engine: Engine, task: _Task, name: str, stream: Iterator[bytes], done: trio.Event
-    ) -> None:
+    async def _pump(self, engine: Engine, task: _Task, source: OutputSource, done: trio.Event) -> None:
         try:
-            while (data := await engine.next_output(stream)) is not None:
-                task.tail.append(name, data)
+            while (chunk := await engine.next_chunk(source)) is not None:
+                task.tail.append(chunk.stream, chunk.data)
         except EngineError as exc:
-            log.warning("%s of task %s cut short: %s", name, task.task_id, exc)
+            log.warning("output of task %s cut short: %s", task.task_id, exc)
         finally:
             done.set()
 

@@ -21,7 +21,7 @@ import requests.exceptions
 import trio
 from docker.utils import kwargs_from_env, parse_repository_tag
 
-from peerd.executor.contract import ContainerInfo, PullListener, PullProgress
+from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullProgress
 from peerd.executor.errors import EngineError, ImageUnavailable, Reason
 from peerd.executor.plan import (
     LABEL_NODE,
@@ -35,8 +35,7 @@ from peerd.executor.plan import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-OutputStreams = dict[str, Iterator[bytes]]  # "stdout" / "stderr" -> payloads as they come
-STREAMS = ("stdout", "stderr")
+OutputSource = Iterator[LogChunk]  # chunks of a container's output as dockerd sends them
 
 
 class ImageMissing(ImageUnavailable):
@@ -120,6 +119,20 @@ def _pull_event(image: str, raw: JsonObject) -> PullProgress:
     )
 
 
+def _demuxed(frames: Iterator[tuple[bytes | None, bytes | None]]) -> OutputSource:
+    for out, err in frames:
+        if out:
+            yield LogChunk("stdout", out)
+        if err:
+            yield LogChunk("stderr", err)
+
+
+def _named(stream: str, payloads: Iterator[bytes]) -> OutputSource:
+    for data in payloads:
+        if data:
+            yield LogChunk(stream, data)
+
+
 class Engine:
     """One dockerd. Construct with ``await Engine.connect(base_url)``."""
 
@@ -156,12 +169,13 @@ class Engine:
         api = self._api
         return await self._call("docker info", lambda: _engine_info(api.info(), api.version(), api.api_version))
 
-    async def launch(self, plan: ContainerPlan) -> tuple[str, OutputStreams]:
-        """Create and start the container, and open its output streams, in one thread hop.
-        A container that fails to start is removed again; ImageMissing when the image is not here."""
+    async def launch(self, plan: ContainerPlan) -> tuple[str, list[OutputSource]]:
+        """Create, attach to and start the container in one thread hop. dockerd attaches the
+        streams before it answers the attach, so no output precedes them. A container that
+        fails to start is removed again; ImageMissing when the image is not here."""
         api = self._api
 
-        def work() -> tuple[str, OutputStreams]:
+        def work() -> tuple[str, list[OutputSource]]:
             with _translated(f"create {plan.name}"):
                 created = api.create_container(
                     image=plan.image, command=plan.command, environment=plan.environment,
@@ -171,23 +185,24 @@ class Engine:
             container_id = str(created["Id"])
             try:
                 with _translated(f"start {plan.name}"):
+                    frames = api.attach(container_id, stream=True, logs=False, demux=True)
                     api.start(container_id)
-                    return container_id, self._follow(container_id)
+                    return container_id, [_demuxed(frames)]
             except EngineError as exc:
                 self._remove_quietly(container_id)
                 raise EngineError(Reason.START_FAILED, exc.detail) from exc
 
         return await trio.to_thread.run_sync(work)
 
-    def _follow(self, container_id: str) -> OutputStreams:
-        # dockerd's log file, from its first byte, then following until the container stops:
-        # unlike attach, nothing written around the moment we connect can fall in between.
-        return {
-            name: self._api.logs(
+    def _follow(self, container_id: str) -> list[OutputSource]:
+        # For a container already running: dockerd's log file from its first byte, then
+        # following it (an attach would miss what was written before it).
+        return [
+            _named(name, self._api.logs(
                 container_id, stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True
-            )
-            for name in STREAMS
-        }
+            ))
+            for name in ("stdout", "stderr")
+        ]
 
     def _remove_quietly(self, container_id: str) -> None:
         try:
@@ -196,13 +211,13 @@ class Engine:
         except EngineError as exc:
             log.warning("could not remove container %s: %s", container_id[:12], exc)
 
-    async def follow(self, container_id: str) -> OutputStreams:
-        """A running container's output streams, from what it wrote first."""
+    async def follow(self, container_id: str) -> list[OutputSource]:
+        """A running container's output, from what it wrote first."""
         return await self._call(f"follow {container_id[:12]}", lambda: self._follow(container_id))
 
-    async def next_output(self, stream: Iterator[bytes]) -> bytes | None:
-        """The next bytes of one output stream, or None once it ends."""
-        return await self._call("read container output", lambda: next(stream, None), abandon=True)
+    async def next_chunk(self, source: OutputSource) -> LogChunk | None:
+        """The next chunk of output from ``source``, or None once it ends."""
+        return await self._call("read container output", lambda: next(source, None), abandon=True)
 
     async def wait_exit(self, container_id: str) -> int | None:
         """Block until the container is not running; its exit code."""
