@@ -35,16 +35,20 @@ EnvPairs = tuple[tuple[str, str], ...]
 
 def check_name(kind: str, value: str) -> str:
     """Task and node ids end up in container names and host paths: keep them tame."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not is_valid_name(value):
         raise InvalidSpec(f"{kind} {value!r} must match {_NAME.pattern}")
     return value
+
+
+def is_valid_name(value: str) -> bool:
+    return isinstance(value, str) and bool(_NAME.fullmatch(value))
 
 
 def _normalise_env(env: Mapping[str, str] | EnvPairs) -> EnvPairs:
     pairs = tuple(sorted(env.items())) if isinstance(env, Mapping) else tuple(env)
     seen: set[str] = set()
     for key, value in pairs:
-        if not isinstance(key, str) or not _ENV_KEY.match(key):
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
             raise InvalidSpec(f"bad environment variable name {key!r}")
         if not isinstance(value, str) or "\0" in value:
             raise InvalidSpec(f"environment variable {key} must be a string without NUL")
@@ -93,7 +97,7 @@ class RunSpec:
             isinstance(g, str) and g and "," not in g and not g.isspace() for g in self.gpus
         ):
             raise InvalidSpec(f"gpus must be distinct NVML UUIDs, got {self.gpus!r}")
-        if self.user is not None and not _USER.match(self.user):
+        if self.user is not None and not _USER.fullmatch(self.user):
             raise InvalidSpec(f"bad user {self.user!r}")
 
     @property
@@ -199,4 +203,5 @@ __all__ = [
     "RecoveryReport",
     "RunSpec",
     "check_name",
+    "is_valid_name",
 ]

@@ -31,6 +31,7 @@ from peerd.executor.contract import (
     RecoveryReport,
     RunSpec,
     check_name,
+    is_valid_name,
 )
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
 from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
@@ -370,12 +371,16 @@ class DockerExecutor:
         """Re-attach tracked running containers, finish tracked exited ones, remove the rest
         of this node's containers; tracked tasks without a container come back lost."""
         engine, nursery = self._running()
+        for task_id in tracked:
+            check_name("task id", task_id)
         plan = plan_recovery(
             await engine.list_owned(self.node_id), node_id=self.node_id,
             tracked=set(tracked), active=set(self._tasks) | self._starting,
         )
         for info in plan.remove:
             await engine.remove(info.container_id)
+            if info.task_id not in tracked and is_valid_name(info.task_id):  # its outputs go too
+                await trio.to_thread.run_sync(discard_task_dir, self.workdir / info.task_id)
         for info in plan.reattach:
             task = self._adopt(info)
             self._tasks[task.task_id] = task

@@ -68,6 +68,7 @@ async def test_untracked_containers_are_removed_and_other_nodes_untouched(
         report = await reborn.recover(set())
         assert report.removed == ("mine-1",) and report.reattached == ()
         assert await reborn.list_owned() == []
+        assert not (workdir / "mine" / "mine-1").exists()  # its out dir went with it
 
         theirs = await neighbour.inspect("theirs-1")
         assert theirs is not None and theirs.state == "running"

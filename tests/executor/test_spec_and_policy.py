@@ -25,7 +25,7 @@ def test_env_is_stored_frozen_and_sorted() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"task_id": "../../etc"}, {"task_id": "a/b"}, {"task_id": ""}, {"task_id": "-x"},
+        {"task_id": "../../etc"}, {"task_id": "a/b"}, {"task_id": ""}, {"task_id": "-x"}, {"task_id": "ok\n"},
         {"image": ""}, {"image": "a b"}, {"cpus": 0}, {"cpus": float("nan")}, {"memory": 1024},
         {"pids": 0}, {"timeout": 0}, {"timeout": float("inf")}, {"gpus": ("GPU-1", "GPU-1")},
         {"gpus": ("GPU-1,GPU-2",)}, {"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, {"env": {"A=B": "x"}},
