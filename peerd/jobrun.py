@@ -63,20 +63,38 @@ class JobRunner:
     def knows(self, task_id: str) -> bool:
         return task_id in self.jobs
 
+    async def is_local(self, task_id: str, requester: str) -> bool:
+        """Is this our own requester's task (``--local``), recorded on the requester side?"""
+        record = await self.store.get_task(task_id)
+        return (
+            record is not None and record.role is TaskRole.REQUESTER
+            and requester == self.signer.peer_id and record.requester == requester
+        )
+
+    async def id_taken(self, task_id: str, requester: str) -> bool:
+        """A task id seen before here that is not our own local task: refuse it."""
+        if task_id in self.jobs:
+            return True
+        return await self.store.get_task(task_id) is not None and not await self.is_local(task_id, requester)
+
     # ------------------------------------------------------------ launching
     async def launch(self, terms: LeaseTerms, lease: Lease, spec: RunSpec) -> LeasedJob:
         """Record the lease, then start the job in the runner's nursery."""
         assert self._nursery is not None, "JobRunner.run() must be started first"
         now = self.clock()
-        await self.store.create_task(
-            TaskRecord(
-                task_id=terms.task_id, role=TaskRole.PROVIDER, state=TaskState.RUNNING, spec=terms.spec,
-                requester=terms.requester, created_at=now, updated_at=now, provider=terms.provider,
-                price=terms.price, gpus=terms.gpus,
+        # A --local task already has this node's requester record under the same id:
+        # the requester side records it, the provider side only runs it.
+        persist = not await self.is_local(terms.task_id, terms.requester)
+        if persist:
+            await self.store.create_task(
+                TaskRecord(
+                    task_id=terms.task_id, role=TaskRole.PROVIDER, state=TaskState.RUNNING, spec=terms.spec,
+                    requester=terms.requester, created_at=now, updated_at=now, provider=terms.provider,
+                    price=terms.price, gpus=terms.gpus,
+                )
             )
-        )
-        await self.store.put_lease(terms.task_id, lease, terms.expires_at)
-        job = LeasedJob(terms=terms, lease=lease, max_log_bytes=self.log_limit)
+            await self.store.put_lease(terms.task_id, lease, terms.expires_at)
+        job = LeasedJob(terms=terms, lease=lease, max_log_bytes=self.log_limit, persist=persist)
         self.jobs[terms.task_id] = job
         self._nursery.start_soon(self._run_job, job, spec)
         return job
@@ -117,6 +135,8 @@ class JobRunner:
     async def _finish(self, job: LeasedJob, result: Result) -> None:
         now = self.clock()
         job.finish(result, self.signer, now)
+        if not job.persist:
+            return
         with trio.CancelScope(shield=True):
             await self.store.put_result(job.task_id, ResultRecord.from_result(result, finished_at=now))
             await self.store.update_task(
@@ -139,7 +159,8 @@ class JobRunner:
     async def store_receipt(self, job: LeasedJob, receipt: Receipt) -> None:
         """Replace the provider-signed proposal with the co-signed receipt."""
         job.receipt = receipt
-        await self._put_receipt(job, receipt)
+        if job.persist:
+            await self._put_receipt(job, receipt)
 
     async def _put_receipt(self, job: LeasedJob, receipt: Receipt) -> None:
         terms = decode_as(receipt.terms, ReceiptTerms)

@@ -105,6 +105,7 @@ class LeasedJob:
     log_bytes: int = 0
     result: Result | None = None
     receipt: Receipt | None = None
+    persist: bool = True  # False for a --local task: the requester side owns its record
     stop_reason: str = ""  # "cancelled" or "interrupted" once a stop was asked
     _changed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)

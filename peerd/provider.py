@@ -117,8 +117,6 @@ class Provider:
             raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
         if len(self.runner.jobs) >= self.settings.max_concurrent:
             raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here")
-        if self.runner.knows(request.task_id):
-            raise Refusal(RejectCode.BAD_REQUEST, f"task {request.task_id} is already known here")
         spec = request.spec
         price = self.price(request)
         if price > spec.max_price:
@@ -192,6 +190,8 @@ class Provider:
     async def _negotiate(self, channel: TaskChannel, request: TaskRequest, remote_peer: str) -> None:
         now = self.clock()
         try:
+            if await self.runner.id_taken(request.task_id, request.requester):
+                raise Refusal(RejectCode.BAD_REQUEST, f"task {request.task_id} is already known here")
             run_spec = self.admit(request, remote_peer)
             gpus = self._reserve(request, now)
         except Refusal as refusal:

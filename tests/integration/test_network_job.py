@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -94,3 +95,44 @@ def test_provider_killed_mid_job_the_job_completes_elsewhere(net: DevNet) -> Non
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.node={node_id}"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert left == []
+
+
+def test_requester_restarted_mid_job_still_gets_the_result(net: DevNet) -> None:
+    requester = net.nodes["requester"]
+    out = requester.peerd("submit", "--image", IMAGE, "--json", "--", "sh", "-c", "sleep 3; echo survived")
+    task_id = json.loads(out.stdout)["task_id"]
+
+    def state() -> str:
+        return str(json.loads(requester.peerd("show", task_id, "--json").stdout)["state"])
+
+    wait_for("the job to be leased", lambda: state() == "running", 30)
+    net.stop("requester", signal.SIGKILL)
+    net.start(requester)
+    view = wait_for(
+        "the restarted requester to obtain the result",
+        lambda: (v := json.loads(requester.peerd("show", task_id, "--json").stdout))["state"] != "running" and v,
+        90,
+    )
+    assert view["state"] == "succeeded", (view["detail"], view["attempts"])
+    assert view["stdout"] == "survived\n"
+    assert view["receipt"] and view["receipt"]["verified"]
+
+
+def test_cancel_stops_a_long_job_within_seconds_and_logs_follow_streams(net: DevNet) -> None:
+    requester = net.nodes["requester"]
+    out = requester.peerd("submit", "--image", IMAGE, "--json", "--", "sh", "-c",
+                          "echo first; sleep 1; echo second; sleep 600")
+    task_id = json.loads(out.stdout)["task_id"]
+    wait_for("output to stream", lambda: "second" in requester.peerd("logs", task_id).stdout, 30)
+    started = time.monotonic()
+    cancelled = requester.peerd("cancel", task_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    view = wait_for(
+        "the job to stop",
+        lambda: (v := json.loads(requester.peerd("show", task_id, "--json").stdout))["state"] != "running" and v,
+        30,
+    )
+    assert view["state"] == "cancelled", view
+    assert time.monotonic() - started < 15
+    follow = requester.peerd("logs", "-f", task_id, timeout=20)
+    assert follow.stdout == "first\nsecond\n"

@@ -23,8 +23,10 @@ from peerd.provider import Provider, ProviderSettings
 from peerd.requester import Candidate, Requester, RequesterSettings
 from peerd.store import Store
 from peerd.tracking import TaskTracker
-from protocol.messages import JobSpec, LeaseTerms, ReceiptTerms, RejectCode, TaskState
-from protocol.signing import Signer, verify_cosigned
+from protocol.codec import frame
+from protocol.messages import Accept, JobSpec, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
+from protocol.negotiation import RequesterNegotiation
+from protocol.signing import Signer, seal_bytes, verify_cosigned
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 
@@ -117,3 +119,41 @@ async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
         record = await pair.store.get_task(task_id)
         assert record is not None and record.state is TaskState.CANCELLED
         assert pair.provider.ledger.free().cpus == 2.0
+
+
+async def _exchange(pair: Pair, data: bytes, signer: Signer) -> bytes:
+    """Send raw bytes to the provider as ``signer`` and return all it answered."""
+    ours, theirs = pipe_pair()
+    received = b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pair.provider.handle_stream, theirs, signer.peer_id)
+        await ours.write(data)
+        with trio.fail_after(15):
+            while chunk := await ours.read(65536):
+                received += chunk
+    return received
+
+
+async def test_a_task_id_seen_before_is_refused_with_a_signed_reason(tmp_path: Path) -> None:
+    async with task_pair(tmp_path) as pair:
+        first = await pair.run(JobSpec(image=IMAGE, command=("true",), timeout=30))
+        signer = pair.requester.signer
+        machine = RequesterNegotiation(signer, pair.provider.peer_id)
+        answer = await _exchange(pair, machine.send_request(first, JobSpec(image=IMAGE, command=("true",)), now=1.0), signer)
+        machine.receive_data(answer)
+        reply = machine.next_event()
+        assert isinstance(reply, Reject) and reply.code is RejectCode.BAD_REQUEST
+
+
+async def test_garbage_and_illegal_orders_close_only_that_stream(tmp_path: Path) -> None:
+    async with task_pair(tmp_path) as pair:
+        stranger = Signer.generate()
+        assert await _exchange(pair, b"\xff" * 1000, stranger) == b""  # not a frame: closed, nothing sent
+        assert await _exchange(pair, (1 << 31).to_bytes(4, "big"), stranger) == b""  # oversize frame header
+        # a well-formed, signed message that is illegal first: an Accept before any request
+        illegal = frame(seal_bytes(Accept(task_id="tx", price=0.0), stranger))
+        assert await _exchange(pair, illegal, stranger) == b""
+        # the provider still serves others
+        task_id = await pair.run(JobSpec(image=IMAGE, command=("echo", "still here"), timeout=30))
+        result = await pair.store.get_result(task_id)
+        assert result is not None and result.stdout == b"still here\n"
