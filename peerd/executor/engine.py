@@ -35,6 +35,7 @@ from peerd.executor.plan import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+LONG_CALL_THREADS = 1024  # ~3 per running job
 OutputSource = Iterator[LogChunk]  # chunks of a container's output as dockerd sends them
 
 
@@ -138,6 +139,9 @@ class Engine:
 
     def __init__(self, api: docker.APIClient) -> None:
         self._api = api
+        # Waits and output streams block for a job's whole life: they get their own thread
+        # budget, so running jobs can never starve quick calls of trio's default 40 threads.
+        self._long_calls = trio.CapacityLimiter(LONG_CALL_THREADS)
 
     @classmethod
     async def connect(cls, base_url: str | None = None, *, timeout: float = 30.0) -> Engine:
@@ -160,7 +164,9 @@ class Engine:
             with _translated(action):
                 return fn()
 
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
+        if abandon:
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._long_calls)
+        return await trio.to_thread.run_sync(run)
 
     def close(self) -> None:
         self._api.close()
