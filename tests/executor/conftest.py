@@ -3,34 +3,14 @@ removes whatever a test left behind (so a failing test cannot leak containers)."
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 import trio
 
-from peerd.executor import DockerExecutor, RunSpec
-from peerd.executor.plan import LABEL_NODE
-
-IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-MiB = 1 << 20
-
-
-def sweep(node_id: str) -> None:
-    api = docker.APIClient(version="auto")
-    try:
-        for c in api.containers(all=True, filters={"label": f"{LABEL_NODE}={node_id}"}):
-            api.remove_container(c["Id"], force=True)
-    finally:
-        api.close()
-
-
-def new_node_id() -> str:
-    return f"test{uuid.uuid4().hex[:12]}"
+from peerd.executor import DockerExecutor
+from tests.executor.helpers import new_node_id, sweep
 
 
 @pytest.fixture
@@ -50,37 +30,3 @@ async def executor(nursery: trio.Nursery, node_id: str, workdir: Path) -> Docker
     ex = DockerExecutor(node_id, workdir, stop_grace=1, pull_timeout=10)
     await nursery.start(ex.run)
     return ex
-
-
-def job(task_id: str, *script: str, **overrides: object) -> RunSpec:
-    """A busybox job running ``sh -c <script>`` with small limits."""
-    fields: dict[str, object] = {
-        "task_id": task_id, "image": IMAGE, "command": ("sh", "-c", "\n".join(script)),
-        "cpus": 1.0, "memory": 64 * MiB, "timeout": 30.0,
-    }
-    fields.update(overrides)
-    return RunSpec(**fields)  # type: ignore[arg-type]
-
-
-def closed_loopback_port() -> int:
-    """A 127.0.0.1 port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def inspect_raw(container: str) -> dict[str, object]:
-    api = docker.APIClient(version="auto")
-    try:
-        return api.inspect_container(container)
-    finally:
-        api.close()
-
-
-def wait_exit_raw(container: str) -> int:
-    """Blocking: dockerd's own wait (event-driven, no polling)."""
-    api = docker.APIClient(version="auto", timeout=60)
-    try:
-        return int(api.wait(container)["StatusCode"])
-    finally:
-        api.close()

@@ -9,7 +9,7 @@ import trio
 
 from peerd.executor import DockerExecutor, OutcomeState
 from peerd.executor.plan import container_name
-from tests.executor.conftest import MiB, inspect_raw, job
+from tests.executor.helpers import MiB, inspect_raw, job
 
 
 async def test_running_container_has_the_isolation_defaults(executor: DockerExecutor, workdir: Path) -> None:

@@ -23,7 +23,7 @@ from peerd.executor import (
     Reason,
     UnknownTask,
 )
-from tests.executor.conftest import MiB, closed_loopback_port, job
+from tests.executor.helpers import MiB, closed_loopback_port, job
 from tests.executor.registry import Registry
 
 

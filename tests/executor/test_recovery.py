@@ -8,7 +8,7 @@ import trio
 
 from peerd.executor import CapacityLedger, DockerExecutor, OutcomeState, RunSpec
 from peerd.nvml import FakeNvml
-from tests.executor.conftest import MiB, inspect_raw, job, new_node_id, sweep, wait_exit_raw
+from tests.executor.helpers import MiB, inspect_raw, job, new_node_id, sweep, wait_exit_raw
 
 GATED = ("echo before", "while [ ! -e /out/go ]; do sleep 0.05; done", "echo after")
 
