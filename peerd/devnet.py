@@ -144,14 +144,22 @@ class DevNet:
         return node
 
     def _write_config(self, node: NodeProc) -> None:
-        text = FAST_CONFIG.format(role="provider" if node.role == "seed" else node.role, port=node.port,
-                                  bootstrap=", ".join(json.dumps(b) for b in node.bootstrap))
-        (node.home / "config.toml").write_text(text)
+        (node.home / "config.toml").write_text(self.config_text(node))
 
-    def start(self, node: NodeProc, timeout: float = 60.0) -> None:
+    def config_text(self, node: NodeProc) -> str:
+        """The node's config.toml (a subclass may change it, e.g. the listen address)."""
+        return FAST_CONFIG.format(role="provider" if node.role == "seed" else node.role, port=node.port,
+                                  bootstrap=", ".join(json.dumps(b) for b in node.bootstrap))
+
+    def command(self, node: NodeProc) -> list[str]:
+        """The argv that runs the node (a subclass may wrap it, e.g. in ``ip netns exec``)."""
         args = [sys.executable, "-m", "peerd.cli", "--home", str(node.home), "run"]
         if node.role == "seed":
             args.append("--seed")
+        return args
+
+    def start(self, node: NodeProc, timeout: float = 60.0) -> None:
+        args = self.command(node)
         log = node.log_path.open("ab")
         node.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
