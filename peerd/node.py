@@ -112,7 +112,7 @@ class Node:
             if not self.seed:
                 self.requester = Requester(
                     signer=self.signer, store=store, tracker=self.tracker,
-                    candidates=self._candidates, open_stream=self._open_task_stream,
+                    candidates=self._candidates, open_stream=self._open_task_stream, probe=self._providers,
                     settings=RequesterSettings(
                         max_attempts=config.requester.max_attempts,
                         placement_deadline=config.requester.placement_deadline,
@@ -178,6 +178,17 @@ class Node:
             return [Candidate(peer_id=self.signer.peer_id, addrs=[])] if self.provider else []
         entries = self.p2p.table.candidates(spec, now, exclude={self.signer.peer_id})
         return [Candidate(peer_id=e.peer_id, addrs=list(e.addrs)) for e in entries]
+
+    def _providers(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:
+        """Every live provider but us (for asking when no advert fits the spec)."""
+        assert self.p2p is not None
+        if local:
+            return []
+        return [
+            Candidate(peer_id=e.peer_id, addrs=list(e.addrs))
+            for e in self.p2p.table.entries(now)
+            if e.peer_id != self.signer.peer_id and e.advert.role.value == "provider" and not e.advert.draining
+        ]
 
     @asynccontextmanager
     async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[object]:

@@ -110,12 +110,14 @@ class Requester:
         candidates: CandidateSource,
         open_stream: OpenStream,
         settings: RequesterSettings,
+        probe: CandidateSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
         self.store = store
         self.tracker = tracker
         self.candidates = candidates
+        self.probe = probe
         self.open_stream = open_stream
         self.settings = settings
         self.clock = clock
@@ -169,6 +171,10 @@ class Requester:
             self._cancel[task_id] = self._cancel_placing(task_id, scope)
             while attempts < self.settings.max_attempts and self.clock() < deadline:
                 ranked = [c for c in self.candidates(spec, self.clock(), local) if c.peer_id not in excluded]
+                if not ranked and attempts == 0 and self.probe is not None:
+                    # Nobody fits on paper: ask the providers themselves, so the answer is
+                    # theirs, signed (and a stale advert does not hide a willing provider).
+                    ranked = [c for c in self.probe(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
                     break
                 candidate = ranked[0]
@@ -192,8 +198,10 @@ class Requester:
         if attempts == 0:
             where = "this node" if local else "the peer table"
             return f"no provider in {where} can run this job (cpus, memory, GPUs, price or image)"
-        reasons = [f"{a.provider[:16]}…: {a.outcome} {a.reason_code} {a.detail}".strip()
-                   for a in await self.store.attempts(task_id)]
+        reasons = [
+            " ".join(filter(None, (f"{a.provider[:16]}…:", a.outcome.value, a.reason_code or "", a.detail)))
+            for a in await self.store.attempts(task_id)
+        ]
         return f"not placed after {attempts} attempt(s): " + "; ".join(reasons)
 
     async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, n: int, deadline: float) -> bool:
