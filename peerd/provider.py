@@ -124,7 +124,7 @@ class Provider:
                 RejectCode.PRICE_TOO_LOW,
                 f"price here is {price:.6g}/h for this job, above the job's max {spec.max_price:.6g}/h",
             )
-        placeholder = ("GPU-pending",) * spec.gpus
+        placeholder = tuple(f"GPU-pending-{i}" for i in range(spec.gpus))  # real UUIDs come from the ledger
         try:
             run_spec = self._run_spec(request, placeholder)
             self.settings.policy.check(run_spec, gpu_runtime=self.settings.gpu_runtime)

@@ -167,14 +167,15 @@ class Requester:
         deadline = self.clock() + self.settings.placement_deadline
         excluded: set[str] = set()
         attempts = tried
+        source = self.candidates
+        if self.probe is not None and not self.candidates(spec, self.clock(), local):
+            # Nobody fits on paper: ask the providers themselves, so the answer is
+            # theirs and signed (and a stale advert does not hide a willing provider).
+            source = self.probe
         with trio.CancelScope() as scope:
             self._cancel[task_id] = self._cancel_placing(task_id, scope)
             while attempts < self.settings.max_attempts and self.clock() < deadline:
-                ranked = [c for c in self.candidates(spec, self.clock(), local) if c.peer_id not in excluded]
-                if not ranked and attempts == 0 and self.probe is not None:
-                    # Nobody fits on paper: ask the providers themselves, so the answer is
-                    # theirs, signed (and a stale advert does not hide a willing provider).
-                    ranked = [c for c in self.probe(spec, self.clock(), local) if c.peer_id not in excluded]
+                ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
                     break
                 candidate = ranked[0]

@@ -56,10 +56,17 @@ def test_job_runs_on_a_provider_with_a_receipt_signed_by_both(net: DevNet) -> No
 
 
 def test_a_job_nobody_can_take_ends_not_placed_with_reasons(net: DevNet) -> None:
+    started = time.monotonic()
     code, view = submit(net, "--gpus", "8", "--", "true")
     assert code == 1
     assert view["state"] == "not_placed"
-    assert view["detail"]
+    assert time.monotonic() - started < 20  # promptly
+    providers = {net.nodes[n].status()["peer_id"] for n in ("provider-1", "provider-2")}
+    attempts = view["attempts"]
+    assert isinstance(attempts, list)
+    assert {a["provider"] for a in attempts} == providers  # each provider answered for itself
+    assert all(a["outcome"] == "rejected" and a["reason"] == "no_gpu_runtime" for a in attempts), attempts
+    assert "no_gpu_runtime" in str(view["detail"])
 
 
 def test_provider_killed_mid_job_the_job_completes_elsewhere(net: DevNet) -> None:
