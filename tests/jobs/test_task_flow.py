@@ -19,12 +19,14 @@ from peerd.executor.gpus import CapacityLedger
 from peerd.executor.policy import ProviderPolicy
 from peerd.jobrun import JobRunner
 from peerd.localpipe import PipeEnd, pipe_pair
+from peerd.nvml import FakeNvml
 from peerd.provider import Provider, ProviderSettings
 from peerd.requester import Candidate, Requester, RequesterSettings
 from peerd.store import Store
 from peerd.tracking import TaskTracker
 from protocol.codec import frame
-from protocol.messages import Accept, JobSpec, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
+from protocol.codec import NEED_DATA
+from protocol.messages import Accept, JobSpec, Offer, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
 
@@ -32,8 +34,10 @@ IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 
 
 class Pair:
-    def __init__(self, requester: Requester, provider: Provider, store: Store, pstore: Store) -> None:
+    def __init__(self, requester: Requester, provider: Provider, store: Store, pstore: Store,
+                 nursery: trio.Nursery) -> None:
         self.requester, self.provider, self.store, self.pstore = requester, provider, store, pstore
+        self.nursery = nursery
 
     async def run(self, spec: JobSpec) -> str:
         task_id = await self.requester.submit(spec)
@@ -43,20 +47,23 @@ class Pair:
 
 
 @asynccontextmanager
-async def task_pair(tmp_path: Path, *, cpus: float = 2.0, images: tuple[str, ...] = ("*",)) -> AsyncIterator[Pair]:
+async def task_pair(
+    tmp_path: Path, *, cpus: float = 2.0, images: tuple[str, ...] = ("*",), gpus: int = 0
+) -> AsyncIterator[Pair]:
     psigner, rsigner = Signer.generate(), Signer.generate()
     async with Store.open(tmp_path / "p.db") as pstore, Store.open(tmp_path / "r.db") as rstore:
         async with trio.open_nursery() as nursery:
             policy = ProviderPolicy(allowed_images=images, max_time_limit=120)
             executor = DockerExecutor(psigner.peer_id, tmp_path / "work", policy=policy, stop_grace=1)
             await nursery.start(executor.run)
-            ledger = CapacityLedger(cpus=cpus, memory=2 << 30)
+            # GPUs: an honest fake inventory at the NVML boundary (this host has none)
+            ledger = CapacityLedger(cpus=cpus, memory=2 << 30, gpus=FakeNvml.identical(gpus).read())
             runner = JobRunner(signer=psigner, executor=executor, ledger=ledger, store=pstore, pids=64, log_limit=1 << 20)
             await nursery.start(runner.run)
             provider = Provider(
                 signer=psigner, ledger=ledger, runner=runner,
                 settings=ProviderSettings(price_cpu_hour=0.01, price_gpu_hour=1.0, policy=policy,
-                                          gpu_runtime=False, keepalive=1.0, io_timeout=10),
+                                          gpu_runtime=gpus > 0, keepalive=1.0, io_timeout=10),
             )
 
             @asynccontextmanager
@@ -76,7 +83,7 @@ async def task_pair(tmp_path: Path, *, cpus: float = 2.0, images: tuple[str, ...
                 settings=RequesterSettings(max_attempts=2, placement_deadline=20, provider_timeout=10, io_timeout=10),
             )
             await nursery.start(requester.run)
-            yield Pair(requester, provider, rstore, pstore)
+            yield Pair(requester, provider, rstore, pstore, nursery)
             nursery.cancel_scope.cancel()
 
 
@@ -157,3 +164,45 @@ async def test_garbage_and_illegal_orders_close_only_that_stream(tmp_path: Path)
         task_id = await pair.run(JobSpec(image=IMAGE, command=("echo", "still here"), timeout=30))
         result = await pair.store.get_result(task_id)
         assert result is not None and result.stdout == b"still here\n"
+
+
+async def _offer_for(pair: Pair, spec: JobSpec, task_id: str) -> tuple[trio.Event, object, PipeEnd]:
+    """Open a negotiation and read the provider's first answer (the stream stays open).
+
+    The returned event fires once the provider is done with the stream.
+    """
+    signer = pair.requester.signer
+    machine = RequesterNegotiation(signer, pair.provider.peer_id)
+    ours, theirs = pipe_pair()
+    served = trio.Event()
+
+    async def serve() -> None:
+        try:
+            await pair.provider.handle_stream(theirs, signer.peer_id)
+        finally:
+            served.set()
+
+    pair.nursery.start_soon(serve)
+    await ours.write(machine.send_request(task_id, spec, now=1.0))
+    with trio.fail_after(10):
+        while (answer := machine.next_event()) is NEED_DATA:
+            machine.receive_data(await ours.read(65536))
+    return served, answer, ours
+
+
+async def test_gpus_are_held_exclusively_by_uuid_while_offered_and_released_after(tmp_path: Path) -> None:
+    async with task_pair(tmp_path, gpus=4) as pair:
+        spec = JobSpec(image=IMAGE, command=("true",), gpus=3, cpus=0.5, timeout=30)
+        first_served, first, first_stream = await _offer_for(pair, spec, "gpu-a")
+        assert isinstance(first, Offer) and len(set(first.gpus)) == 3
+        assert set(first.gpus) <= {g.uuid for g in pair.provider.ledger.gpus}
+        # only one GPU is left: a second 3-GPU request is refused, never double-booked
+        _, second, _ = await _offer_for(pair, spec, "gpu-b")
+        assert isinstance(second, Reject) and second.code is RejectCode.NO_CAPACITY
+        # the first requester walks away: its hold is released with the stream
+        await first_stream.close()
+        with trio.fail_after(10):
+            await first_served.wait()
+        assert len(pair.provider.ledger.free().gpus) == 4
+        _, third, _ = await _offer_for(pair, JobSpec(image=IMAGE, command=("true",), gpus=4, timeout=30), "gpu-c")
+        assert isinstance(third, Offer) and len(third.gpus) == 4
