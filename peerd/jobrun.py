@@ -107,6 +107,12 @@ class JobRunner:
         finally:
             self.ledger.release(job.task_id)
             self.jobs.pop(job.task_id, None)
+        # The output archive's digest and size are in the result and the receipt;
+        # the archive itself is not transferred (yet), so keeping it would only leak disk.
+        try:
+            await self.executor.discard(job.task_id)
+        except ExecutorError as exc:
+            log.warning("could not discard the outputs of %s: %s", job.task_id, exc)
 
     async def _execute(self, job: LeasedJob, spec: RunSpec | None) -> Result:
         if spec is not None:

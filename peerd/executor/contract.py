@@ -189,6 +189,8 @@ class Executor(Protocol):
 
     async def list_owned(self) -> list[ContainerInfo]: ...
 
+    async def discard(self, task_id: str) -> None: ...
+
 
 __all__ = [
     "ContainerInfo",
