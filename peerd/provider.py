@@ -45,7 +45,7 @@ from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
 from .leasedjob import LeasedJob
 from .jobrun import JobRunner
-from .taskwire import PeerGone, PeerTimeout, TaskChannel, TaskWireError
+from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ REJECT_FOR_REASON: dict[Reason, RejectCode] = {
     Reason.INVALID_SPEC: RejectCode.BAD_REQUEST,
     Reason.IMAGE_UNAVAILABLE: RejectCode.IMAGE_UNAVAILABLE,
 }
+
+
+_STREAM_ERRORS = (ProtocolError, TaskWireError)
 
 
 class Refusal(Exception):
@@ -170,22 +173,28 @@ class Provider:
         return held.gpus
 
     # ------------------------------------------------------------ streams
-    async def handle_stream(self, stream: object, remote_peer: str) -> None:
+    async def handle_stream(self, stream: ByteStream, remote_peer: str) -> None:
         """Serve one task stream; protocol and stream errors end only this stream."""
         machine = ProviderNegotiation(self.signer, remote_peer)
-        channel = TaskChannel(stream, machine, timeout=self.settings.io_timeout)  # type: ignore[arg-type]
+        channel = TaskChannel(stream, machine, timeout=self.settings.io_timeout)
         try:
-            first = await channel.receive()
-            if isinstance(first, TaskRequest):
-                await self._negotiate(channel, first, remote_peer)
-            elif isinstance(first, Resume):
-                await self._resume(channel, first, remote_peer)
+            try:
+                await self._dispatch(channel, remote_peer)
+            except BaseExceptionGroup as group:
+                raise single_error(group, _STREAM_ERRORS) from None
         except ProtocolError as exc:
             log.warning("task stream from %s broke the protocol: %s", remote_peer[:16], exc)
         except TaskWireError as exc:
             log.info("task stream from %s ended: %s", remote_peer[:16], exc)
         finally:
             await channel.close()
+
+    async def _dispatch(self, channel: TaskChannel, remote_peer: str) -> None:
+        first = await channel.receive()
+        if isinstance(first, TaskRequest):
+            await self._negotiate(channel, first, remote_peer)
+        elif isinstance(first, Resume):
+            await self._resume(channel, first, remote_peer)
 
     async def _negotiate(self, channel: TaskChannel, request: TaskRequest, remote_peer: str) -> None:
         now = self.clock()
@@ -297,3 +306,5 @@ class Provider:
                     return
         except (PeerGone, PeerTimeout) as exc:
             log.info("requester of %s went away: %s (the job runs on)", job.task_id, exc)
+        except ProtocolError as exc:
+            log.warning("requester of %s broke the protocol: %s (the job runs on)", job.task_id, exc)

@@ -48,7 +48,7 @@ from protocol.signing import Signer, countersign, digest, verify_cosigned
 from .leasedjob import receipt_terms
 from .p2p.errors import P2PError
 from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
-from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError
+from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
 from .tracking import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -75,18 +75,6 @@ class RequesterSettings:
     placement_deadline: float = 60.0
     provider_timeout: float = 20.0
     io_timeout: float = 30.0
-
-
-def _single(group: BaseExceptionGroup) -> Exception:
-    """The one attempt error inside a group raised by a stream's nursery."""
-    matched, rest = group.split(_ATTEMPT_ERRORS)
-    if matched is None or rest is not None:
-        raise group
-    first: BaseException = matched
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    assert isinstance(first, Exception)
-    return first
 
 
 class AttemptFailed(Exception):
@@ -222,7 +210,7 @@ class Requester:
         except _ATTEMPT_ERRORS as exc:
             failure = failure or exc
         except BaseExceptionGroup as group:
-            failure = failure or _single(group)
+            failure = failure or single_error(group, _ATTEMPT_ERRORS)
         return await self._after_failure(task_id, n, candidate, lease, failure)
 
     async def _after_failure(
@@ -311,7 +299,7 @@ class Requester:
         except _ATTEMPT_ERRORS as exc:
             failure = failure or exc
         except BaseExceptionGroup as group:
-            failure = failure or _single(group)
+            failure = failure or single_error(group, _ATTEMPT_ERRORS)
         assert failure is not None
         raise failure
 

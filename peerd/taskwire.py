@@ -51,6 +51,24 @@ class PeerTimeout(TaskWireError):
     """Nothing arrived, or could be sent, within the deadline."""
 
 
+def single_error(group: BaseExceptionGroup, expected: tuple[type[Exception], ...]) -> Exception:
+    """The one expected error inside a group raised by a nursery around a stream.
+
+    Trio wraps every error leaving a nursery in an ExceptionGroup. When the
+    group holds only errors of the ``expected`` types, the first is returned so
+    the caller can handle it like a plain exception; anything else re-raises
+    the group unchanged.
+    """
+    matched, rest = group.split(expected)
+    if matched is None or rest is not None:
+        raise group
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, Exception)
+    return first
+
+
 class TaskChannel:
     def __init__(self, stream: ByteStream, machine: Negotiation, *, timeout: float) -> None:
         self.stream = stream
@@ -117,4 +135,4 @@ class TaskChannel:
                 log.debug("closing task stream failed: %s", exc)
 
 
-__all__ = ["PeerGone", "PeerTimeout", "ProtocolError", "TaskChannel", "TaskWireError"]
+__all__ = ["PeerGone", "PeerTimeout", "ProtocolError", "TaskChannel", "TaskWireError", "single_error"]
