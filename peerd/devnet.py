@@ -256,10 +256,12 @@ def demo() -> int:
         print(f"$ peerd submit --image {image} --wait --json -- sh -c 'echo hello from $(hostname)'")
         done = requester.peerd("submit", "--image", image, "--wait", "--json", "--",
                                "sh", "-c", "echo hello from $(hostname)")
-        print(done.stdout or done.stderr)
         if done.returncode != 0:
+            print(done.stdout or done.stderr)
             return done.returncode
         view = json.loads(done.stdout)
+        print(f"\n$ peerd show {view['task_id']}\n" + requester.peerd("show", str(view["task_id"])).stdout)
+        print("$ peerd receipts\n" + requester.peerd("receipts").stdout)
         names = {net.nodes[n].status()["peer_id"]: n for n in ("provider-1", "provider-2")}
         print(f"ran on {names.get(view['provider'], view['provider'])}; exit code {view['exit_code']}; "
               f"stdout {view['stdout']!r}; receipt signed by both: {bool(view['receipt'] and view['receipt']['verified'])}")
