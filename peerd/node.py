@@ -2,23 +2,32 @@
 
 Start-up order: store → executor (provider role; recovers its containers) →
 job runner (re-attaches leased jobs) → p2p (joins through the seeds, then
-publishes adverts) → requester (resumes unfinished tasks) → control socket →
-READY=1. SIGTERM drains: a draining advert goes out, new requests are rejected
-with ``draining``, running jobs get ``limits.drain_grace`` to finish, the rest
-are stopped and reported interrupted, then the daemon exits 0. SIGHUP reloads
-the policy parts of the config.
+publishes adverts) → requester (resumes unfinished tasks) → signal handling →
+control socket → metrics endpoint (if ``metrics.listen``) → watchdog → READY=1.
+
+Stopping (SIGTERM or SIGINT): a draining advert goes out, new requests are
+rejected with ``draining``, running jobs get ``limits.drain_grace`` to finish
+(a second signal cuts the grace short), the rest are stopped and reported
+``interrupted``; the p2p service stays up until the task streams have delivered
+their results and taken the co-signed receipts, then every service stops, the
+store closes and the daemon exits 0. ``peerd drain`` does the first two steps
+only. SIGHUP re-reads ``[policy]`` and ``[pricing]`` (other sections need a
+restart).
 
 ``Node`` implements the control socket's ``NodeOps``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from functools import partial
 
 import trio
 
@@ -46,16 +55,23 @@ from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
 from .identity import load_key
 from .jobrun import JobRunner
+from .metrics import Metrics, MetricsServer, NodeSample, gpu_leases, listen_address, status_counters
 from .p2p.service import P2PService
 from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
 from .p2p.streams import Stream
-from .store import Store
+from .store import Store, TaskRole
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view
 
 log = logging.getLogger(__name__)
+
+RELOADABLE = ("policy", "pricing")  # config sections SIGHUP applies; the rest needs a restart
+STOP_MARGIN = 10.0  # seconds past stop_grace / io_timeout that the drain waits before moving on
+ADVERT_FLUSH = 3.0  # how long the drain waits for its draining advert to go out
+TASK_COUNT_WINDOW = 10_000  # tasks per side counted for metrics and status (the most recent)
+INTERRUPT_REASON = "the provider is shutting down"
 
 
 def policy_from(config: Config) -> ProviderPolicy:
@@ -69,21 +85,55 @@ def policy_from(config: Config) -> ProviderPolicy:
     )
 
 
+class InFlight:
+    """How many of something are in progress, and a wait until none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.count == 0:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
 class Node:
     def __init__(self, config: Config, *, seed: bool = False) -> None:
         self.config = config
         self.seed = seed or config.node.role == "seed"
+        self.metrics_address = listen_address(config.metrics.listen)  # refuses non-loopback up front
         self.signer = load_key(config.key_path)
         self.tracker = TaskTracker()
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self.store: Store | None = None
         self.p2p: P2PService | None = None
+        self.executor: DockerExecutor | None = None
         self.provider: Provider | None = None
         self.runner: JobRunner | None = None
         self.requester: Requester | None = None
         self.host: HostFacts | None = None
         self.ledger: CapacityLedger | None = None
         self.draining = False
+        self.stopping = False
+        self.config_reloads = 0
+        self.config_reload_errors = 0
         self.ready = trio.Event()
+        self.task_streams = InFlight()  # provider task streams being served (drain waits for them)
+        self._grace = trio.CancelScope()  # the drain's wait for running jobs; a second signal cancels it
+        self._nursery: trio.Nursery | None = None
         self._advert_seq = int(time.time() * 1000)
 
     @property
@@ -95,38 +145,46 @@ class Node:
         config = self.config
         config.home.mkdir(parents=True, exist_ok=True)
         async with Store.open(config.db_path) as store, trio.open_nursery() as nursery:
-            self.store = store
+            self.store, self._nursery = store, nursery
             if self.role == "provider":
                 await self._start_provider(nursery, store)
-            self.p2p = P2PService(
-                self.signer,
-                listen=list(config.node.listen),
-                bootstrap=list(config.node.bootstrap),
-                seed=self.seed,
-                net=config.network,
-                advert_source=self._advert if self.role == "provider" else None,
-            )
-            await nursery.start(self.p2p.run)
-            if self.provider is not None:
-                self.p2p.set_stream_handler(TASK_PROTOCOL, self._serve_task_stream)
-            if not self.seed:
-                self.requester = Requester(
-                    signer=self.signer, store=store, tracker=self.tracker,
-                    candidates=self._candidates, open_stream=self._open_task_stream, probe=self._providers,
-                    settings=RequesterSettings(
-                        max_attempts=config.requester.max_attempts,
-                        placement_deadline=config.requester.placement_deadline,
-                        provider_timeout=config.requester.provider_timeout,
-                        io_timeout=config.network.io_timeout,
-                    ),
-                )
-                await nursery.start(self.requester.run)
+            await self._start_network(nursery, store)
+            await nursery.start(self._signals, nursery)
             await nursery.start(ControlServer(config.control_path, self).run)
-            nursery.start_soon(self._signals, nursery)
-            nursery.start_soon(sdnotify.Watchdog(status=self._status_line).run)
+            if self.metrics_address is not None:
+                self.metrics_server = MetricsServer(self.metrics, self.sample, self.metrics_address)
+                await nursery.start(self.metrics_server.run)
+            await nursery.start(sdnotify.Watchdog(status=self._status_line).run)
             sdnotify.notify("READY=1\nSTATUS=" + self._status_line())
             self.ready.set()
             task_status.started(self)
+
+    async def _start_network(self, nursery: trio.Nursery, store: Store) -> None:
+        """p2p (returns once joined), the task protocol, then the requester."""
+        config = self.config
+        self.p2p = P2PService(
+            self.signer,
+            listen=list(config.node.listen),
+            bootstrap=list(config.node.bootstrap),
+            seed=self.seed,
+            net=config.network,
+            advert_source=self._advert if self.role == "provider" else None,
+        )
+        await nursery.start(self.p2p.run)
+        if self.provider is not None:
+            self.p2p.set_stream_handler(TASK_PROTOCOL, self._serve_task_stream)
+        if not self.seed:
+            self.requester = Requester(
+                signer=self.signer, store=store, tracker=self.tracker,
+                candidates=self._candidates, open_stream=self._open_task_stream, probe=self._providers,
+                settings=RequesterSettings(
+                    max_attempts=config.requester.max_attempts,
+                    placement_deadline=config.requester.placement_deadline,
+                    provider_timeout=config.requester.provider_timeout,
+                    io_timeout=config.network.io_timeout,
+                ),
+            )
+            await nursery.start(self.requester.run)
 
     async def _start_provider(self, nursery: trio.Nursery, store: Store) -> None:
         config = self.config
@@ -142,6 +200,7 @@ class Node:
             output_limit=config.limits.output_limit, stop_grace=config.limits.stop_grace,
         )
         await nursery.start(executor.run)
+        self.executor = executor
         self.ledger = CapacityLedger(cpus=cpus, memory=memory, gpus=offered_gpus(config, self.host.gpus))
         self.runner = JobRunner(
             signer=self.signer, executor=executor, ledger=self.ledger, store=store,
@@ -170,7 +229,8 @@ class Node:
 
     async def _serve_task_stream(self, stream: Stream) -> None:
         assert self.provider is not None
-        await self.provider.handle_stream(stream, stream.remote_peer)
+        with self.task_streams.hold():
+            await self.provider.handle_stream(stream, stream.remote_peer)
 
     def _candidates(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:
         assert self.p2p is not None
@@ -219,65 +279,140 @@ class Node:
         running = len(self.runner.jobs) if self.runner else 0
         return f"{peers} peers, {running} running tasks" + (", draining" if self.draining else "")
 
-    # ------------------------------------------------------------ signals and drain
-    async def _signals(self, nursery: trio.Nursery) -> None:
+    # ------------------------------------------------------------ signals, drain, reload
+    async def _signals(
+        self, nursery: trio.Nursery, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """SIGHUP reloads; the first SIGTERM/SIGINT drains and stops; a second one cuts the grace short."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
-                    self._reload()
-                    continue
-                log.info("signal %s: draining", signal.Signals(signum).name)
-                sdnotify.notify("STOPPING=1")
-                with trio.CancelScope(shield=True):
-                    await self._drain_and_stop()
-                nursery.cancel_scope.cancel()
-                return
+                    self.reload()
+                elif not self.stopping:
+                    self.stopping = True
+                    log.info("%s: draining, then stopping", name)
+                    nursery.start_soon(self._stop, nursery)
+                else:
+                    log.warning("%s again: interrupting running jobs now", name)
+                    self._grace.cancel()
 
-    def _reload(self) -> None:
+    async def _stop(self, nursery: trio.Nursery) -> None:
+        sdnotify.notify("STOPPING=1")
+        await self._drain_and_stop()
+        log.info("drained; stopping")
+        nursery.cancel_scope.cancel()
+
+    async def _drain_and_stop(self) -> None:
+        """Drain, give running jobs their grace, interrupt the rest, let the streams report."""
+        published = self.p2p.counters.get("published", 0) if self.p2p else 0
+        await self.drain()
+        if self.runner is not None:
+            self._grace.deadline = trio.current_time() + self.config.limits.drain_grace
+            with self._grace:
+                await self._jobs_finished()
+            left = [task_id for task_id, job in self.runner.jobs.items() if not job.done.is_set()]
+            if left:
+                log.info("drain grace over: interrupting %d job(s): %s", len(left), ", ".join(left))
+            async with trio.open_nursery() as stops:
+                for task_id in left:
+                    stops.start_soon(partial(self.runner.cancel, task_id, INTERRUPT_REASON, interrupted=True))
+            with trio.move_on_after(self.config.limits.stop_grace + STOP_MARGIN):
+                await self._jobs_finished()
+        with trio.move_on_after(self.config.network.io_timeout + STOP_MARGIN):
+            await self.task_streams.wait_idle()  # results sent, co-signed receipts taken
+        await self._advert_flushed(published)
+
+    async def _jobs_finished(self) -> None:
+        """Until every provider job (one that starts meanwhile included) has its result."""
+        assert self.runner is not None
+        while pending := [job for job in self.runner.jobs.values() if not job.done.is_set()]:
+            await pending[0].done.wait()
+
+    async def _advert_flushed(self, published_before: int) -> None:
+        """Until an advert newer than the drain has been published (bounded), so peers stop choosing us."""
+        if self.p2p is None or self.provider is None:
+            return
+        with trio.move_on_after(ADVERT_FLUSH):
+            while self.p2p.counters.get("published", 0) <= published_before:
+                await trio.sleep(0.05)  # P2PService offers no publish event; poll its counter
+
+    def reload(self) -> bool:
+        """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable."""
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             fresh = load(self.config.home)
         except PeerdError as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
-            return
-        if self.provider is not None:
-            self.provider.settings = type(self.provider.settings)(
-                **{**self.provider.settings.__dict__, "policy": policy_from(fresh)}
-            )
-        log.info("SIGHUP: policy reloaded")
+            self.config_reload_errors += 1
+            sdnotify.notify(f"READY=1\nSTATUS=config not reloaded: {exc}"[:400])
+            return False
+        later = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADABLE, "home", "node")
+                 and getattr(fresh, f.name) != getattr(self.config, f.name)]
+        self.config = dataclasses.replace(self.config, policy=fresh.policy, pricing=fresh.pricing)
+        self._apply_policy()
+        self.config_reloads += 1
+        log.info("SIGHUP: [policy] and [pricing] reloaded" +
+                 (f"; changes to [{'], ['.join(later)}] apply after a restart" if later else ""))
+        sdnotify.notify("READY=1\nSTATUS=" + self._status_line())
+        return True
 
-    async def _drain_and_stop(self) -> None:
-        await self.drain()
-        if self.runner is None:
-            return
-        with trio.move_on_after(self.config.limits.drain_grace):
-            while self.runner.jobs:
-                job = next(iter(self.runner.jobs.values()))
-                await job.done.wait()
-        for task_id in list(self.runner.jobs):
-            await self.runner.cancel(task_id, "the provider is shutting down", interrupted=True)
-        with trio.move_on_after(self.config.limits.stop_grace + 10):
-            while self.runner.jobs:
-                job = next(iter(self.runner.jobs.values()))
-                await job.done.wait()
-                await trio.sleep(0)
+    def _apply_policy(self) -> None:
+        """Push the config's policy and prices to the executor, the provider and our advert."""
+        policy = policy_from(self.config)
+        if self.executor is not None:
+            self.executor.policy = policy
+        if self.provider is not None:
+            self.provider.settings = dataclasses.replace(
+                self.provider.settings, policy=policy, price_cpu_hour=self.config.pricing.cpu_hour,
+                price_gpu_hour=self.config.pricing.gpu_hour, max_concurrent=self.config.policy.max_concurrent,
+            )
+        if self.p2p is not None:
+            self.p2p.advert_changed()  # max_timeout, network and prices are in the advert
 
     # ------------------------------------------------------------ NodeOps
     async def status(self) -> StatusView:
-        assert self.p2p is not None and self.store is not None
-        running = len(self.runner.jobs) if self.runner else 0
-        placing = len(await self.store.list_tasks(role="requester", states=[TaskState.PLACING, TaskState.PENDING]))
+        assert self.p2p is not None
+        sample = await self.sample()
+        waiting = (TaskState.PLACING.value, TaskState.PENDING.value)
         return StatusView(
             peer_id=self.signer.peer_id,
             addrs=self.p2p.listen_addrs(),
             role=self.role,
-            peers_connected=len(self.p2p.connected_peers()),
-            peers_known=len(self.p2p.table.entries(time.time())),
-            tasks_running=running,
-            tasks_queued=placing,
+            peers_connected=sample.peers_connected,
+            peers_known=sample.peers_known,
+            tasks_running=sample.jobs_running,
+            tasks_queued=sum(sample.tasks.get((TaskRole.REQUESTER.value, state), 0) for state in waiting),
             version=__version__,
-            counters=dict(self.p2p.counters),
+            counters=status_counters(sample),
             draining=self.draining,
         )
+
+    async def sample(self) -> NodeSample:
+        """The node's figures now, for a metrics scrape and ``status``."""
+        assert self.p2p is not None
+        return NodeSample(
+            peer_id=self.signer.peer_id, role=self.role, version=__version__,
+            peers_known=len(self.p2p.table.entries(time.time())),
+            peers_connected=len(self.p2p.connected_peers()),
+            p2p_counters=self.p2p.counters,
+            tasks=await self._task_counts(),
+            jobs_running=len(self.runner.jobs) if self.runner else 0,
+            gpu_leases=gpu_leases(self.ledger),
+            draining=self.draining,
+            config_reloads=self.config_reloads,
+            config_reload_errors=self.config_reload_errors,
+        )
+
+    async def _task_counts(self) -> dict[tuple[str, str], int]:
+        """Tasks per (side, state), over the most recent TASK_COUNT_WINDOW of each side."""
+        assert self.store is not None
+        counts: Counter[tuple[str, str]] = Counter()
+        for role in TaskRole:
+            for record in await self.store.list_tasks(role=role, limit=TASK_COUNT_WINDOW):
+                counts[(role.value, TaskState(record.state).value)] += 1
+        return dict(counts)
 
     async def peers(self) -> list[PeerView]:
         assert self.p2p is not None
@@ -286,7 +421,19 @@ class Node:
     async def submit(self, spec: JobSpec, *, local: bool) -> str:
         if self.requester is None:
             raise PeerdError("a seed node does not take jobs")
-        return await self.requester.submit(spec, local=local)
+        since = trio.current_time()
+        task_id = await self.requester.submit(spec, local=local)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._time_placement, task_id, since)
+        return task_id
+
+    async def _time_placement(self, task_id: str, since: float) -> None:
+        """Observe submit → lease (the first RUNNING event) for the placement histogram."""
+        async with aclosing(self.tracker.follow_events(task_id)) as events:
+            async for event in events:
+                if event.state == TaskState.RUNNING:
+                    self.metrics.observe_placement(trio.current_time() - since)
+                    return
 
     async def _view(self, task_id: str) -> TaskView | None:
         assert self.store is not None
@@ -366,11 +513,14 @@ class Node:
                 for c in checks]
 
     async def drain(self) -> DrainView:
-        self.draining = True
-        if self.provider is not None:
-            self.provider.draining = True
-        if self.p2p is not None:
-            self.p2p.advert_changed()
+        if not self.draining:
+            self.draining = True
+            if self.provider is not None:
+                self.provider.draining = True
+            if self.p2p is not None:
+                self.p2p.advert_changed()
+            log.info("draining: no new tasks")
+            sdnotify.notify("STATUS=" + self._status_line())
         running = len(self.runner.jobs) if self.runner else 0
         return DrainView(draining=True, tasks_running=running,
                          detail=f"no new tasks; {running} running task(s) may finish")
