@@ -234,7 +234,7 @@ def main(rate: float, duration: float) -> int:
           f"{sender_drops:.0f}/s dropped by the senders' full gossip queues; at the node "
           f"{reached / seconds:.0f}/s reached the advert validator: {delta['accepted'] / seconds:.0f}/s accepted, "
           f"{delta['rate_limited'] / seconds:.0f}/s dropped as rate_limited, {other / seconds:.0f}/s other outcomes "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(delta.items()) if v and k not in ('accepted', 'rate_limited'))})."
+          f"({', '.join(f'{o.value} {delta[o.value]}' for o in Outcome if delta[o.value] and o.value not in ('accepted', 'rate_limited')) or 'none'})."
           f"\np99 under flood / p99 without: **{percentile(loaded, 99) / percentile(quiet, 99):.1f}x**")
     return 0
 
