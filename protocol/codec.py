@@ -38,6 +38,15 @@ def _no_ext(code: int, data: bytes) -> object:
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
+def _map_without_duplicates(pairs: list[tuple[object, object]]) -> dict[object, object]:
+    # Implementations differ on which duplicate wins; signed bytes must not be
+    # read two ways, so a repeated key makes the document invalid.
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise DecodeError("a map repeats a key")
+    return mapping
+
+
 def _unpack(data: bytes) -> object:
     limit = len(data)
     try:
@@ -46,6 +55,7 @@ def _unpack(data: bytes) -> object:
             raw=False,
             use_list=True,
             strict_map_key=True,
+            object_pairs_hook=_map_without_duplicates,
             ext_hook=_no_ext,
             max_str_len=limit,
             max_bin_len=limit,

@@ -226,3 +226,17 @@ def test_nested_envelope_is_refused() -> None:
     outer = signing.seal_bytes(inner, SIGNER)
     with pytest.raises(DecodeError, match="nested"):
         signing.open_envelope(outer)
+
+
+def test_repeated_map_keys_are_refused() -> None:
+    # {"v": 1, "t": "cancel", "task_id": "a", "reason": "", "task_id": "b"}: which one counts?
+    data = (
+        b"\x85\xa1v\x01\xa1t\xa6cancel\xa7task_id\xa1a\xa6reason\xa0\xa7task_id\xa1b"
+    )
+    with pytest.raises(DecodeError, match="repeats a key"):
+        codec.decode(data)
+
+
+def test_non_string_map_keys_are_refused() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(pack({1: 2}))
