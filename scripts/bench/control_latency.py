@@ -40,6 +40,7 @@ import psutil
 from job_e2e import BenchNet, percentile
 from peerd.control.client import ControlClient
 from peerd.devnet import NodeProc
+from peerd.peertable import Outcome
 
 GIB = 1 << 30
 PER_HOST_RATE = 40.0  # stay under gossipsub's 50 msg/s per forwarding peer
@@ -190,6 +191,17 @@ def row(name: str, samples: list[float], cpu: float) -> str:
             f"{max(ms):.2f} | {cpu:.0f} |")
 
 
+def outcomes(delta: Counter[str], seconds: float) -> str:
+    """What the node's advert validator made of the flood, per second."""
+    reached = sum(delta[o.value] for o in Outcome)
+    others = [f"{o.value} {delta[o.value]} in all" for o in Outcome
+              if delta[o.value] and o not in (Outcome.ACCEPTED, Outcome.RATE_LIMITED)]
+    return (f"At the node {reached / seconds:.0f}/s reached the advert validator: "
+            f"{delta[Outcome.ACCEPTED.value] / seconds:.0f}/s accepted, "
+            f"{delta[Outcome.RATE_LIMITED.value] / seconds:.0f}/s dropped as rate_limited"
+            + (f", {', '.join(others)}" if others else "") + ".")
+
+
 def main(rate: float, duration: float) -> int:
     hosts_total = max(1, round(rate / PER_HOST_RATE))
     workers = min(4, hosts_total)
@@ -216,25 +228,17 @@ def main(rate: float, duration: float) -> int:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    seconds = duration - 0.5
     flood_seconds = max(r["seconds"] for r in results)
     offered = sum(r["published"] for r in results) / flood_seconds
-    sender_drops = sum(r["sender_drops"] for r in results) / flood_seconds
-    from peerd.peertable import Outcome
-
-    reached = sum(delta[o.value] for o in Outcome)
-    other = reached - delta["accepted"] - delta["rate_limited"]
     print(f"`status` over one open control connection to a provider (seed + provider, real processes, "
           f"loopback), {duration:g} s per phase; flood from {workers} niced processes x {hosts} libp2p hosts "
           f"connected to the provider only.\n")
     print("| phase | calls | p50 ms | p99 ms | max ms | node CPU % of a core |\n|---|---:|---:|---:|---:|---:|")
     print(row("no load", quiet, quiet_cpu))
-    print(row(f"flood (~{rate:g} adverts/s offered)", loaded, loaded_cpu))
+    print(row(f"flood ({offered:.0f} adverts/s offered)", loaded, loaded_cpu))
+    sender_drops = sum(r["sender_drops"] for r in results) / flood_seconds
     print(f"\nflood: offered {offered:.0f} adverts/s (load processes used {gen_cpu:.0f} % of a core), of which "
-          f"{sender_drops:.0f}/s dropped by the senders' full gossip queues; at the node "
-          f"{reached / seconds:.0f}/s reached the advert validator: {delta['accepted'] / seconds:.0f}/s accepted, "
-          f"{delta['rate_limited'] / seconds:.0f}/s dropped as rate_limited, {other / seconds:.0f}/s other outcomes "
-          f"({', '.join(f'{o.value} {delta[o.value]}' for o in Outcome if delta[o.value] and o.value not in ('accepted', 'rate_limited')) or 'none'})."
+          f"{sender_drops:.0f}/s were dropped by the senders' full gossip queues. {outcomes(delta, duration - 0.5)}"
           f"\np99 under flood / p99 without: **{percentile(loaded, 99) / percentile(quiet, 99):.1f}x**")
     return 0
 
