@@ -12,15 +12,12 @@ since the Unix epoch (float), prices in credits per hour.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .errors import DecodeError, LocalProtocolError
-from .schema import Converter, Value, converter_for, to_wire_value
+from .schema import Struct, Value, check_len, check_range, check_text, fail as _fail
 
 PROTOCOL_VERSION = 1
 
@@ -96,138 +93,7 @@ class LogStream(enum.StrEnum):
     STDERR = "stderr"
 
 
-# ---------------------------------------------------------------- range checks
-def _fail(cls: type, name: str, why: str) -> typing.NoReturn:
-    raise LocalProtocolError(f"{cls.__name__}.{name} {why}")
-
-
-def check_range(obj: object, name: str, lo: float, hi: float) -> None:
-    value = getattr(obj, name)
-    if isinstance(value, float) and not math.isfinite(value):
-        _fail(type(obj), name, f"must be finite, got {value!r}")
-    if not lo <= value <= hi:
-        _fail(type(obj), name, f"must be in [{lo}, {hi}], got {value!r}")
-
-
-def check_text(obj: object, name: str, max_len: int, *, nonempty: bool = False) -> None:
-    value = getattr(obj, name)
-    if len(value) > max_len:
-        _fail(type(obj), name, f"longer than {max_len}")
-    if nonempty and not value:
-        _fail(type(obj), name, "must not be empty")
-
-
-def check_len(obj: object, name: str, max_items: int) -> None:
-    if len(getattr(obj, name)) > max_items:
-        _fail(type(obj), name, f"has more than {max_items} items")
-
-
 # ---------------------------------------------------------------- bases
-class _NoFastPath:
-    """Stands in for a field's exact wire type when every value needs converting."""
-
-
-# Per field: name, the exact Python type a wire value may have to be taken
-# as-is (int, bool, bytes), the converter for everything else, and the path
-# used in error messages.
-_Field = tuple[str, type, Converter, str]
-_PLANS: dict[type, tuple[_Field, ...]] = {}
-_AS_IS = (int, bool, bytes)
-
-
-def _plan(cls: type) -> tuple[_Field, ...]:
-    """Compile a Struct class's annotations into field converters (once)."""
-    plan = _PLANS.get(cls)
-    if plan is None:
-        hints = typing.get_type_hints(cls)
-        plan = tuple(
-            (
-                f.name,
-                hints[f.name] if hints[f.name] in _AS_IS else _NoFastPath,
-                converter_for(hints[f.name]),
-                f"{cls.__name__}.{f.name}",
-            )
-            for f in dataclasses.fields(cls)
-        )
-        _PLANS[cls] = plan
-    return plan
-
-
-def _shape_error(cls: type, mapping: dict[str, object], where: str, reserved: int) -> DecodeError:
-    names = [name for name, _, _, _ in _plan(cls)]
-    missing = [name for name in names if name not in mapping]
-    if missing:
-        return DecodeError(f"{where}: missing field {missing[0]!r}")
-    allowed = set(names) | ({"v", "t"} if reserved else set())
-    extra = sorted(str(k) for k in mapping if k not in allowed)
-    return DecodeError(f"{where}: unexpected fields {extra}")
-
-
-class Struct:
-    """A typed record; subclasses are frozen dataclasses.
-
-    Built locally, every field is converted to its annotated type (a list
-    becomes a tuple, an int a float where a float is declared, a str an enum
-    member) and range-checked; a wrong type or range raises
-    LocalProtocolError. ``from_wire`` does the same conversions on decoded
-    msgpack data and raises DecodeError instead.
-    """
-
-    __slots__ = ()
-
-    def __post_init__(self) -> None:
-        try:
-            for name, as_is, convert, path in _plan(type(self)):
-                value = getattr(self, name)
-                if type(value) is not as_is:
-                    object.__setattr__(self, name, convert(value, path))
-        except DecodeError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        self._check()
-
-    def _check(self) -> None:
-        """Range checks; override. Raise LocalProtocolError."""
-
-    @classmethod
-    def from_wire(cls, value: object, where: str | None = None, reserved: int = 0) -> typing.Self:
-        """Build from a decoded msgpack map, checking every field.
-
-        ``reserved`` is the number of keys besides the fields ("v" and "t"
-        for a top-level message, already checked by the caller).
-        """
-        where = where or cls.__name__
-        if type(value) is not dict:
-            raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
-        mapping = typing.cast("dict[str, object]", value)
-        plan = _PLANS.get(cls) or _plan(cls)
-        if len(mapping) != len(plan) + reserved:
-            raise _shape_error(cls, mapping, where, reserved)
-        # Fields are set directly (as dataclasses' own __init__ does) so that
-        # decoding converts each value once.
-        obj = object.__new__(cls)
-        setattr_ = object.__setattr__
-        try:
-            for name, as_is, convert, path in plan:
-                raw = mapping[name]
-                setattr_(obj, name, raw if type(raw) is as_is else convert(raw, path))
-            obj._check()
-        except KeyError:
-            raise _shape_error(cls, mapping, where, reserved) from None
-        except DecodeError as exc:
-            if where == cls.__name__:
-                raise
-            raise DecodeError(f"{where}: {exc}") from exc
-        except LocalProtocolError as exc:
-            raise DecodeError(f"{where}: {exc}") from exc
-        return obj
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            name: to_wire_value(getattr(self, name))
-            for name, _, _, _ in _PLANS.get(type(self)) or _plan(type(self))
-        }
-
-
 class Message(Struct):
     """A Struct that stands alone on the wire, tagged with ``TYPE``."""
 
@@ -240,11 +106,10 @@ class Message(Struct):
         return wire
 
 
-frozen = dataclass(frozen=True, slots=True)
 
 
 # ---------------------------------------------------------------- resources
-@frozen
+@dataclass(frozen=True, slots=True)
 class GpuOffer(Struct):
     """One GPU a provider offers, as NVML reports it."""
 
@@ -260,7 +125,7 @@ class GpuOffer(Struct):
         check_text(self, "compute_capability", 16)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Advert(Message):
     """A provider's signed description of what it offers right now."""
 
@@ -320,7 +185,7 @@ class Advert(Message):
 
 
 # ---------------------------------------------------------------- jobs
-@frozen
+@dataclass(frozen=True, slots=True)
 class JobSpec(Struct):
     """What a requester wants run."""
 
@@ -358,7 +223,7 @@ def _check_task_id(obj: object) -> None:
     check_text(obj, "task_id", 64, nonempty=True)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TaskRequest(Message):
     """Requester → provider: please run this."""
 
@@ -374,7 +239,7 @@ class TaskRequest(Message):
         check_range(self, "sent_at", 0, MAX_TIMESTAMP)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Offer(Message):
     """Provider → requester: I hold these resources for you until ``expires_at``."""
 
@@ -395,7 +260,7 @@ class Offer(Message):
         check_len(self, "gpus", MAX_GPUS)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Reject(Message):
     """Provider → requester: no, with a machine-readable reason."""
 
@@ -409,7 +274,7 @@ class Reject(Message):
         check_text(self, "detail", 1024)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Accept(Message):
     """Requester → provider: I take the offer at this price."""
 
@@ -422,7 +287,7 @@ class Accept(Message):
         check_range(self, "price", 0, MAX_PRICE)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class LeaseTerms(Message):
     """What both parties sign before the job starts."""
 
@@ -446,7 +311,7 @@ class LeaseTerms(Message):
         check_range(self, "expires_at", 0, MAX_TIMESTAMP)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ReceiptTerms(Message):
     """What both parties sign after the job ends."""
 
@@ -483,7 +348,7 @@ class ReceiptTerms(Message):
         check_range(self, "finished_at", 0, MAX_TIMESTAMP)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class CoSigned(Message):
     """Terms (exact bytes) signed by both the requester and the provider."""
 
@@ -497,17 +362,17 @@ class CoSigned(Message):
                 _fail(type(self), name, "must be empty or a 64-byte Ed25519 signature")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Lease(CoSigned):
     TYPE: ClassVar[str] = "lease"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Receipt(CoSigned):
     TYPE: ClassVar[str] = "receipt"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Status(Message):
     """Provider → requester: progress of a leased task."""
 
@@ -523,7 +388,7 @@ class Status(Message):
         check_range(self, "at", 0, MAX_TIMESTAMP)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class LogChunk(Message):
     """Provider → requester: a piece of the job's output as it comes."""
 
@@ -540,7 +405,7 @@ class LogChunk(Message):
             _fail(type(self), "data", "is larger than 64 KiB")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Result(Message):
     """Provider → requester: how the job ended."""
 
@@ -567,7 +432,7 @@ class Result(Message):
         check_text(self, "detail", 1024)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Cancel(Message):
     """Requester → provider: stop this task."""
 
@@ -580,7 +445,7 @@ class Cancel(Message):
         check_text(self, "reason", 1024)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Resume(Message):
     """Requester → provider, on a new stream: continue a leased task.
 
@@ -600,7 +465,7 @@ class Resume(Message):
         check_range(self, "log_seq", 0, MAX_COUNT)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Envelope(Message):
     """Exact payload bytes signed by ``signer`` (a libp2p peer ID)."""
 
@@ -616,7 +481,7 @@ class Envelope(Message):
 
 
 # ---------------------------------------------------------------- control socket
-@frozen
+@dataclass(frozen=True, slots=True)
 class ControlError(Struct):
     code: str
     message: str
@@ -626,7 +491,7 @@ class ControlError(Struct):
         check_text(self, "message", 4096)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ControlRequest(Message):
     """CLI → daemon: run ``command`` with ``args``; ``id`` matches the replies."""
 
@@ -640,7 +505,7 @@ class ControlRequest(Message):
         check_text(self, "command", 64, nonempty=True)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ControlResponse(Message):
     """Daemon → CLI: a result or an error for request ``id``.
 

@@ -85,9 +85,9 @@ from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .messages import (
     FINAL_STATES,
     Accept,
-    JobSpec,
     Cancel,
     CoSigned,
+    JobSpec,
     Lease,
     LeaseTerms,
     LogChunk,

@@ -11,13 +11,14 @@ and the recursive control ``Value``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import types
 import typing
 from collections.abc import Callable
 
-from .errors import DecodeError
+from .errors import DecodeError, LocalProtocolError
 
 Converter = Callable[[object, str], object]
 
@@ -207,3 +208,135 @@ def to_wire_value(value: object) -> object:
     if isinstance(value, dict):
         return {k: to_wire_value(v) for k, v in value.items()}
     return value
+
+
+# ---------------------------------------------------------------- range checks
+def fail(cls: type, name: str, why: str) -> typing.NoReturn:
+    raise LocalProtocolError(f"{cls.__name__}.{name} {why}")
+
+
+def check_range(obj: object, name: str, lo: float, hi: float) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(type(obj), name, f"must be finite, got {value!r}")
+    if not lo <= value <= hi:
+        fail(type(obj), name, f"must be in [{lo}, {hi}], got {value!r}")
+
+
+def check_text(obj: object, name: str, max_len: int, *, nonempty: bool = False) -> None:
+    value = getattr(obj, name)
+    if len(value) > max_len:
+        fail(type(obj), name, f"longer than {max_len}")
+    if nonempty and not value:
+        fail(type(obj), name, "must not be empty")
+
+
+def check_len(obj: object, name: str, max_items: int) -> None:
+    if len(getattr(obj, name)) > max_items:
+        fail(type(obj), name, f"has more than {max_items} items")
+
+
+# ---------------------------------------------------------------- the Struct base
+class _NoFastPath:
+    """Stands in for a field's exact wire type when every value needs converting."""
+
+
+# Per field: name, the exact Python type a wire value may have to be taken
+# as-is (int, bool, bytes), the converter for everything else, and the path
+# used in error messages.
+_Field = tuple[str, type, Converter, str]
+_PLANS: dict[type, tuple[_Field, ...]] = {}
+_AS_IS = (int, bool, bytes)
+
+
+def _plan(cls: type) -> tuple[_Field, ...]:
+    """Compile a Struct class's annotations into field converters (once)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        plan = tuple(
+            (
+                f.name,
+                hints[f.name] if hints[f.name] in _AS_IS else _NoFastPath,
+                converter_for(hints[f.name]),
+                f"{cls.__name__}.{f.name}",
+            )
+            for f in dataclasses.fields(cls)
+        )
+        _PLANS[cls] = plan
+    return plan
+
+
+def _shape_error(cls: type, mapping: dict[str, object], where: str, reserved: int) -> DecodeError:
+    names = [name for name, _, _, _ in _plan(cls)]
+    missing = [name for name in names if name not in mapping]
+    if missing:
+        return DecodeError(f"{where}: missing field {missing[0]!r}")
+    allowed = set(names) | ({"v", "t"} if reserved else set())
+    extra = sorted(str(k) for k in mapping if k not in allowed)
+    return DecodeError(f"{where}: unexpected fields {extra}")
+
+
+class Struct:
+    """A typed record; subclasses are frozen dataclasses.
+
+    Built locally, every field is converted to its annotated type (a list
+    becomes a tuple, an int a float where a float is declared, a str an enum
+    member) and range-checked; a wrong type or range raises
+    LocalProtocolError. ``from_wire`` does the same conversions on decoded
+    msgpack data and raises DecodeError instead.
+    """
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        try:
+            for name, as_is, convert, path in _plan(type(self)):
+                value = getattr(self, name)
+                if type(value) is not as_is:
+                    object.__setattr__(self, name, convert(value, path))
+        except DecodeError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self._check()
+
+    def _check(self) -> None:
+        """Range checks; override. Raise LocalProtocolError."""
+
+    @classmethod
+    def from_wire(cls, value: object, where: str | None = None, reserved: int = 0) -> typing.Self:
+        """Build from a decoded msgpack map, checking every field.
+
+        ``reserved`` is the number of keys besides the fields ("v" and "t"
+        for a top-level message, already checked by the caller).
+        """
+        where = where or cls.__name__
+        if type(value) is not dict:
+            raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
+        mapping = typing.cast("dict[str, object]", value)
+        plan = _PLANS.get(cls) or _plan(cls)
+        if len(mapping) != len(plan) + reserved:
+            raise _shape_error(cls, mapping, where, reserved)
+        # Fields are set directly (as dataclasses' own __init__ does) so that
+        # decoding converts each value once.
+        obj = object.__new__(cls)
+        setattr_ = object.__setattr__
+        try:
+            for name, as_is, convert, path in plan:
+                raw = mapping[name]
+                setattr_(obj, name, raw if type(raw) is as_is else convert(raw, path))
+            obj._check()
+        except KeyError:
+            raise _shape_error(cls, mapping, where, reserved) from None
+        except DecodeError as exc:
+            if where == cls.__name__:
+                raise
+            raise DecodeError(f"{where}: {exc}") from exc
+        except LocalProtocolError as exc:
+            raise DecodeError(f"{where}: {exc}") from exc
+        return obj
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            name: to_wire_value(getattr(self, name))
+            for name, _, _, _ in _PLANS.get(type(self)) or _plan(type(self))
+        }

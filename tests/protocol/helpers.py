@@ -10,6 +10,8 @@ from __future__ import annotations
 from protocol import signing
 from protocol.codec import frame
 from protocol.messages import (
+    Accept,
+    Advert,
     Cancel,
     GpuOffer,
     JobSpec,
@@ -29,8 +31,6 @@ from protocol.messages import (
     Status,
     TaskRequest,
     TaskState,
-    Accept,
-    Advert,
 )
 from protocol.negotiation import (
     NEED_DATA,

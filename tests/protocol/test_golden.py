@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import codec, control, messages as m, signing
+from protocol import codec, control, signing
+from protocol import messages as m
 
 REQUESTER = signing.Signer.from_seed(bytes(range(32)))  # seed 00 01 .. 1f
 PROVIDER = signing.Signer.from_seed(bytes(range(32, 64)))  # seed 20 21 .. 3f
