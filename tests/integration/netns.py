@@ -30,6 +30,7 @@ proxy. The docker socket is a unix socket, so dockerd serves every namespace.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from peerd.devnet import DevNet, NodeProc
+from peerd.devnet import DevNet, NodeProc, wait_for
 
 SUBNET = "10.77.0"  # /24, private to the namespaces
 PREFIX_LEN = 24
@@ -322,3 +323,53 @@ def netns_devnet() -> Iterator[NetnsDevNet]:
             yield devnet
         finally:
             devnet.close()
+
+
+# ---------------------------------------------------------------- jobs and adverts, through the CLI
+IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
+FINAL_STATES = ("succeeded", "failed", "not_placed", "lost", "cancelled", "timeout", "oom", "interrupted")
+
+
+def cli_json(node: NodeProc, *args: str) -> object:
+    out = node.peerd("--json", *args)
+    if out.returncode not in (0, 1):
+        raise AssertionError(f"peerd {' '.join(args)} on {node.name} exited {out.returncode}: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def submit(node: NodeProc, script: str, *, wait: bool) -> dict[str, object]:
+    """``peerd submit`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
+    flags = ["--wait"] if wait else []
+    view = cli_json(node, "submit", "--image", IMAGE, *flags, "--", "sh", "-c", script)
+    assert isinstance(view, dict)
+    return view
+
+
+def show(node: NodeProc, task_id: str) -> dict[str, object]:
+    view = cli_json(node, "show", task_id)
+    assert isinstance(view, dict)
+    return view
+
+
+def wait_final(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
+    def final() -> dict[str, object] | None:
+        view = show(node, task_id)
+        return view if view["state"] in FINAL_STATES else None
+
+    return wait_for(f"task {task_id} on {node.name} to reach a final state", final, timeout)
+
+
+def wait_leased(node: NodeProc, task_id: str, timeout: float = 30.0) -> str:
+    """Wait until the task runs on a provider; that provider's peer ID."""
+    def leased() -> str | None:
+        view = show(node, task_id)
+        return str(view["provider"]) if view["state"] == "running" and view["provider"] else None
+
+    return wait_for(f"task {task_id} to be leased", leased, timeout)
+
+
+def advert_times(node: NodeProc) -> dict[str, float]:
+    """peer ID → issued_at of the advert ``node`` holds for it."""
+    peers = cli_json(node, "peers")
+    assert isinstance(peers, list)
+    return {p["peer_id"]: float(p["advert"]["issued_at"]) for p in peers if p.get("advert")}
