@@ -19,27 +19,47 @@ FINAL = ("succeeded", "failed", "timeout", "oom", "cancelled", "interrupted", "n
 
 
 class OpsNet(DevNet):
-    """A DevNet whose nodes get extra TOML sections (``extra[name]``) after the fast defaults."""
+    """A DevNet whose nodes take config changes: ``settings[name]`` = {"section.key": TOML value}."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.extra: dict[str, str] = {}
+        self.settings: dict[str, dict[str, str]] = {}
 
     def config_text(self, node: NodeProc) -> str:
-        return super().config_text(node) + self.extra.get(node.name, "")
+        return with_settings(super().config_text(node), self.settings.get(node.name, {}))
 
-    def add_with(self, name: str, role: str, extra: str) -> NodeProc:
-        self.extra[name] = extra
+    def add_with(self, name: str, role: str, settings: dict[str, str] | None = None) -> NodeProc:
+        self.settings[name] = dict(settings or {})
         return self.add(name, role)
 
 
+def with_settings(text: str, settings: dict[str, str]) -> str:
+    """``text`` (a config.toml) with keys set: a key already there is replaced, a new one added
+    to its section (a new section is appended)."""
+    lines = text.splitlines()
+    for dotted, value in settings.items():
+        section, key = dotted.split(".", 1)
+        header = f"[{section}]"
+        if header not in lines:
+            lines += ["", header]
+        start = lines.index(header) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+        found = [i for i in range(start, end) if lines[i].split("=", 1)[0].strip() == key]
+        if found:
+            lines[found[0]] = f"{key} = {value}"
+        else:
+            lines.insert(start, f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
 @contextmanager
-def provider_network(provider_extra: str = "", requester_extra: str = "") -> Iterator[OpsNet]:
-    """seed + one provider + one requester, the requester holding the provider's advert."""
+def provider_network(provider: dict[str, str] | None = None,
+                     requester: dict[str, str] | None = None) -> Iterator[OpsNet]:
+    """seed + one provider + one requester (with these settings), the requester holding the provider's advert."""
     with OpsNet() as net:
         net.add_seed()
-        net.add_with("provider", "provider", provider_extra)
-        net.add_with("requester", "requester", requester_extra)
+        net.add_with("provider", "provider", provider)
+        net.add_with("requester", "requester", requester)
         net.wait_adverts("requester", ["provider"])
         yield net
 

@@ -16,38 +16,59 @@ from peerd.devnet import wait_for
 
 from .harness import IMAGE, cli_json, containers_of, peer_id, provider_network, submit, wait_final, wait_output
 
-SHORT_GRACE = '\n[limits]\ndrain_grace = "3s"\nstop_grace = "2s"\n'
-LONG_GRACE = '\n[limits]\ndrain_grace = "120s"\n'
+# The provider waits up to its io_timeout for the requester's countersignature.
+SHORT_GRACE = {"limits.drain_grace": '"3s"', "limits.stop_grace": '"2s"', "network.io_timeout": '"60s"'}
+LONG_GRACE = {"limits.drain_grace": '"120s"'}
+# A requester we freeze for a while must not give up on its provider meanwhile.
+PATIENT = {"requester.provider_timeout": '"120s"', "network.io_timeout": '"120s"'}
 
 
 def test_sigterm_interrupts_a_job_past_the_grace_and_reports_it_to_the_requester() -> None:
-    with provider_network(provider_extra=SHORT_GRACE) as net:
+    with provider_network(SHORT_GRACE, PATIENT) as net:
         provider, requester = net.nodes["provider"], net.nodes["requester"]
+        assert provider.proc is not None and requester.proc is not None
         provider_id = peer_id(provider)
         task_id = submit(requester, "sh", "-c", "echo started; sleep 600", options=("--timeout", "20m"))
         wait_output(requester, task_id, "started")
 
-        assert net.stop("provider", signal.SIGTERM, timeout=120) == 0, provider.log_tail()
+        # A slow requester: frozen while the provider drains, so the result and the receipt
+        # proposal wait in the connection; the provider must stay up to take the countersignature.
+        requester.proc.send_signal(signal.SIGSTOP)
+        try:
+            provider.proc.send_signal(signal.SIGTERM)
 
-        # Reported to the requester before the provider went away: result and co-signed receipt.
-        view = wait_final(requester, task_id, timeout=30)
+            def interrupted_or_gone() -> bool:
+                if provider.proc.poll() is not None:  # type: ignore[union-attr]
+                    return True
+                view = provider.call("task", {"task_id": task_id})
+                return isinstance(view, dict) and view["state"] == "interrupted"
+
+            wait_for("the provider to interrupt the job", interrupted_or_gone, 90)
+        finally:
+            requester.proc.send_signal(signal.SIGCONT)
+        assert provider.proc.wait(120) == 0, provider.log_tail()
+
+        # Reported to the requester: result and receipt, both signed by both.
+        view = wait_final(requester, task_id, timeout=60)
         assert view["state"] == "interrupted", view
         assert view["stdout"] == "started\n" and view["provider"] == provider_id
         receipt = view["receipt"]
         assert isinstance(receipt, dict) and receipt["verified"] is True and receipt["state"] == "interrupted"
         assert containers_of(provider_id) == []
 
-        # The provider's own record survived the stop: final state and the same co-signed receipt.
+        # The provider's record survived the stop: final state and the countersigned receipt,
+        # which it only has if it stayed up until the requester answered.
         net.start(provider)
         theirs = cli_json(provider, "show", task_id)
         assert theirs["role"] == "provider" and theirs["state"] == "interrupted", theirs
-        assert isinstance(theirs["receipt"], dict) and theirs["receipt"]["cosigned"] == receipt["cosigned"]
+        assert isinstance(theirs["receipt"], dict) and theirs["receipt"]["verified"] is True, theirs["receipt"]
+        assert theirs["receipt"]["cosigned"] == receipt["cosigned"]
         assert provider.status()["tasks_running"] == 0
         assert containers_of(provider_id) == []
 
 
 def test_sigterm_lets_a_job_that_ends_within_the_grace_finish() -> None:
-    with provider_network(provider_extra=LONG_GRACE) as net:
+    with provider_network(LONG_GRACE) as net:
         provider, requester = net.nodes["provider"], net.nodes["requester"]
         provider_id = peer_id(provider)
         task_id = submit(requester, "sh", "-c", "echo started; sleep 4; echo done")

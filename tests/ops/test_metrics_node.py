@@ -13,8 +13,8 @@ from peerd.devnet import FAST_CONFIG, free_port
 from .harness import IMAGE, cli_json, provider_network
 
 
-def metrics_section(port: int) -> str:
-    return f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+def metrics_on(port: int) -> dict[str, str]:
+    return {"metrics.listen": f'"127.0.0.1:{port}"'}
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -32,7 +32,7 @@ def scrape(port: int) -> dict[str, float]:
 
 def test_metrics_are_served_on_loopback_and_move_with_a_job() -> None:
     provider_port, requester_port = free_port(), free_port()
-    with provider_network(metrics_section(provider_port), metrics_section(requester_port)) as net:
+    with provider_network(metrics_on(provider_port), metrics_on(requester_port)) as net:
         provider, requester = net.nodes["provider"], net.nodes["requester"]
         before_p, before_r = scrape(provider_port), scrape(requester_port)
         for name in ("peerd_peers_known", "peerd_peers_connected", "peerd_gpu_leases", "peerd_gpus_leased",
