@@ -31,14 +31,14 @@ from .streams import FOREIGN_ERRORS, short
 log = logging.getLogger(__name__)
 
 TICK = 2.0
-FAST_REFRESH = 10.0  # routing-table refresh period for the first minutes
-SLOW_REFRESH = 60.0
+FAST_REFRESH = 10.0  # routing-table refresh period while young and short of peers
+SLOW_REFRESH = 120.0
 FAST_PHASE = 120.0
 SEED_BACKOFF_START = 1.0
 SEED_BACKOFF_MAX = 60.0
 PEER_RETRY_AFTER = 30.0  # a non-seed peer that failed a dial is left alone this long
 PARALLEL_DIALS = 4
-TARGET_PEERS = 8
+TARGET_PEERS = 6  # dial until this many connections (inbound ones add more)
 
 
 @dataclass
@@ -193,11 +193,13 @@ class Discovery:
 
     # ------------------------------------------------------------ loop
     def _refresh_period(self) -> float:
+        """Refresh often while young and short of peers; a lookup costs every peer CPU."""
         young = trio.current_time() - self._started < FAST_PHASE
-        return FAST_REFRESH if young else SLOW_REFRESH
+        short_of_peers = len(self._node.host.get_connected_peers()) < self._target
+        return FAST_REFRESH if young and short_of_peers else SLOW_REFRESH
 
     async def run(self) -> None:
-        next_refresh = trio.current_time() + FAST_REFRESH
+        next_refresh = trio.current_time() + self._refresh_period()
         while True:
             await trio.sleep(TICK)
             seed_back = await self._redial_seeds()

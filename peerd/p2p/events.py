@@ -1,4 +1,4 @@
-"""Connection up/down events from the swarm, as a trio channel of peer IDs.
+"""Connection up/down events from the swarm, as a trio channel.
 
 The swarm awaits its notifees inside connection set-up and tear-down, so the
 notifee must never block: events go into a bounded channel with
@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.rcmgr.metrics import Direction
 from multiaddr import Multiaddr
 
 EVENT_BUFFER = 1024
 
 
 class ConnectionEvents(INotifee):
-    """Sends ``(peer_id, connected)`` for every connection opened or closed."""
+    """Sends ``(peer_id, up, we_dialled)`` for every connection opened or closed."""
 
     def __init__(self) -> None:
-        self._send, self.receive = trio.open_memory_channel[tuple[str, bool]](EVENT_BUFFER)
+        self._send, self.receive = trio.open_memory_channel[tuple[str, bool, bool]](EVENT_BUFFER)
         self.dropped = 0
 
     def _emit(self, conn: INetConn, up: bool) -> None:
+        outbound = getattr(conn, "direction", Direction.UNKNOWN) != Direction.INBOUND
         try:
-            self._send.send_nowait((str(conn.muxed_conn.peer_id), up))
+            self._send.send_nowait((str(conn.muxed_conn.peer_id), up, outbound))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.dropped += 1
 

@@ -88,6 +88,9 @@ _ROUTINE: dict[str, tuple[str, bool]] = {
     "libp2p.kad_dht.kad_dht": ("Failed to read DHT message from stream: %s", True),
     # a dial to a peer that is down (the caller gets, and handles, the error)
     "libp2p.transport.tcp.tcp": ("Failed to open TCP stream: %s", False),
+    # gossip mesh upkeep: a GRAFT inside the backoff the grafting peer's own
+    # PRUNE started (py-libp2p keeps one backoff map for both directions)
+    "libp2p.pubsub.gossipsub": ("GRAFT: ignoring request from %s, back off until %d", False),
 }
 
 

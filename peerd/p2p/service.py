@@ -2,7 +2,7 @@
 
 It owns the libp2p node (``host.open_node``), keeps the node joined to the
 network (``discovery``), publishes our advert and fills the peer table from
-gossip (``adverts``) and from direct syncs with every new connection
+gossip (``adverts``) and from direct syncs over the connections it dials
 (``sync``), expires stale entries, and gives the rest of the daemon a small
 stream API (``set_stream_handler`` / ``open_stream``) whose streams time out
 and whose handlers cannot take the host down.
@@ -248,10 +248,14 @@ class P2PService:
         return list(entry.addrs) if entry is not None else []
 
     async def _follow_connections(self, node: Libp2pNode, nursery: trio.Nursery) -> None:
-        """Sync adverts with every new connection; forget peers that left."""
+        """Sync adverts over every connection we dialled; forget peers that left.
+
+        The dialling side pulls: a newcomer learns the network from the peers
+        it dials, and they learn its advert from its first gossip publish.
+        """
         assert self._events is not None and self._sync is not None
-        async for peer_id, up in self._events.receive:
-            if up and self._sync.wants(peer_id):
+        async for peer_id, up, we_dialled in self._events.receive:
+            if up and we_dialled and self._sync.wants(peer_id):
                 nursery.start_soon(self._sync_with, node, peer_id)
             elif not up and not is_connected(node, peer_id):
                 self._sync.forget(peer_id)

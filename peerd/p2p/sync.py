@@ -1,9 +1,9 @@
-"""Direct advert sync: on every new connection, fetch the peer's view of the network.
+"""Direct advert sync: over every connection we dial, fetch the peer's view of the network.
 
 Gossip only carries adverts published while we listen, and a new subscriber
 is replayed just the last few seconds of messages; adverts refresh every
-``advert_interval`` (a minute by default). So when a connection to a peer
-opens, we ask it over ``/peerd/adverts-sync/1.0.0`` for its own advert and
+``advert_interval`` (a minute by default). So when we open a connection to
+a peer, we ask it over ``/peerd/adverts-sync/1.0.0`` for its own advert and
 the freshest entries of its table, as length-prefixed frames
 (``protocol.codec.frame``) followed by EOF. Each goes through
 ``PeerTable.ingest`` with no gossip source: the envelope's own signature, the
@@ -38,7 +38,7 @@ PARALLEL_FETCHES = 4
 
 
 class AdvertSync:
-    """Serves our view to peers and fetches theirs once per connection."""
+    """Serves our view to peers and fetches theirs once per connection we dial."""
 
     def __init__(
         self,
