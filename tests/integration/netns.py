@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO
 
 from peerd.devnet import DevNet, NodeProc, wait_for
+from tests.integration.faultproxy import FaultProxy, listen_socket
 
 SUBNET = "10.77.0"  # /24, private to the namespaces
 PREFIX_LEN = 24
@@ -237,6 +238,12 @@ class TestNetwork:
             sh("ip", "netns", "del", netns, check=False)
         self._created.clear()
         self.hosts.clear()
+
+
+def transparent_proxy(host: Host, port: int) -> FaultProxy:
+    """A FaultProxy in ``host`` for the connections ``TestNetwork.intercept(host, port)`` redirects."""
+    listener = listen_socket(("0.0.0.0", port), host.socket)
+    return FaultProxy(listener, target=None, new_socket=lambda: host.socket(mark=PROXY_MARK))
 
 
 def netns_names() -> set[str]:
