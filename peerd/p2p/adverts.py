@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import trio
 from libp2p.peer.id import ID
@@ -82,6 +83,8 @@ def gossip_validator(
 class AdvertPublisher:
     """Builds, signs and publishes this node's advert, paced."""
 
+    COUNTERS: ClassVar[tuple[str, ...]] = ("published", "publish_failed")
+
     def __init__(
         self,
         node: Libp2pNode,
@@ -99,10 +102,13 @@ class AdvertPublisher:
         self._clock = clock
         self._wake = trio.Event()
         self._last_publish = -math.inf
+        self._stamped = 0  # adverts built so far
+        self._finished = 0  # the last of them whose publication is over (sent or failed)
+        self._progress = trio.Event()
         self.seq = 0
         self.current: bytes | None = None  # the latest sealed envelope
         self.advert: Advert | None = None
-        self.counters = {"published": 0, "publish_failed": 0}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
 
     def stamp(self) -> bytes:
         """Build and seal a fresh advert; it becomes ``current``."""
@@ -120,13 +126,34 @@ class AdvertPublisher:
         )
         self.advert = advert
         self.current = seal_bytes(advert, self._signer)
+        self._stamped += 1
         return self.current
 
     def changed(self) -> None:
         """Ask for a prompt re-publish (coalesced, at most one per MIN_GAP)."""
         self._wake.set()
 
+    async def flush(self) -> bool:
+        """Re-publish (paced) and wait until an advert built after this call went out.
+
+        False if that publication failed.
+        """
+        wanted = self._stamped + 1
+        failed_before = self.counters["publish_failed"]
+        self.changed()
+        while self._finished < wanted:
+            await self._progress.wait()
+        return self.counters["publish_failed"] == failed_before
+
     async def publish_now(self) -> None:
+        try:
+            await self._publish()
+        finally:
+            self._finished = self._stamped
+            self._progress.set()
+            self._progress = trio.Event()
+
+    async def _publish(self) -> None:
         try:
             data = self.stamp()
         except ProtocolError as exc:

@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import trio
 
@@ -71,6 +72,8 @@ def parse_seeds(addrs: Sequence[str], self_id: str) -> list[Seed]:
 class Discovery:
     """Keeps this node joined to the network."""
 
+    COUNTERS: ClassVar[tuple[str, ...]] = ("dials", "dials_failed", "seed_dials_failed", "dht_refreshes")
+
     def __init__(
         self,
         node: Libp2pNode,
@@ -87,7 +90,7 @@ class Discovery:
         self._target = target_peers
         self._failed: dict[str, float] = {}  # peer -> monotonic time it may be retried
         self._started = trio.current_time()
-        self.counters = {"dials": 0, "dials_failed": 0, "seed_dials_failed": 0, "dht_refreshes": 0}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
 
     # ------------------------------------------------------------ seeds
     def seeds_connected(self) -> int:

@@ -128,11 +128,13 @@ class P2PService:
         """Advert outcomes (see peertable.Outcome) and network events, by name."""
         out = dict(self.table.counters)
         out.update(self._own_counters)
-        for part in (self._publisher, self._sync, self._discovery):
-            if part is not None:
-                out.update(part.counters)
-        if self._events is not None:
-            out["events_dropped"] = self._events.dropped
+        for kind, part in (
+            (AdvertPublisher, self._publisher),
+            (AdvertSync, self._sync),
+            (Discovery, self._discovery),
+        ):
+            out.update(part.counters if part is not None else dict.fromkeys(kind.COUNTERS, 0))
+        out["events_dropped"] = self._events.dropped if self._events is not None else 0
         return out
 
     @property
@@ -161,6 +163,17 @@ class P2PService:
         """Our resources changed: re-publish soon (at most one advert per second)."""
         if self._publisher is not None:
             self._publisher.changed()
+
+    async def flush_advert(self) -> bool:
+        """Re-publish now (paced) and return once an advert built after this call is out.
+
+        True when it was published, False when publishing failed or this node
+        publishes no advert (a seed, or no advert_source). Bound it yourself
+        (``trio.move_on_after``) if you must not wait long.
+        """
+        if self._publisher is None:
+            return False
+        return await self._publisher.flush()
 
     def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
         """Serve ``protocol_id``; ``handler`` gets a Stream, closed/reset when it returns/raises."""

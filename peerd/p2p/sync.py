@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import ClassVar
 
 import trio
 
@@ -40,6 +41,8 @@ PARALLEL_FETCHES = 4
 class AdvertSync:
     """Serves our view to peers and fetches theirs once per connection we dial."""
 
+    COUNTERS: ClassVar[tuple[str, ...]] = ("sync_served", "sync_fetched", "sync_failed", "sync_adverts")
+
     def __init__(
         self,
         node: Libp2pNode,
@@ -57,7 +60,7 @@ class AdvertSync:
         self._on_accept = on_accept
         self._synced: set[str] = set()
         self._limiter = trio.CapacityLimiter(PARALLEL_FETCHES)
-        self.counters = {"sync_served": 0, "sync_fetched": 0, "sync_failed": 0, "sync_adverts": 0}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
 
     async def serve(self, stream: Stream) -> None:
         """The handler of SYNC_PROTOCOL: our advert, then the table, then EOF."""

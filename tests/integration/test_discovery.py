@@ -14,8 +14,8 @@ import trio
 
 from peerd.p2p.adverts import ADVERT_TOPIC
 from protocol.codec import decode_as, encode
-from protocol.messages import Envelope
-from protocol.signing import Signer, seal_bytes
+from protocol.messages import Advert, Envelope
+from protocol.signing import Signer, open_envelope, seal_bytes
 from tests.integration.harness_p2p import FAST_NET, Cluster, Node, p2p_cluster, provider_advert, raw_gossip_node
 
 pytestmark = pytest.mark.integration
@@ -203,3 +203,18 @@ async def test_advert_changes_are_paced_and_coalesced() -> None:
         await cluster.wait_until(b_sees_last, timeout=10, what="the last change arrives")
         assert trio.current_time() - start < 2.5
         assert a.service.counters["published"] - published <= 2
+
+        # flush_advert returns once an advert built after the call is out
+        a.source.update(draining=True)
+        with trio.fail_after(5):
+            assert await a.service.flush_advert()
+        assert a.service.counters["published"] - published <= 3
+        own = a.service.own_advert
+        assert own is not None
+        _, advert = open_envelope(own, expected_signer=a.peer_id)
+        assert isinstance(advert, Advert) and advert.draining
+        await cluster.wait_until(
+            lambda: (e := b.service.table.get(a.peer_id, Cluster.now())) is not None and e.advert.draining,
+            timeout=5, what="the flushed advert arrives",
+        )
+        assert cluster.seed is not None and not await cluster.seed.service.flush_advert()
