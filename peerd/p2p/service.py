@@ -34,7 +34,7 @@ from protocol.schema import Value
 from protocol.signing import Signer
 
 from .adverts import ADVERT_TOPIC, AcceptHook, AdvertPublisher, AdvertSource, Clock, gossip_validator
-from .dialing import StreamOpening, is_connected, open_stream, split_p2p
+from .dialing import StreamOpening, is_connected, open_stream
 from .discovery import TARGET_PEERS, Candidate, Discovery, parse_seeds
 from .errors import NotRunning
 from .events import ConnectionEvents
@@ -296,4 +296,4 @@ async def _drain(subscription: TrioSubscriptionAPI) -> None:
         pass
 
 
-__all__ = ["P2PService", "Stream", "StreamOpening", "split_p2p"]
+__all__ = ["P2PService", "Stream", "StreamOpening"]

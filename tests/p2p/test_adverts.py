@@ -1,0 +1,57 @@
+"""Advert seq numbers, the gossip validator's edge, and the bounds of a direct sync."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from libp2p.custom_types import TProtocol
+from libp2p.pubsub.pb import rpc_pb2
+
+from peerd.p2p.adverts import gossip_validator, next_seq
+from peerd.p2p.host import open_node
+from peerd.p2p.streams import Stream, guard_handler
+from peerd.p2p.sync import SYNC_LIMIT, SYNC_PROTOCOL
+from peerd.peertable import PeerTable
+from protocol.codec import frame
+from protocol.signing import Signer
+from tests.integration.harness_p2p import LOOPBACK, p2p_cluster
+
+
+def test_seq_follows_the_clock_so_a_restart_continues_above_the_last_run() -> None:
+    assert next_seq(0, 1000.0) == 100_000
+    assert next_seq(100_000, 1000.0) == 100_001  # two adverts in the same centisecond
+    # a previous run that published once a second for an hour never got ahead of the clock
+    last = 0
+    for t in range(3600):
+        last = next_seq(last, 1000.0 + t)
+    assert next_seq(0, 1000.0 + 3600.5) > last
+
+
+def test_validator_turns_any_failure_into_a_rejection() -> None:
+    table = PeerTable("SELF")
+    validate = gossip_validator(table, lambda: 1000.0, None)
+    bad = rpc_pb2.Message(data=b"\x00", from_id=b"\xff\xfe not a peer id", seqno=b"1", topicIDs=["t"])
+    assert validate(Signer.generate().peer_id, bad) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("answer", "malformed"),
+    [
+        (b"".join(frame(b"x") for _ in range(SYNC_LIMIT + 50)), SYNC_LIMIT),  # too many adverts
+        (struct.pack(">I", 1 << 20) + b"y" * 100, 0),  # one frame far over the advert size limit
+    ],
+)
+async def test_a_flooding_sync_answer_is_cut_short(answer: bytes, malformed: int) -> None:
+    async def flood(stream: Stream) -> None:
+        await stream.write(answer)
+
+    async with open_node(Signer.generate(), [LOOPBACK], topics=frozenset()) as bad:
+        bad.host.set_stream_handler(TProtocol(SYNC_PROTOCOL), guard_handler(flood, io_timeout=5))
+        async with p2p_cluster(with_seed=False) as cluster:
+            node = await cluster.start_node(bootstrap=[f"{bad.host.get_addrs()[0]}"])
+            await cluster.wait_until(lambda: node.service.counters["sync_failed"] >= 1, timeout=10,
+                                     what="the sync is abandoned")
+            counters = node.service.counters  # one snapshot: a retry may follow each failure
+            assert counters["malformed"] == malformed * counters["sync_failed"]
+            assert counters["sync_fetched"] == 0
