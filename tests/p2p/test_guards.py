@@ -9,6 +9,8 @@ import subprocess
 import sys
 from functools import partial
 
+import libp2p.network.swarm as swarm
+import multiaddr
 import pytest
 import trio
 from libp2p import new_host
@@ -16,9 +18,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
-import multiaddr
 
-import libp2p.network.swarm as swarm
 from peerd.p2p import guards
 from peerd.p2p.dialing import connect
 from peerd.p2p.errors import DialError, PortInUse
