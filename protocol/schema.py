@@ -216,9 +216,8 @@ def fail(cls: type, name: str, why: str) -> typing.NoReturn:
 
 
 def check_range(obj: object, name: str, lo: float, hi: float) -> None:
+    """``lo <= value <= hi`` with finite bounds, which NaN and ±inf also fail."""
     value = getattr(obj, name)
-    if isinstance(value, float) and not math.isfinite(value):
-        fail(type(obj), name, f"must be finite, got {value!r}")
     if not lo <= value <= hi:
         fail(type(obj), name, f"must be in [{lo}, {hi}], got {value!r}")
 
@@ -242,11 +241,13 @@ class _NoFastPath:
 
 
 # Per field: name, the exact Python type a wire value may have to be taken
-# as-is (int, bool, bytes), the converter for everything else, and the path
-# used in error messages.
+# as-is, the converter for everything else, and the path used in error
+# messages. A str or float taken as-is skips the converter's length and
+# finiteness checks: every Struct's ``_check`` must bound its str fields and
+# range-check its float fields (tests/protocol/test_schema.py enforces it).
 _Field = tuple[str, type, Converter, str]
 _PLANS: dict[type, tuple[_Field, ...]] = {}
-_AS_IS = (int, bool, bytes)
+_AS_IS = (int, bool, bytes, str, float)
 
 
 def _plan(cls: type) -> tuple[_Field, ...]:
