@@ -306,6 +306,7 @@ class Node:
 
     async def _drain_and_stop(self) -> None:
         """Drain, give running jobs their grace, interrupt the rest, let the streams report."""
+        announce = not self.draining  # after `peerd drain` the draining advert is already out
         published = self.p2p.counters.get("published", 0) if self.p2p else 0
         await self.drain()
         if self.runner is not None:
@@ -322,7 +323,8 @@ class Node:
                 await self._jobs_finished()
         with trio.move_on_after(self.config.network.io_timeout + STOP_MARGIN):
             await self.task_streams.wait_idle()  # results sent, co-signed receipts taken
-        await self._advert_flushed(published)
+        if announce:
+            await self._advert_flushed(published)
 
     async def _jobs_finished(self) -> None:
         """Until every provider job (one that starts meanwhile included) has its result."""
