@@ -86,6 +86,27 @@ def test_sigterm_lets_a_job_that_ends_within_the_grace_finish() -> None:
         assert containers_of(provider_id) == []
 
 
+def test_a_second_sigterm_cuts_the_grace_short() -> None:
+    with provider_network(LONG_GRACE) as net:
+        provider, requester = net.nodes["provider"], net.nodes["requester"]
+        assert provider.proc is not None
+        provider_id = peer_id(provider)
+        task_id = submit(requester, "sh", "-c", "echo started; sleep 600", options=("--timeout", "20m"))
+        wait_output(requester, task_id, "started")
+
+        provider.proc.send_signal(signal.SIGTERM)
+        wait_for("the provider to drain", lambda: provider.status()["draining"], 60)
+        began = time.monotonic()
+        provider.proc.send_signal(signal.SIGTERM)
+        assert provider.proc.wait(110) == 0, provider.log_tail()
+        assert time.monotonic() - began < 110  # well inside the 120 s grace
+
+        view = wait_final(requester, task_id, timeout=60)
+        assert view["state"] == "interrupted", view
+        assert isinstance(view["receipt"], dict) and view["receipt"]["verified"] is True
+        assert containers_of(provider_id) == []
+
+
 def test_a_draining_provider_refuses_new_tasks_with_draining() -> None:
     with provider_network() as net:
         provider, requester = net.nodes["provider"], net.nodes["requester"]
@@ -114,4 +135,4 @@ def test_a_draining_provider_refuses_new_tasks_with_draining() -> None:
         assert remote["state"] == "not_placed" and remote["provider"] in (None, ""), remote
         assert all(a["provider"] != provider_id or a["reason"] == "draining" for a in remote["attempts"])
 
-        assert net.stop("provider", signal.SIGTERM, timeout=60) == 0, provider.log_tail()
+        assert net.stop("provider", signal.SIGINT, timeout=60) == 0, provider.log_tail()  # Ctrl-C: the same stop
