@@ -70,14 +70,24 @@ def gossip_validator(
         try:
             source = ID(msg.from_id).to_base58()
             outcome, entry = table.admit(bytes(msg.data), source=source, now=clock())
-            if entry is not None and on_accept is not None:
-                on_accept(entry)
-            return outcome in RELAYABLE
         except Exception:  # edge: an exception here would travel into the pubsub loop
             log.exception("advert validator failed on a message from …%s", str(forwarder)[-8:])
             return False
+        if entry is not None:
+            notify_accept(on_accept, entry)
+        return outcome in RELAYABLE
 
     return validate
+
+
+def notify_accept(hook: AcceptHook | None, entry: PeerEntry) -> None:
+    """Tell the owner's hook about a new advert; its failure is logged, not raised."""
+    if hook is None:
+        return
+    try:
+        hook(entry)
+    except Exception:  # edge: the hook is foreign code called from the network's tasks
+        log.exception("on_advert hook failed for the advert of …%s", entry.peer_id[-8:])
 
 
 class AdvertPublisher:

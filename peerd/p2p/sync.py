@@ -25,7 +25,7 @@ from peerd.peertable import MAX_ADVERT_SIZE, PeerTable
 from protocol.codec import FrameDecoder, frame
 from protocol.errors import ProtocolError
 
-from .adverts import AcceptHook, Clock
+from .adverts import AcceptHook, Clock, notify_accept
 from .dialing import open_raw_stream
 from .errors import StreamError
 from .host import Libp2pNode
@@ -123,6 +123,5 @@ class AdvertSync:
         _, entry = self._table.admit(payload, source=None, now=self._clock())
         if entry is None:
             return 0
-        if self._on_accept is not None:
-            self._on_accept(entry)
+        notify_accept(self._on_accept, entry)
         return 1

@@ -110,20 +110,26 @@ class Cluster:
         source: MutableAdvert | None = None,
         listen: str = LOOPBACK,
         advertise: bool = True,
+        on_advert: Callable[[PeerEntry], None] | None = None,
     ) -> Node:
         """A provider node (``advertise=False``: a node that publishes no advert)."""
         boot = self.seed_addrs if bootstrap is None else list(bootstrap)
         if advertise and source is None:
             source = MutableAdvert()
         return await self._start(signer or Signer.generate(), [listen], boot, seed=False,
-                                 source=source if advertise else None)
+                                 source=source if advertise else None, on_advert=on_advert)
 
     async def _start(
         self, signer: Signer, listen: list[str], bootstrap: list[str], *, seed: bool,
-        source: MutableAdvert | None,
+        source: MutableAdvert | None, on_advert: Callable[[PeerEntry], None] | None = None,
     ) -> Node:
+        def hook(entry: PeerEntry) -> None:
+            self._on_advert(entry)
+            if on_advert is not None:
+                on_advert(entry)
+
         service = P2PService(signer, listen, bootstrap, seed=seed, net=self.net,
-                             advert_source=source, on_advert=self._on_advert)
+                             advert_source=source, on_advert=hook)
         node = Node(service, signer, source, trio.CancelScope())
 
         async def runner(task_status: trio.TaskStatus[None]) -> None:

@@ -12,7 +12,7 @@ from peerd.p2p.adverts import gossip_validator, next_seq
 from peerd.p2p.host import open_node
 from peerd.p2p.streams import Stream, guard_handler
 from peerd.p2p.sync import SYNC_LIMIT, SYNC_PROTOCOL
-from peerd.peertable import PeerTable
+from peerd.peertable import PeerEntry, PeerTable
 from protocol.codec import frame
 from protocol.signing import Signer
 from tests.integration.harness_p2p import LOOPBACK, p2p_cluster
@@ -55,3 +55,16 @@ async def test_a_flooding_sync_answer_is_cut_short(answer: bytes, malformed: int
             counters = node.service.counters  # one snapshot: a retry may follow each failure
             assert counters["malformed"] == malformed * counters["sync_failed"]
             assert counters["sync_fetched"] == 0
+
+
+async def test_a_failing_on_advert_hook_neither_stops_the_node_nor_the_relay() -> None:
+    def broken(entry: PeerEntry) -> None:
+        raise RuntimeError("hook bug")
+
+    async with p2p_cluster() as cluster:
+        await cluster.start_node()
+        # b's hook fails on every advert, from syncs and from gossip alike
+        b = await cluster.start_node(on_advert=broken)
+        await cluster.start_node(bootstrap=b.service.listen_addrs())
+        await cluster.wait_until(cluster.all_know_each_other, timeout=20, what="convergence despite the hook")
+        assert b.service.running
