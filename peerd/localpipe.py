@@ -15,7 +15,8 @@ class PipeEnd:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
 
-    async def read(self, max_bytes: int) -> bytes:
+    async def read(self, max_bytes: int, *, timeout: float | None = None) -> bytes:
+        """``timeout`` is accepted for the stream interface; callers bound the wait."""
         try:
             return await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:

@@ -31,6 +31,7 @@ from protocol.messages import (
     Lease,
     LeaseTerms,
     LogChunk,
+    Message,
     Offer,
     Receipt,
     ReceiptTerms,
@@ -265,35 +266,54 @@ class Requester:
 
     # ------------------------------------------------------------ after the lease
     async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
-        """Re-attach to a leased task on a new stream; on failure, back to placing."""
-        with trio.move_on_after(self.settings.provider_timeout):
-            while True:
-                try:
-                    return await self._resume_once(task_id, candidate, lease)
-                except AttemptFailed as failed:
-                    await self._record_attempt(task_id, 0, candidate.peer_id, failed.outcome, failed.code,
-                                               failed.detail, failed.signed)
-                    break
-                except ProtocolError as exc:
-                    await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
-                    break
-                except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
-                    log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
-                await trio.sleep(1.0)  # back off between resume tries (bounded by move_on_after)
+        """Re-attach to a leased task on a new stream; on failure, back to placing.
+
+        Only re-attaching is bounded (by ``provider_timeout``): once the provider
+        answers the Resume, the job may run as long as its lease allows, and a
+        stream that breaks again opens a fresh re-attach window.
+        """
+        deadline = self.clock() + self.settings.provider_timeout
+        while self.clock() < deadline:
+            attached = trio.Event()
+            try:
+                return await self._resume_once(task_id, candidate, lease, deadline, attached)
+            except AttemptFailed as failed:
+                await self._record_attempt(task_id, 0, candidate.peer_id, failed.outcome, failed.code,
+                                           failed.detail, failed.signed)
+                break
+            except ProtocolError as exc:
+                await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
+                break
+            except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
+                log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
+            if attached.is_set():
+                deadline = self.clock() + self.settings.provider_timeout
+            with trio.move_on_at(self._monotonic_deadline(deadline)):
+                await trio.sleep(1.0)  # back off between tries, never past the window
         await self._record_attempt(task_id, 0, candidate.peer_id, "lost", "provider_lost",
                                    "the provider vanished after the lease and could not be resumed")
         await self._back_to_placing(task_id, "provider lost; placing elsewhere")
         return False
 
-    async def _resume_once(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
+    def _monotonic_deadline(self, wall_deadline: float) -> float:
+        return trio.current_time() + max(wall_deadline - self.clock(), 0.0)
+
+    async def _resume_once(
+        self, task_id: str, candidate: Candidate, lease: Lease, deadline: float, attached: trio.Event
+    ) -> bool:
+        """One re-attach: the dial (bounded by the p2p connect timeout) and the first
+        answer must come before ``deadline``; the collection after it is not bounded."""
         failure: Exception | None = None
         try:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
                     assert isinstance(channel.machine, RequesterNegotiation)
-                    await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
-                    return await self._collect(channel, task_id, lease)
+                    with trio.fail_at(self._monotonic_deadline(deadline)):
+                        await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
+                        first = await channel.receive()
+                    attached.set()
+                    return await self._collect(channel, task_id, lease, first=first)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc
         except _ATTEMPT_ERRORS as exc:
@@ -307,12 +327,13 @@ class Requester:
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
         self.tracker.state(task_id, TaskState.PLACING, detail)
 
-    async def _collect(self, channel: TaskChannel, task_id: str, lease: Lease) -> bool:
+    async def _collect(self, channel: TaskChannel, task_id: str, lease: Lease, *, first: Message | None = None) -> bool:
         terms = verify_cosigned(lease, LeaseTerms)
         self._cancel[task_id] = self._cancel_running(channel, task_id)
         try:
             while True:
-                msg = await channel.receive(timeout=self.settings.provider_timeout)
+                msg, first = (first, None) if first is not None else (
+                    await channel.receive(timeout=self.settings.provider_timeout), None)
                 if isinstance(msg, LogChunk):
                     self.tracker.log(task_id, msg)
                 elif isinstance(msg, Status):

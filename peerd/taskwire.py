@@ -30,7 +30,7 @@ READ_CHUNK = 64 << 10
 class ByteStream(Protocol):
     """What the p2p layer's stream wrapper offers."""
 
-    async def read(self, max_bytes: int) -> bytes: ...
+    async def read(self, max_bytes: int, *, timeout: float | None = None) -> bytes: ...
 
     async def write(self, data: bytes) -> None: ...
 
@@ -105,7 +105,8 @@ class TaskChannel:
                 while True:
                     event = self.machine.next_event()
                     if event is NEED_DATA:
-                        self.machine.receive_data(await self._read())
+                        # our own deadline governs, not the stream's default read timeout
+                        self.machine.receive_data(await self._read(limit + 1.0))
                         continue
                     if event is CLOSED:
                         raise PeerGone("peer closed the stream")
@@ -114,9 +115,9 @@ class TaskChannel:
         except trio.TooSlowError as exc:
             raise PeerTimeout(f"no message within {limit:g}s") from exc
 
-    async def _read(self) -> bytes:
+    async def _read(self, timeout: float) -> bytes:
         try:
-            return await self.stream.read(READ_CHUNK)
+            return await self.stream.read(READ_CHUNK, timeout=timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise PeerGone(f"stream broke while reading: {exc}") from exc
         except (TaskWireError, trio.TooSlowError, trio.Cancelled):

@@ -85,8 +85,11 @@ def test_requester_killed_while_the_job_runs_gets_the_result_after_restart(net: 
     view = final_view(requester, task_id, 60)
     assert_completed_after_restart(view, str(provider.status()["peer_id"]))
     # the provider holds the very receipt the requester countersigned after its restart
-    theirs = json.loads(provider.peerd("receipts", "--json").stdout)
-    assert view["receipt"]["cosigned"] in {r["cosigned"] for r in theirs}  # type: ignore[index]
+    # (the requester records it before sending the countersignature: wait for delivery)
+    cosigned = view["receipt"]["cosigned"]  # type: ignore[index]
+    wait_for("the provider to hold the co-signed receipt",
+             lambda: cosigned in {r["cosigned"] for r in json.loads(provider.peerd("receipts", "--json").stdout)},
+             15)
 
 
 def test_requester_down_until_the_job_ended_still_gets_the_result(net: DevNet) -> None:

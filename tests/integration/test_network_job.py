@@ -53,8 +53,14 @@ def test_job_runs_on_a_provider_with_a_receipt_signed_by_both(net: DevNet) -> No
     assert isinstance(receipt, dict) and receipt["verified"] is True
     # the provider holds the very same co-signed receipt
     provider = next(n for n in ("provider-1", "provider-2") if net.nodes[n].status()["peer_id"] == view["provider"])
-    theirs = json.loads(net.nodes[provider].peerd("receipts", "--json").stdout)
-    assert receipt["cosigned"] in {r["cosigned"] for r in theirs}
+    # the requester records the receipt before it sends its countersignature, so
+    # the provider holds the very same bytes a moment later
+    wait_for(
+        "the provider to hold the same co-signed receipt",
+        lambda: receipt["cosigned"] in {r["cosigned"] for r in
+                                        json.loads(net.nodes[provider].peerd("receipts", "--json").stdout)},
+        10,
+    )
 
 
 def test_a_job_nobody_can_take_ends_not_placed_with_reasons(net: DevNet) -> None:
