@@ -13,10 +13,12 @@ burst 10) then drops most of it as ``rate_limited`` before any signature check,
 and the rest is verified and accepted.
 
 A client holds one control connection to the target and calls ``status`` in
-a loop (a 10 ms pause between calls) for D seconds without load, then D
-seconds under load. Prints p50/p99/max per phase, the target's CPU, and what
-the flood did at the target (offered, reached the validator, accepted,
-rate-limited, other drops) from the node's own counters.
+a loop (a 10 ms pause between calls) for D seconds without load (the load
+hosts connected but silent), then D seconds under load. Prints p50/p99/max per
+phase, the node's CPU, and what became of the flood: offered (publish calls),
+dropped by the senders' gossip queues (the library drops an RPC when a peer's
+32-slot queue is full, i.e. the node reads too slowly), and from the node's own
+counters what reached its advert validator, was accepted, or rate-limited.
 
     .venv/bin/python scripts/bench/control_latency.py [--rate 1000] [-d 20] [--quick]
 """
@@ -100,21 +102,27 @@ async def _worker(target: str, hosts: int, rate: float, duration: float) -> None
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         await stdin.receive_some(64)  # "go"
         per_host = rate / hosts
-        begun = trio.current_time()
+        begun, cpu = trio.current_time(), time.process_time()
         async with trio.open_nursery() as nursery:
             for i, (node, pool) in enumerate(nodes):
                 nursery.start_soon(_publish, node, pool, per_host, begun + i / rate, begun + duration, published)
         print(json.dumps({"published": published["ok"], "failed": published["failed"],
-                          "sender_drops": published["sender_drops"],
-                          "seconds": trio.current_time() - begun}), flush=True)
+                          "drop_full": published["drop_full"], "drop_closed": published["drop_closed"],
+                          "seconds": trio.current_time() - begun, "cpu": time.process_time() - cpu}), flush=True)
 
 
 def _count_sender_drops(router: object, published: Counter[str]) -> None:
-    """Count RPCs gossipsub drops on this host's full outbound queue (it only logs them)."""
+    """Count RPCs gossipsub drops on this host's outbound queue (it only logs them).
+
+    The queue refuses an RPC when it holds 32 already ("full": the node reads
+    too slowly) or when its stream is gone ("closed").
+    """
     original = router._handle_dropped_rpc  # type: ignore[attr-defined]
+    queues = router.pubsub.peer_queues  # type: ignore[attr-defined]
 
     def counted(peer_id: object, rpc: object, reason: str) -> None:
-        published["sender_drops"] += 1
+        queue = queues.get(peer_id)
+        published["drop_closed" if queue is None or queue.closed else "drop_full"] += 1
         original(peer_id, rpc, reason)
 
     router._handle_dropped_rpc = counted  # type: ignore[attr-defined]
@@ -164,12 +172,12 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def phase(node: NodeProc, seconds: float) -> tuple[list[float], Counter[str], float]:
+def phase(node: NodeProc, seconds: float) -> tuple[list[float], float]:
+    """Status latencies for ``seconds``, and the node's CPU (% of a core) meanwhile."""
     proc = psutil.Process(node.proc.pid if node.proc else 0)
-    before, cpu0, t0 = counters(node), cpu_seconds(proc), time.perf_counter()
+    cpu0, t0 = cpu_seconds(proc), time.perf_counter()
     samples = latencies(node, seconds)
-    cpu = 100 * (cpu_seconds(proc) - cpu0) / (time.perf_counter() - t0)
-    return samples, counters(node) - before, cpu
+    return samples, 100 * (cpu_seconds(proc) - cpu0) / (time.perf_counter() - t0)
 
 
 def start_workers(target: str, workers: int, hosts: int, rate: float, duration: float) -> list[subprocess.Popen[str]]:
@@ -211,34 +219,36 @@ def main(rate: float, duration: float) -> int:
         target = net.add("target", "provider")
         procs = start_workers(target.addr, workers, hosts, rate, duration + 1)
         try:
-            quiet, _, quiet_cpu = phase(target, duration)
-            gen = [psutil.Process(p.pid) for p in procs]
-            gen_cpu0 = sum(cpu_seconds(g) for g in gen)
-            t0 = time.perf_counter()
+            quiet, quiet_cpu = phase(target, duration)
+            before = counters(target)
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             time.sleep(0.5)  # let the flood build up
-            loaded, delta, loaded_cpu = phase(target, duration - 0.5)
-            gen_cpu = 100 * (sum(cpu_seconds(g) for g in gen) - gen_cpu0) / (time.perf_counter() - t0)
+            loaded, loaded_cpu = phase(target, duration - 0.5)
             results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+            time.sleep(0.5)  # what is in flight reaches the node
+            delta = counters(target) - before
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    flood_seconds = max(r["seconds"] for r in results)
-    offered = sum(r["published"] for r in results) / flood_seconds
+    flood = max(r["seconds"] for r in results)
+    total = Counter[str]()
+    for r in results:
+        total.update({k: r[k] for k in ("published", "drop_full", "drop_closed", "cpu")})
     print(f"`status` over one open control connection to a provider (seed + provider, real processes, "
           f"loopback), {duration:g} s per phase; flood from {workers} niced processes x {hosts} libp2p hosts "
           f"connected to the provider only.\n")
     print("| phase | calls | p50 ms | p99 ms | max ms | node CPU % of a core |\n|---|---:|---:|---:|---:|---:|")
     print(row("no load", quiet, quiet_cpu))
-    print(row(f"flood ({offered:.0f} adverts/s offered)", loaded, loaded_cpu))
-    sender_drops = sum(r["sender_drops"] for r in results) / flood_seconds
-    print(f"\nflood: offered {offered:.0f} adverts/s (load processes used {gen_cpu:.0f} % of a core), of which "
-          f"{sender_drops:.0f}/s were dropped by the senders' full gossip queues. {outcomes(delta, duration - 0.5)}"
+    print(row(f"flood ({total['published'] / flood:.0f} adverts/s offered)", loaded, loaded_cpu))
+    print(f"\nflood, per second over its {flood:.0f} s: offered {total['published'] / flood:.0f} (the load processes "
+          f"used {100 * total['cpu'] / flood:.0f} % of a core); dropped by the senders' gossip queues "
+          f"{total['drop_full'] / flood:.0f} because full (the node read too slowly) and "
+          f"{total['drop_closed'] / flood:.0f} because the stream was gone. {outcomes(delta, flood)}"
           f"\np99 under flood / p99 without: **{percentile(loaded, 99) / percentile(quiet, 99):.1f}x**")
     return 0
 
