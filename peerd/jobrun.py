@@ -38,6 +38,7 @@ class JobRunner:
         store: Store,
         pids: int,
         log_limit: int,
+        on_overhead: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -47,6 +48,7 @@ class JobRunner:
         self.pids = pids
         self.log_limit = log_limit
         self.clock = clock
+        self.on_overhead = on_overhead  # seconds the executor added around a job (start + teardown)
         self.jobs: dict[str, LeasedJob] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -115,6 +117,7 @@ class JobRunner:
             log.warning("could not discard the outputs of %s: %s", job.task_id, exc)
 
     async def _execute(self, job: LeasedJob, spec: RunSpec | None) -> Result:
+        launched = self.clock()
         if spec is not None:
             try:
                 await self.executor.start(spec)
@@ -129,6 +132,9 @@ class JobRunner:
                 nursery.cancel_scope.cancel()
                 return failed_result(job.task_id, TaskState.LOST, f"{exc.reason.value}: {exc.detail}")
             nursery.cancel_scope.cancel()
+        if spec is not None and self.on_overhead is not None:
+            # everything but the job's own run time: image check, create, start, collect, remove
+            self.on_overhead(max(self.clock() - launched - outcome.wall_time, 0.0))
         return result_from_outcome(outcome, interrupted=job.stop_reason == "interrupted")
 
     async def _follow_logs(self, job: LeasedJob) -> None:

@@ -24,7 +24,6 @@ import logging
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from functools import partial
@@ -70,7 +69,6 @@ log = logging.getLogger(__name__)
 RELOADABLE = ("policy", "pricing")  # config sections SIGHUP applies; the rest needs a restart
 STOP_MARGIN = 10.0  # seconds past stop_grace / io_timeout that the drain waits before moving on
 ADVERT_FLUSH = 3.0  # how long the drain waits for its draining advert to go out
-TASK_COUNT_WINDOW = 10_000  # tasks per side counted for metrics and status (the most recent)
 INTERRUPT_REASON = "the provider is shutting down"
 
 
@@ -177,6 +175,7 @@ class Node:
             self.requester = Requester(
                 signer=self.signer, store=store, tracker=self.tracker,
                 candidates=self._candidates, open_stream=self._open_task_stream, probe=self._providers,
+                on_negotiated=self.metrics.observe_negotiation,
                 settings=RequesterSettings(
                     max_attempts=config.requester.max_attempts,
                     placement_deadline=config.requester.placement_deadline,
@@ -205,6 +204,7 @@ class Node:
         self.runner = JobRunner(
             signer=self.signer, executor=executor, ledger=self.ledger, store=store,
             pids=config.limits.pids, log_limit=config.limits.log_limit,
+            on_overhead=self.metrics.observe_executor_overhead,
         )
         await nursery.start(self.runner.run)
         self.provider = Provider(
@@ -307,7 +307,6 @@ class Node:
     async def _drain_and_stop(self) -> None:
         """Drain, give running jobs their grace, interrupt the rest, let the streams report."""
         announce = not self.draining  # after `peerd drain` the draining advert is already out
-        published = self.p2p.counters.get("published", 0) if self.p2p else 0
         await self.drain()
         if self.runner is not None:
             self._grace.deadline = trio.current_time() + self.config.limits.drain_grace
@@ -324,7 +323,7 @@ class Node:
         with trio.move_on_after(self.config.network.io_timeout + STOP_MARGIN):
             await self.task_streams.wait_idle()  # results sent, co-signed receipts taken
         if announce:
-            await self._advert_flushed(published)
+            await self._advert_flushed()
 
     async def _jobs_finished(self) -> None:
         """Until every provider job (one that starts meanwhile included) has its result."""
@@ -332,13 +331,12 @@ class Node:
         while pending := [job for job in self.runner.jobs.values() if not job.done.is_set()]:
             await pending[0].done.wait()
 
-    async def _advert_flushed(self, published_before: int) -> None:
-        """Until an advert newer than the drain has been published (bounded), so peers stop choosing us."""
+    async def _advert_flushed(self) -> None:
+        """Until an advert built after the drain is out (bounded), so peers stop choosing us."""
         if self.p2p is None or self.provider is None:
             return
         with trio.move_on_after(ADVERT_FLUSH):
-            while self.p2p.counters.get("published", 0) <= published_before:
-                await trio.sleep(0.05)  # P2PService offers no publish event; poll its counter
+            await self.p2p.flush_advert()
 
     def reload(self) -> bool:
         """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable."""
@@ -408,13 +406,9 @@ class Node:
         )
 
     async def _task_counts(self) -> dict[tuple[str, str], int]:
-        """Tasks per (side, state), over the most recent TASK_COUNT_WINDOW of each side."""
+        """Tasks per (side, state)."""
         assert self.store is not None
-        counts: Counter[tuple[str, str]] = Counter()
-        for role in TaskRole:
-            for record in await self.store.list_tasks(role=role, limit=TASK_COUNT_WINDOW):
-                counts[(role.value, TaskState(record.state).value)] += 1
-        return dict(counts)
+        return await self.store.count_tasks()
 
     async def peers(self) -> list[PeerView]:
         assert self.p2p is not None
@@ -463,12 +457,15 @@ class Node:
         return final
 
     async def tasks(self, limit: int) -> list[TaskView]:
+        """Recent tasks without their output (``show`` has it): a listing stays small."""
         assert self.store is not None
         views = []
         for record in await self.store.list_tasks(limit=limit):
-            view = await self._view(record.task_id)
-            if view is not None:
-                views.append(view)
+            task_id = record.task_id
+            views.append(task_view(
+                record, await self.store.attempts(task_id), await self.store.get_result(task_id),
+                await self.store.get_receipt(task_id), with_output=False,
+            ))
         return views
 
     async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:

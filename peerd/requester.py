@@ -100,6 +100,7 @@ class Requester:
         open_stream: OpenStream,
         settings: RequesterSettings,
         probe: CandidateSource | None = None,
+        on_negotiated: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -107,6 +108,7 @@ class Requester:
         self.tracker = tracker
         self.candidates = candidates
         self.probe = probe
+        self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
         self.open_stream = open_stream
         self.settings = settings
         self.clock = clock
@@ -241,6 +243,7 @@ class Requester:
 
     async def _negotiate(self, channel: TaskChannel, task_id: str, spec: JobSpec) -> Lease:
         """Request → offer → accept → co-signed lease; AttemptFailed otherwise."""
+        began = trio.current_time()
         await channel.send(TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=self.clock()))
         answer = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(answer, Reject):
@@ -262,6 +265,8 @@ class Requester:
                                      provider=terms.provider, price=terms.price)
         self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
         await channel.send(lease)
+        if self.on_negotiated is not None:
+            self.on_negotiated(trio.current_time() - began)
         return lease
 
     # ------------------------------------------------------------ after the lease

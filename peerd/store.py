@@ -473,6 +473,12 @@ class Store:
         rows = await self._run(partial(_select, sql=sql, params=(*params, limit)))
         return [_task_from_row(row) for row in rows]
 
+    async def count_tasks(self) -> dict[tuple[str, str], int]:
+        """How many tasks there are per (role, state)."""
+        sql = "SELECT role, state, COUNT(*) AS n FROM tasks GROUP BY role, state"
+        rows = await self._run(partial(_select, sql=sql, params=()))
+        return {(row["role"], row["state"]): int(row["n"]) for row in rows}
+
     async def unfinished_tasks(self, role: TaskRole) -> list[TaskRecord]:
         """Every task of ``role`` not in a final state, oldest first (to reconcile on restart)."""
         finals = sorted(s.value for s in FINAL_STATES)

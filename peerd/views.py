@@ -43,13 +43,16 @@ def task_view(
     attempts: list[Attempt],
     result: ResultRecord | None,
     receipt: Receipt | None,
+    *,
+    with_output: bool = True,
 ) -> TaskView:
+    output = result if with_output else None
     return TaskView(
         task_id=record.task_id,
         state=record.state.value,
         exit_code=result.exit_code if result else record.exit_code,
-        stdout=result.stdout.decode("utf-8", "replace") if result else "",
-        stderr=result.stderr.decode("utf-8", "replace") if result else "",
+        stdout=output.stdout.decode("utf-8", "replace") if output else "",
+        stderr=output.stderr.decode("utf-8", "replace") if output else "",
         provider=record.provider,
         attempts=[attempt_view(a) for a in attempts],
         receipt=receipt_view(receipt) if receipt else None,

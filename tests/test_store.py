@@ -486,3 +486,17 @@ async def test_a_failed_migration_leaves_the_old_version_and_its_data(path: Path
     assert "half" not in table_names(path)
     async with Store.open(path) as store:
         await check_filled(store)
+
+
+async def test_count_tasks_groups_by_role_and_state(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "state.db") as store:
+        for n, (role, state) in enumerate([
+            (TaskRole.REQUESTER, TaskState.SUCCEEDED),
+            (TaskRole.REQUESTER, TaskState.SUCCEEDED),
+            (TaskRole.PROVIDER, TaskState.RUNNING),
+        ]):
+            await store.create_task(TaskRecord(
+                task_id=f"c{n}", role=role, state=state, spec=JobSpec(image="i", command=("x",)),
+                requester="r", created_at=float(n), updated_at=float(n),
+            ))
+        assert await store.count_tasks() == {("requester", "succeeded"): 2, ("provider", "running"): 1}
