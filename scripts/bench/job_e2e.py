@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,19 @@ class BenchNet(DevNet):
         for section, body in self.overrides.get(node.name, {}).items():
             data.setdefault(section, {}).update(body)
         (node.home / "config.toml").write_text(toml_text(data))
+
+    def close(self) -> None:
+        """Stop every node at once (DevNet stops them one by one), then DevNet's clean-up."""
+        running = [n.proc for n in self.nodes.values() if n.proc is not None and n.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # DevNet.close signals it again, then kills it
+        super().close()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
