@@ -47,7 +47,6 @@ from peerd.peertable import Outcome
 GIB = 1 << 30
 PER_HOST_RATE = 40.0  # stay under gossipsub's 50 msg/s per forwarding peer
 PAUSE = 0.01
-POOL = 200  # pre-sealed adverts per host (seq rising), cycled
 
 
 # ---------------------------------------------------------------- load worker (own process)
@@ -94,7 +93,8 @@ async def _worker(target: str, hosts: int, rate: float, duration: float) -> None
             await connect(node, target_id, [target], timeout=10)
             _count_sender_drops(node.gossipsub, published)
             addr = f"{node.host.get_addrs()[0]}"
-            nodes.append((node, _advert_pool(signer, addr, POOL)))
+            # one pre-sealed advert per publish, seq rising: none is ever a replay
+            nodes.append((node, _advert_pool(signer, addr, int(rate / hosts * duration) + 10)))
         with trio.fail_after(20):  # the target's subscription reached every host
             while not all(to_id(target_id) in n.pubsub.peer_topics.get(ADVERT_TOPIC, ()) for n, _ in nodes):
                 await trio.sleep(0.05)
