@@ -71,6 +71,12 @@ Checks beyond the table (``Negotiation._check_*``), applied to both sides:
 Time: the machine holds no clock. ``RequesterNegotiation.accept(now=...)``
 refuses an expired offer; a provider receiving Accept asks
 ``offer_expired(now)`` and answers ``Reject(OFFER_EXPIRED)`` if so.
+
+Errors carry a ``code``: ``unexpected_message`` (not in the table),
+``invalid_message`` (a check above), ``bad_signature``, ``malformed`` or
+``frame_too_large`` (from signing and codec). After a RemoteProtocolError the
+machine is in ERROR: ``next_event`` raises again and ``send`` refuses; close
+the stream. A LocalProtocolError from ``send`` or a helper changes nothing.
 """
 
 from __future__ import annotations

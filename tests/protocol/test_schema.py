@@ -36,7 +36,10 @@ def fields_of(cls: type[Struct], tp: type) -> list[str]:
 
 
 def test_every_struct_class_is_covered() -> None:
-    structs = {c for c in vars(m).values() if isinstance(c, type) and issubclass(c, Struct) and dataclasses.is_dataclass(c)}
+    structs = {
+        c for c in vars(m).values()
+        if isinstance(c, type) and issubclass(c, Struct) and dataclasses.is_dataclass(c)
+    }
     assert structs - {m.CoSigned} == set(STRATEGIES)
 
 
