@@ -104,8 +104,8 @@ class BadActor:
 
     # ------------------------------------------------------------ state file
     def save(self) -> None:
-        state = {"peer_id": self.signer.peer_id, "stranger": self.stranger.peer_id, "addrs": list(self.addrs), "sent": self.sent,
-                 "leased": self.leased, "resumes": self.resumes, "lease_mode": self.lease_mode}
+        state = {"peer_id": self.signer.peer_id, "stranger": self.stranger.peer_id, "addrs": list(self.addrs),
+                 "sent": self.sent, "leased": self.leased, "resumes": self.resumes, "lease_mode": self.lease_mode}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)

@@ -24,7 +24,11 @@ Processes run in a host with ``host.popen``/``host.run`` (``ip netns exec``);
 ``host.socket()`` creates a socket inside the namespace for an in-process
 proxy. The docker socket is a unix socket, so dockerd serves every namespace.
 
-``NetnsDevNet`` is ``peerd.devnet.DevNet`` with each node in a host of its own.
+``NetnsDevNet`` is ``peerd.devnet.DevNet`` with each node in a host of its own
+(``netns_devnet()`` builds both and tears both down), and ``transparent_proxy``
+makes the FaultProxy for an ``intercept``. The last section drives nodes
+through the ``peerd`` CLI (submit, show, wait for a final state or a lease,
+the adverts a node holds), for any DevNet.
 """
 
 from __future__ import annotations
@@ -144,10 +148,15 @@ class TestNetwork:
         self.switch = f"pdsw-{self.tag}"
         self.hosts: dict[str, Host] = {}
         self._partitioned: set[str] = set()
-        sh("ip", "netns", "add", self.switch)
-        self._created = [self.switch]
-        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        self._created: list[str] = []
+        try:
+            sh("ip", "netns", "add", self.switch)
+            self._created.append(self.switch)
+            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> TestNetwork:
         return self
