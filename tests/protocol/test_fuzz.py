@@ -46,3 +46,15 @@ def test_fuzz_reports_a_crashing_decoder(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_script_is_executable_with_a_shebang() -> None:
     assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
     assert SCRIPT.stat().st_mode & 0o111
+
+
+def test_fuzz_reports_a_hanging_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hang(data: bytes) -> None:
+        while True:
+            pass
+
+    monkeypatch.setattr(FUZZ, "_roundtrip", hang)
+    monkeypatch.setattr(FUZZ, "INPUT_TIME_LIMIT", 0.2)
+    with pytest.raises(FUZZ.Finding) as info:
+        FUZZ.run(["decode"], seed=1, iterations=10)
+    assert "Hang" in info.value.detail
