@@ -309,16 +309,16 @@ class Negotiation:
         """Seal, check and frame ``msg``; raises LocalProtocolError if illegal now."""
         if self._error is not None:
             raise LocalProtocolError(f"negotiation already failed: {self._error}")
-        data = frame(signing.seal_bytes(msg, self.signer), self.max_frame)
         try:
+            self._next_state(msg, self.role)  # cheap, and spares signing what cannot go
+            data = frame(signing.seal_bytes(msg, self.signer), self.max_frame)
             self._apply(msg, self.role)
         except _Violation as exc:
             raise LocalProtocolError(str(exc), code=exc.code) from None
         return data
 
     # ------------------------------------------------------------ the table
-    def _apply(self, msg: Message, sender: Role) -> None:
-        """Check ``msg`` from ``sender``; only if it passes, record it and move."""
+    def _next_state(self, msg: Message, sender: Role) -> State:
         key = (self._state, sender, msg.TYPE)
         new_state = TRANSITIONS.get(key)
         if new_state is None and sender is not self.role:
@@ -328,6 +328,11 @@ class Negotiation:
             raise _Violation(
                 f"{sender} {verb} {msg.TYPE!r} in state {self._state}", "unexpected_message"
             )
+        return new_state
+
+    def _apply(self, msg: Message, sender: Role) -> None:
+        """Check ``msg`` from ``sender``; only if it passes, record it and move."""
+        new_state = self._next_state(msg, sender)
         # Lease and Receipt carry the task_id inside their terms (checked below).
         task_id = getattr(msg, "task_id", self._task_id)
         if self._task_id is not None and task_id != self._task_id:
