@@ -26,6 +26,7 @@ from .schema import Value
 
 CONTROL_VERSION = PROTOCOL_VERSION
 HELLO = "hello"
+MAX_MESSAGE = 4096  # ControlError.message
 
 # Error codes (ControlError.code).
 UNKNOWN_COMMAND = "unknown_command"
@@ -61,7 +62,9 @@ def ok(id: int, result: Value, more: bool = False) -> ControlResponse:
 
 
 def fail(id: int, code: str, message: str) -> ControlResponse:
-    return ControlResponse(id=id, result=None, error=ControlError(code=code, message=message), more=False)
+    """An error response; ``message`` is cut to the 4096 characters the wire allows."""
+    error = ControlError(code=code, message=message[:MAX_MESSAGE])
+    return ControlResponse(id=id, result=None, error=error, more=False)
 
 
 def hello_ok(id: int, daemon: str) -> ControlResponse:

@@ -508,7 +508,7 @@ class RequesterNegotiation(Negotiation):
     def cancel(self, reason: str) -> bytes:
         if self._task_id is None:
             raise LocalProtocolError("nothing to cancel before the first message")
-        return self.send(Cancel(task_id=self._task_id, reason=reason))
+        return self.send(Cancel(task_id=self._task_id, reason=reason[:1024]))
 
     def countersign_lease(self) -> bytes:
         """Sign the proposed lease (after checking it on receipt) and send it."""
@@ -534,7 +534,7 @@ class ProviderNegotiation(Negotiation):
     def reject(self, code: RejectCode, detail: str) -> bytes:
         if self._task_id is None:
             raise LocalProtocolError("nothing to reject before the first message")
-        return self.send(Reject(task_id=self._task_id, code=code, detail=detail))
+        return self.send(Reject(task_id=self._task_id, code=code, detail=detail[:1024]))
 
     def draft_lease(self, *, issued_at: float, expires_at: float) -> LeaseTerms:
         """LeaseTerms matching the request, the offer and the accepted price."""

@@ -123,3 +123,18 @@ def test_error_codes_are_distinct_strings() -> None:
     assert len(control.ERROR_CODES) == 7
     assert {control.UNKNOWN_COMMAND, control.BAD_ARGS, control.MALFORMED, control.UNSUPPORTED_VERSION,
             control.FAILED, control.UNAVAILABLE, control.HELLO_REQUIRED} == control.ERROR_CODES
+
+
+def test_refusal_of_a_long_bad_frame_still_builds_its_response() -> None:
+    # Found by scripts/fuzz: the decode error quoted the input and overflowed ControlError.message.
+    server = control.ControlServerConnection()
+    server.receive_data(codec.encode_frame(control.request(0, control.HELLO, {"version": "x" * 5000})))
+    with pytest.raises(control.ControlRefused) as info:
+        server.next_request()
+    assert info.value.response.error is not None
+    assert len(info.value.response.error.message) <= control.MAX_MESSAGE
+
+
+def test_fail_cuts_long_messages() -> None:
+    resp = control.fail(1, control.FAILED, "x" * 10_000)
+    assert resp.error is not None and len(resp.error.message) == control.MAX_MESSAGE
