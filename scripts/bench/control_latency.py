@@ -112,17 +112,20 @@ async def _worker(target: str, hosts: int, rate: float, duration: float) -> None
 
 
 def _count_sender_drops(router: object, published: Counter[str]) -> None:
-    """Count RPCs gossipsub drops on this host's outbound queue (it only logs them).
+    """Count advert sends gossipsub drops on this host's outbound queue (it only logs them).
 
     The queue refuses an RPC when it holds 32 already ("full": the node reads
-    too slowly) or when its stream is gone ("closed").
+    too slowly) or when its stream is gone ("closed"). A dropped advert may be
+    sent again when the node asks for it (IWANT), and dropped again: these
+    count sends, not distinct adverts.
     """
     original = router._handle_dropped_rpc  # type: ignore[attr-defined]
     queues = router.pubsub.peer_queues  # type: ignore[attr-defined]
 
     def counted(peer_id: object, rpc: object, reason: str) -> None:
         queue = queues.get(peer_id)
-        published["drop_closed" if queue is None or queue.closed else "drop_full"] += 1
+        sends = len(rpc.publish)  # type: ignore[attr-defined]
+        published["drop_closed" if queue is None or queue.closed else "drop_full"] += sends
         original(peer_id, rpc, reason)
 
     router._handle_dropped_rpc = counted  # type: ignore[attr-defined]
@@ -245,10 +248,13 @@ def main(rate: float, duration: float) -> int:
     print("| phase | calls | p50 ms | p99 ms | max ms | node CPU % of a core |\n|---|---:|---:|---:|---:|---:|")
     print(row("no load", quiet, quiet_cpu))
     print(row(f"flood ({total['published'] / flood:.0f} adverts/s offered)", loaded, loaded_cpu))
+    reached = sum(delta[o.value] for o in Outcome)
     print(f"\nflood, per second over its {flood:.0f} s: offered {total['published'] / flood:.0f} (the load processes "
-          f"used {100 * total['cpu'] / flood:.0f} % of a core); dropped by the senders' gossip queues "
-          f"{total['drop_full'] / flood:.0f} because full (the node read too slowly) and "
-          f"{total['drop_closed'] / flood:.0f} because the stream was gone. {outcomes(delta, flood)}"
+          f"used {100 * total['cpu'] / flood:.0f} % of a core). {outcomes(delta, flood)} "
+          f"The other {max(0, total['published'] - reached) / flood:.0f}/s never reached the node: the senders' "
+          f"gossip queues to it were full ({total['drop_full'] / flood:.0f} sends/s refused, re-sends on IWANT "
+          f"included; {total['drop_closed'] / flood:.0f}/s refused for a closed stream), i.e. the node took in "
+          f"gossip more slowly than it came."
           f"\np99 under flood / p99 without: **{percentile(loaded, 99) / percentile(quiet, 99):.1f}x**")
     return 0
 
