@@ -150,6 +150,7 @@ class ControlClientConnection:
         self._frames = FrameDecoder(max_frame)
         self._next_id = 0
         self._pending: set[int] = set()
+        self._broken: ProtocolError | None = None
 
     def hello(self) -> bytes:
         """The first frame to write; its response is the daemon's hello answer."""
@@ -175,10 +176,20 @@ class ControlClientConnection:
         return data
 
     def receive_data(self, data: bytes) -> None:
-        self._frames.receive_data(data)
+        """Feed bytes read from the socket; ``b""`` means the daemon closed.
+
+        Never raises: an oversize frame header is reported by ``next_response``.
+        """
+        if self._broken is None:
+            try:
+                self._frames.receive_data(data)
+            except ProtocolError as exc:
+                self._broken = exc
 
     def next_response(self) -> ControlResponse | Sentinel:
         """The next response, NEED_DATA or CLOSED; RemoteProtocolError if the daemon errs."""
+        if self._broken is not None:
+            raise RemoteProtocolError(str(self._broken), code=self._broken.code)
         payload = self._frames.next_frame()
         if payload is None:
             return CLOSED if self._frames.closed else NEED_DATA

@@ -138,3 +138,12 @@ def test_refusal_of_a_long_bad_frame_still_builds_its_response() -> None:
 def test_fail_cuts_long_messages() -> None:
     resp = control.fail(1, control.FAILED, "x" * 10_000)
     assert resp.error is not None and len(resp.error.message) == control.MAX_MESSAGE
+
+
+def test_client_reports_an_oversize_response_header_on_next_response() -> None:
+    client = control.ControlClientConnection("cli", max_frame=64)
+    client.hello()
+    client.receive_data((65).to_bytes(4, "big"))  # does not raise here
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_response()
+    assert info.value.code == "frame_too_large"
