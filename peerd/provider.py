@@ -291,7 +291,8 @@ class Provider:
                 )
         assert job.result is not None and job.receipt is not None
         await channel.send(job.result)
-        await channel.send(job.receipt)
+        # always a proposal (our signature only), even if an earlier stream already got it countersigned
+        await channel.send(dataclasses.replace(job.receipt, requester_sig=b""))
 
     async def _read_requester(self, channel: TaskChannel, job: LeasedJob, countersigned: trio.Event) -> None:
         try:
