@@ -65,8 +65,7 @@ def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object
 def assert_completed_after_restart(view: dict[str, object], provider_id: str) -> None:
     assert view["state"] == "succeeded", (
         f"after a requester restart the leased task ended {view['state']!r} ({view['detail']}) instead of "
-        f"collecting the provider's result (peerd bug: Requester._resume bounds the whole resumed "
-        f"collection, not just re-attaching, by provider_timeout); attempts: {view['attempts']}"
+        f"collecting the provider's result; attempts: {view['attempts']}"
     )
     assert view["provider"] == provider_id and view["stdout"] == "done\n", view
     receipt = view["receipt"]
