@@ -114,6 +114,7 @@ class Requester:
         self.clock = clock
         self._nursery: trio.Nursery | None = None
         self._cancel: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._retry_same: set[str] = set()  # tasks whose last provider may be asked again
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -174,6 +175,9 @@ class Requester:
                 attempts += 1
                 if await self._attempt(task_id, spec, candidate, attempts, deadline):
                     return
+                if task_id in self._retry_same:
+                    self._retry_same.discard(task_id)
+                    excluded.discard(candidate.peer_id)
         if scope.cancelled_caught:
             await self._settle(task_id, TaskState.CANCELLED, "cancelled before placement")
             return
@@ -283,9 +287,14 @@ class Requester:
             try:
                 return await self._resume_once(task_id, candidate, lease, deadline, attached)
             except AttemptFailed as failed:
-                await self._record_attempt(task_id, 0, candidate.peer_id, failed.outcome, failed.code,
-                                           failed.detail, failed.signed)
-                break
+                # The provider answered: it does not hold this lease (e.g. our countersignature
+                # never reached it). It is healthy, so it may be asked again under a new lease.
+                await self._record_attempt(task_id, 0, candidate.peer_id, "rejected", failed.code,
+                                           f"refused to resume: {failed.detail}", failed.signed)
+                if failed.code == RejectCode.UNKNOWN_TASK:
+                    self._retry_same.add(task_id)
+                await self._back_to_placing(task_id, f"the provider does not hold the lease ({failed.code})")
+                return False
             except ProtocolError as exc:
                 await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
                 break

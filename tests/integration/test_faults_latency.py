@@ -116,7 +116,9 @@ def test_reset_while_the_countersigned_lease_is_in_flight_the_job_is_placed_agai
     view = wait_final(requester, task_id, 60)
     assert view["state"] == "succeeded" and view["stdout"] == "placed again\n", (view["detail"], view["attempts"])
     first = [(a["outcome"], a["reason"]) for a in view["attempts"] if a["provider"] == first_id]  # type: ignore[union-attr]
-    assert ("lost", "unknown_task") in first, view["attempts"]
+    # it answered (signed) that it holds no such lease: recorded as its refusal, not as a vanished provider
+    assert ("rejected", "unknown_task") in first, view["attempts"]
+    assert all(outcome != "lost" for outcome, _ in first), view["attempts"]
     # the provider that never got the countersigned lease never ran the job and holds nothing for it
     cut_short = slow.provider(first_id)
     assert cut_short.status()["tasks_running"] == 0
