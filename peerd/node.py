@@ -30,7 +30,7 @@ from functools import partial
 
 import trio
 
-from protocol.messages import FINAL_STATES, JobSpec, TaskState
+from protocol.messages import Advert, FINAL_STATES, JobSpec, TaskState
 
 from . import __version__, sdnotify
 from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
@@ -132,7 +132,6 @@ class Node:
         self.task_streams = InFlight()  # provider task streams being served (drain waits for them)
         self._grace = trio.CancelScope()  # the drain's wait for running jobs; a second signal cancels it
         self._nursery: trio.Nursery | None = None
-        self._advert_seq = int(time.time() * 1000)
 
     @property
     def role(self) -> str:
@@ -217,13 +216,13 @@ class Node:
             ),
         )
 
-    def _advert(self, now: float):  # -> Advert
+    def _advert(self, now: float) -> Advert:
+        """Our resources now; the p2p publisher stamps seq, times and signature."""
         assert self.host is not None and self.ledger is not None and self.p2p is not None
-        self._advert_seq = max(self._advert_seq + 1, int(now * 1000))
         running = len(self.runner.jobs) if self.runner else 0
         return build_advert(
             config=self.config, host=self.host, ledger=self.ledger, peer_id=self.signer.peer_id,
-            addrs=self.p2p.listen_addrs(), now=now, seq=self._advert_seq, queue_depth=0,
+            addrs=self.p2p.listen_addrs(), now=now, seq=0, queue_depth=0,
             running=running, draining=self.draining,
         )
 
