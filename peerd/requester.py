@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import trio
 
-from protocol import ProtocolError, decode_as
+from protocol import ProtocolError
 from protocol.messages import (
-    FINAL_STATES,
     Accept,
     Cancel,
     JobSpec,
@@ -38,18 +37,17 @@ from protocol.messages import (
     Reject,
     RejectCode,
     Result,
-    Resume,
     Status,
     TaskRequest,
     TaskState,
 )
 from protocol.negotiation import RequesterNegotiation
-from protocol.signing import Signer, countersign, digest, verify_cosigned
+from protocol.signing import Signer, countersign, verify_cosigned
 
 from .leasedjob import receipt_terms
 from .p2p.errors import P2PError
 from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
-from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
+from .taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from .tracking import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -165,7 +163,7 @@ class Requester:
             # theirs and signed (and a stale advert does not hide a willing provider).
             source = self.probe
         with trio.CancelScope() as scope:
-            self._cancel[task_id] = self._cancel_placing(task_id, scope)
+            self._cancel[task_id] = self._cancel_placing(scope)
             while attempts < self.settings.max_attempts and self.clock() < deadline:
                 ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
@@ -184,7 +182,7 @@ class Requester:
         detail = await self._not_placed_reason(task_id, spec, attempts, local)
         await self._settle(task_id, TaskState.NOT_PLACED, detail)
 
-    def _cancel_placing(self, task_id: str, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
+    def _cancel_placing(self, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
         async def stop(reason: str) -> None:
             scope.cancel()
 

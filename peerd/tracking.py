@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from protocol.messages import FINAL_STATES, LogChunk, TaskState
+from protocol.messages import LogChunk, TaskState
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,6 @@ class TaskTracker:
         live.done.set()
         live.wake()
 
-    def is_final(self, task_id: str) -> bool:
-        live = self._tasks.get(task_id)
-        return bool(live and live.final)
-
     async def wait_final(self, task_id: str) -> None:
         await self._live(task_id).done.wait()
 
@@ -108,4 +104,4 @@ class TaskTracker:
             await live.changed.wait()
 
 
-__all__ = ["FINAL_STATES", "TaskEvent", "TaskTracker"]
+__all__ = ["TaskEvent", "TaskTracker"]
