@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_a_stream_of_chatty_jobs_does_not_grow_the_provider_state(net: DevNet) -
         assert len(view["stdout"]) == MIB
         task_ids.append(view["task_id"])
         receipt = view["receipt"]["cosigned"]
-        wait_for("the provider to hold the co-signed receipt", lambda: cosigned_on_provider(net, receipt), 20)
+        wait_for("the provider to hold the co-signed receipt", partial(cosigned_on_provider, net, receipt), 20)
         samples.append(sizes(net))
         db, tasks, req = samples[-1]
         print(f"job {n + 1:2d}: {(n + 1) * MIB / MIB:4.0f} MiB printed; provider state.db {db / MIB:5.2f} MiB, "

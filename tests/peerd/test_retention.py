@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from peerd.config import RetentionConfig
+from peerd.config import DEFAULT_CONFIG_TEXT, RetentionConfig, parse
+from peerd.errors import ConfigError
 from peerd.retention import MIN_INTERVAL, Holding, Kind, Pruner, choose
 from peerd.store import ResultRecord, Store, TaskRecord, TaskRole, db_path
 from protocol.messages import JobSpec, TaskState
@@ -82,9 +85,9 @@ def make_dir(work_dir: Path, name: str, size: int, mtime: float = 0.0) -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> Store:
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with Store.open(db_path(tmp_path)) as opened:
-        yield opened  # type: ignore[misc]
+        yield opened
 
 
 async def test_a_sweep_prunes_by_age_and_spares_running_and_young_tasks(store: Store, tmp_path: Path) -> None:
@@ -156,3 +159,12 @@ async def test_the_service_sweeps_at_start_and_every_interval(store: Store) -> N
         nursery.cancel_scope.cancel()
     result = await store.get_result("t1")
     assert result is not None and result.pruned_at == 2000.0 and result.stdout == b""
+
+
+def test_the_retention_section_parses_with_its_documented_defaults(tmp_path: Path) -> None:
+    config = parse(tomllib.loads(DEFAULT_CONFIG_TEXT), home=tmp_path, source="default")
+    assert config.retention == RetentionConfig() == RetentionConfig(7 * 86400.0, 1 << 30, 600.0)
+    low = parse({"retention": {"max_age": "2d", "max_size": "3M", "interval": "1s"}}, home=tmp_path, source="t")
+    assert low.retention == RetentionConfig(2 * 86400.0, 3 << 20, 1.0)
+    with pytest.raises(ConfigError, match="retention.max_size"):
+        parse({"retention": {"max_size": "lots"}}, home=tmp_path, source="t")
