@@ -20,7 +20,10 @@ lease belongs to, its attempts).
 
 Leases, results and receipts are write-once: putting the same record again is
 a no-op (a retry after a crash is harmless); putting a different one raises
-``AlreadyRecorded``. The file format (migrations, connection settings,
+``AlreadyRecorded``. The one later change is retention's: it may empty a
+finished result's stdout and stderr (``ResultRecord.pruned_at``; see
+``peerd.store_retention``), after which a retried put of the same result is
+still a no-op. The file format (migrations, connection settings,
 transactions) and the error base live in ``peerd.store_schema``.
 """
 

@@ -138,14 +138,15 @@ _V2_INDEXES = Migration(
 )
 
 _V3_RETENTION = Migration(
-    "retention: results.pruned_at, receipts.cosigned, results by finish time",
+    "retention: results.pruned_at, receipts.cosigned, unpruned results by finish time",
     (
         # when retention emptied stdout/stderr (NULL: the logs are as recorded)
         "ALTER TABLE results ADD COLUMN pruned_at REAL",
         # 1 once the receipt carries both signatures; rows from before this step count as
         # not co-signed, so retention treats them by their lease's expiry alone
         "ALTER TABLE receipts ADD COLUMN cosigned INTEGER NOT NULL DEFAULT 0 CHECK (cosigned IN (0, 1))",
-        "CREATE INDEX results_by_finished ON results (finished_at)",
+        # retention's scan: only results that still hold their logs, oldest first
+        "CREATE INDEX results_unpruned ON results (finished_at) WHERE pruned_at IS NULL",
     ),
 )
 
