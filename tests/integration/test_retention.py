@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 MIB = 1 << 20
-JOBS = 12
-MAX_SIZE = 3 * MIB
+JOBS = 9
+MAX_SIZE = 2 * MIB
 SLACK = 2 * MIB  # schema pages, the WAL between checkpoints, one interval's worth of new output
 RETENTION = f"""
 [retention]
