@@ -90,6 +90,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """How long finished tasks' logs and task directories are kept (receipts: forever)."""
+
+    max_age: float = 7 * 86400.0  # 0 = no age limit
+    max_size: int = 1 << 30  # bytes of kept logs + task directories; 0 = no size limit
+    interval: float = 600.0  # how often the pruner runs
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     home: Path = Path(".")
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -100,6 +109,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     requester: RequesterConfig = field(default_factory=RequesterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def key_path(self) -> Path:
@@ -194,6 +204,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "requester": (RequesterConfig, {"max_attempts": _count, "placement_deadline": _duration,
                                     "offer_hold": _duration, "provider_timeout": _duration}),
     "metrics": (MetricsConfig, {"listen": _str}),
+    "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
 }
 
 
@@ -331,4 +342,14 @@ provider_timeout = "20s"
 [metrics]
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.
 listen = ""
+
+[retention]
+# Finished tasks' stdout/stderr (in state.db) and task directories (under
+# <home>/tasks) are pruned, oldest first, once older than max_age or while
+# they total more than max_size. 0 = no limit of that kind. Receipts, leases
+# and each result's state, exit code and digests are kept forever.
+max_age = "7d"
+max_size = "1G"
+# How often the pruner runs (at least every second).
+interval = "10m"
 '''

@@ -1,7 +1,7 @@
 """The daemon: owns the root nursery and starts every service in order.
 
 Start-up order: store → executor (provider role; recovers its containers) →
-job runner (re-attaches leased jobs) → p2p (joins through the seeds, then
+job runner (re-attaches leased jobs) → retention pruner → p2p (joins through the seeds, then
 publishes adverts) → requester (resumes unfinished tasks) → signal handling →
 control socket → metrics endpoint (if ``metrics.listen``) → watchdog → READY=1.
 
@@ -59,6 +59,7 @@ from .p2p.service import P2PService
 from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
+from .retention import Pruner
 from .p2p.streams import Stream
 from .store import Store, TaskRole
 from .tracking import TaskTracker
@@ -145,6 +146,8 @@ class Node:
             self.store, self._nursery = store, nursery
             if self.role == "provider":
                 await self._start_provider(nursery, store)
+            await nursery.start(Pruner(store, config.retention, work_dir=config.work_dir,
+                                       active=lambda: self.runner.jobs.keys() if self.runner else ()).run)
             await self._start_network(nursery, store)
             await nursery.start(self._signals, nursery)
             await nursery.start(ControlServer(config.control_path, self).run)

@@ -20,7 +20,10 @@ lease belongs to, its attempts).
 
 Leases, results and receipts are write-once: putting the same record again is
 a no-op (a retry after a crash is harmless); putting a different one raises
-``AlreadyRecorded``. The file format (migrations, connection settings,
+``AlreadyRecorded``. The one later change is retention's: it may empty a
+finished result's stdout and stderr (``ResultRecord.pruned_at``; see
+``peerd.store_retention``), after which a retried put of the same result is
+still a no-op. The file format (migrations, connection settings,
 transactions) and the error base live in ``peerd.store_schema``.
 """
 
@@ -43,6 +46,8 @@ from protocol.codec import decode_as, encode
 from protocol.errors import ProtocolError
 from protocol.messages import FINAL_STATES, JobSpec, Lease, Receipt, RejectCode, Result, TaskState
 
+from . import store_retention
+from .store_retention import LogHolding, TaskAge
 from .store_schema import (
     MIGRATIONS,
     Migration,
@@ -65,6 +70,7 @@ __all__ = [
     "DB_NAME",
     "AlreadyRecorded",
     "Attempt",
+    "LogHolding",
     "NoSuchTask",
     "Outcome",
     "ReceiptRecord",
@@ -73,6 +79,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreInfo",
+    "TaskAge",
     "TaskRecord",
     "TaskRole",
     "db_path",
@@ -145,7 +152,11 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
-    """How a task ended: a ``protocol`` Result without its task id, plus when."""
+    """How a task ended: a ``protocol`` Result without its task id, plus when.
+
+    ``pruned_at`` is set once retention emptied ``stdout`` and ``stderr``; every
+    other field (the record of account) is kept as it was recorded.
+    """
 
     state: TaskState
     exit_code: int | None
@@ -157,6 +168,11 @@ class ResultRecord:
     gpu_seconds: float
     detail: str
     finished_at: float
+    pruned_at: float | None = None
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruned_at is not None
 
     @classmethod
     def from_result(cls, result: Result, finished_at: float) -> ResultRecord:
@@ -267,6 +283,7 @@ def _result_from_row(row: sqlite3.Row, task_id: str) -> ResultRecord:
     return ResultRecord(
         state, row["exit_code"], row["stdout"], row["stderr"], row["output_digest"],
         row["output_size"], row["wall_time"], row["gpu_seconds"], row["detail"], row["finished_at"],
+        row["pruned_at"],
     )  # fmt: skip
 
 
@@ -294,12 +311,19 @@ def _integrity(exc: sqlite3.IntegrityError, task_id: str, what: str) -> StoreErr
 
 
 def _put_once(
-    conn: sqlite3.Connection, table: str, row: dict[str, object], what: str, replace: bool = False
+    conn: sqlite3.Connection,
+    table: str,
+    row: dict[str, object],
+    what: str,
+    replace: bool = False,
+    prunable: Collection[str] = (),
 ) -> None:
     """Insert ``row`` keyed by task_id; an identical row already there is fine, another is not.
 
     With ``replace`` the new row supersedes the old one (a receipt gaining its
     second signature; a lease on a new provider after the first was lost).
+    Columns in ``prunable`` are not compared once retention pruned the row
+    (``pruned_at`` set): a retried put of the same record is still a no-op.
     """
     task_id = str(row["task_id"])
     columns = ", ".join(row)
@@ -315,10 +339,12 @@ def _put_once(
             raise _integrity(exc, task_id, what) from exc
         if cur.rowcount == 1:
             return
+        pruned = ", pruned_at IS NOT NULL AS pruned" if prunable else ", 0 AS pruned"
         existing = conn.execute(
-            f"SELECT {columns} FROM {table} WHERE task_id = ?", (task_id,)
+            f"SELECT {columns}{pruned} FROM {table} WHERE task_id = ?", (task_id,)
         ).fetchone()
-        if tuple(existing) != tuple(row.values()):
+        compared = [c for c in row if not (existing["pruned"] and c in prunable)]
+        if [existing[c] for c in compared] != [row[c] for c in compared]:
             raise AlreadyRecorded(f"a different {what} is already recorded for task {task_id!r}")
 
     transaction(conn, body, durable=True)
@@ -537,9 +563,10 @@ class Store:
     async def put_result(self, task_id: str, result: ResultRecord) -> None:
         """Record how the task ended (durably, write-once) before its container goes."""
         row: dict[str, object] = {"task_id": task_id}
-        row.update((f.name, getattr(result, f.name)) for f in fields(ResultRecord))
+        row.update((f.name, getattr(result, f.name)) for f in fields(ResultRecord) if f.name != "pruned_at")
         row["state"] = TaskState(result.state).value
-        await self._run(partial(_put_once, table="results", row=row, what="result"))
+        put = partial(_put_once, table="results", row=row, what="result", prunable=("stdout", "stderr"))
+        await self._run(put)
 
     async def get_result(self, task_id: str) -> ResultRecord | None:
         sql = "SELECT * FROM results WHERE task_id = ?"
@@ -569,6 +596,7 @@ class Store:
             "requester": requester,
             "cost": cost,
             "finished_at": finished_at,
+            "cosigned": int(bool(receipt.provider_sig and receipt.requester_sig)),
         }
         await self._run(partial(_put_once, table="receipts", row=row, what="receipt", replace=replace))
 
@@ -582,6 +610,27 @@ class Store:
         sql = "SELECT * FROM receipts ORDER BY finished_at DESC, rowid DESC LIMIT ?"
         rows = await self._run(partial(_select, sql=sql, params=(max(limit, 0),)))
         return [_receipt_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ retention (peerd.store_retention)
+    async def log_holdings(self, now: float) -> list[LogHolding]:
+        """Results still holding log bytes, oldest first, and whether each may be pruned at ``now``."""
+        return await self._run(partial(store_retention.log_holdings, now=now))
+
+    async def task_ages(self, task_ids: Collection[str]) -> dict[str, TaskAge]:
+        """For the known tasks among ``task_ids``: final or not, and when last updated."""
+        if not task_ids:
+            return {}
+        return await self._run(partial(store_retention.task_ages, task_ids=task_ids))
+
+    async def prune_logs(self, task_ids: Collection[str], now: float) -> int:
+        """Empty the stdout/stderr of those results that may be pruned; the number pruned."""
+        if not task_ids:
+            return 0
+        return await self._run(partial(store_retention.prune_logs, task_ids=task_ids, now=now))
+
+    async def reclaim(self) -> int:
+        """Return free pages to the file system and truncate the WAL; pages given back."""
+        return await self._run(store_retention.reclaim)
 
 
 class _Opening:

@@ -17,7 +17,8 @@ Rules for adding a step (never edit a released one):
   checks values against the Python enums on the way in and out.
 
 Connection settings: WAL journal, ``synchronous=NORMAL`` (``transaction(...,
-durable=True)`` commits with FULL), foreign keys on, a busy timeout. Everything
+durable=True)`` commits with FULL), foreign keys on, a busy timeout,
+``auto_vacuum=INCREMENTAL`` (so space freed by retention can be returned). Everything
 here blocks; ``peerd.store`` calls it from a worker thread.
 
 Units: timestamps are seconds since the Unix epoch (REAL), prices credits per
@@ -136,7 +137,20 @@ _V2_INDEXES = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES)
+_V3_RETENTION = Migration(
+    "retention: results.pruned_at, receipts.cosigned, unpruned results by finish time",
+    (
+        # when retention emptied stdout/stderr (NULL: the logs are as recorded)
+        "ALTER TABLE results ADD COLUMN pruned_at REAL",
+        # 1 once the receipt carries both signatures; rows from before this step count as
+        # not co-signed, so retention treats them by their lease's expiry alone
+        "ALTER TABLE receipts ADD COLUMN cosigned INTEGER NOT NULL DEFAULT 0 CHECK (cosigned IN (0, 1))",
+        # retention's scan: only results that still hold their logs, oldest first
+        "CREATE INDEX results_unpruned ON results (finished_at) WHERE pruned_at IS NULL",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION)
 LATEST_VERSION = len(MIGRATIONS)
 
 
@@ -205,6 +219,9 @@ def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migratio
 
 def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
+    # Takes effect on a new file (before its first table) and at the next VACUUM of an
+    # old one; lets retention hand freed pages back with ``PRAGMA incremental_vacuum``.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:

@@ -60,8 +60,16 @@ def task_view(
         updated_at=record.updated_at,
         spec=record.spec.to_wire(),  # type: ignore[typeddict-item]
         role=record.role.value,
-        detail=record.detail,
+        detail=_with_pruned(record.detail, result),
     )
+
+
+def _with_pruned(detail: str, result: ResultRecord | None) -> str:
+    """Say so when retention emptied the stored output (the rest of the record is intact)."""
+    if result is None or not result.pruned:
+        return detail
+    note = "output pruned by retention"
+    return f"{detail}; {note}" if detail else note
 
 
 def peer_view(advert: Advert, addrs: list[str]) -> PeerView:

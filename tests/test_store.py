@@ -500,3 +500,138 @@ async def test_count_tasks_groups_by_role_and_state(tmp_path: Path) -> None:
                 requester="r", created_at=float(n), updated_at=float(n),
             ))
         assert await store.count_tasks() == {("requester", "succeeded"): 2, ("provider", "running"): 1}
+
+
+# ---------------------------------------------------------------- retention
+LOGS = ResultRecord(
+    state=TaskState.SUCCEEDED, exit_code=0, stdout=b"o" * 3000, stderr=b"e" * 1000,
+    output_digest=digest(b"tarball"), output_size=10, wall_time=1.0, gpu_seconds=0.0,
+    detail="", finished_at=1100.0,
+)  # fmt: skip
+NOW = 2000.0
+
+
+def proposed_receipt(task_id: str) -> Receipt:
+    """The provider's proposal: not yet co-signed by the requester."""
+    return dataclasses.replace(make_receipt(task_id), requester_sig=b"")
+
+
+async def add_finished(
+    store: Store,
+    task_id: str,
+    *,
+    role: TaskRole = TaskRole.PROVIDER,
+    state: TaskState = TaskState.SUCCEEDED,
+    finished_at: float = 1100.0,
+    lease_expires: float = NOW + 60,
+    cosigned: bool = True,
+    result: ResultRecord = LOGS,
+) -> None:
+    task = dataclasses.replace(make_task(task_id), role=role, state=state)
+    await store.create_task(task)
+    await store.put_lease(task_id, make_lease(task_id), lease_expires)
+    await store.put_result(task_id, dataclasses.replace(result, finished_at=finished_at))
+    receipt = make_receipt(task_id) if cosigned else proposed_receipt(task_id)
+    await store.put_receipt(task_id, receipt, PROVIDER.peer_id, REQUESTER.peer_id, 0.01, finished_at)
+
+
+async def test_log_holdings_say_which_results_may_be_pruned(path: Path) -> None:
+    async with Store.open(path) as store:
+        await add_finished(store, "requester", role=TaskRole.REQUESTER, cosigned=False, finished_at=1101.0)
+        await add_finished(store, "cosigned", finished_at=1102.0)
+        await add_finished(store, "unsigned", cosigned=False, finished_at=1103.0)
+        await add_finished(store, "expired", cosigned=False, lease_expires=NOW - 1, finished_at=1104.0)
+        await add_finished(store, "running", state=TaskState.RUNNING, finished_at=1105.0)
+        await add_finished(store, "silent", result=dataclasses.replace(LOGS, stdout=b"", stderr=b""))
+        holdings = await store.log_holdings(NOW)
+    assert [(h.task_id, h.size, h.prunable) for h in holdings] == [
+        ("requester", 4000, True),  # delivered to this node
+        ("cosigned", 4000, True),  # the requester has the result
+        ("unsigned", 4000, False),  # the requester may still resume and fetch it
+        ("expired", 4000, True),  # ... but not past its lease
+        ("running", 4000, False),  # not final
+    ]  # "silent" holds no log bytes
+
+
+async def test_pruning_empties_logs_and_keeps_the_record_of_account(path: Path) -> None:
+    async with Store.open(path) as store:
+        await add_finished(store, "old")
+        await add_finished(store, "unsigned", cosigned=False)
+        before = await store.get_result("old")
+        assert before is not None and not before.pruned
+        assert await store.prune_logs(["old", "unsigned", "ghost"], NOW) == 1
+        after = await store.get_result("old")
+        assert after == dataclasses.replace(before, stdout=b"", stderr=b"", pruned_at=NOW)
+        assert after.pruned and after.to_result("old").exit_code == 0
+        assert await store.get_receipt("old") == make_receipt("old")
+        assert await store.get_lease("old") == make_lease("old")
+        assert (await store.get_task("old")) is not None
+        assert await store.get_result("unsigned") == dataclasses.replace(LOGS, finished_at=1100.0)
+        assert await store.prune_logs(["old"], NOW + 1) == 0  # already pruned: pruned_at stays
+        assert (await store.get_result("old")) == after
+        await store.put_result("old", before)  # a retried put of the same record is still a no-op
+        with pytest.raises(AlreadyRecorded, match="different result"):
+            await store.put_result("old", dataclasses.replace(before, exit_code=1))
+        assert [h.task_id for h in await store.log_holdings(NOW)] == ["unsigned"]
+
+
+async def test_a_receipt_gaining_its_second_signature_makes_the_logs_prunable(path: Path) -> None:
+    async with Store.open(path) as store:
+        await add_finished(store, "t1", cosigned=False)
+        assert [h.prunable for h in await store.log_holdings(NOW)] == [False]
+        await store.put_receipt(
+            "t1", make_receipt("t1"), PROVIDER.peer_id, REQUESTER.peer_id, 0.01, 1100.0, replace=True
+        )
+        assert [h.prunable for h in await store.log_holdings(NOW)] == [True]
+
+
+def file_bytes(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+async def fill_big(store: Store, count: int, size: int = 1 << 20) -> list[str]:
+    big = dataclasses.replace(LOGS, stdout=b"x" * size, stderr=b"")
+    ids = [f"big{i}" for i in range(count)]
+    for i, task_id in enumerate(ids):
+        await add_finished(store, task_id, role=TaskRole.REQUESTER, result=big, finished_at=1000.0 + i)
+    return ids
+
+
+async def test_reclaim_gives_pruned_pages_back_to_the_file_system(path: Path) -> None:
+    async with Store.open(path) as store:
+        ids = await fill_big(store, 8)
+        await store.reclaim()
+        full = file_bytes(path)
+        assert full > 8 << 20
+        assert await store.prune_logs(ids, NOW) == 8
+        assert await store.reclaim() > 2000  # pages of 4 KiB: the 8 MiB of logs
+        emptied = file_bytes(path)
+    print(f"state.db: {full} bytes with 8 MiB of logs, {emptied} after pruning and reclaiming")
+    assert emptied < 1 << 20
+
+
+async def test_reclaim_converts_a_file_made_before_incremental_vacuum(path: Path) -> None:
+    with raw(path) as conn:  # as an older peerd left it: auto_vacuum NONE, schema version 2
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.statements:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(
+            "INSERT INTO tasks (task_id, role, state, spec, requester, created_at, updated_at) "
+            "VALUES ('old', 'provider', 'succeeded', ?, ?, 10.0, 11.0)",
+            (msgpack.packb(SPEC.to_wire()), REQUESTER.peer_id),
+        )
+        conn.execute("INSERT INTO receipts VALUES ('old', ?, 'p', 'r', 0.5, 11.0)", (b"\x80",))
+    async with Store.open(path) as store:
+        with raw(path) as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+            # receipts from before count as not co-signed: their logs wait for the lease's expiry
+            assert conn.execute("SELECT cosigned FROM receipts").fetchall() == [(0,)]
+        ids = await fill_big(store, 4)
+        await store.prune_logs(ids, NOW)
+        await store.reclaim()
+        with raw(path) as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
+        assert file_bytes(path) < 1 << 20
+        assert await store.count_tasks() == {("provider", "succeeded"): 1, ("requester", "succeeded"): 4}
