@@ -6,7 +6,6 @@ beyond writing to the streams it is given.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,8 @@ def _jsonable(obj: object) -> object:
 
 def print_json(doc: object, out: TextIO | None = None) -> None:
     """Write ``doc`` as one JSON document (bytes become text)."""
+    import json  # only --json needs it; kept off the CLI's import path
+
     stream = out or sys.stdout
     stream.write(json.dumps(doc, indent=2, default=_jsonable) + "\n")
 
