@@ -180,6 +180,7 @@ class Node:
                     placement_deadline=config.requester.placement_deadline,
                     provider_timeout=config.requester.provider_timeout,
                     io_timeout=config.network.io_timeout,
+                    peer_wait=config.requester.peer_wait,
                 ),
             )
             await nursery.start(self.requester.run)
