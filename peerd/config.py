@@ -82,6 +82,7 @@ class RequesterConfig:
     placement_deadline: float = 60.0
     offer_hold: float = 15.0
     provider_timeout: float = 20.0
+    peer_wait: float = 10.0  # with no provider known, wait this long for adverts
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +203,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                 "connect_timeout": _duration, "io_timeout": _duration,
                                 "keepalive": _duration}),
     "requester": (RequesterConfig, {"max_attempts": _count, "placement_deadline": _duration,
-                                    "offer_hold": _duration, "provider_timeout": _duration}),
+                                    "offer_hold": _duration, "provider_timeout": _duration,
+                                    "peer_wait": _duration}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
 }
@@ -338,6 +340,8 @@ max_attempts = 3
 placement_deadline = "60s"
 offer_hold = "15s"
 provider_timeout = "20s"
+# With no provider known yet (a node just started), wait this long for adverts.
+peer_wait = "10s"
 
 [metrics]
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.

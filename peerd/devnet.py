@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from .cli.output import cost
 from .control.client import ControlClient
 from .control.errors import ControlSocketError
 
@@ -264,7 +265,8 @@ def demo() -> int:
         print("$ peerd receipts\n" + requester.peerd("receipts").stdout)
         names = {net.nodes[n].status()["peer_id"]: n for n in ("provider-1", "provider-2")}
         print(f"ran on {names.get(view['provider'], view['provider'])}; exit code {view['exit_code']}; "
-              f"stdout {view['stdout']!r}; receipt signed by both: {bool(view['receipt'] and view['receipt']['verified'])}")
+              f"stdout {view['stdout']!r}; cost {cost((view['receipt'] or {}).get('cost'))}; "
+              f"receipt signed by both: {bool(view['receipt'] and view['receipt']['verified'])}")
         print("stopping everything …")
     return 0
 

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import trio
 
+from peerd.config import Config
+from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, probe
-from peerd.nvml import GpuInfo, NvmlSource, SystemNvml
-from peerd.resources import existing_ancestor
+from peerd.nvml import GpuInfo, NvmlSource, diagnose_gpus
+from peerd.resources import disk_free, existing_ancestor
 
 MIN_API_VERSION = (1, 40)  # DeviceRequests (GPUs by UUID) arrived with API 1.40 / Docker 19.03
 GiB = 1 << 30
@@ -135,12 +136,23 @@ async def run_checks(
 ) -> list[Check]:
     """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
     engine = await probe(docker_base_url, timeout=docker_timeout)
-    if nvml is None:
-        system = SystemNvml()
-        gpus, problem = await trio.to_thread.run_sync(system.diagnose)
-    else:
-        gpus, problem = await trio.to_thread.run_sync(nvml.read), None
-    where = existing_ancestor(home)
-    disk_free = await trio.to_thread.run_sync(lambda: int(psutil.disk_usage(str(where)).free))
-    findings = Findings(engine, tuple(gpus), problem, disk_free, min_disk_free, where)
+    gpus, problem = await diagnose_gpus(nvml)
+    free = await trio.to_thread.run_sync(disk_free, home)
+    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home))
     return [check(findings) for check in CHECKS]
+
+
+def check_view(check: Check) -> DoctorCheck:
+    """A check as the control socket and the CLI show it: the fix follows a failure."""
+    return DoctorCheck(name=check.name, ok=check.ok,
+                       detail=check.detail if check.ok else f"{check.detail} — {check.fix}")
+
+
+async def doctor_views(config: Config) -> list[DoctorCheck]:
+    """Every check for the node ``config`` describes, as views."""
+    return [check_view(c) for c in await run_checks(config.resources.docker_url or None, config.home)]
+
+
+def run_in_process(config: Config) -> list[DoctorCheck]:
+    """The checks without a daemon, for ``peerd doctor`` when none answers (its own trio run)."""
+    return trio.run(doctor_views, config)

@@ -183,6 +183,7 @@ class Node:
                     placement_deadline=config.requester.placement_deadline,
                     provider_timeout=config.requester.provider_timeout,
                     io_timeout=config.network.io_timeout,
+                    peer_wait=config.requester.peer_wait,
                 ),
             )
             await nursery.start(self.requester.run)
@@ -507,11 +508,9 @@ class Node:
         return [receipt_view(r.receipt) for r in await self.store.list_receipts(limit)]
 
     async def doctor(self) -> list[DoctorCheck]:
-        from .doctor import run_checks
+        from .doctor import doctor_views
 
-        checks = await run_checks(self.config.resources.docker_url or None, self.config.home)
-        return [DoctorCheck(name=c.name, ok=c.ok, detail=c.detail if c.ok else f"{c.detail} — {c.fix}")
-                for c in checks]
+        return await doctor_views(self.config)
 
     async def drain(self) -> DrainView:
         if not self.draining:

@@ -133,3 +133,10 @@ class FakeNvml:
 async def read_gpus(source: NvmlSource | None = None) -> list[GpuInfo]:
     """The GPUs from ``source`` (the host's NVML by default), read in a worker thread."""
     return await trio.to_thread.run_sync((source or SystemNvml()).read)
+
+
+async def diagnose_gpus(source: NvmlSource | None = None) -> tuple[list[GpuInfo], str | None]:
+    """The GPUs and, for the host's NVML, why it fails if it does (a fake never fails)."""
+    if source is None:
+        return await trio.to_thread.run_sync(SystemNvml().diagnose)
+    return await trio.to_thread.run_sync(source.read), None

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _REJECT_CODES = frozenset(code.value for code in RejectCode)
 
 TASK_PROTOCOL = "/peerd/task/1.0.0"
+PEER_POLL = 0.25  # how often an empty peer table is looked at again while waiting
 
 OpenStream = Callable[[str, list[str]], AbstractAsyncContextManager[ByteStream]]
 
@@ -74,6 +75,7 @@ class RequesterSettings:
     placement_deadline: float = 60.0
     provider_timeout: float = 20.0
     io_timeout: float = 30.0
+    peer_wait: float = 10.0  # how long to wait for adverts when the peer table is empty
 
 
 class AttemptFailed(Exception):
@@ -157,13 +159,15 @@ class Requester:
         deadline = self.clock() + self.settings.placement_deadline
         excluded: set[str] = set()
         attempts = tried
-        source = self.candidates
-        if self.probe is not None and not self.candidates(spec, self.clock(), local):
-            # Nobody fits on paper: ask the providers themselves, so the answer is
-            # theirs and signed (and a stale advert does not hide a willing provider).
-            source = self.probe
         with trio.CancelScope() as scope:
             self._cancel[task_id] = self._cancel_placing(scope)
+            if not local and not self._anyone(spec):
+                await self._wait_for_peers(task_id, spec, deadline)
+            source = self.candidates
+            if self.probe is not None and not self.candidates(spec, self.clock(), local):
+                # Nobody fits on paper: ask the providers themselves, so the answer is
+                # theirs and signed (and a stale advert does not hide a willing provider).
+                source = self.probe
             while attempts < self.settings.max_attempts and self.clock() < deadline:
                 ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
@@ -181,6 +185,23 @@ class Requester:
             return
         detail = await self._not_placed_reason(task_id, spec, attempts, local)
         await self._settle(task_id, TaskState.NOT_PLACED, detail)
+
+    def _anyone(self, spec: JobSpec) -> bool:
+        """Is there a candidate, or at least a live provider to ask?"""
+        now = self.clock()
+        return bool(self.candidates(spec, now, False)) or (
+            self.probe is not None and bool(self.probe(spec, now, False))
+        )
+
+    async def _wait_for_peers(self, task_id: str, spec: JobSpec, deadline: float) -> None:
+        """No provider known yet (a requester just started): wait, bounded, for adverts."""
+        wait = min(self.settings.peer_wait, deadline - self.clock())
+        if wait <= 0:
+            return
+        await self._back_to_placing(task_id, f"waiting for peers: the peer table is empty (up to {wait:g}s)")
+        with trio.move_on_after(wait):
+            while not self._anyone(spec):
+                await trio.sleep(PEER_POLL)
 
     def _cancel_placing(self, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
         async def stop(reason: str) -> None:

@@ -51,6 +51,11 @@ def existing_ancestor(path: Path) -> Path:
     return path
 
 
+def disk_free(home: Path) -> int:
+    """Bytes free on the disk that holds ``home`` (or would, once created)."""
+    return int(psutil.disk_usage(str(existing_ancestor(home))).free)
+
+
 def _read_host(home: Path) -> _Host:
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -61,7 +66,7 @@ def _read_host(home: Path) -> _Host:
         cpus=cpus,
         memory=int(memory.total),
         memory_available=int(memory.available),
-        disk_free=int(psutil.disk_usage(str(existing_ancestor(home))).free),
+        disk_free=disk_free(home),
     )
 
 

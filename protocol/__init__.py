@@ -14,7 +14,7 @@ from .errors import (
     SignatureError,
     StaleError,
 )
-from .messages import PROTOCOL_VERSION
+from .schema import PROTOCOL_VERSION
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import msgpack
 
 from .errors import DecodeError, FrameTooLarge, LocalProtocolError
-from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from .schema import PROTOCOL_VERSION, Message
 
 DEFAULT_MAX_FRAME = 4 << 20
 
@@ -73,8 +73,24 @@ def _unpack(data: bytes) -> object:
         raise DecodeError(f"not a valid msgpack document: {exc}") from exc
 
 
-def decode(data: bytes) -> Message:
-    """Decode one message; raise ProtocolError (and only that) if invalid."""
+_ALL_TYPES: dict[str, type[Message]] = {}
+
+
+def _all_types() -> dict[str, type[Message]]:
+    if not _ALL_TYPES:
+        # Imported on first use: creating every message class costs the CLI,
+        # which decodes control messages only, tens of milliseconds per run.
+        from .messages import MESSAGE_TYPES
+
+        _ALL_TYPES.update(MESSAGE_TYPES)
+    return _ALL_TYPES
+
+
+def decode(data: bytes, types: dict[str, type[Message]] | None = None) -> Message:
+    """Decode one message; raise ProtocolError (and only that) if invalid.
+
+    ``types``: the message table by tag (default every message, ``MESSAGE_TYPES``).
+    """
     if type(data) is not bytes:
         data = bytes(data)
     if not data:
@@ -90,7 +106,7 @@ def decode(data: bytes) -> Message:
             f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
         )
     tag = value.get("t")
-    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
+    cls = (types or _ALL_TYPES or _all_types()).get(tag) if type(tag) is str else None
     if cls is None:
         raise DecodeError(f"unknown message type {tag!r}")
     return cls.from_wire(value, cls.__name__, reserved=2)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from .codec import CLOSED, DEFAULT_MAX_FRAME, NEED_DATA, FrameDecoder, Sentinel, decode, encode, frame
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .messages import PROTOCOL_VERSION, ControlError, ControlRequest, ControlResponse
-from .schema import Value
+from .control_messages import CONTROL_TYPES, ControlError, ControlRequest, ControlResponse
+from .schema import PROTOCOL_VERSION, Value
 
 CONTROL_VERSION = PROTOCOL_VERSION
 HELLO = "hello"
@@ -193,7 +193,7 @@ class ControlClientConnection:
         payload = self._frames.next_frame()
         if payload is None:
             return CLOSED if self._frames.closed else NEED_DATA
-        msg = decode(payload)
+        msg = decode(payload, CONTROL_TYPES)
         if not isinstance(msg, ControlResponse):
             raise RemoteProtocolError(f"expected a control response, got {msg.TYPE!r}")
         if msg.id not in self._pending:

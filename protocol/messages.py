@@ -13,22 +13,26 @@ since the Unix epoch (float), prices in credits per hour.
 from __future__ import annotations
 
 import enum
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-from .schema import Struct, Value, check_len, check_range, check_text, fail as _fail
-
-PROTOCOL_VERSION = 1
-
-MAX_CPUS = 4096.0
-MAX_MEMORY = 1 << 50  # 1 PiB
-MAX_GPUS = 64
-MAX_TIMEOUT = 30 * 24 * 3600.0
-MAX_PRICE = 1e12
-MAX_TIMESTAMP = 1e11  # year ~5138: anything beyond is nonsense
-MAX_COUNT = 1 << 40
-MAX_SEQ = (1 << 63) - 1  # advert seq: e.g. milliseconds since the epoch
+# JobSpec, the control messages, the limits and the Message base live in light
+# modules of their own (the CLI imports those alone); they are re-exported here.
+from .control_messages import ControlError as ControlError
+from .control_messages import ControlRequest as ControlRequest
+from .control_messages import ControlResponse as ControlResponse
+from .jobspec import JobSpec as JobSpec
+from .limits import MAX_COUNT as MAX_COUNT
+from .limits import MAX_CPUS as MAX_CPUS
+from .limits import MAX_GPUS as MAX_GPUS
+from .limits import MAX_MEMORY as MAX_MEMORY
+from .limits import MAX_PRICE as MAX_PRICE
+from .limits import MAX_SEQ as MAX_SEQ
+from .limits import MAX_TIMEOUT as MAX_TIMEOUT
+from .limits import MAX_TIMESTAMP as MAX_TIMESTAMP
+from .schema import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .schema import Message as Message
+from .schema import Struct, check_len, check_range, check_text, fail as _fail
 
 
 # ---------------------------------------------------------------- enums
@@ -91,21 +95,6 @@ class NodeRole(enum.StrEnum):
 class LogStream(enum.StrEnum):
     STDOUT = "stdout"
     STDERR = "stderr"
-
-
-# ---------------------------------------------------------------- bases
-class Message(Struct):
-    """A Struct that stands alone on the wire, tagged with ``TYPE``."""
-
-    __slots__ = ()
-    TYPE: ClassVar[str] = ""
-
-    def to_wire(self) -> dict[str, object]:
-        wire: dict[str, object] = {"v": PROTOCOL_VERSION, "t": self.TYPE}
-        wire.update(super().to_wire())
-        return wire
-
-
 
 
 # ---------------------------------------------------------------- resources
@@ -182,41 +171,6 @@ class Advert(Message):
         check_range(self, "price_cpu_hour", 0, MAX_PRICE)
         check_range(self, "price_gpu_hour", 0, MAX_PRICE)
         check_range(self, "max_timeout", 0, MAX_TIMEOUT)
-
-
-# ---------------------------------------------------------------- jobs
-@dataclass(frozen=True, slots=True)
-class JobSpec(Struct):
-    """What a requester wants run."""
-
-    image: str
-    command: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    cpus: float = 1.0
-    memory: int = 256 << 20
-    gpus: int = 0
-    gpu_memory: int = 0
-    gpu_model: str = ""
-    timeout: float = 600.0
-    network: bool = False
-    max_price: float = MAX_PRICE
-
-    def _check(self) -> None:
-        check_text(self, "image", 256, nonempty=True)
-        check_len(self, "command", 256)
-        check_len(self, "env", 128)
-        for key in self.env:
-            if not key or "=" in key or "\0" in key:
-                _fail(type(self), "env", f"has an invalid name {key!r}")
-        if not 0 < self.cpus <= MAX_CPUS or not math.isfinite(self.cpus):
-            _fail(type(self), "cpus", f"must be in (0, {MAX_CPUS}], got {self.cpus!r}")
-        check_range(self, "memory", 4 << 20, MAX_MEMORY)
-        check_range(self, "gpus", 0, MAX_GPUS)
-        check_range(self, "gpu_memory", 0, MAX_MEMORY)
-        check_text(self, "gpu_model", 128)
-        if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
-            _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
-        check_range(self, "max_price", 0, MAX_PRICE)
 
 
 def _check_task_id(obj: object) -> None:
@@ -478,49 +432,6 @@ class Envelope(Message):
         check_text(self, "signer", 128, nonempty=True)
         if len(self.sig) != 64:
             _fail(type(self), "sig", "must be a 64-byte Ed25519 signature")
-
-
-# ---------------------------------------------------------------- control socket
-@dataclass(frozen=True, slots=True)
-class ControlError(Struct):
-    code: str
-    message: str
-
-    def _check(self) -> None:
-        check_text(self, "code", 64, nonempty=True)
-        check_text(self, "message", 4096)
-
-
-@dataclass(frozen=True, slots=True)
-class ControlRequest(Message):
-    """CLI → daemon: run ``command`` with ``args``; ``id`` matches the replies."""
-
-    TYPE: ClassVar[str] = "ctl_request"
-    id: int
-    command: str
-    args: dict[str, Value]
-
-    def _check(self) -> None:
-        check_range(self, "id", 0, MAX_COUNT)
-        check_text(self, "command", 64, nonempty=True)
-
-
-@dataclass(frozen=True, slots=True)
-class ControlResponse(Message):
-    """Daemon → CLI: a result or an error for request ``id``.
-
-    A streamed command sends several responses with ``more=True`` and closes
-    with one that has ``more=False``.
-    """
-
-    TYPE: ClassVar[str] = "ctl_response"
-    id: int
-    result: Value
-    error: ControlError | None
-    more: bool = False
-
-    def _check(self) -> None:
-        check_range(self, "id", 0, MAX_COUNT)
 
 
 # The table of every top-level message, by type tag.

@@ -6,7 +6,7 @@ beyond writing to the streams it is given.
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +23,8 @@ def _jsonable(obj: object) -> object:
 
 def print_json(doc: object, out: TextIO | None = None) -> None:
     """Write ``doc`` as one JSON document (bytes become text)."""
+    import json  # only --json needs it; kept off the CLI's import path
+
     stream = out or sys.stdout
     stream.write(json.dumps(doc, indent=2, default=_jsonable) + "\n")
 
@@ -72,6 +74,26 @@ def size(n: object) -> str:
             return f"{value:.0f}{unit}" if unit == "B" or value >= 10 else f"{value:.1f}{unit}"
         value /= 1024
     return f"{n}B"
+
+
+# Prices in [pricing] and every cost are in credits (per hour for prices).
+CREDITS = "credits"
+COST_DIGITS = 3  # significant digits of a cost
+
+
+def cost(value: object) -> str:
+    """A cost with its unit and three significant digits: ``0.000139 credits``.
+
+    Never in exponent form and never rounded to zero: a one-second job at
+    0.5 credits per hour costs 0.000139 credits, not "0".
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return "-"
+    if value == 0:
+        return f"0 {CREDITS}"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = min(max(COST_DIGITS - 1 - magnitude, 2), 15)
+    return f"{value:.{decimals}f} {CREDITS}"
 
 
 def _num(value: Value) -> str:
@@ -166,7 +188,7 @@ def receipt_line(receipt: Value) -> str:
     if not isinstance(receipt, dict):
         return "-"
     verified = "verified" if receipt.get("verified") else "NOT VERIFIED"
-    return f"cost {_num(receipt.get('cost'))}, {receipt.get('state')}, signatures {verified}"
+    return f"cost {cost(receipt.get('cost'))}, {receipt.get('state')}, signatures {verified}"
 
 
 def task_text(view: Mapping[str, Value]) -> str:
@@ -209,7 +231,7 @@ def outcome_line(view: Mapping[str, Value]) -> str:
 
 def receipts_text(views: Sequence[Mapping[str, Value]]) -> str:
     rows = [
-        [str(r.get("task_id")), str(r.get("state")), _num(r.get("cost")), short_id(r.get("provider")),
+        [str(r.get("task_id")), str(r.get("state")), cost(r.get("cost")), short_id(r.get("provider")),
          short_id(r.get("requester")), "yes" if r.get("verified") else "NO"]
         for r in views
     ]

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from protocol.schema import Value
 
-from ..control.errors import ControlProtocolError
+from ..control.errors import ControlProtocolError, DaemonUnreachable
 from . import output
 from .context import EXIT_FAILED, EXIT_OK, Context
 
@@ -143,7 +143,16 @@ def receipts(ctx: Context) -> int:
 
 
 def doctor(ctx: Context) -> int:
-    checks = _many(ctx, "doctor")
+    """The daemon's checks; with no daemon, the same checks in this process."""
+    try:
+        checks = _many(ctx, "doctor")
+    except DaemonUnreachable as exc:
+        # Whoever's daemon will not start needs the checks most. They import
+        # docker, trio and NVML: only this path pays for that.
+        from ..doctor import run_in_process
+
+        ctx.note(f"peerd doctor: no daemon answers ({exc}); running the checks in this process")
+        checks = [dict(c) for c in run_in_process(ctx.config())]
     emit(ctx, checks, lambda: output.doctor_text(checks))
     return EXIT_OK if all(c.get("ok") is True for c in checks) else EXIT_FAILED
 

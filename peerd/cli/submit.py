@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 
 from protocol.errors import LocalProtocolError
-from protocol.messages import JobSpec
+from protocol.jobspec import JobSpec
 from protocol.schema import Value
 
 from ..control.wire import to_value

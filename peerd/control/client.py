@@ -18,7 +18,7 @@ from types import TracebackType
 
 from protocol.control import NEED_DATA, ControlClientConnection
 from protocol.errors import ProtocolError
-from protocol.messages import ControlResponse
+from protocol.control_messages import ControlResponse
 from protocol.schema import Value
 
 from .. import __version__

@@ -4,7 +4,7 @@
 1. ``peerd submit --wait --image IMAGE -- true`` on a requester of a seed +
    provider + requester network (real ``peerd run`` processes on loopback) vs
    ``docker run --rm --network none IMAGE true``, alternating, N each after one
-   warm-up of each: medians, p90, ratio of medians (target <= 1.5).
+   warm-up of each: medians, p90, ratio of medians (target <= 1.3).
 2. ``peerd status`` (connect, hello, one call, print) vs ``python -c pass`` with
    the same interpreter, alternating, M each: target < 150 ms.
 
@@ -64,7 +64,7 @@ def main(runs: int, status_runs: int, image: str) -> int:
     print(stats_row("docker run --rm --network none", bare))
     print(stats_row("peerd status", status_times))
     print(stats_row("python -c pass", python_times))
-    print(f"\nsubmit: ratio of medians peerd/docker **{ratio:.2f}** (target <= 1.5); "
+    print(f"\nsubmit: ratio of medians peerd/docker **{ratio:.2f}** (target <= 1.3); "
           f"status: median **{statistics.median(status_times) * 1000:.0f} ms** (target < 150 ms), "
           f"{(statistics.median(status_times) - statistics.median(python_times)) * 1000:.0f} ms above a bare "
           f"interpreter start")

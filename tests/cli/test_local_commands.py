@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,28 @@ def test_run_flags_override_the_config() -> None:
 def test_run_rejects_bad_multiaddrs(listen: list[str], bootstrap: list[str], flag: str) -> None:
     with pytest.raises(UsageError, match=flag):
         daemon_config(Config(), listen=listen, bootstrap=bootstrap, role=None)
+
+
+async def test_doctor_without_a_daemon_runs_the_checks_in_process(tmp_path: Path) -> None:
+    # A docker_url nobody serves: the docker check fails the same way on every host.
+    (tmp_path / "config.toml").write_text(f'[resources]\ndocker_url = "unix://{tmp_path}/none.sock"\n')
+    ran = await peerd(tmp_path, "doctor", "--json")
+    assert "no daemon answers" in ran.stderr and "running the checks in this process" in ran.stderr
+    checks = ran.json()
+    assert isinstance(checks, list)
+    assert [c["name"] for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk"]
+    docker = checks[0]
+    assert docker["ok"] is False and "systemctl" in docker["detail"]  # the fix follows the failure
+    assert ran.code == 1
+
+
+
+def test_the_cli_import_path_stays_light() -> None:
+    """`peerd submit` and `peerd status` start fast: no I/O stack, no crypto, no message zoo."""
+    probe = "import sys, peerd.cli.parser\nprint('\\n'.join(sorted(sys.modules)))\n"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    heavy_roots = {"trio", "libp2p", "docker", "cryptography", "hypothesis", "psutil", "pynvml", "sqlite3"}
+    heavy_modules = {"protocol.messages", "protocol.signing", "peerd.node", "peerd.doctor", "json"}
+    assert "peerd.cli.submit" in loaded  # the probe did import the commands
+    assert {m for m in loaded if m in heavy_modules or m.split(".")[0] in heavy_roots} == set()

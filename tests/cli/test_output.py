@@ -1,0 +1,31 @@
+"""How the CLI prints costs: with their unit and never rounded to zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerd.cli import output
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1 / 3600 * 0.5, "0.000139 credits"),  # one second at 0.5 credits per hour
+        (0, "0 credits"),
+        (12.5, "12.50 credits"),
+        (1234.5678, "1234.57 credits"),
+        (1e-9, "0.00000000100 credits"),
+        (None, "-"),
+        (float("nan"), "-"),
+        (True, "-"),
+    ],
+)
+def test_cost_has_a_unit_and_three_significant_digits(value: object, text: str) -> None:
+    assert output.cost(value) == text
+
+
+def test_receipt_line_and_table_show_the_cost_with_its_unit() -> None:
+    receipt = {"task_id": "t1", "state": "succeeded", "cost": 0.000139, "verified": True,
+               "provider": "p", "requester": "r"}
+    assert output.receipt_line(receipt).startswith("cost 0.000139 credits, succeeded")
+    assert "0.000139 credits" in output.receipts_text([receipt])
