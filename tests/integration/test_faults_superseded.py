@@ -58,6 +58,14 @@ def show(node: NodeProc, task_id: str) -> dict[str, object]:
     return dict(json.loads(out.stdout))
 
 
+def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
+    def final() -> dict[str, object] | None:
+        view = show(node, task_id)
+        return view if view["state"] in FINAL else None
+
+    return wait_for(f"task {task_id} to reach a final state on {node.name}", final, timeout)
+
+
 def task_containers(node_id: str, task_id: str) -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL_NODE}={node_id}", "--filter", f"label={LABEL_TASK}={task_id}"],
@@ -87,14 +95,14 @@ def test_a_provider_down_past_provider_timeout_does_not_run_the_job_twice(net: D
     wait_for("the requester to place the task on B", lambda: leased_on() == b_id, 30)
     net.start(net.nodes[a_name])  # A re-attaches the container it left running
 
-    view = wait_for("the task to end", lambda: (v := show(requester, task_id))["state"] in FINAL and v, 60)
+    view = final_view(requester, task_id, 60)
     assert view["state"] == "succeeded" and view["provider"] == b_id and view["stdout"] == "done\n", view
     receipt = view["receipt"]
     assert isinstance(receipt, dict) and receipt["verified"] is True and receipt["provider"] == b_id
 
     # A was told: no container of the task is left there, and it never completed the job
     wait_for("A to remove the task's container", lambda: not task_containers(first, task_id), 30)
-    a_view = wait_for("A to settle the task", lambda: (v := show(net.nodes[a_name], task_id))["state"] in FINAL and v, 30)
+    a_view = final_view(net.nodes[a_name], task_id, 30)
     assert a_view["state"] == "cancelled" and "superseded" in str(a_view["detail"]), a_view
     assert "done" not in str(a_view["stdout"]), a_view
 
@@ -104,7 +112,7 @@ def test_a_provider_down_past_provider_timeout_does_not_run_the_job_twice(net: D
         assert isinstance(attempts, list)
         return next((a for a in attempts if a["outcome"] == "superseded" and a["provider"] == first), None)
 
-    entry = wait_for("the requester to record A's lease as superseded", superseded, 30)
+    entry: dict[str, object] = wait_for("the requester to record A's lease as superseded", superseded, 30)
     assert str(entry["detail"]).startswith("stopped on the provider: cancelled"), entry
     attempts = show(requester, task_id)["attempts"]
     assert isinstance(attempts, list)
