@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from protocol import ProtocolError
 from protocol.messages import (
     Lease,
     LeaseTerms,
@@ -24,7 +25,7 @@ from protocol.messages import (
     Result,
     TaskState,
 )
-from protocol.signing import Signer, digest, propose
+from protocol.signing import Signer, countersign, digest, propose, verify_cosigned
 
 from .executor.contract import Outcome, OutcomeState
 
@@ -91,6 +92,18 @@ def receipt_terms(terms: LeaseTerms, lease_bytes: bytes, result: Result, finishe
         cost=cost_of(terms.price, result.wall_time),
         finished_at=finished_at,
     )
+
+
+def cosign_receipt(proposal: Receipt, lease: Lease, result: Result, signer: Signer) -> Receipt:
+    """The requester's side: the provider's receipt must describe exactly the result it
+    sent under ``lease``; then countersign it. ``ProtocolError`` if it does not."""
+    terms = verify_cosigned(lease, LeaseTerms)
+    offered = verify_cosigned(proposal, ReceiptTerms, require_both=False)
+    if offered != receipt_terms(terms, lease.terms, result, offered.finished_at):
+        raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
+    receipt = countersign(proposal, signer, as_provider=False)
+    verify_cosigned(receipt, ReceiptTerms)
+    return receipt
 
 
 @dataclass

@@ -7,8 +7,10 @@ reject, a timeout or a lost provider tries the next, within
 ``max_attempts`` and ``placement_deadline``. Every attempt is recorded with
 its outcome and reason, so "why wasn't my job placed?" always has an answer.
 A provider that vanishes after the lease is given one chance to be resumed
-before the job moves on. After a restart, unfinished tasks are resumed
-(leased) or placed again (not yet leased).
+before the job moves on; the lease it leaves behind is then ended on that
+provider when it can be reached again (``peerd.supersede``), so the job does
+not run twice. After a restart, unfinished tasks are resumed (leased) or placed
+again (not yet leased), and leases still to end are taken up again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import trio
@@ -44,9 +45,10 @@ from protocol.messages import (
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, countersign, verify_cosigned
 
-from .leasedjob import receipt_terms
+from .leasedjob import cosign_receipt
 from .p2p.errors import P2PError
 from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
+from .supersede import EnderSettings, LeaseEnder, OpenStream
 from .taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from .tracking import TaskTracker
 
@@ -56,8 +58,6 @@ _REJECT_CODES = frozenset(code.value for code in RejectCode)
 
 TASK_PROTOCOL = "/peerd/task/1.0.0"
 PEER_POLL = 0.25  # how often an empty peer table is looked at again while waiting
-
-OpenStream = Callable[[str, list[str]], AbstractAsyncContextManager[ByteStream]]
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,16 @@ class Requester:
         self._nursery: trio.Nursery | None = None
         self._cancel: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._retry_same: set[str] = set()  # tasks whose last provider may be asked again
+        self.superseded = LeaseEnder(
+            signer=signer, store=store, open_stream=open_stream, clock=clock,
+            settings=EnderSettings(answer_timeout=settings.provider_timeout, io_timeout=settings.io_timeout,
+                                   max_retry=settings.provider_timeout),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.superseded.run)
             for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
                 nursery.start_soon(self._guarded, record.task_id, self._recover(record))
             task_status.started()
@@ -250,6 +256,7 @@ class Requester:
         elif isinstance(failure, ProtocolError):
             await self._record_attempt(task_id, n, peer, "error", "", f"{failure.code}: {failure}")
             if lease is not None:
+                await self.superseded.supersede(task_id, peer, lease, "the provider broke the protocol after the lease")
                 await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
             return False
         elif lease is None:
@@ -316,15 +323,19 @@ class Requester:
                 return False
             except ProtocolError as exc:
                 await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
-                break
+                await self.superseded.supersede(task_id, candidate.peer_id, lease,
+                                                "the provider broke the protocol while resuming")
+                await self._back_to_placing(task_id, "the provider broke the protocol while resuming")
+                return False
             except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
                 log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
             if attached.is_set():
                 deadline = self.clock() + self.settings.provider_timeout
             with trio.move_on_at(self._monotonic_deadline(deadline)):
                 await trio.sleep(1.0)  # back off between tries, never past the window
-        await self._record_attempt(task_id, 0, candidate.peer_id, "lost", "provider_lost",
-                                   "the provider vanished after the lease and could not be resumed")
+        # the lost attempt keeps the lease, so that it is ended on the provider once it is back
+        await self.superseded.supersede(task_id, candidate.peer_id, lease,
+                                        "provider_lost: the provider vanished after the lease and could not be resumed")
         await self._back_to_placing(task_id, "provider lost; placing elsewhere")
         return False
 
@@ -361,7 +372,6 @@ class Requester:
         self.tracker.state(task_id, TaskState.PLACING, detail)
 
     async def _collect(self, channel: TaskChannel, task_id: str, lease: Lease, *, first: Message | None = None) -> bool:
-        terms = verify_cosigned(lease, LeaseTerms)
         self._cancel[task_id] = self._cancel_running(channel, task_id)
         try:
             while True:
@@ -377,7 +387,7 @@ class Requester:
                     raise AttemptFailed("lost", msg.code.value, msg.detail, channel.machine.last_envelope)
             proposal = await channel.receive(timeout=self.settings.provider_timeout)
             assert isinstance(proposal, Receipt)
-            receipt = self._check_receipt(proposal, terms, lease, msg)
+            receipt = cosign_receipt(proposal, lease, msg, self.signer)
             await self._finish(task_id, msg, receipt)
             await channel.send(receipt)
             return True
@@ -389,16 +399,6 @@ class Requester:
             await channel.send(Cancel(task_id=task_id, reason=reason))
 
         return stop
-
-    def _check_receipt(self, proposal: Receipt, terms: LeaseTerms, lease: Lease, result: Result) -> Receipt:
-        """The provider's receipt must describe exactly the result it sent."""
-        offered = verify_cosigned(proposal, ReceiptTerms, require_both=False)
-        expected = receipt_terms(terms, lease.terms, result, offered.finished_at)
-        if offered != expected:
-            raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
-        receipt = countersign(proposal, self.signer, as_provider=False)
-        verify_cosigned(receipt, ReceiptTerms)
-        return receipt
 
     async def _finish(self, task_id: str, result: Result, receipt: Receipt) -> None:
         now = self.clock()

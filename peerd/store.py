@@ -112,8 +112,9 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # the provider refused: reason_code, signed reject as proof
     TIMEOUT = "timeout"  # no answer in time
     UNREACHABLE = "unreachable"  # no connection or stream to the provider
-    LOST = "lost"  # leased, then the provider vanished
+    LOST = "lost"  # leased, then the provider vanished (signed: the abandoned co-signed lease)
     ERROR = "error"  # protocol violation or local failure; see detail
+    SUPERSEDED = "superseded"  # a LOST lease ended after the task moved on (signed: its receipt, if any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,9 @@ class Attempt:
     at: float
     reason_code: RejectCode | None = None
     detail: str = ""
-    signed: bytes | None = None  # raw encoded Envelope of a signed Reject
+    # proof: the raw Envelope of a signed Reject; the encoded Lease a LOST attempt abandoned;
+    # the encoded co-signed Receipt of a SUPERSEDED one
+    signed: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +539,18 @@ class Store:
         """The task's placement log in order of ``n``."""
         sql = "SELECT * FROM attempts WHERE task_id = ? ORDER BY n"
         rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        return [_attempt_from_row(row) for row in rows]
+
+    async def superseded_leases(self) -> list[Attempt]:
+        """LOST attempts that left a lease behind (``signed``) and no later SUPERSEDED entry
+        for the same provider: leases the requester moved on from but has not ended yet."""
+        sql = (
+            "SELECT * FROM attempts AS a WHERE a.outcome = ? AND a.signed IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM attempts AS b WHERE b.task_id = a.task_id AND b.provider = a.provider "
+            "AND b.n > a.n AND b.outcome = ?) ORDER BY a.at, a.task_id, a.n"
+        )
+        params = (Outcome.LOST.value, Outcome.SUPERSEDED.value)
+        rows = await self._run(partial(_select, sql=sql, params=params))
         return [_attempt_from_row(row) for row in rows]
 
     # ------------------------------------------------------------ leases, results, receipts

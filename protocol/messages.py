@@ -386,9 +386,15 @@ class Result(Message):
         check_text(self, "detail", 1024)
 
 
+# ``Cancel.reason`` of a lease the requester replaced: the provider was unreachable
+# longer than the requester waits, so the task was placed elsewhere and this lease
+# must end (reason = this word, optionally followed by ": " and an explanation).
+CANCEL_SUPERSEDED = "superseded"
+
+
 @dataclass(frozen=True, slots=True)
 class Cancel(Message):
-    """Requester → provider: stop this task."""
+    """Requester → provider: stop this task (``reason`` free text, or ``CANCEL_SUPERSEDED``)."""
 
     TYPE: ClassVar[str] = "cancel"
     task_id: str
