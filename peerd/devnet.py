@@ -264,7 +264,8 @@ def demo() -> int:
         print("$ peerd receipts\n" + requester.peerd("receipts").stdout)
         names = {net.nodes[n].status()["peer_id"]: n for n in ("provider-1", "provider-2")}
         print(f"ran on {names.get(view['provider'], view['provider'])}; exit code {view['exit_code']}; "
-              f"stdout {view['stdout']!r}; receipt signed by both: {bool(view['receipt'] and view['receipt']['verified'])}")
+              f"stdout {view['stdout']!r}; "
+              f"receipt signed by both: {bool(view['receipt'] and view['receipt']['verified'])}")
         print("stopping everything …")
     return 0
 

@@ -30,7 +30,7 @@ from functools import partial
 
 import trio
 
-from protocol.messages import Advert, FINAL_STATES, JobSpec, TaskState
+from protocol.messages import FINAL_STATES, Advert, JobSpec, TaskState
 
 from . import __version__, sdnotify
 from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
@@ -56,10 +56,10 @@ from .identity import load_key
 from .jobrun import JobRunner
 from .metrics import Metrics, MetricsServer, NodeSample, gpu_leases, listen_address, status_counters
 from .p2p.service import P2PService
+from .p2p.streams import Stream
 from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
-from .p2p.streams import Stream
 from .store import Store, TaskRole
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view

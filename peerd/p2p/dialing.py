@@ -19,6 +19,7 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from multiaddr.exceptions import Error as MultiaddrError, ProtocolLookupError
 
 from .errors import BadAddress, DialError, StreamError
 from .host import Libp2pNode
@@ -47,8 +48,10 @@ def split_p2p(addr: str) -> tuple[multiaddr.Multiaddr, str | None]:
         raise BadAddress(f"bad multiaddr {addr!r}: {exc}") from exc
     try:
         peer = maddr.value_for_protocol("p2p")
-    except Exception:
+    except ProtocolLookupError:  # no /p2p part
         peer = None
+    except MultiaddrError as exc:
+        raise BadAddress(f"bad /p2p part in {addr!r}: {exc}") from exc
     if not peer:
         return maddr, None
     return maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}")), str(peer)

@@ -25,6 +25,7 @@ import socket
 
 import libp2p.network.swarm as _swarm
 import multiaddr
+from multiaddr.exceptions import ProtocolLookupError
 
 from .errors import BadAddress, LibraryChanged, PortInUse
 
@@ -115,7 +116,7 @@ def tcp_endpoint(addr: str) -> tuple[str, int]:
     for proto in ("ip4", "ip6"):
         try:
             ip = maddr.value_for_protocol(proto)
-        except Exception:
+        except ProtocolLookupError:  # not this family
             continue
         if ip:
             return str(ip), port
