@@ -61,6 +61,7 @@ from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
 from .store import Store, TaskRole
+from .taskwire import ByteStream
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view
 
@@ -250,7 +251,7 @@ class Node:
         ]
 
     @asynccontextmanager
-    async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[object]:
+    async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[ByteStream]:
         assert self.p2p is not None
         if peer_id == self.signer.peer_id:
             async with self._local_stream() as stream:
@@ -260,7 +261,7 @@ class Node:
             yield stream
 
     @asynccontextmanager
-    async def _local_stream(self) -> AsyncIterator[object]:
+    async def _local_stream(self) -> AsyncIterator[ByteStream]:
         """An in-process byte pipe to this node's own provider (``--local``)."""
         from .localpipe import pipe_pair
 

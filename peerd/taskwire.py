@@ -22,8 +22,9 @@ from typing import Protocol
 import trio
 
 from protocol import ProtocolError
+from protocol.codec import CLOSED, NEED_DATA
 from protocol.messages import Message
-from protocol.negotiation import CLOSED, NEED_DATA, Negotiation
+from protocol.negotiation import Negotiation
 
 from .errors import PeerdError
 from .p2p.errors import StreamError, StreamTimeout

@@ -1,7 +1,7 @@
 """Dialling peers and opening streams, each bounded by a timeout.
 
 ``connect`` puts a peer's addresses in the peerstore and dials it under
-``trio.fail_after`` (defect 4: a listener that never speaks holds the Noise
+``trio.fail_after`` (docs/py-libp2p.md, defect 4: a listener that never speaks holds the Noise
 handshake for minutes). A deliberate re-dial first evicts the peer from the
 swarm's negative dial cache (defect 7: after one failed dial a peer is refused
 for 60 s even when it is back). ``open_stream`` connects when needed, then
@@ -73,7 +73,7 @@ def transport_addrs(peer_id: str, addrs: Sequence[str]) -> list[multiaddr.Multia
 
 def is_connected(node: Libp2pNode, peer_id: str) -> bool:
     conns = node.host.get_network().connections.get(to_id(peer_id))
-    return bool(conns) and any(not c.is_closed for c in conns)
+    return conns is not None and any(not c.is_closed for c in conns)
 
 
 async def connect(

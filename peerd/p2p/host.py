@@ -2,7 +2,7 @@
 
 This is the only code that constructs a py-libp2p host. ``open_node`` is an
 async context manager that yields a running ``Libp2pNode`` and applies the
-per-host guards from shared/notes/py-libp2p-0.8.1.md:
+per-host guards of docs/py-libp2p.md:
 
 * Noise is the only security transport (defect 1: plaintext is offered by
   default and a peer could downgrade); TCP + Noise + yamux, standard identify.
