@@ -197,7 +197,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._sample = _SampleCollector()
-        self.registry.register(self._sample)  # type: ignore[arg-type]
+        self.registry.register(self._sample)
         ProcessCollector(registry=self.registry)
         self._negotiation = Histogram(
             "peerd_negotiation_seconds", "One negotiation, request sent to lease signed by both.",

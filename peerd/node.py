@@ -30,7 +30,7 @@ from functools import partial
 
 import trio
 
-from protocol.messages import Advert, FINAL_STATES, JobSpec, TaskState
+from protocol.messages import FINAL_STATES, Advert, JobSpec, TaskState
 
 from . import __version__, sdnotify
 from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
@@ -56,12 +56,13 @@ from .identity import load_key
 from .jobrun import JobRunner
 from .metrics import Metrics, MetricsServer, NodeSample, gpu_leases, listen_address, status_counters
 from .p2p.service import P2PService
+from .p2p.streams import Stream
 from .provider import Provider, ProviderSettings
 from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
 from .resources import snapshot
 from .retention import Pruner
-from .p2p.streams import Stream
 from .store import Store, TaskRole
+from .taskwire import ByteStream
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view
 
@@ -254,7 +255,7 @@ class Node:
         ]
 
     @asynccontextmanager
-    async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[object]:
+    async def _open_task_stream(self, peer_id: str, addrs: list[str]) -> AsyncIterator[ByteStream]:
         assert self.p2p is not None
         if peer_id == self.signer.peer_id:
             async with self._local_stream() as stream:
@@ -264,7 +265,7 @@ class Node:
             yield stream
 
     @asynccontextmanager
-    async def _local_stream(self) -> AsyncIterator[object]:
+    async def _local_stream(self) -> AsyncIterator[ByteStream]:
         """An in-process byte pipe to this node's own provider (``--local``)."""
         from .localpipe import pipe_pair
 

@@ -43,8 +43,8 @@ from .executor.contract import RunSpec
 from .executor.errors import ExecutorError, Reason
 from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
-from .leasedjob import LeasedJob
 from .jobrun import JobRunner
+from .leasedjob import LeasedJob
 from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,9 @@ class Provider:
         price = self.price(request)
         expires = now + self.settings.offer_hold
         await channel.send(
-            Offer(task_id=request.task_id, price=price, expires_at=expires, cpus=spec.cpus, memory=spec.memory, gpus=gpus)
+            Offer(
+                task_id=request.task_id, price=price, expires_at=expires, cpus=spec.cpus, memory=spec.memory, gpus=gpus
+            )
         )
         answer = await channel.receive(timeout=max(expires - self.clock(), 0.0))
         if isinstance(answer, Cancel):

@@ -3,9 +3,15 @@
 ``TaskChannel`` owns one stream and one ``protocol.negotiation`` machine. It
 sends messages through the machine (which signs and frames them) and reads
 until the machine yields the next message. Every read and write runs under a
-deadline; foreign exceptions are mapped here, at the edge, to ``PeerGone`` (the
+deadline; the stream's errors are mapped here, once, to ``PeerGone`` (the
 stream broke or closed) and ``PeerTimeout`` (nothing arrived in time).
 Protocol violations surface as ``protocol.ProtocolError`` unchanged.
+
+A stream raises only what its layer translated: the p2p ``Stream`` raises
+``peerd.p2p.errors.StreamError`` / ``StreamTimeout`` (``peerd.p2p.streams``
+translates libp2p's exceptions), the in-process pipe of ``--local`` jobs trio's
+resource errors. Anything else is a bug and travels on to the per-connection
+edge (the provider's stream handler, the requester's per-task task), which logs it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from typing import Protocol
 import trio
 
 from protocol import ProtocolError
+from protocol.codec import CLOSED, NEED_DATA
 from protocol.messages import Message
-from protocol.negotiation import CLOSED, NEED_DATA, Negotiation
+from protocol.negotiation import Negotiation
 
 from .errors import PeerdError
-from .p2p.errors import StreamTimeout
+from .p2p.errors import StreamError, StreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +97,10 @@ class TaskChannel:
             raise PeerTimeout(f"write timed out after {self.timeout:g}s") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise PeerGone(f"stream broke while writing: {exc}") from exc
-        except TaskWireError:
-            raise
         except StreamTimeout as exc:
             raise PeerTimeout(str(exc)) from exc
-        except Exception as exc:  # the p2p layer's StreamError and anything libp2p let through
-            raise PeerGone(f"stream failed while writing: {type(exc).__name__}: {exc}") from exc
+        except StreamError as exc:
+            raise PeerGone(f"stream failed while writing: {exc}") from exc
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message; PeerGone on close, PeerTimeout after ``timeout``."""
@@ -120,19 +125,18 @@ class TaskChannel:
             return await self.stream.read(READ_CHUNK, timeout=timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise PeerGone(f"stream broke while reading: {exc}") from exc
-        except (TaskWireError, trio.TooSlowError, trio.Cancelled):
-            raise
         except StreamTimeout as exc:
             raise PeerTimeout(str(exc)) from exc
-        except Exception as exc:  # the p2p layer's StreamError and anything libp2p let through
-            raise PeerGone(f"stream failed while reading: {type(exc).__name__}: {exc}") from exc
+        except StreamError as exc:
+            raise PeerGone(f"stream failed while reading: {exc}") from exc
 
     async def close(self) -> None:
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             try:
                 await self.stream.close()
-            except Exception as exc:  # closing a broken stream: nothing left to do but log
+            except (StreamError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # closing a broken stream: nothing left to do but note it
                 log.debug("closing task stream failed: %s", exc)
 
 

@@ -8,7 +8,7 @@ per-task "changed" event rather than polling.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
@@ -92,7 +92,7 @@ class TaskTracker:
             await live.changed.wait()
             live = self._live(task_id)
 
-    async def follow_events(self, task_id: str) -> AsyncIterator[TaskEvent]:
+    async def follow_events(self, task_id: str) -> AsyncGenerator[TaskEvent, None]:
         live = self._live(task_id)
         index = 0
         while True:

@@ -125,7 +125,8 @@ def encode(msg: Message) -> bytes:
     if not isinstance(msg, Message) or not msg.TYPE:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: not a message")
     try:
-        return msgpack.packb(msg.to_wire(), use_bin_type=True, datetime=False)
+        packed: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True, datetime=False)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {msg.TYPE}: {exc}") from exc
 
@@ -170,23 +171,24 @@ class FrameDecoder:
 
     def next_frame(self) -> bytes | None:
         if len(self._buffer) < HEADER_SIZE:
-            return self._at_eof()
+            self._check_eof()
+            return None
         (length,) = _HEADER.unpack_from(self._buffer)
         if length > self.max_frame:
             raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
         end = HEADER_SIZE + length
         if len(self._buffer) < end:
-            return self._at_eof()
+            self._check_eof()
+            return None
         payload = bytes(self._buffer[HEADER_SIZE:end])
         del self._buffer[:end]
         # A following oversize header is reported by the next call, not this
         # one: raising here would lose the complete frame just taken.
         return payload
 
-    def _at_eof(self) -> None:
+    def _check_eof(self) -> None:
         if self._eof and self._buffer:
             raise DecodeError(f"stream closed inside a frame ({len(self._buffer)} bytes pending)")
-        return None
 
     @property
     def closed(self) -> bool:

@@ -20,8 +20,8 @@ client, ``ControlResponse`` from the daemon. Rules:
 from __future__ import annotations
 
 from .codec import CLOSED, DEFAULT_MAX_FRAME, NEED_DATA, FrameDecoder, Sentinel, decode, encode, frame
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .control_messages import CONTROL_TYPES, ControlError, ControlRequest, ControlResponse
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .schema import PROTOCOL_VERSION, Value
 
 CONTROL_VERSION = PROTOCOL_VERSION

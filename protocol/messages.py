@@ -18,21 +18,31 @@ from typing import ClassVar
 
 # JobSpec, the control messages, the limits and the Message base live in light
 # modules of their own (the CLI imports those alone); they are re-exported here.
-from .control_messages import ControlError as ControlError
-from .control_messages import ControlRequest as ControlRequest
-from .control_messages import ControlResponse as ControlResponse
+from .control_messages import (
+    ControlError as ControlError,
+    ControlRequest as ControlRequest,
+    ControlResponse as ControlResponse,
+)
 from .jobspec import JobSpec as JobSpec
-from .limits import MAX_COUNT as MAX_COUNT
-from .limits import MAX_CPUS as MAX_CPUS
-from .limits import MAX_GPUS as MAX_GPUS
-from .limits import MAX_MEMORY as MAX_MEMORY
-from .limits import MAX_PRICE as MAX_PRICE
-from .limits import MAX_SEQ as MAX_SEQ
-from .limits import MAX_TIMEOUT as MAX_TIMEOUT
-from .limits import MAX_TIMESTAMP as MAX_TIMESTAMP
-from .schema import PROTOCOL_VERSION as PROTOCOL_VERSION
-from .schema import Message as Message
-from .schema import Struct, check_len, check_range, check_text, fail as _fail
+from .limits import (
+    MAX_COUNT as MAX_COUNT,
+    MAX_CPUS as MAX_CPUS,
+    MAX_GPUS as MAX_GPUS,
+    MAX_MEMORY as MAX_MEMORY,
+    MAX_PRICE as MAX_PRICE,
+    MAX_SEQ as MAX_SEQ,
+    MAX_TIMEOUT as MAX_TIMEOUT,
+    MAX_TIMESTAMP as MAX_TIMESTAMP,
+)
+from .schema import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    Message as Message,
+    Struct,
+    check_len,
+    check_range,
+    check_text,
+    fail as _fail,
+)
 
 
 # ---------------------------------------------------------------- enums

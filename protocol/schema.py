@@ -26,8 +26,9 @@ MAX_STR = 4096
 MAX_ITEMS = 1024
 MAX_VALUE_DEPTH = 16
 
-# The recursive value type carried by control-socket requests and responses.
-Value = typing.Union[
+# The recursive value type carried by control-socket requests and responses. typing.Union, not `|`:
+# _is_value_type recognises it at run time by typing.get_origin(...) is typing.Union.
+Value = typing.Union[  # noqa: UP007
     None, bool, int, float, str, bytes, list["Value"], dict[str, "Value"]
 ]
 

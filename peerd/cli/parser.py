@@ -51,11 +51,11 @@ COMMANDS: tuple[CliCommand, ...] = (
 )
 
 
-def _common(*, top: bool) -> argparse.ArgumentParser:
+def _common(*, top: bool) -> Parser:
     # On subcommands the defaults are SUPPRESS so they never hide a value
     # given before the command name.
     unset = None if top else argparse.SUPPRESS
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = Parser(add_help=False)
     parser.add_argument("--home", metavar="DIR", default=unset,
                         help="node home (default $PEERD_HOME, else ~/.peerd)")
     parser.add_argument("--socket", metavar="PATH", default=unset,

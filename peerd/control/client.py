@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 
 from protocol.control import NEED_DATA, ControlClientConnection
-from protocol.errors import ProtocolError
 from protocol.control_messages import ControlResponse
+from protocol.errors import ProtocolError
 from protocol.schema import Value
 
 from .. import __version__

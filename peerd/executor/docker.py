@@ -171,7 +171,9 @@ class DockerExecutor:
         if early is not None:  # stop() came while the container was being created
             await self.stop(spec.task_id, early)
 
-    async def _launch(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> tuple[_Task, list[OutputSource]]:
+    async def _launch(
+        self, engine: Engine, spec: RunSpec, on_pull: PullListener | None
+    ) -> tuple[_Task, list[OutputSource]]:
         out_dir, archive = self._paths(spec.task_id)
         await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user)
         deadline = time.time() + spec.timeout
@@ -218,7 +220,7 @@ class DockerExecutor:
             sources = []
         async with trio.open_nursery() as inner:
             pumps_done = [trio.Event() for _ in sources]
-            for source, done in zip(sources, pumps_done):
+            for source, done in zip(sources, pumps_done, strict=True):
                 inner.start_soon(self._pump, engine, task, source, done)
             try:
                 await self._await_exit(engine, task)
@@ -386,7 +388,9 @@ class DockerExecutor:
             self._tasks[task.task_id] = task
             nursery.start_soon(self._supervise, task, None)
         finished = [await self._collect_exited(engine, info) for info in plan.collect]
-        finished += [await self._lose(engine, self._adopt_missing(t), "no container after restart") for t in plan.missing]
+        finished += [
+            await self._lose(engine, self._adopt_missing(t), "no container after restart") for t in plan.missing
+        ]
         return RecoveryReport(
             reattached=tuple(i.task_id for i in plan.reattach),
             finished=tuple(finished),

@@ -1,7 +1,7 @@
 """Dialling peers and opening streams, each bounded by a timeout.
 
 ``connect`` puts a peer's addresses in the peerstore and dials it under
-``trio.fail_after`` (defect 4: a listener that never speaks holds the Noise
+``trio.fail_after`` (docs/py-libp2p.md, defect 4: a listener that never speaks holds the Noise
 handshake for minutes). A deliberate re-dial first evicts the peer from the
 swarm's negative dial cache (defect 7: after one failed dial a peer is refused
 for 60 s even when it is back). ``open_stream`` connects when needed, then
@@ -19,6 +19,7 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from multiaddr.exceptions import Error as MultiaddrError, ProtocolLookupError
 
 from .errors import BadAddress, DialError, StreamError
 from .host import Libp2pNode
@@ -47,8 +48,10 @@ def split_p2p(addr: str) -> tuple[multiaddr.Multiaddr, str | None]:
         raise BadAddress(f"bad multiaddr {addr!r}: {exc}") from exc
     try:
         peer = maddr.value_for_protocol("p2p")
-    except Exception:
+    except ProtocolLookupError:  # no /p2p part
         peer = None
+    except MultiaddrError as exc:
+        raise BadAddress(f"bad /p2p part in {addr!r}: {exc}") from exc
     if not peer:
         return maddr, None
     return maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}")), str(peer)
@@ -70,7 +73,7 @@ def transport_addrs(peer_id: str, addrs: Sequence[str]) -> list[multiaddr.Multia
 
 def is_connected(node: Libp2pNode, peer_id: str) -> bool:
     conns = node.host.get_network().connections.get(to_id(peer_id))
-    return bool(conns) and any(not c.is_closed for c in conns)
+    return conns is not None and any(not c.is_closed for c in conns)
 
 
 async def connect(

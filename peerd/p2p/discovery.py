@@ -6,9 +6,9 @@ and a random key per bucket), then dials the peers it learned, up to
 ``target_peers`` connections. ``run`` keeps that up: seeds that are down are
 re-dialled with exponential backoff (the swarm's negative dial cache is
 cleared first), the routing table is refreshed explicitly (py-libp2p's own
-refresh runs every 600 s and connections never fill it: defect 9), and peers
-learned from the DHT or from adverts' addresses are dialled while we hold
-fewer than ``target_peers`` connections. Nothing here disconnects anyone, so
+refresh runs every 600 s and connections never fill it: defect 9 in
+docs/py-libp2p.md), and peers learned from the DHT or from adverts' addresses
+are dialled while we hold fewer than ``target_peers`` connections. Nothing here disconnects anyone, so
 a node whose seeds all go away keeps the peers it has.
 """
 

@@ -1,6 +1,6 @@
 """Process-wide guards for py-libp2p 0.8.1 defects, applied once before a host is built.
 
-See shared/notes/py-libp2p-0.8.1.md. Guards that are per host (Noise-only
+Defects and guards are numbered as in docs/py-libp2p.md. Guards that are per host (Noise-only
 security, closing the host, timeouts, stream resets, gossip seqno) live with
 the code that builds or uses the host (``host.py``, ``streams.py``); the ones
 here change module state of the library or check the operating system:
@@ -9,9 +9,9 @@ here change module state of the library or check the operating system:
   250 ms before its first address is even given a chance to finish; set to 0
   here and only here. ``tests/p2p/test_guards.py`` notices if an upgrade
   renames or changes it.
-* logging (install notes): on import libp2p's logger stops propagating and
-  prints warnings raw to stderr; we make it propagate to the application's
-  handlers at WARNING.
+* logging ("Installing and importing" there): on import libp2p's logger stops
+  propagating and prints warnings raw to stderr; we make it propagate to the
+  application's handlers at WARNING.
 * the listen port (defect 11): the TCP transport binds with SO_REUSEPORT, so a
   second daemon on the same port would silently share it; ``check_port_free``
   probes the port without SO_REUSEPORT first and fails clearly.
@@ -25,6 +25,7 @@ import socket
 
 import libp2p.network.swarm as _swarm
 import multiaddr
+from multiaddr.exceptions import ProtocolLookupError
 
 from .errors import BadAddress, LibraryChanged, PortInUse
 
@@ -52,7 +53,7 @@ def disable_dial_delay() -> None:
     if not isinstance(current, float):
         raise LibraryChanged(
             "libp2p.network.swarm._HAPPY_EYEBALLS_DELAY is gone or not a float; "
-            "re-measure the dial delay (notes: py-libp2p defect 2) before upgrading"
+            "re-measure the dial delay (docs/py-libp2p.md, defect 2) before upgrading"
         )
     # The only place this is set: dials then take ~4 ms instead of 251 ms on loopback.
     _swarm._HAPPY_EYEBALLS_DELAY = 0.0
@@ -70,11 +71,11 @@ def tame_logging(level: int = logging.WARNING) -> None:
         logger.handlers.clear()
         logger.setLevel(level)
         logger.propagate = True
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.startswith("libp2p."):
-            logger.setLevel(logging.NOTSET)
-            logger.handlers.clear()
-            logger.propagate = True
+    for name, entry in list(logging.root.manager.loggerDict.items()):
+        if isinstance(entry, logging.Logger) and name.startswith("libp2p."):
+            entry.setLevel(logging.NOTSET)
+            entry.handlers.clear()
+            entry.propagate = True
     for name in _ROUTINE:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RoutineFilter) for f in logger.filters):
@@ -115,7 +116,7 @@ def tcp_endpoint(addr: str) -> tuple[str, int]:
     for proto in ("ip4", "ip6"):
         try:
             ip = maddr.value_for_protocol(proto)
-        except Exception:
+        except ProtocolLookupError:  # not this family
             continue
         if ip:
             return str(ip), port

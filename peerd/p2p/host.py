@@ -2,7 +2,7 @@
 
 This is the only code that constructs a py-libp2p host. ``open_node`` is an
 async context manager that yields a running ``Libp2pNode`` and applies the
-per-host guards from shared/notes/py-libp2p-0.8.1.md:
+per-host guards of docs/py-libp2p.md:
 
 * Noise is the only security transport (defect 1: plaintext is offered by
   default and a peer could downgrade); TCP + Noise + yamux, standard identify.
@@ -37,12 +37,9 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_noise_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
-from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as GOSSIPSUB_V11
-from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10, PROTOCOL_ID_V11 as GOSSIPSUB_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID, Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.signing import Signer

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 
 import trio
+from libp2p.abc import ISubscriptionAPI
 from libp2p.custom_types import TProtocol
-from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from peerd.config import NetworkConfig
@@ -148,7 +148,7 @@ class P2PService:
             "peer_id": self.peer_id,
             "seed": self.seed,
             "running": self.running,
-            "addrs": self.listen_addrs() if self.running else [],
+            "addrs": [*self.listen_addrs()] if self.running else [],
             "connected": len(self.connected_peers()),
             "streams": self.open_streams(),
             "seeds": len(self._seeds),
@@ -290,7 +290,7 @@ class P2PService:
                 log.info("advert of …%s expired", peer_id[-8:])
 
 
-async def _drain(subscription: TrioSubscriptionAPI) -> None:
+async def _drain(subscription: ISubscriptionAPI) -> None:
     """Adverts are taken in by the topic validator; empty the channel so it never fills."""
     async for _ in subscription:
         pass

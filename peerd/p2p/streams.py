@@ -1,6 +1,6 @@
 """Streams with a timeout on every operation, and stream handlers that cannot kill the host.
 
-``Stream`` wraps a libp2p stream (guards 4 and 5 of the notes): every read and
+``Stream`` wraps a libp2p stream (guards 4 and 5 in docs/py-libp2p.md): every read and
 write runs under ``trio.fail_after``; as an async context manager it closes the
 stream on a clean exit and resets it (shielded) on an error or cancellation, so
 no stream leaks (after 256 leaked streams a connection's ``new_stream`` hangs).
@@ -94,7 +94,8 @@ class Stream:
         """Half-close: the peer reads EOF; we may still read its answer."""
         try:
             with trio.fail_after(self.io_timeout):
-                await self._raw.close_write()
+                # NetStream has close_write; 0.8.1's INetStream interface does not declare it
+                await self._raw.close_write()  # type: ignore[attr-defined]
         except trio.TooSlowError as exc:
             raise StreamTimeout(f"closing stream to …{short(self.remote_peer)} timed out") from exc
         except FOREIGN_ERRORS as exc:

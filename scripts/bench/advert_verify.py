@@ -25,8 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from protocol import codec, signing  # noqa: E402
-from protocol import messages as m  # noqa: E402
+from protocol import (  # noqa: E402
+    codec,
+    messages as m,  # noqa: E402
+    signing,
+)
 
 NOW = 1_700_000_000.0
 

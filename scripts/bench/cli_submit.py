@@ -57,8 +57,8 @@ def main(runs: int, status_runs: int, image: str) -> int:
             status_times.append(timed(status))
             python_times.append(timed(bare_python))
     ratio = statistics.median(ours) / statistics.median(bare)
-    print(f"The `peerd` CLI as a new process each time, against a requester of seed + provider + requester "
-          f"(real processes, loopback); alternating with its baseline.\n")
+    print("The `peerd` CLI as a new process each time, against a requester of seed + provider + requester "
+          "(real processes, loopback); alternating with its baseline.\n")
     print(STATS_HEADER)
     print(stats_row("peerd submit --wait -- true", ours))
     print(stats_row("docker run --rm --network none", bare))

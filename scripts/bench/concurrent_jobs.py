@@ -22,6 +22,7 @@ import time
 from collections import Counter
 
 from job_e2e import IMAGE, start_network, trivial_spec
+
 from peerd.control.client import ControlClient
 from peerd.control.wire import to_value
 from peerd.devnet import NodeProc

@@ -38,8 +38,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import psutil
-
 from job_e2e import BenchNet, percentile
+
 from peerd.control.client import ControlClient
 from peerd.devnet import NodeProc
 from peerd.peertable import Outcome

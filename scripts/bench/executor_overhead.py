@@ -58,8 +58,8 @@ async def main(runs: int, image: str) -> None:
             nursery.cancel_scope.cancel()
     ours_median, cli_median = statistics.median(ours), statistics.median(cli)
     print(f"docker {info.version} (API {info.api_version}), image {image}, N={runs} each, alternating")
-    print(f"executor run_job  median {ours_median * 1000:7.1f} ms  min {min(ours) * 1000:7.1f}  max {max(ours) * 1000:7.1f}")
-    print(f"docker run --rm   median {cli_median * 1000:7.1f} ms  min {min(cli) * 1000:7.1f}  max {max(cli) * 1000:7.1f}")
+    for label, median, samples in (("executor run_job ", ours_median, ours), ("docker run --rm  ", cli_median, cli)):
+        print(f"{label} median {median * 1000:7.1f} ms  min {min(samples) * 1000:7.1f}  max {max(samples) * 1000:7.1f}")
     print(f"ratio executor/cli {ours_median / cli_median:.2f} (target <= 1.20)")
 
 

@@ -23,8 +23,8 @@ import sys
 import time
 
 import psutil
-
 from job_e2e import BenchNet
+
 from peerd.devnet import wait_for
 
 MB = 1 << 20

@@ -29,7 +29,6 @@ import sys
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from peerd.control.client import ControlClient
 from peerd.control.wire import to_value

@@ -124,7 +124,10 @@ async def run_size(n: int, args: argparse.Namespace, logdir: Path) -> dict[str, 
 
         await wait_for(converged, changed, 120, "convergence")
         done = time.time()
-        result = {"converge_from_spawn": done - spawned, "converge_from_last_ready": done - max(x.ready_at for x in nodes)}
+        result = {
+            "converge_from_spawn": done - spawned,
+            "converge_from_last_ready": done - max(x.ready_at for x in nodes),
+        }
         result["startup_cpu"] = sum(cpu_seconds(nd.process.pid) for nd in [*nodes, seed])
 
         await trio.sleep(args.settle)

@@ -68,10 +68,12 @@ class Registry:
         if path == "/v2/":
             return "200 OK", {"Content-Type": "application/json"}, b"{}"
         if path in (prefix + f"manifests/{self.tag}", prefix + f"manifests/{_digest(self.manifest)}"):
-            return "200 OK", {"Content-Type": MANIFEST_TYPE, "Docker-Content-Digest": _digest(self.manifest)}, self.manifest
+            headers = {"Content-Type": MANIFEST_TYPE, "Docker-Content-Digest": _digest(self.manifest)}
+            return "200 OK", headers, self.manifest
         if path.startswith(prefix + "blobs/") and path[len(prefix) + 6:] in self.blobs:
             digest = path[len(prefix) + 6:]
-            return "200 OK", {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, self.blobs[digest]
+            headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
+            return "200 OK", headers, self.blobs[digest]
         return "404 Not Found", {"Content-Type": "application/json"}, b'{"errors":[{"code":"NOT_FOUND"}]}'
 
     async def handle(self, stream: trio.SocketStream) -> None:

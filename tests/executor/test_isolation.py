@@ -58,7 +58,7 @@ async def test_inside_the_job_cannot_write_outside_out_or_escalate(executor: Doc
     lines = outcome.stdout.decode().split()
     assert "rootfs-writable" not in lines
     assert "tmp-writable" in lines and "out-writable" in lines
-    assert "CapEff:\t0000000000000000".split() == lines[lines.index("CapEff:"):][:2]
+    assert ["CapEff:", "0000000000000000"] == lines[lines.index("CapEff:"):][:2]
     assert lines[lines.index("NoNewPrivs:") + 1] == "1"
     assert lines[-1] == "lo" and "eth0" not in lines  # only loopback: no network at all
 

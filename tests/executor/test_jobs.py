@@ -133,14 +133,18 @@ async def test_outputs_over_the_limit_are_left_out_and_flagged(
     ex = DockerExecutor(node_id, workdir, output_limit=10_000)
     await nursery.start(ex.run)
     outcome = await ex.run_job(
-        job("big-1", "head -c 6000 /dev/zero > /out/a", "head -c 6000 /dev/zero > /out/b", "ln -s /etc/passwd /out/link")
+        job(
+            "big-1", "head -c 6000 /dev/zero > /out/a", "head -c 6000 /dev/zero > /out/b", "ln -s /etc/passwd /out/link"
+        )
     )
     assert outcome.output_truncated and "outputs truncated" in outcome.detail
     assert outcome.output_path is not None
     assert members(outcome.output_path) == {"a": bytes(6000)}
 
 
-async def test_missing_image_without_registry_is_image_unavailable_quickly(executor: DockerExecutor, workdir: Path) -> None:
+async def test_missing_image_without_registry_is_image_unavailable_quickly(
+    executor: DockerExecutor, workdir: Path
+) -> None:
     image = f"127.0.0.1:{closed_loopback_port()}/peerd-test/missing:1"
     with trio.fail_after(15):
         with pytest.raises(ImageUnavailable) as raised:

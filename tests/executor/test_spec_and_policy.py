@@ -49,7 +49,9 @@ def test_malformed_specs_are_refused(overrides: dict[str, object]) -> None:
         (ProviderPolicy(), {"gpus": ("GPU-1",)}, Reason.NO_GPU_RUNTIME),
     ],
 )
-def test_policy_refusals_carry_reason_codes(policy: ProviderPolicy, overrides: dict[str, object], reason: Reason) -> None:
+def test_policy_refusals_carry_reason_codes(
+    policy: ProviderPolicy, overrides: dict[str, object], reason: Reason
+) -> None:
     with pytest.raises(PolicyError) as raised:
         policy.check(spec(**overrides), gpu_runtime=False)
     assert raised.value.reason is reason and raised.value.reason == reason.value

@@ -181,7 +181,9 @@ async def p2p_cluster(net: NetworkConfig = FAST_NET, *, with_seed: bool = True) 
 
 
 @asynccontextmanager
-async def raw_gossip_node(signer: Signer, peer_addrs: Sequence[str], *, timeout: float = 10.0) -> AsyncIterator[Libp2pNode]:
+async def raw_gossip_node(
+    signer: Signer, peer_addrs: Sequence[str], *, timeout: float = 10.0
+) -> AsyncIterator[Libp2pNode]:
     """A bare node subscribed to the advert topic and connected to ``peer_addrs``.
 
     It has no topic validator: whatever it publishes goes out as it is.

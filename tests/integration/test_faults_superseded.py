@@ -68,7 +68,8 @@ def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object
 
 def task_containers(node_id: str, task_id: str) -> list[str]:
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL_NODE}={node_id}", "--filter", f"label={LABEL_TASK}={task_id}"],
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_NODE}={node_id}",
+         "--filter", f"label={LABEL_TASK}={task_id}"],
         capture_output=True, text=True, check=True,
     )
     return out.stdout.split()

@@ -24,9 +24,8 @@ from peerd.provider import Provider, ProviderSettings
 from peerd.requester import Candidate, Requester, RequesterSettings
 from peerd.store import Store
 from peerd.tracking import TaskTracker
-from protocol.codec import frame
-from protocol.codec import NEED_DATA
-from protocol.messages import Accept, JobSpec, Offer, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
+from protocol.codec import NEED_DATA, frame
+from protocol.messages import Accept, JobSpec, LeaseTerms, Offer, ReceiptTerms, Reject, RejectCode, TaskState
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
 
@@ -58,7 +57,9 @@ async def task_pair(
             await nursery.start(executor.run)
             # GPUs: an honest fake inventory at the NVML boundary (this host has none)
             ledger = CapacityLedger(cpus=cpus, memory=2 << 30, gpus=FakeNvml.identical(gpus).read())
-            runner = JobRunner(signer=psigner, executor=executor, ledger=ledger, store=pstore, pids=64, log_limit=1 << 20)
+            runner = JobRunner(
+                signer=psigner, executor=executor, ledger=ledger, store=pstore, pids=64, log_limit=1 << 20
+            )
             await nursery.start(runner.run)
             provider = Provider(
                 signer=psigner, ledger=ledger, runner=runner,
@@ -89,7 +90,8 @@ async def task_pair(
 
 async def test_job_runs_and_both_sides_hold_the_same_cosigned_receipt(tmp_path: Path) -> None:
     async with task_pair(tmp_path) as pair:
-        task_id = await pair.run(JobSpec(image=IMAGE, command=("sh", "-c", "echo hello; echo oops >&2; exit 3"), timeout=30))
+        spec = JobSpec(image=IMAGE, command=("sh", "-c", "echo hello; echo oops >&2; exit 3"), timeout=30)
+        task_id = await pair.run(spec)
         record = await pair.store.get_task(task_id)
         assert record is not None and record.state is TaskState.FAILED and record.exit_code == 3
         result = await pair.store.get_result(task_id)
@@ -146,7 +148,8 @@ async def test_a_task_id_seen_before_is_refused_with_a_signed_reason(tmp_path: P
         first = await pair.run(JobSpec(image=IMAGE, command=("true",), timeout=30))
         signer = pair.requester.signer
         machine = RequesterNegotiation(signer, pair.provider.peer_id)
-        answer = await _exchange(pair, machine.send_request(first, JobSpec(image=IMAGE, command=("true",)), now=1.0), signer)
+        request = machine.send_request(first, JobSpec(image=IMAGE, command=("true",)), now=1.0)
+        answer = await _exchange(pair, request, signer)
         machine.receive_data(answer)
         reply = machine.next_event()
         assert isinstance(reply, Reject) and reply.code is RejectCode.BAD_REQUEST

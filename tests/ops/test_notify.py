@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.devnet import FAST_CONFIG, free_port
 from peerd.control.client import ControlClient
+from peerd.devnet import FAST_CONFIG, free_port
 
 from .harness import OpsNet
 

@@ -1,3 +1,5 @@
+"""peerd.config: loading, defaults and refusals of config.toml."""
+
 import tomllib
 from pathlib import Path
 

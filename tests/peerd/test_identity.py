@@ -1,3 +1,5 @@
+"""peerd.identity: the node key on disk (creation, permissions, loading)."""
+
 import os
 from pathlib import Path
 

@@ -8,11 +8,9 @@ from collections.abc import Callable
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from protocol import codec, signing
-from protocol import messages as m
+from protocol import codec, messages as m, signing
 from protocol.errors import DecodeError, FrameTooLarge, ProtocolError
 
 from .helpers import NOW, provider_signer, sample_advert, sample_spec

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import codec, control, signing
-from protocol import messages as m
+from protocol import codec, control, messages as m, signing
 
 REQUESTER = signing.Signer.from_seed(bytes(range(32)))  # seed 00 01 .. 1f
 PROVIDER = signing.Signer.from_seed(bytes(range(32, 64)))  # seed 20 21 .. 3f

@@ -1,4 +1,8 @@
-"""protocol/ stays sans-IO: it imports only the stdlib, msgpack and cryptography."""
+"""protocol/ stays sans-IO: it imports only the stdlib, msgpack and cryptography; no I/O and no clock.
+
+The rules for peerd/ (where libp2p and docker may be imported, what the CLI may load) are in
+tests/test_import_rules.py.
+"""
 
 from __future__ import annotations
 
@@ -53,3 +57,8 @@ def test_the_scan_would_notice_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import time\nfrom trio import sleep\nfrom . import codec\n")
     assert imported_roots(bad) - ALLOWED_IMPORTS == {"time", "trio"}
+
+
+def test_the_allowlist_admits_no_io_library_and_no_clock() -> None:
+    # time is passed in (``now=``) by the caller; the machines never read a clock themselves
+    assert ALLOWED_IMPORTS.isdisjoint({*FORBIDDEN_MODULES, "time", "datetime", "os", "subprocess", "random"})

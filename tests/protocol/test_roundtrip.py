@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from protocol import codec
-from protocol import messages as m
+from protocol import codec, messages as m
 from protocol.errors import LocalProtocolError
 
 from .strategies import BY_TYPE, messages

@@ -13,8 +13,7 @@ import math
 import typing
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from protocol import messages as m
 from protocol.errors import DecodeError, LocalProtocolError

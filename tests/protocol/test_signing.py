@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from protocol import codec, peerid, signing
-from protocol import messages as m
+from protocol import codec, messages as m, peerid, signing
 from protocol.errors import DecodeError, ProtocolError, SignatureError, StaleError
 
 from .helpers import NOW, other_signer, provider_signer, requester_signer, sample_advert, sample_spec
