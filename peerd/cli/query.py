@@ -152,7 +152,7 @@ def doctor(ctx: Context) -> int:
         from ..doctor import run_in_process
 
         ctx.note(f"peerd doctor: no daemon answers ({exc}); running the checks in this process")
-        checks = [dict(c) for c in run_in_process(ctx.config())]
+        checks = [{"name": c["name"], "ok": c["ok"], "detail": c["detail"]} for c in run_in_process(ctx.config())]
     emit(ctx, checks, lambda: output.doctor_text(checks))
     return EXIT_OK if all(c.get("ok") is True for c in checks) else EXIT_FAILED
 
