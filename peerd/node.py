@@ -37,6 +37,7 @@ from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
 from .config import Config, load
 from .control.ops import (
     CancelView,
+    ConfigReloadView,
     DoctorCheck,
     DrainView,
     EventView,
@@ -128,6 +129,7 @@ class Node:
         self.stopping = False
         self.config_reloads = 0
         self.config_reload_errors = 0
+        self.last_reload: ConfigReloadView | None = None
         self.ready = trio.Event()
         self.task_streams = InFlight()  # provider task streams being served (drain waits for them)
         self._grace = trio.CancelScope()  # the drain's wait for running jobs; a second signal cancels it
@@ -338,24 +340,42 @@ class Node:
             await self.p2p.flush_advert()
 
     def reload(self) -> bool:
-        """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable."""
+        """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable.
+
+        Nothing here may stop the daemon: any error keeps the old settings, is
+        logged once, counted, and shown by ``peerd status``.
+        """
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             fresh = load(self.config.home)
         except PeerdError as exc:
-            log.error("SIGHUP: config not reloaded: %s", exc)
-            self.config_reload_errors += 1
-            sdnotify.notify(f"READY=1\nSTATUS=config not reloaded: {exc}"[:400])
-            return False
+            return self._reload_failed(str(exc))
+        except Exception as exc:  # edge: a signal handler; a bug in loading must not stop the daemon
+            return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
         later = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADABLE, "home", "node")
                  and getattr(fresh, f.name) != getattr(self.config, f.name)]
+        old = self.config
         self.config = dataclasses.replace(self.config, policy=fresh.policy, pricing=fresh.pricing)
-        self._apply_policy()
+        try:
+            self._apply_policy()
+        except Exception as exc:  # edge: as above; put the old settings back everywhere
+            self.config = old
+            self._apply_policy()
+            return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
         self.config_reloads += 1
+        self.last_reload = ConfigReloadView(ok=True, error="", at=time.time())
         log.info("SIGHUP: [policy] and [pricing] reloaded" +
                  (f"; changes to [{'], ['.join(later)}] apply after a restart" if later else ""))
         sdnotify.notify("READY=1\nSTATUS=" + self._status_line())
         return True
+
+    def _reload_failed(self, error: str, *, trace: bool = False) -> bool:
+        """Log once (a bug's traceback with it), count, remember for ``status``."""
+        log.error("SIGHUP: config not reloaded, old settings kept: %s", error, exc_info=trace)
+        self.config_reload_errors += 1
+        self.last_reload = ConfigReloadView(ok=False, error=error, at=time.time())
+        sdnotify.notify(f"READY=1\nSTATUS=config not reloaded: {error}"[:400])
+        return False
 
     def _apply_policy(self) -> None:
         """Push the config's policy and prices to the executor, the provider and our advert."""
@@ -386,6 +406,7 @@ class Node:
             version=__version__,
             counters=status_counters(sample),
             draining=self.draining,
+            config_reload=self.last_reload,
         )
 
     async def sample(self) -> NodeSample:
