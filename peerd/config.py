@@ -71,6 +71,9 @@ class LimitsConfig:
     drain_grace: float = 60.0
 
 
+DEFAULT_LIMITS = LimitsConfig()  # components that take a limit default to these (one default per setting)
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
     advert_interval: float = 60.0
