@@ -334,7 +334,9 @@ def with_overrides(config: Config, section: str, **values: object) -> Config:
 
 DEFAULT_CONFIG_TEXT = '''\
 # peerd node configuration. Every key is shown with its default.
-# Sizes: 512M, 24G. Durations: 90s, 10m, 2h.
+# Sizes: 512M, 24G. Durations: 90s, 10m, 2h. Numbers must be finite and within
+# what the protocol carries (e.g. max_timeout at most 30d); a bad value is an
+# error naming the key, and a reload with one keeps the old settings.
 
 [node]
 # provider: lends this host's CPUs/GPUs and can also submit jobs.
@@ -377,10 +379,16 @@ max_memory = 0
 max_concurrent = 8
 
 [limits]
+# Per job: processes (at least 1), /tmp size (at least 1M; charged to the job's
+# memory), output tail kept per stream (1K up to just under 2M: a result carries
+# both tails in one frame), bytes of /out files kept (0 = none).
 pids = 512
 tmpfs = "64M"
 log_limit = "1M"
 output_limit = "64M"
+# A stopped job gets stop_grace before SIGKILL; on SIGTERM running jobs get
+# drain_grace. Stopping takes at most drain_grace + stop_grace + io_timeout + 33s
+# (systemd's TimeoutStopSec must cover it, plus 10s to exit).
 stop_grace = "5s"
 drain_grace = "60s"
 
