@@ -108,7 +108,7 @@ def test_sighup_with_an_unusable_config_keeps_the_daemon_and_its_old_settings() 
         for failed, (what, spoil) in enumerate(UNUSABLE.items(), 1):
             config.write_bytes(spoil(original))
             node.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-            wait_for(f"the reload of a config with a {what} to fail", lambda: reloads(node) == (0, failed), 30)
+            wait_for(f"the reload of a config with a {what} to fail", lambda n=failed: reloads(node) == (0, n), 30)
             assert node.proc.poll() is None, what  # type: ignore[union-attr]
             reload = node.status()["config_reload"]
             assert isinstance(reload, dict) and reload["ok"] is False, (what, reload)

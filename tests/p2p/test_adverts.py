@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
+from typing import ClassVar
 
 import pytest
 import trio
@@ -79,8 +81,8 @@ async def test_a_failing_on_advert_hook_neither_stops_the_node_nor_the_relay() -
 class _Unpublished:
     """Stands in for the libp2p node: a publisher whose advert cannot be built never reaches it."""
 
-    class gossipsub:  # noqa: N801 - mirrors the attribute the publisher reads
-        mesh: dict[str, object] = {}
+    class gossipsub:  # mirrors the attribute the publisher reads
+        mesh: ClassVar[dict[str, object]] = {}
 
 
 async def test_a_publisher_whose_advert_cannot_be_built_backs_off(
@@ -96,14 +98,14 @@ async def test_a_publisher_whose_advert_cannot_be_built_backs_off(
 
     net = NetworkConfig(advert_interval=60.0, advert_ttl=300.0)
     publisher = AdvertPublisher(_Unpublished(), Signer.generate(), net, broken_source,  # type: ignore[arg-type]
-                                lambda: [], time.time)
+                                list, time.time)
     async with trio.open_nursery() as nursery:
         await nursery.start(publisher.run)
         for _ in range(1200):
             publisher.changed()  # changes keep asking for a re-publish: the back-off still holds
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert publisher.counters["publish_failed"] == len(tries) and publisher.counters["published"] == 0
     assert gaps[:5] == pytest.approx([2.0, 4.0, 8.0, 16.0, 32.0], abs=0.01)
     assert gaps[5:] == pytest.approx([net.advert_interval] * len(gaps[5:]), abs=0.51)

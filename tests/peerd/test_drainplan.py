@@ -31,7 +31,7 @@ async def test_a_stream_that_never_ends_holds_the_drain_for_its_step_only(
     node = Node(load(tmp_path))
     started = trio.current_time()
     with node.task_streams.hold():  # a requester that never takes its receipt
-        await node._drain_and_stop()  # noqa: SLF001
+        await node._drain_and_stop()
     took = trio.current_time() - started
     assert took == pytest.approx(drain_budget(node.config).deliver) and took == 7 + STOP_MARGIN
     assert took <= drain_budget(node.config).total

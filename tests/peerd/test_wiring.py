@@ -95,7 +95,7 @@ class Built:
         return plan.host_config["Tmpfs"]
 
     def seeds(self) -> list[str]:
-        return [a for seed in self.p2p._seeds for a in seed.addrs]  # noqa: SLF001 - what discovery dials
+        return [a for seed in self.p2p._seeds for a in seed.addrs]  # what discovery dials
 
 
 def build(home: Path) -> Built:
@@ -111,7 +111,7 @@ def build(home: Path) -> Built:
 # section.key -> where the built node carries it
 REACHES: dict[str, Callable[[Built], object]] = {
     "node.role": lambda b: b.node.role,
-    "node.listen": lambda b: b.p2p._listen,  # noqa: SLF001
+    "node.listen": lambda b: b.p2p._listen,
     "node.bootstrap": Built.seeds,
     "node.control_socket": lambda b: b.config.control_path,  # ControlServer(config.control_path)
     "node.log_level": lambda b: b.config.node.log_level,  # run_daemon's setup_logging
