@@ -10,14 +10,18 @@ by the CLI, never by mutating.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.codec import DEFAULT_MAX_FRAME
+from protocol.messages import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+
 from .errors import ConfigError
-from .units import parse_duration, parse_size
+from .units import format_size, parse_duration, parse_size
 
 CONFIG_NAME = "config.toml"
 ROLES = ("provider", "requester", "seed")
@@ -65,6 +69,9 @@ class LimitsConfig:
     output_limit: int = 64 << 20
     stop_grace: float = 5.0
     drain_grace: float = 60.0
+
+
+DEFAULT_LIMITS = LimitsConfig()  # components that take a limit default to these (one default per setting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,18 @@ class Config:
 
 
 # ---------------------------------------------------------------- value parsers
+# Each parser returns the value or raises ValueError with a one-line reason;
+# ``parse`` prefixes the file and the key. Every number must be finite; the
+# bounds below are the protocol's (protocol.messages), so nothing a config
+# accepts can fail later when it goes into an advert, a lease or a frame.
+PID_MAX_LIMIT = 1 << 22  # the kernel's own ceiling for pid_max
+MIN_TMPFS = 1 << 20  # /tmp size; tmpfs reads size=0 as "unlimited", so 0 is refused
+MIN_LOG_LIMIT = 1 << 10
+# A Result carries both output tails (stdout, stderr) in one protocol frame.
+MAX_LOG_LIMIT = (DEFAULT_MAX_FRAME - (64 << 10)) // 2
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -150,14 +169,20 @@ def _strs(value: object) -> tuple[str, ...]:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"expected a non-negative number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"expected a finite non-negative number, got {value!r}")
+    return number
 
 
 def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"expected an integer from 0 to {MAX_COUNT}, got {value!r}")
     return value
 
 
@@ -170,7 +195,10 @@ def _bool(value: object) -> bool:
 def _size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"expected a size like 512M, got {value!r}")
-    return parse_size(value)
+    size = parse_size(value)
+    if size > MAX_MEMORY:
+        raise ValueError(f"must be at most {format_size(MAX_MEMORY)}, got {value!r}")
+    return size
 
 
 def _duration(value: object) -> float:
@@ -186,25 +214,64 @@ def _role(value: object) -> str:
     return role
 
 
+def _log_level(value: object) -> str:
+    level = _str(value)
+    if level.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level.lower()
+
+
+def _within(parser: Callable[[object], float], lo: float, hi: float, *, above: bool = False,
+            show: Callable[[float], str] = lambda v: f"{v:g}") -> Callable[[object], float]:
+    """``parser`` whose result must lie in [lo, hi] (in (lo, hi] with ``above``)."""
+
+    def parse_within(value: object) -> float:
+        result = parser(value)
+        if result > hi or result < lo or (above and result == lo):
+            low = f"more than {show(lo)}" if above else f"at least {show(lo)}"
+            raise ValueError(f"must be {low} and at most {show(hi)}, got {value!r}")
+        return result
+
+    return parse_within
+
+
+def _seconds(v: float) -> str:
+    return f"{v:g}s"
+
+
+def _bytes(v: float) -> str:
+    return format_size(int(v))
+
+
+_cpus = _within(_number, 0, MAX_CPUS)
+_price = _within(_number, 0, MAX_PRICE)
+
+_timeout = _within(_duration, 0, MAX_TIMEOUT, above=True, show=_seconds)  # must pass, so > 0
+_grace = _within(_duration, 0, MAX_TIMEOUT, show=_seconds)  # 0 = none
+_pids = _within(_count, 1, PID_MAX_LIMIT)
+_tmpfs = _within(_size, MIN_TMPFS, MAX_MEMORY, show=_bytes)
+_log_limit = _within(_size, MIN_LOG_LIMIT, MAX_LOG_LIMIT, show=_bytes)
+_at_least_one = _within(_count, 1, MAX_COUNT)
+
 Parser = Callable[[object], object]
 
 # section -> (dataclass, {key: parser})
 SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "node": (NodeConfig, {"role": _role, "listen": _strs, "bootstrap": _strs,
-                          "control_socket": _str, "log_level": _str}),
-    "resources": (ResourcesConfig, {"cpus": _number, "memory": _size, "reserve_memory": _size,
+                          "control_socket": _str, "log_level": _log_level}),
+    "resources": (ResourcesConfig, {"cpus": _cpus, "memory": _size, "reserve_memory": _size,
                                     "gpus": _strs, "docker_url": _str}),
-    "pricing": (PricingConfig, {"cpu_hour": _number, "gpu_hour": _number}),
-    "policy": (PolicyConfig, {"images": _strs, "max_timeout": _duration, "allow_network": _bool,
-                              "max_cpus": _number, "max_memory": _size, "max_concurrent": _count}),
-    "limits": (LimitsConfig, {"pids": _count, "tmpfs": _size, "log_limit": _size,
-                              "output_limit": _size, "stop_grace": _duration, "drain_grace": _duration}),
-    "network": (NetworkConfig, {"advert_interval": _duration, "advert_ttl": _duration,
-                                "connect_timeout": _duration, "io_timeout": _duration,
-                                "keepalive": _duration}),
-    "requester": (RequesterConfig, {"max_attempts": _count, "placement_deadline": _duration,
-                                    "offer_hold": _duration, "provider_timeout": _duration,
-                                    "peer_wait": _duration}),
+    "pricing": (PricingConfig, {"cpu_hour": _price, "gpu_hour": _price}),
+    "policy": (PolicyConfig, {"images": _strs, "max_timeout": _timeout, "allow_network": _bool,
+                              "max_cpus": _cpus, "max_memory": _size, "max_concurrent": _at_least_one}),
+    "limits": (LimitsConfig, {"pids": _pids, "tmpfs": _tmpfs, "log_limit": _log_limit,
+                              "output_limit": _size, "stop_grace": _grace, "drain_grace": _grace}),
+    "network": (NetworkConfig, {"advert_interval": _timeout, "advert_ttl": _timeout,
+                                "connect_timeout": _timeout, "io_timeout": _timeout,
+                                "keepalive": _timeout}),
+    "requester": (RequesterConfig, {"max_attempts": _at_least_one, "placement_deadline": _timeout,
+                                    "offer_hold": _timeout, "provider_timeout": _timeout,
+                                    "peer_wait": _grace}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
 }
@@ -253,8 +320,10 @@ def load(home: Path) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError:
         return Config(home=home)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself; not a TOMLDecodeError
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}): TOML files are UTF-8 text") from exc
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc or 'nested too deeply'}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     return parse(data, home=home, source=str(path))
@@ -278,7 +347,9 @@ def with_overrides(config: Config, section: str, **values: object) -> Config:
 
 DEFAULT_CONFIG_TEXT = '''\
 # peerd node configuration. Every key is shown with its default.
-# Sizes: 512M, 24G. Durations: 90s, 10m, 2h.
+# Sizes: 512M, 24G. Durations: 90s, 10m, 2h. Numbers must be finite and within
+# what the protocol carries (e.g. max_timeout at most 30d); a bad value is an
+# error naming the key, and a reload with one keeps the old settings.
 
 [node]
 # provider: lends this host's CPUs/GPUs and can also submit jobs.
@@ -321,10 +392,16 @@ max_memory = 0
 max_concurrent = 8
 
 [limits]
+# Per job: processes (at least 1), /tmp size (at least 1M; charged to the job's
+# memory), output tail kept per stream (1K up to just under 2M: a result carries
+# both tails in one frame), bytes of /out files kept (0 = none).
 pids = 512
 tmpfs = "64M"
 log_limit = "1M"
 output_limit = "64M"
+# A stopped job gets stop_grace before SIGKILL; on SIGTERM running jobs get
+# drain_grace. Stopping takes at most drain_grace + stop_grace + io_timeout + 33s
+# (systemd's TimeoutStopSec must cover it, plus 10s to exit).
 stop_grace = "5s"
 drain_grace = "60s"
 

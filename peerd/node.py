@@ -10,7 +10,8 @@ rejected with ``draining``, running jobs get ``limits.drain_grace`` to finish
 (a second signal cuts the grace short), the rest are stopped and reported
 ``interrupted``; the p2p service stays up until the task streams have delivered
 their results and taken the co-signed receipts, then every service stops, the
-store closes and the daemon exits 0. ``peerd drain`` does the first two steps
+store closes and the daemon exits 0. Every step is bounded and the whole drain
+by one budget (``drainplan``). ``peerd drain`` does the first two steps
 only. SIGHUP re-reads ``[policy]`` and ``[pricing]`` (other sections need a
 restart).
 
@@ -37,6 +38,7 @@ from .adverts import HostFacts, build_advert, offered_capacity, offered_gpus
 from .config import Config, load
 from .control.ops import (
     CancelView,
+    ConfigReloadView,
     DoctorCheck,
     DrainView,
     EventView,
@@ -48,41 +50,35 @@ from .control.ops import (
     TaskView,
 )
 from .control.server import ControlServer
+from .drainplan import drain_budget
 from .errors import PeerdError
 from .executor.docker import DockerExecutor
 from .executor.gpus import CapacityLedger
-from .executor.policy import ProviderPolicy
 from .identity import load_key
 from .jobrun import JobRunner
 from .metrics import Metrics, MetricsServer, NodeSample, gpu_leases, listen_address, status_counters
 from .p2p.service import P2PService
 from .p2p.streams import Stream
-from .provider import Provider, ProviderSettings
-from .requester import TASK_PROTOCOL, Candidate, Requester, RequesterSettings
+from .provider import Provider
+from .requester import TASK_PROTOCOL, Candidate, Requester
 from .resources import snapshot
-from .retention import Pruner
 from .store import Store, TaskRole
 from .taskwire import ByteStream
 from .tracking import TaskTracker
 from .views import peer_view, receipt_view, task_view
+from .wiring import (
+    executor_from,
+    p2p_from,
+    policy_from,
+    provider_settings_from,
+    pruner_from,
+    requester_settings_from,
+)
 
 log = logging.getLogger(__name__)
 
 RELOADABLE = ("policy", "pricing")  # config sections SIGHUP applies; the rest needs a restart
-STOP_MARGIN = 10.0  # seconds past stop_grace / io_timeout that the drain waits before moving on
-ADVERT_FLUSH = 3.0  # how long the drain waits for its draining advert to go out
 INTERRUPT_REASON = "the provider is shutting down"
-
-
-def policy_from(config: Config) -> ProviderPolicy:
-    p = config.policy
-    return ProviderPolicy(
-        allowed_images=p.images,
-        max_time_limit=p.max_timeout,
-        allow_network=p.allow_network,
-        max_cpus=p.max_cpus or None,
-        max_memory=p.max_memory or None,
-    )
 
 
 class InFlight:
@@ -130,6 +126,7 @@ class Node:
         self.stopping = False
         self.config_reloads = 0
         self.config_reload_errors = 0
+        self.last_reload: ConfigReloadView | None = None
         self.ready = trio.Event()
         self.task_streams = InFlight()  # provider task streams being served (drain waits for them)
         self._grace = trio.CancelScope()  # the drain's wait for running jobs; a second signal cancels it
@@ -147,8 +144,8 @@ class Node:
             self.store, self._nursery = store, nursery
             if self.role == "provider":
                 await self._start_provider(nursery, store)
-            await nursery.start(Pruner(store, config.retention, work_dir=config.work_dir,
-                                       active=lambda: self.runner.jobs.keys() if self.runner else ()).run)
+            pruner = pruner_from(config, store, active=lambda: self.runner.jobs.keys() if self.runner else ())
+            await nursery.start(pruner.run)
             await self._start_network(nursery, store)
             await nursery.start(self._signals, nursery)
             await nursery.start(ControlServer(config.control_path, self).run)
@@ -163,14 +160,8 @@ class Node:
     async def _start_network(self, nursery: trio.Nursery, store: Store) -> None:
         """p2p (returns once joined), the task protocol, then the requester."""
         config = self.config
-        self.p2p = P2PService(
-            self.signer,
-            listen=list(config.node.listen),
-            bootstrap=list(config.node.bootstrap),
-            seed=self.seed,
-            net=config.network,
-            advert_source=self._advert if self.role == "provider" else None,
-        )
+        self.p2p = p2p_from(config, self.signer, seed=self.seed,
+                            advert_source=self._advert if self.role == "provider" else None)
         await nursery.start(self.p2p.run)
         if self.provider is not None:
             self.p2p.set_stream_handler(TASK_PROTOCOL, self._serve_task_stream)
@@ -179,13 +170,7 @@ class Node:
                 signer=self.signer, store=store, tracker=self.tracker,
                 candidates=self._candidates, open_stream=self._open_task_stream, probe=self._providers,
                 on_negotiated=self.metrics.observe_negotiation,
-                settings=RequesterSettings(
-                    max_attempts=config.requester.max_attempts,
-                    placement_deadline=config.requester.placement_deadline,
-                    provider_timeout=config.requester.provider_timeout,
-                    io_timeout=config.network.io_timeout,
-                    peer_wait=config.requester.peer_wait,
-                ),
+                settings=requester_settings_from(config),
             )
             await nursery.start(self.requester.run)
 
@@ -197,11 +182,7 @@ class Node:
             docker=inventory.docker, gpu_runtime=inventory.nvidia_runtime, gpus=tuple(inventory.gpus),
         )
         cpus, memory = offered_capacity(config, self.host)
-        executor = DockerExecutor(
-            self.signer.peer_id, config.work_dir, base_url=config.resources.docker_url or None,
-            policy=policy_from(config), log_limit=config.limits.log_limit,
-            output_limit=config.limits.output_limit, stop_grace=config.limits.stop_grace,
-        )
+        executor = executor_from(config, self.signer.peer_id)
         await nursery.start(executor.run)
         self.executor = executor
         self.ledger = CapacityLedger(cpus=cpus, memory=memory, gpus=offered_gpus(config, self.host.gpus))
@@ -213,12 +194,7 @@ class Node:
         await nursery.start(self.runner.run)
         self.provider = Provider(
             signer=self.signer, ledger=self.ledger, runner=self.runner,
-            settings=ProviderSettings(
-                price_cpu_hour=config.pricing.cpu_hour, price_gpu_hour=config.pricing.gpu_hour,
-                policy=policy_from(config), gpu_runtime=executor.gpu_runtime, pids=config.limits.pids,
-                offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
-                keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
-            ),
+            settings=provider_settings_from(config, gpu_runtime=executor.gpu_runtime),
         )
 
     def _advert(self, now: float) -> Advert:
@@ -309,25 +285,38 @@ class Node:
         nursery.cancel_scope.cancel()
 
     async def _drain_and_stop(self) -> None:
-        """Drain, give running jobs their grace, interrupt the rest, let the streams report."""
+        """Drain, give running jobs their grace, interrupt the rest, let the streams report.
+
+        Each step has its own bound and the whole drain one budget (``drain_budget``),
+        so stopping never outlasts systemd's TimeoutStopSec (``stop_timeout``).
+        """
+        budget = drain_budget(self.config)
         announce = not self.draining  # after `peerd drain` the draining advert is already out
         await self.drain()
-        if self.runner is not None:
-            self._grace.deadline = trio.current_time() + self.config.limits.drain_grace
-            with self._grace:
-                await self._jobs_finished()
-            left = [task_id for task_id, job in self.runner.jobs.items() if not job.done.is_set()]
-            if left:
-                log.info("drain grace over: interrupting %d job(s): %s", len(left), ", ".join(left))
-            async with trio.open_nursery() as stops:
-                for task_id in left:
-                    stops.start_soon(partial(self.runner.cancel, task_id, INTERRUPT_REASON, interrupted=True))
-            with trio.move_on_after(self.config.limits.stop_grace + STOP_MARGIN):
-                await self._jobs_finished()
-        with trio.move_on_after(self.config.network.io_timeout + STOP_MARGIN):
-            await self.task_streams.wait_idle()  # results sent, co-signed receipts taken
-        if announce:
-            await self._advert_flushed()
+        with trio.move_on_after(budget.total) as whole:
+            if self.runner is not None:
+                self._grace.deadline = trio.current_time() + budget.grace
+                with self._grace:
+                    await self._jobs_finished()
+                with trio.move_on_after(budget.interrupt):
+                    await self._interrupt_jobs()
+            with trio.move_on_after(budget.deliver):
+                await self.task_streams.wait_idle()  # results sent, co-signed receipts taken
+            if announce:
+                await self._advert_flushed(budget.announce)
+        if whole.cancelled_caught:
+            log.warning("the drain's budget (%gs) is spent: stopping now", budget.total)
+
+    async def _interrupt_jobs(self) -> None:
+        """Stop the jobs still running and wait for their (interrupted) results."""
+        assert self.runner is not None
+        left = [task_id for task_id, job in self.runner.jobs.items() if not job.done.is_set()]
+        if left:
+            log.info("drain grace over: interrupting %d job(s): %s", len(left), ", ".join(left))
+        async with trio.open_nursery() as stops:
+            for task_id in left:
+                stops.start_soon(partial(self.runner.cancel, task_id, INTERRUPT_REASON, interrupted=True))
+        await self._jobs_finished()
 
     async def _jobs_finished(self) -> None:
         """Until every provider job (one that starts meanwhile included) has its result."""
@@ -335,32 +324,50 @@ class Node:
         while pending := [job for job in self.runner.jobs.values() if not job.done.is_set()]:
             await pending[0].done.wait()
 
-    async def _advert_flushed(self) -> None:
+    async def _advert_flushed(self, bound: float) -> None:
         """Until an advert built after the drain is out (bounded), so peers stop choosing us."""
         if self.p2p is None or self.provider is None:
             return
-        with trio.move_on_after(ADVERT_FLUSH):
+        with trio.move_on_after(bound):
             await self.p2p.flush_advert()
 
     def reload(self) -> bool:
-        """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable."""
+        """Re-read config.toml and apply its [policy] and [pricing]; False if it is unusable.
+
+        Nothing here may stop the daemon: any error keeps the old settings, is
+        logged once, counted, and shown by ``peerd status``.
+        """
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             fresh = load(self.config.home)
         except PeerdError as exc:
-            log.error("SIGHUP: config not reloaded: %s", exc)
-            self.config_reload_errors += 1
-            sdnotify.notify(f"READY=1\nSTATUS=config not reloaded: {exc}"[:400])
-            return False
+            return self._reload_failed(str(exc))
+        except Exception as exc:  # edge: a signal handler; a bug in loading must not stop the daemon
+            return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
         later = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADABLE, "home", "node")
                  and getattr(fresh, f.name) != getattr(self.config, f.name)]
+        old = self.config
         self.config = dataclasses.replace(self.config, policy=fresh.policy, pricing=fresh.pricing)
-        self._apply_policy()
+        try:
+            self._apply_policy()
+        except Exception as exc:  # edge: as above; put the old settings back everywhere
+            self.config = old
+            self._apply_policy()
+            return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
         self.config_reloads += 1
+        self.last_reload = ConfigReloadView(ok=True, error="", at=time.time())
         log.info("SIGHUP: [policy] and [pricing] reloaded" +
                  (f"; changes to [{'], ['.join(later)}] apply after a restart" if later else ""))
         sdnotify.notify("READY=1\nSTATUS=" + self._status_line())
         return True
+
+    def _reload_failed(self, error: str, *, trace: bool = False) -> bool:
+        """Log once (a bug's traceback with it), count, remember for ``status``."""
+        log.error("SIGHUP: config not reloaded, old settings kept: %s", error, exc_info=trace)
+        self.config_reload_errors += 1
+        self.last_reload = ConfigReloadView(ok=False, error=error, at=time.time())
+        sdnotify.notify(f"READY=1\nSTATUS=config not reloaded: {error}"[:400])
+        return False
 
     def _apply_policy(self) -> None:
         """Push the config's policy and prices to the executor, the provider and our advert."""
@@ -391,6 +398,7 @@ class Node:
             version=__version__,
             counters=status_counters(sample),
             draining=self.draining,
+            config_reload=self.last_reload,
         )
 
     async def sample(self) -> NodeSample:

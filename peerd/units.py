@@ -25,7 +25,10 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 24G)")
     number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
+    value = float(number) * _SIZE_UNITS[unit.lower()]
+    if not math.isfinite(value):
+        raise ValueError(f"size too large: {text!r}")
+    return int(value)
 
 
 def parse_duration(text: str | int | float) -> float:

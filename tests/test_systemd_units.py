@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.config import LimitsConfig
+from peerd.config import Config
+from peerd.drainplan import EXIT_MARGIN, drain_budget, stop_timeout
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("peerd.service", "peerd-seed.service")
@@ -144,10 +145,13 @@ def test_required_settings(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", UNITS)
-def test_stop_timeout_covers_the_drain_grace(name: str) -> None:
-    # systemd SIGKILLs after TimeoutStopSec: leave the drain its grace + a margin.
+def test_stop_timeout_is_the_drains_budget(name: str) -> None:
+    # systemd SIGKILLs after TimeoutStopSec: it must cover the whole drain (every step's
+    # bound) and the exit, computed from the default config, and the comment must say so.
     (timeout,) = values(load(name), "Service", "TimeoutStopSec")
-    assert int(timeout) >= LimitsConfig().drain_grace + 20
+    assert int(timeout) == stop_timeout(Config())
+    assert drain_budget(Config()).total + EXIT_MARGIN <= int(timeout)
+    assert f"{timeout} s with the default config" in (UNIT_DIR / name).read_text()
 
 
 def test_only_the_contributor_talks_to_docker() -> None:

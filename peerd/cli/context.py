@@ -15,7 +15,7 @@ from typing import TextIO
 
 from ..config import Config, load, resolve_home
 from ..control.client import ControlClient
-from ..errors import PeerdError
+from ..errors import ConfigError, PeerdError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed: job failed, not placed, unknown task…
@@ -57,7 +57,11 @@ class Context:
         flag = getattr(self.args, "socket", None)
         if flag:
             return Path(flag)
-        path = self.config().control_path
+        try:
+            path = self.config().control_path
+        except ConfigError as exc:  # still reach the daemon (its status says whether it reloaded)
+            self.note(f"peerd: warning: {exc}; trying the default control socket")
+            path = Config(home=self.home).control_path
         if not os.path.exists(path) and SYSTEM_SOCKET.exists():
             return SYSTEM_SOCKET
         return path

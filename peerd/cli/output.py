@@ -120,8 +120,17 @@ def status_text(view: Mapping[str, Value]) -> str:
         ("addresses", addr_list[0] if addr_list else "-"),
         *(("", a) for a in addr_list[1:]),
         ("counters", counter_text or "-"),
+        ("config reload", _reload_text(view.get("config_reload"))),
     ]
     return pairs(items)
+
+
+def _reload_text(reload: Value) -> str:
+    if not isinstance(reload, dict):
+        return "-"
+    if reload.get("ok"):
+        return f"ok ({when(reload.get('at'))})"
+    return f"FAILED ({when(reload.get('at'))}), old settings kept: {reload.get('error')}"
 
 
 def _gpus(advert: Mapping[str, Value]) -> str:

@@ -45,6 +45,14 @@ class TaskNotFound(OpError):
 
 
 # ---------------------------------------------------------------- views
+class ConfigReloadView(TypedDict):
+    """The last SIGHUP reload: applied (``ok``) or refused, with why and when (unix time)."""
+
+    ok: bool
+    error: str  # "" when ok
+    at: float
+
+
 class StatusView(TypedDict):
     peer_id: str
     addrs: list[str]  # full multiaddrs, each ending /p2p/<peer_id>
@@ -56,6 +64,7 @@ class StatusView(TypedDict):
     version: str
     counters: dict[str, int]
     draining: bool
+    config_reload: ConfigReloadView | None  # None until the first SIGHUP
 
 
 class PeerView(TypedDict):

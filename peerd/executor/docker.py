@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from peerd.config import DEFAULT_LIMITS
 from peerd.executor.contract import (
     ContainerInfo,
     LogChunk,
@@ -101,21 +102,21 @@ class DockerExecutor:
         *,
         base_url: str | None = None,
         policy: ProviderPolicy = ProviderPolicy(),
-        log_limit: int = 1 << 20,
-        output_limit: int = 16 << 20,
-        stop_grace: float = 2.0,
+        log_limit: int = DEFAULT_LIMITS.log_limit,
+        output_limit: int = DEFAULT_LIMITS.output_limit,
+        stop_grace: float = DEFAULT_LIMITS.stop_grace,
         pull_timeout: float = 120.0,
         limits: Limits = Limits(),
     ) -> None:
         self.node_id = check_name("node id", node_id)
         self.workdir = Path(workdir)
         self.policy = policy
-        self._base_url = base_url
-        self._log_limit = log_limit
-        self._output_limit = output_limit
-        self._grace = max(0, math.ceil(stop_grace))
+        self.base_url = base_url
+        self.log_limit = log_limit
+        self.output_limit = output_limit
+        self.stop_grace = max(0, math.ceil(stop_grace))  # whole seconds: what dockerd's stop takes
         self._pull_timeout = pull_timeout
-        self._limits = limits
+        self.limits = limits
         self._engine: Engine | None = None
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[str, _Task] = {}
@@ -126,7 +127,7 @@ class DockerExecutor:
     # ---- service -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[EngineInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect to dockerd and supervise jobs until cancelled (containers are left running)."""
-        engine = await Engine.connect(self._base_url)
+        engine = await Engine.connect(self.base_url)
         try:
             self.engine_info = await engine.info()
             async with trio.open_nursery() as nursery:
@@ -177,7 +178,7 @@ class DockerExecutor:
         out_dir, archive = self._paths(spec.task_id)
         await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user)
         deadline = time.time() + spec.timeout
-        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self._limits)
+        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits)
         try:
             try:
                 container_id, sources = await engine.launch(plan)
@@ -191,7 +192,7 @@ class DockerExecutor:
         task = _Task(
             task_id=spec.task_id, container_id=container_id, gpus=spec.gpus, memory=spec.memory,
             timeout=spec.timeout, deadline=deadline, out_dir=out_dir, archive=archive,
-            tail=LogTail(self._log_limit),
+            tail=LogTail(self.log_limit),
         )
         return task, sources
 
@@ -249,7 +250,7 @@ class DockerExecutor:
             return
         limit = f" of {task.timeout:g}s" if task.timeout else ""
         task.mark(OutcomeState.TIMEOUT, f"time limit{limit} reached")
-        await engine.stop(task.container_id, self._grace)
+        await engine.stop(task.container_id, self.stop_grace)
         await engine.wait_exit(task.container_id)
         task.exited = True
 
@@ -272,7 +273,7 @@ class DockerExecutor:
 
     async def _collect(self, task: _Task) -> OutputArchive:
         try:
-            return await collect_outputs(task.out_dir, task.archive, self._output_limit)
+            return await collect_outputs(task.out_dir, task.archive, self.output_limit)
         except OSError as exc:
             log.warning("outputs of task %s unreadable: %s", task.task_id, exc)
             return OutputArchive(None, "", 0, True, ())
@@ -330,7 +331,7 @@ class DockerExecutor:
         if task.exited:  # too late: it ended by itself
             return
         task.mark(OutcomeState.CANCELLED, f"cancelled: {reason}")
-        await engine.stop(task.container_id, self._grace)
+        await engine.stop(task.container_id, self.stop_grace)
 
     async def stop_all(self, reason: str) -> None:
         """Cancel every job this process supervises (drain)."""
@@ -402,19 +403,19 @@ class DockerExecutor:
         deadline = info.deadline if info.deadline is not None else time.time()
         return _Task(
             task_id=info.task_id, container_id=info.container_id, gpus=info.gpus, memory=info.memory,
-            timeout=None, deadline=deadline, out_dir=out_dir, archive=archive, tail=LogTail(self._log_limit),
+            timeout=None, deadline=deadline, out_dir=out_dir, archive=archive, tail=LogTail(self.log_limit),
         )
 
     def _adopt_missing(self, task_id: str) -> _Task:
         out_dir, archive = self._paths(task_id)
         return _Task(
             task_id=task_id, container_id=container_name(self.node_id, task_id), gpus=(), memory=0,
-            timeout=None, deadline=0.0, out_dir=out_dir, archive=archive, tail=LogTail(self._log_limit),
+            timeout=None, deadline=0.0, out_dir=out_dir, archive=archive, tail=LogTail(self.log_limit),
         )
 
     async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> Outcome:
         task = self._adopt(info)
-        stdout, stderr = await engine.output_tails(info.container_id, self._log_limit)
+        stdout, stderr = await engine.output_tails(info.container_id, self.log_limit)
         task.tail.append("stdout", stdout)
         task.tail.append("stderr", stderr)
         return await self._outcome(task, await engine.finish(info.container_id))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from peerd.config import DEFAULT_LIMITS
 from peerd.executor.contract import ContainerInfo, RunSpec
 
 LABEL_NODE = "peerd.node"
@@ -32,7 +33,7 @@ JsonObject = dict[str, object]
 class Limits:
     """Host-side knobs that are not part of the lease."""
 
-    tmp_size: int = 64 * 1024 * 1024  # bytes of tmpfs at /tmp (charged to the memory limit)
+    tmp_size: int = DEFAULT_LIMITS.tmpfs  # bytes of tmpfs at /tmp (charged to the memory limit)
     log_file_size: int = 4 * 1024 * 1024  # dockerd's own json log, per container (bounded disk)
 
 

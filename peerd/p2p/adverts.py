@@ -6,7 +6,9 @@ int(now * 100))``), ``issued_at``/``expires_at`` (``advert_ttl``) and, unless
 the source set them, our listen addresses; it seals and publishes it on start,
 when our gossip mesh gains its first peer, on ``changed()`` (at most one per
 ``MIN_GAP`` seconds; changes in between are coalesced) and every
-``advert_interval`` as a refresh. Adverts are small (the table drops > 8 KiB).
+``advert_interval`` as a refresh. A publication that fails (the advert cannot
+be built, or pubsub refuses it) backs off: the gap doubles per failure in a
+row, up to ``advert_interval``, so a lasting fault never spins. Adverts are small (the table drops > 8 KiB).
 
 In: ``gossip_validator`` is the topic validator pubsub calls for every message
 before relaying it: the data goes through ``PeerTable.ingest`` with the
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 ADVERT_TOPIC = "peerd/adverts/1"
 MIN_GAP = 1.0  # seconds between two publications
+# After n failed publications in a row the next waits MIN_GAP * 2**n, at most advert_interval.
+MAX_BACKOFF_DOUBLINGS = 16
 TOPIC_POLL = 0.25  # how often to look for the topic's first peer
 MAX_ADDRS = 16
 
@@ -111,7 +115,8 @@ class AdvertPublisher:
         self._addrs = addrs
         self._clock = clock
         self._wake = trio.Event()
-        self._last_publish = -math.inf
+        self._last_publish = -math.inf  # when the last publication was tried (failed or not)
+        self._failures = 0  # failed publications in a row
         self._stamped = 0  # adverts built so far
         self._finished = 0  # the last of them whose publication is over (sent or failed)
         self._progress = trio.Event()
@@ -164,21 +169,33 @@ class AdvertPublisher:
             self._progress = trio.Event()
 
     async def _publish(self) -> None:
+        self._last_publish = trio.current_time()  # a failed try paces the next one too
         try:
             data = self.stamp()
         except ProtocolError as exc:
-            self.counters["publish_failed"] += 1
-            log.error("cannot build our advert: %s", exc)
+            self._failed()
+            log.error("cannot build our advert (next try in %gs): %s", self.gap(), exc)
             return
-        self._last_publish = trio.current_time()
         try:
             with trio.fail_after(self._net.io_timeout):
                 await self._node.pubsub.publish(ADVERT_TOPIC, data)
         except (trio.TooSlowError, *FOREIGN_ERRORS) as exc:
-            self.counters["publish_failed"] += 1
-            log.warning("publishing our advert failed: %r", exc)
+            self._failed()
+            log.warning("publishing our advert failed (next try in %gs): %r", self.gap(), exc)
             return
+        self._failures = 0
         self.counters["published"] += 1
+
+    def _failed(self) -> None:
+        self.counters["publish_failed"] += 1
+        self._failures += 1
+
+    def gap(self) -> float:
+        """The least time from one publication to the next: MIN_GAP, doubled per failure in a row."""
+        if not self._failures:
+            return MIN_GAP
+        backoff = MIN_GAP * 2.0 ** min(self._failures, MAX_BACKOFF_DOUBLINGS)
+        return max(MIN_GAP, min(backoff, self._net.advert_interval))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.publish_now()
@@ -189,7 +206,7 @@ class AdvertPublisher:
                 with trio.move_on_at(self._last_publish + self._net.advert_interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                await trio.sleep_until(self._last_publish + MIN_GAP)
+                await trio.sleep_until(self._last_publish + self.gap())
                 await self.publish_now()
 
     def mesh_peers(self) -> int:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import trio
 
+from peerd.config import load
 from peerd.executor import DockerExecutor, OutcomeState
 from peerd.executor.plan import container_name
+from peerd.wiring import executor_from
 from tests.executor.helpers import MiB, inspect_raw, job
 
 
@@ -85,3 +87,20 @@ async def test_the_hosts_loopback_services_are_unreachable(executor: DockerExecu
         nursery.cancel_scope.cancel()
     assert outcome.stdout == b"tried\n", outcome
     assert connections == 0
+
+
+async def test_the_configured_tmpfs_size_bounds_tmp(nursery: trio.Nursery, node_id: str, tmp_path: Path) -> None:
+    # [limits] tmpfs = "8M" in config.toml reaches the container: 12 MiB do not fit in /tmp.
+    (tmp_path / "config.toml").write_text('[limits]\ntmpfs = "8M"\n')
+    executor = executor_from(load(tmp_path), node_id)
+    await nursery.start(executor.run)
+    outcome = await executor.run_job(job(
+        "tmpfs-1",
+        "dd if=/dev/zero of=/tmp/big bs=1048576 count=12 2>/dev/null && echo wrote-12M",
+        "echo kib=$(du -k /tmp/big | cut -f1)",
+        memory=256 * MiB,  # tmpfs pages are charged to the memory limit: keep that out of the way
+    ))
+    lines = outcome.stdout.decode().split()
+    assert "wrote-12M" not in lines, lines
+    kib = int(next(line for line in lines if line.startswith("kib="))[4:])
+    assert 0 < kib <= 8 * 1024, lines

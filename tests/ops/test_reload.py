@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from peerd.cli.context import EXIT_FAILED
 from peerd.config import load
-from peerd.devnet import wait_for
+from peerd.devnet import NodeProc, wait_for
 from peerd.executor.docker import DockerExecutor
 from peerd.identity import init_home
 from peerd.node import Node
 
-from .harness import IMAGE, provider_network
+from .harness import IMAGE, OpsNet, provider_network, with_settings
 
 DISALLOW = '[policy]\nimages = ["registry.invalid/*"]\n'
 
@@ -67,3 +73,82 @@ def test_reload_reaches_the_executors_own_policy_and_the_prices(tmp_path: Path) 
     assert node.config.pricing.cpu_hour == 0.5 and node.config.policy.max_timeout == 300
     assert node.config.limits.pids == 512  # [limits] needs a restart
     assert node.config_reloads == 1
+
+
+def _non_utf8(text: str) -> bytes:
+    return text.replace("[policy]\n", "[policy]\nmax_timeout = \"2h\"\n").encode() + b"# caf\xe9\n"
+
+
+def _out_of_range(text: str) -> bytes:
+    return with_settings(text, {"policy.max_timeout": '"40d"', "pricing.cpu_hour": "0.75"}).encode()
+
+
+def _broken_toml(text: str) -> bytes:
+    return (with_settings(text, {"pricing.cpu_hour": "0.75"}) + "[policy\n").encode()
+
+
+UNUSABLE = {"non-UTF-8 byte": _non_utf8, "out-of-range value": _out_of_range, "broken TOML": _broken_toml}
+
+
+def advert_of(node: NodeProc, seen_by: NodeProc, version: float) -> dict[str, object] | None:
+    """``node``'s advert as ``seen_by`` holds it, once it was issued after ``version`` (unix time)."""
+    peers = seen_by.call("peers")
+    assert isinstance(peers, list)
+    peer_id = node.status()["peer_id"]
+    return next((p["advert"] for p in peers
+                 if p["peer_id"] == peer_id and p["advert"] and p["advert"]["issued_at"] > version), None)
+
+
+def test_sighup_with_an_unusable_config_keeps_the_daemon_and_its_old_settings() -> None:
+    with OpsNet() as net:
+        seed = net.add_seed()
+        node = net.add_with("provider", "provider", {"pricing.cpu_hour": "0.25"})
+        config = node.home / "config.toml"
+        original = config.read_text()
+        for failed, (what, spoil) in enumerate(UNUSABLE.items(), 1):
+            config.write_bytes(spoil(original))
+            node.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            wait_for(f"the reload of a config with a {what} to fail", lambda n=failed: reloads(node) == (0, n), 30)
+            assert node.proc.poll() is None, what  # type: ignore[union-attr]
+            reload = node.status()["config_reload"]
+            assert isinstance(reload, dict) and reload["ok"] is False, (what, reload)
+            assert str(config) in str(reload["error"]), (what, reload)
+            # The CLI still reads the status (the file is broken for it too): one warning, no traceback.
+            out = node.peerd("status")
+            assert out.returncode == 0, (what, out.stderr)
+            assert "config reload" in out.stdout and "FAILED" in out.stdout, (what, out.stdout)
+            assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr, (what, out.stderr)
+        log_text = node.log_path.read_text(errors="replace")
+        assert len([line for line in log_text.splitlines() if "config not reloaded" in line]) == 3, log_text
+        assert "Traceback" not in log_text
+        spoiled = time.time()  # every failed reload re-published nothing new: adverts still carry the old settings
+        advert = wait_for("an advert issued after the failed reloads", lambda: advert_of(node, seed, spoiled), 30)
+        assert advert["price_cpu_hour"] == 0.25 and advert["max_timeout"] == 3600, advert
+
+        config.write_text(original)
+        node.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for("the good reload", lambda: reloads(node) == (1, 3), 30)
+        assert node.status()["config_reload"]["ok"] is True  # type: ignore[index]
+
+
+@pytest.mark.parametrize("what", list(UNUSABLE))
+def test_reload_of_an_unusable_config_keeps_the_old_settings_in_process(tmp_path: Path, what: str) -> None:
+    init_home(tmp_path)
+    (tmp_path / "config.toml").write_text('[policy]\nmax_timeout = "1h"\n[pricing]\ncpu_hour = 0.25\n')
+    node = Node(load(tmp_path))
+    before = node.config
+    (tmp_path / "config.toml").write_bytes(UNUSABLE[what]('[policy]\n[pricing]\n'))
+    assert node.reload() is False
+    assert node.config == before
+    assert node.config_reload_errors == 1 and node.last_reload is not None and not node.last_reload["ok"]
+
+
+def test_peerd_run_with_an_unusable_config_says_so_in_one_line(tmp_path: Path) -> None:
+    init_home(tmp_path)
+    for what, spoil in UNUSABLE.items():
+        (tmp_path / "config.toml").write_bytes(spoil("[policy]\n[pricing]\n"))
+        out = subprocess.run([sys.executable, "-m", "peerd.cli", "--home", str(tmp_path), "run"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == EXIT_FAILED, (what, out.stderr)
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (what, out.stderr)
+        assert out.stderr.startswith("peerd run: ") and str(tmp_path / "config.toml") in out.stderr, out.stderr

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
+import time
+from typing import ClassVar
 
 import pytest
+import trio
+import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.pubsub.pb import rpc_pb2
 
-from peerd.p2p.adverts import gossip_validator, next_seq
+from peerd.config import NetworkConfig
+from peerd.p2p.adverts import AdvertPublisher, gossip_validator, next_seq
 from peerd.p2p.host import open_node
 from peerd.p2p.streams import Stream, guard_handler
 from peerd.p2p.sync import SYNC_LIMIT, SYNC_PROTOCOL
 from peerd.peertable import PeerEntry, PeerTable
 from protocol.codec import frame
+from protocol.errors import LocalProtocolError
+from protocol.messages import Advert
 from protocol.signing import Signer
 from tests.integration.harness_p2p import LOOPBACK, p2p_cluster
 
@@ -68,3 +76,37 @@ async def test_a_failing_on_advert_hook_neither_stops_the_node_nor_the_relay() -
         await cluster.start_node(bootstrap=b.service.listen_addrs())
         await cluster.wait_until(cluster.all_know_each_other, timeout=20, what="convergence despite the hook")
         assert b.service.running
+
+
+class _Unpublished:
+    """Stands in for the libp2p node: a publisher whose advert cannot be built never reaches it."""
+
+    class gossipsub:  # mirrors the attribute the publisher reads
+        mesh: ClassVar[dict[str, object]] = {}
+
+
+async def test_a_publisher_whose_advert_cannot_be_built_backs_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tries: list[float] = []
+
+    def broken_source(now: float) -> Advert:
+        tries.append(trio.current_time())
+        if len(tries) > 100:  # a spinning loop would never let the clock move: stop it here
+            raise RuntimeError("the publisher spins")
+        raise LocalProtocolError("Advert.price_cpu_hour must be in [0, 1e12], got nan")
+
+    net = NetworkConfig(advert_interval=60.0, advert_ttl=300.0)
+    publisher = AdvertPublisher(_Unpublished(), Signer.generate(), net, broken_source,  # type: ignore[arg-type]
+                                list, time.time)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        for _ in range(1200):
+            publisher.changed()  # changes keep asking for a re-publish: the back-off still holds
+            await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert publisher.counters["publish_failed"] == len(tries) and publisher.counters["published"] == 0
+    assert gaps[:5] == pytest.approx([2.0, 4.0, 8.0, 16.0, 32.0], abs=0.01)
+    assert gaps[5:] == pytest.approx([net.advert_interval] * len(gaps[5:]), abs=0.51)
+    assert len(tries) <= 6 + 600 / net.advert_interval
