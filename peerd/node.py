@@ -342,7 +342,7 @@ class Node:
             fresh = load(self.config.home)
         except PeerdError as exc:
             return self._reload_failed(str(exc))
-        except Exception as exc:  # edge: a signal handler; a bug in loading must not stop the daemon
+        except Exception as exc:  # noqa: BLE001 — edge: a signal handler; a bug in loading must not stop the daemon
             return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
         later = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADABLE, "home", "node")
                  and getattr(fresh, f.name) != getattr(self.config, f.name)]
@@ -350,7 +350,7 @@ class Node:
         self.config = dataclasses.replace(self.config, policy=fresh.policy, pricing=fresh.pricing)
         try:
             self._apply_policy()
-        except Exception as exc:  # edge: as above; put the old settings back everywhere
+        except Exception as exc:  # noqa: BLE001 — edge: as above; put the old settings back everywhere
             self.config = old
             self._apply_policy()
             return self._reload_failed(f"{type(exc).__name__}: {exc}", trace=True)
