@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_FRAME
-from protocol.messages import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
 
 from .errors import ConfigError
 from .units import format_size, parse_duration, parse_size
