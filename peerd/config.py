@@ -55,6 +55,8 @@ class PolicyConfig:
     max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
     max_memory: int = 0
     max_concurrent: int = 8
+    offers_per_peer: int = 2
+    lapsed_offers: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                     "gpus": _strs, "docker_url": _str}),
     "pricing": (PricingConfig, {"cpu_hour": _number, "gpu_hour": _number}),
     "policy": (PolicyConfig, {"images": _strs, "max_timeout": _duration, "allow_network": _bool,
-                              "max_cpus": _number, "max_memory": _size, "max_concurrent": _count}),
+                              "max_cpus": _number, "max_memory": _size, "max_concurrent": _count,
+                              "offers_per_peer": _count, "lapsed_offers": _count}),
     "limits": (LimitsConfig, {"pids": _count, "tmpfs": _size, "log_limit": _size,
                               "output_limit": _size, "stop_grace": _duration, "drain_grace": _duration}),
     "network": (NetworkConfig, {"advert_interval": _duration, "advert_ttl": _duration,
@@ -306,6 +309,9 @@ allow_network = false
 max_cpus = 0
 max_memory = 0
 max_concurrent = 8
+# Per requester peer: offers open at once, and offers let lapse unaccepted (decaying) before "busy".
+offers_per_peer = 2
+lapsed_offers = 3
 
 [limits]
 pids = 512

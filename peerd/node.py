@@ -213,6 +213,7 @@ class Node:
                 policy=policy_from(config), gpu_runtime=executor.gpu_runtime, pids=config.limits.pids,
                 offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
                 keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
+                offers_per_peer=config.policy.offers_per_peer, lapse_limit=config.policy.lapsed_offers,
             ),
         )
 
