@@ -49,10 +49,17 @@ from .executor.contract import RunSpec
 from .executor.errors import ExecutorError, Reason
 from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
-from .leasedjob import LeasedJob
 from .jobrun import JobRunner
+from .leasedjob import LeasedJob
 from .offerguard import GuardLimits, OfferGuard
-from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
+from .taskwire import (
+    ByteStream,
+    PeerGone,
+    PeerTimeout,
+    TaskChannel,
+    TaskWireError,
+    single_error,
+)
 
 log = logging.getLogger(__name__)
 

@@ -69,13 +69,17 @@ from protocol.messages import (
     Offer,
     Reject,
     RejectCode,
-    Resume,
     Result,
+    Resume,
     Status,
     TaskRequest,
     TaskState,
 )
-from protocol.negotiation import TASK_PROTOCOL, ProviderNegotiation, RequesterNegotiation
+from protocol.negotiation import (
+    TASK_PROTOCOL,
+    ProviderNegotiation,
+    RequesterNegotiation,
+)
 from protocol.signing import AdvertCheck, Signer, open_advert, seal_bytes
 
 GIB = 1 << 30

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,12 +47,21 @@ def adverts(requester: NodeProc) -> dict[str, dict[str, object]]:
     return {p["peer_id"]: p["advert"] for p in json.loads(out.stdout)}
 
 
-def squat(actor: BadActorProcess) -> dict[str, object]:
+@dataclass(frozen=True)
+class Squat:
+    """What the squatter reported: offers got, refusals by code, offers it holds open per provider."""
+
+    offers: int
+    rejects: dict[str, int]
+    holding: dict[str, int]
+
+
+def squat(actor: BadActorProcess) -> Squat:
     state = actor.state()
     assert state is not None
     found = state["squat"]
     assert isinstance(found, dict)
-    return found
+    return Squat(int(found["offers"]), dict(found["rejects"]), dict(found["holding"]))
 
 
 def test_a_squatter_never_accepting_locks_no_capacity(net: DevNet, tmp_path: Path) -> None:
@@ -60,7 +70,7 @@ def test_a_squatter_never_accepting_locks_no_capacity(net: DevNet, tmp_path: Pat
     with bad_actor(tmp_path / "squatter", net.seeds, squat=3) as actor:
         # the attack is on: unaccepted offers for everything are open on both providers
         wait_for("the squatter to hold offers on both providers",
-                 lambda: provider_ids <= {p for p, n in squat(actor)["holding"].items() if n > 0}, 30)  # type: ignore[union-attr]
+                 lambda: provider_ids <= {p for p, n in squat(actor).holding.items() if n > 0}, 30)
         attack_began = time.time()
         # the honest requester's jobs are placed and complete meanwhile
         task_ids = []
@@ -86,6 +96,6 @@ def test_a_squatter_never_accepting_locks_no_capacity(net: DevNet, tmp_path: Pat
         for advert in wait_for("adverts issued during the attack", fresh_adverts, 30).values():
             assert advert["free_cpus"] == advert["cpus"] and advert["free_memory"] == advert["memory"], advert
         still = squat(actor)
-        assert still["offers"] >= 2 and any(n > 0 for n in still["holding"].values()), still  # type: ignore[union-attr]
+        assert still.offers >= 2 and any(n > 0 for n in still.holding.values()), still
         # the squatter's third stream per provider is over the per-peer bound of open offers
-        assert still["rejects"].get("busy", 0) > 0, still  # type: ignore[union-attr]
+        assert still.rejects.get("busy", 0) > 0, still

@@ -7,7 +7,6 @@ these tests lives in tests/integration.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,9 +25,18 @@ from peerd.provider import Provider, ProviderSettings
 from peerd.requester import Candidate, Requester, RequesterSettings
 from peerd.store import Store
 from peerd.tracking import TaskTracker
-from protocol.codec import frame
-from protocol.codec import NEED_DATA
-from protocol.messages import Accept, JobSpec, Lease, Offer, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
+from protocol.codec import NEED_DATA, frame
+from protocol.messages import (
+    Accept,
+    JobSpec,
+    Lease,
+    LeaseTerms,
+    Offer,
+    ReceiptTerms,
+    Reject,
+    RejectCode,
+    TaskState,
+)
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
 
@@ -212,7 +220,8 @@ async def test_offers_hold_nothing_and_gpus_are_taken_exclusively_at_accept(tmp_
         # the first to accept takes its GPUs; the other's accept is refused, signed, never double-booked
         await first_stream.write(first_machine.accept(now=2.0))
         assert isinstance(await _next(first_machine, first_stream), Lease)
-        assert ledger.reservation("gpu-a") is not None and ledger.reservation("gpu-a").gpus == first.gpus
+        taken = ledger.reservation("gpu-a")
+        assert taken is not None and taken.gpus == first.gpus
         await second_stream.write(second_machine.accept(now=2.0))
         refused = await _next(second_machine, second_stream)
         assert isinstance(refused, Reject) and refused.code is RejectCode.NO_CAPACITY
