@@ -4,7 +4,8 @@ A seed, two providers and a requester run as real ``peerd run`` processes; a
 bad actor (tests/integration/badactor.py ``--squat``) with a fresh key keeps
 three streams per provider asking for the provider's whole capacity at the
 maximum price, never accepting and asking again whenever an offer expires or
-is refused. Offers are quotes, so the providers' adverts keep showing their
+is refused (the providers' lapse bound is raised, so the squatter keeps its
+offers open throughout; tests/jobs/test_task_flow.py covers that bound). Offers are quotes, so the providers' adverts keep showing their
 capacity free and the honest requester's jobs are placed and complete while
 the attack runs; the attacker's third stream per provider is refused ``busy``.
 """
@@ -30,9 +31,16 @@ PROVIDERS = ("provider-1", "provider-2")
 JOBS = 4
 
 
+class PatientNet(DevNet):
+    """Providers that never tire of the squatter (a high ``lapsed_offers``), so it holds offers throughout."""
+
+    def config_text(self, node: NodeProc) -> str:
+        return super().config_text(node).replace("[policy]\n", "[policy]\nlapsed_offers = 1000\n", 1)
+
+
 @pytest.fixture
 def net() -> Iterator[DevNet]:
-    with DevNet() as devnet:
+    with PatientNet() as devnet:
         devnet.add_seed()
         for name in PROVIDERS:
             devnet.add(name, "provider")
@@ -71,7 +79,6 @@ def test_a_squatter_never_accepting_locks_no_capacity(net: DevNet, tmp_path: Pat
         # the attack is on: unaccepted offers for everything are open on both providers
         wait_for("the squatter to hold offers on both providers",
                  lambda: provider_ids <= {p for p, n in squat(actor).holding.items() if n > 0}, 30)
-        attack_began = time.time()
         # the honest requester's jobs are placed and complete meanwhile
         task_ids = []
         for n in range(JOBS):
@@ -87,13 +94,21 @@ def test_a_squatter_never_accepting_locks_no_capacity(net: DevNet, tmp_path: Pat
         for n, view in enumerate(views):
             assert view["state"] == "succeeded", (view["detail"], view["attempts"])
             assert view["stdout"] == f"job {n}\n" and view["provider"] in provider_ids
-        # adverts issued while the squatter held offers still show the capacity free
+        # adverts issued after the jobs, while the squatter holds offers, show all capacity free
+        jobs_done = time.time() + 1.0
+
         def fresh_adverts() -> dict[str, dict[str, object]] | None:
             found = {p: a for p, a in adverts(requester).items() if p in provider_ids}
-            fresh = all(float(a["issued_at"]) > attack_began for a in found.values())  # type: ignore[arg-type]
+            fresh = all(float(a["issued_at"]) > jobs_done for a in found.values())  # type: ignore[arg-type]
             return found if len(found) == len(provider_ids) and fresh else None
 
-        for advert in wait_for("adverts issued during the attack", fresh_adverts, 30).values():
+        def holding_on_both() -> bool:
+            return all(squat(actor).holding.get(p, 0) > 0 for p in provider_ids)
+
+        wait_for("the squatter to hold offers on both providers", holding_on_both, 5)  # it re-asks at once
+        fresh = wait_for("adverts issued during the attack", fresh_adverts, 30)
+        wait_for("the squatter to hold offers on both providers", holding_on_both, 5)
+        for advert in fresh.values():
             assert advert["free_cpus"] == advert["cpus"] and advert["free_memory"] == advert["memory"], advert
         still = squat(actor)
         assert still.offers >= 2 and any(n > 0 for n in still.holding.values()), still
