@@ -2,7 +2,10 @@
 
 Offered resources are the host's, capped by the config (``resources.cpus``,
 ``resources.memory`` less ``reserve_memory``, ``resources.gpus``); free
-capacity comes from the capacity ledger. The p2p layer signs and publishes it.
+capacity comes from the capacity ledger and counts confirmed (leased)
+reservations only: an offer is a quote that holds nothing, and the short hold
+between Accept and the countersigned lease is not advertised as used either.
+The p2p layer signs and publishes it.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def build_advert(
     running: int,
     draining: bool,
 ) -> Advert:
-    free = ledger.free()
+    free = ledger.free(holds=False)
     free_gpu_ids = {g.uuid for g in free.gpus}
     gpus = tuple(
         GpuOffer(uuid=g.uuid, model=g.name, memory=g.memory_total, compute_capability=g.compute_capability)

@@ -59,6 +59,8 @@ class PolicyConfig:
     max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
     max_memory: int = 0
     max_concurrent: int = 8
+    offers_per_peer: int = 2
+    lapsed_offers: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +265,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                     "gpus": _strs, "docker_url": _str}),
     "pricing": (PricingConfig, {"cpu_hour": _price, "gpu_hour": _price}),
     "policy": (PolicyConfig, {"images": _strs, "max_timeout": _timeout, "allow_network": _bool,
-                              "max_cpus": _cpus, "max_memory": _size, "max_concurrent": _at_least_one}),
+                              "max_cpus": _cpus, "max_memory": _size, "max_concurrent": _at_least_one,
+                              "offers_per_peer": _at_least_one, "lapsed_offers": _at_least_one}),
     "limits": (LimitsConfig, {"pids": _pids, "tmpfs": _tmpfs, "log_limit": _log_limit,
                               "output_limit": _size, "stop_grace": _grace, "drain_grace": _grace}),
     "network": (NetworkConfig, {"advert_interval": _timeout, "advert_ttl": _timeout,
@@ -390,6 +393,9 @@ allow_network = false
 max_cpus = 0
 max_memory = 0
 max_concurrent = 8
+# Per requester peer: offers open at once, and offers let lapse unaccepted (decaying) before "busy".
+offers_per_peer = 2
+lapsed_offers = 3
 
 [limits]
 # Per job: processes (at least 1), /tmp size (at least 1M; charged to the job's

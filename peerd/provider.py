@@ -1,18 +1,24 @@
 """The provider side of a task: admission, offer, lease, run, result, receipt.
 
 ``Provider.handle_stream`` serves one ``/peerd/task/1.0.0`` stream. A request
-is admitted against policy, price and free capacity (the capacity ledger holds
-the resources for the offer's lifetime, so nothing is double-booked); a refusal
-is a signed ``Reject`` with a reason code. Once both parties signed the lease it
-is written to the store *before* the container starts, and the job then runs in
-the provider's own nursery, independent of the stream: a requester that
-reconnects with ``Resume`` picks up the logs, result and receipt.
-Every exit path releases the ledger.
+is admitted against policy (the image reference and environment included),
+price, the per-peer bounds of ``OfferGuard`` and free capacity; a refusal is a
+signed ``Reject`` with a reason code. The Offer is a *quote*: it holds no
+capacity, so offers nobody accepts cannot lock a provider (nor show in its
+advert as used). Capacity is checked again and taken, atomically, when the
+Accept arrives (the GPUs the offer named, or ``Reject(no_capacity)``); it is a
+hold until the countersigned lease comes back, then confirmed. Once both
+parties signed the lease it is written to the store *before* the container
+starts, and the job then runs in the provider's own nursery, independent of
+the stream: a requester that reconnects with ``Resume`` picks up the logs,
+result and receipt. Every exit path releases the ledger.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -45,7 +51,15 @@ from .executor.gpus import CapacityLedger
 from .executor.policy import ProviderPolicy
 from .jobrun import JobRunner
 from .leasedjob import LeasedJob
-from .taskwire import ByteStream, PeerGone, PeerTimeout, TaskChannel, TaskWireError, single_error
+from .offerguard import GuardLimits, OfferGuard
+from .taskwire import (
+    ByteStream,
+    PeerGone,
+    PeerTimeout,
+    TaskChannel,
+    TaskWireError,
+    single_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,16 @@ class ProviderSettings:
     keepalive: float = 5.0
     max_concurrent: int = 8
     lease_grace: float = 60.0
+    offers_per_peer: int = GuardLimits.offers_per_peer
+    lapse_limit: int = GuardLimits.lapse_limit
+
+
+class Ending(enum.Enum):
+    """How a negotiation that got an offer ended (what ``OfferGuard`` counts)."""
+
+    LEASED = "leased"
+    DECLINED = "declined"  # the requester cancelled, or capacity was gone at Accept: no fault
+    LAPSED = "lapsed"  # never answered, answered too late, or the lease was never countersigned
 
 
 class Provider:
@@ -106,6 +130,11 @@ class Provider:
         self.settings = settings
         self.clock = clock
         self.draining = False
+        self.guard = OfferGuard(
+            GuardLimits(offers_per_peer=settings.offers_per_peer, lapse_limit=settings.lapse_limit)
+        )
+        self._quoted: dict[int, tuple[str, ...]] = {}  # open offers' GPUs, so quotes spread over GPUs
+        self._quote_ids = itertools.count()
 
     @property
     def peer_id(self) -> str:
@@ -155,22 +184,30 @@ class Provider:
             timeout=spec.timeout,
         )
 
-    def _reserve(self, request: TaskRequest, now: float) -> tuple[str, ...]:
+    def _quote(self, request: TaskRequest, now: float) -> tuple[str, ...]:
+        """The GPUs an offer names, if the request fits now; nothing is taken."""
         spec = request.spec
+        others = frozenset(uuid for gpus in self._quoted.values() for uuid in gpus)
         try:
-            held = self.ledger.reserve(
-                request.task_id,
-                cpus=spec.cpus,
-                memory=spec.memory,
-                gpu_count=spec.gpus,
-                gpu_model=spec.gpu_model or None,
-                min_gpu_memory=spec.gpu_memory,
-                now=now,
-                hold_until=now + self.settings.offer_hold,
+            return self.ledger.quote(
+                cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus, gpu_model=spec.gpu_model or None,
+                min_gpu_memory=spec.gpu_memory, now=now, avoid=others,
             )
         except ExecutorError as exc:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
-        return held.gpus
+
+    def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
+        """At Accept: hold exactly what the offer named until the lease is countersigned."""
+        spec = request.spec
+        try:
+            self.ledger.reserve(
+                request.task_id, cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus,
+                gpu_model=spec.gpu_model or None, min_gpu_memory=spec.gpu_memory, gpus=gpus,
+                now=now, hold_until=now + 2 * self.settings.io_timeout + 1.0,  # send + receive, each bounded
+            )
+        except ExecutorError as exc:
+            code = RejectCode.BAD_REQUEST if exc.reason is Reason.DUPLICATE_TASK else RejectCode.NO_CAPACITY
+            raise Refusal(code, f"{exc.detail} (taken since the offer)") from exc
 
     # ------------------------------------------------------------ streams
     async def handle_stream(self, stream: ByteStream, remote_peer: str) -> None:
@@ -202,25 +239,33 @@ class Provider:
             if await self.runner.id_taken(request.task_id, request.requester):
                 raise Refusal(RejectCode.BAD_REQUEST, f"task {request.task_id} is already known here")
             run_spec = self.admit(request, remote_peer)
-            gpus = self._reserve(request, now)
+            refusal = self.guard.refusal(remote_peer, now)
+            if refusal is not None:
+                raise Refusal(RejectCode.BUSY, refusal)
+            gpus = self._quote(request, now)
         except Refusal as refusal:
-            log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
-            await channel.send(Reject(task_id=request.task_id, code=refusal.code, detail=refusal.detail[:1024]))
+            await self._refuse(channel, request, remote_peer, refusal)
             return
-        leased = False
+        quote_id = next(self._quote_ids)
+        self._quoted[quote_id] = gpus
+        self.guard.opened(remote_peer)
+        ending = Ending.LAPSED
         try:
-            leased = await self._offer_and_lease(channel, request, run_spec, gpus, now)
+            ending = await self._offer_and_lease(channel, request, run_spec, gpus, now)
         finally:
-            if not leased:
-                self.ledger.release(request.task_id)
-        if leased:
-            job = self.runner.get(request.task_id)
-            if job is not None:
-                await self.serve(channel, job, from_seq=0)
+            del self._quoted[quote_id]
+            self.guard.closed(remote_peer, lapsed=ending is Ending.LAPSED, now=self.clock())
+        job = self.runner.get(request.task_id) if ending is Ending.LEASED else None
+        if job is not None:
+            await self.serve(channel, job, from_seq=0)
+
+    async def _refuse(self, channel: TaskChannel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
+        log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
+        await channel.send(Reject(task_id=request.task_id, code=refusal.code, detail=refusal.detail[:1024]))
 
     async def _offer_and_lease(
         self, channel: TaskChannel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float
-    ) -> bool:
+    ) -> Ending:
         spec = request.spec
         price = self.price(request)
         expires = now + self.settings.offer_hold
@@ -231,13 +276,31 @@ class Provider:
         )
         answer = await channel.receive(timeout=max(expires - self.clock(), 0.0))
         if isinstance(answer, Cancel):
-            return False
+            return Ending.DECLINED
         assert isinstance(answer, Accept)
         if self.clock() > expires:
             await channel.send(
                 Reject(task_id=request.task_id, code=RejectCode.OFFER_EXPIRED, detail="the offer expired")
             )
-            return False
+            return Ending.LAPSED
+        try:
+            self._take(request, gpus, self.clock())
+        except Refusal as refusal:
+            await self._refuse(channel, request, request.requester, refusal)
+            return Ending.DECLINED
+        ending = Ending.LAPSED
+        try:
+            ending = await self._lease(channel, request, run_spec, gpus, price)
+        finally:
+            if ending is not Ending.LEASED:
+                self.ledger.release(request.task_id)
+        return ending
+
+    async def _lease(
+        self, channel: TaskChannel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], price: float
+    ) -> Ending:
+        """Capacity is held: propose the lease, wait for the countersignature, launch."""
+        spec = request.spec
         issued = self.clock()
         terms = LeaseTerms(
             task_id=request.task_id, requester=request.requester, provider=self.peer_id, spec=spec,
@@ -247,13 +310,17 @@ class Provider:
         await channel.send(propose(terms, Lease, self.signer, as_provider=True))
         signed = await channel.receive(timeout=self.settings.io_timeout)
         if isinstance(signed, Cancel):
-            return False
+            return Ending.DECLINED
         assert isinstance(signed, Lease)
         verify_cosigned(signed, LeaseTerms)
-        self.ledger.confirm(request.task_id, now=self.clock())
+        try:
+            self.ledger.confirm(request.task_id)
+        except ExecutorError as exc:  # the hold lapsed (a very slow stream): the job cannot start here
+            log.warning("lease of %s countersigned too late: %s", request.task_id, exc.detail)
+            return Ending.LAPSED
         final_spec = dataclasses.replace(run_spec, gpus=gpus)  # the leased GPUs, not placeholders
         await self.runner.launch(terms, signed, final_spec)
-        return True
+        return Ending.LEASED
 
     async def _resume(self, channel: TaskChannel, resume: Resume, remote_peer: str) -> None:
         job = self.runner.get(resume.task_id) or await self.runner.load_finished(resume.task_id)

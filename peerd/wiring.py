@@ -50,6 +50,7 @@ def provider_settings_from(config: Config, *, gpu_runtime: bool) -> ProviderSett
         policy=policy_from(config), gpu_runtime=gpu_runtime, pids=config.limits.pids,
         offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
         keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
+        offers_per_peer=config.policy.offers_per_peer, lapse_limit=config.policy.lapsed_offers,
     )
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from peerd.executor.errors import InvalidSpec
+from protocol.imageref import image_ref_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-RESERVED_ENV = frozenset({"NVIDIA_VISIBLE_DEVICES"})
+RESERVED_ENV = frozenset({"NVIDIA_VISIBLE_DEVICES"})  # set by the executor (plan.py)
+RESERVED_ENV_PREFIXES = ("NVIDIA_",)  # the NVIDIA runtime reads every NVIDIA_* variable: none is the job's
 MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
 NOBODY = "65534:65534"
 
@@ -52,8 +54,8 @@ def _normalise_env(env: Mapping[str, str] | EnvPairs) -> EnvPairs:
             raise InvalidSpec(f"bad environment variable name {key!r}")
         if not isinstance(value, str) or "\0" in value:
             raise InvalidSpec(f"environment variable {key} must be a string without NUL")
-        if key in RESERVED_ENV:
-            raise InvalidSpec(f"environment variable {key} is set by the executor")
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidSpec(f"environment variable {key} is reserved (NVIDIA_* variables are set by the executor)")
         if key in seen:
             raise InvalidSpec(f"environment variable {key} given twice")
         seen.add(key)
@@ -78,8 +80,9 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         check_name("task id", self.task_id)
-        if not self.image or any(c.isspace() for c in self.image):
-            raise InvalidSpec(f"bad image reference {self.image!r}")
+        problem = image_ref_problem(self.image)
+        if problem is not None:
+            raise InvalidSpec(problem)
         object.__setattr__(self, "command", tuple(self.command))
         if not all(isinstance(arg, str) and "\0" not in arg for arg in self.command):
             raise InvalidSpec("command arguments must be strings without NUL")

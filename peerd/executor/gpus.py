@@ -2,13 +2,17 @@
 
 Rules:
   * a GPU (by NVML UUID) belongs to at most one reservation at a time;
+  * ``quote`` checks what a request would get (GPU UUIDs included) and takes
+    nothing: an offer is a quote, so an offer nobody accepts holds nothing;
   * a reservation is first a *hold* (it lapses at ``hold_until`` unless
-    confirmed) and, once confirmed, lasts until released;
+    confirmed) and, once confirmed, lasts until released; ``reserve`` may be
+    told the exact GPUs to take (those a quote named);
   * ``release`` is idempotent, so every exit path may call it;
   * after a daemon restart the ledger is rebuilt from the live tasks only
     (``CapacityLedger.rebuild``): holds die with the process, confirmed
     allocations come back from the containers' labels;
-  * free = total - sum(reservations), for CPUs, memory and each GPU.
+  * free = total - sum(reservations), for CPUs, memory and each GPU;
+    ``free(holds=False)`` counts confirmed reservations only (what adverts show).
 
 The caller passes ``now`` (any monotonic or wall clock, used consistently).
 """
@@ -98,14 +102,32 @@ class CapacityLedger:
     def reservations(self) -> tuple[Reservation, ...]:
         return tuple(self._reservations.values())
 
-    def free(self) -> FreeCapacity:
-        used_cpus = sum(r.cpus for r in self._reservations.values())
-        used_memory = sum(r.memory for r in self._reservations.values())
+    def free(self, *, holds: bool = True) -> FreeCapacity:
+        """What is not reserved; with ``holds=False``, unconfirmed holds count as free."""
+        counted = [r for r in self._reservations.values() if holds or r.confirmed]
+        taken = {uuid for r in counted for uuid in r.gpus}
         return FreeCapacity(
-            cpus=self.total_cpus - used_cpus,
-            memory=self.total_memory - used_memory,
-            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in self._owner),
+            cpus=self.total_cpus - sum(r.cpus for r in counted),
+            memory=self.total_memory - sum(r.memory for r in counted),
+            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in taken),
         )
+
+    def quote(
+        self,
+        *,
+        cpus: float,
+        memory: int,
+        gpu_count: int = 0,
+        gpu_model: str | None = None,
+        min_gpu_memory: int = 0,
+        now: float,
+        avoid: frozenset[str] = frozenset(),
+    ) -> tuple[str, ...]:
+        """The GPUs a reservation would get now (free ones not in ``avoid`` first); takes nothing.
+        Raises CapacityError as ``reserve`` would."""
+        self.expire(now)
+        free = self._check_room(cpus, memory, gpu_count)
+        return self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus, avoid)
 
     def reserve(
         self,
@@ -118,11 +140,21 @@ class CapacityLedger:
         min_gpu_memory: int = 0,
         now: float,
         hold_until: float,
+        gpus: tuple[str, ...] | None = None,
     ) -> Reservation:
-        """Hold capacity for ``task_id`` until ``hold_until`` (lapsed holds are expired first)."""
+        """Hold capacity for ``task_id`` until ``hold_until`` (lapsed holds are expired first).
+        With ``gpus``, exactly those GPUs (e.g. a quote's) or CapacityError(NO_CAPACITY)."""
         self.expire(now)
         if task_id in self._reservations:
             raise CapacityError(Reason.DUPLICATE_TASK, f"task {task_id!r} already holds capacity")
+        free = self._check_room(cpus, memory, gpu_count)
+        if gpus is None:
+            chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus)
+        else:
+            chosen = self._exact_gpus(gpus, gpu_count, gpu_model, min_gpu_memory, free.gpus)
+        return self._record(Reservation(task_id, float(cpus), int(memory), chosen, hold_until))
+
+    def _check_room(self, cpus: float, memory: int, gpu_count: int) -> FreeCapacity:
         if cpus < 0 or memory < 0 or gpu_count < 0:
             raise CapacityError(Reason.NO_CAPACITY, "negative resources requested")
         free = self.free()
@@ -131,11 +163,26 @@ class CapacityLedger:
                 Reason.NO_CAPACITY,
                 f"asked {cpus} cpus / {memory} B, free {free.cpus:g} cpus / {free.memory} B",
             )
-        chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus)
-        return self._record(Reservation(task_id, float(cpus), int(memory), chosen, hold_until))
+        return free
+
+    def _exact_gpus(
+        self, gpus: tuple[str, ...], count: int, model: str | None, min_memory: int, free: tuple[GpuInfo, ...]
+    ) -> tuple[str, ...]:
+        if len(gpus) != count or len(set(gpus)) != count:
+            raise CapacityError(Reason.NO_CAPACITY, f"{count} distinct GPU(s) asked, {gpus!r} named")
+        free_ids = {g.uuid for g in free if gpu_matches(g, model, min_memory)}
+        gone = [uuid for uuid in gpus if uuid not in free_ids]
+        if gone:
+            raise CapacityError(Reason.NO_CAPACITY, f"GPU(s) {', '.join(gone)} no longer free")
+        return tuple(gpus)
 
     def _choose_gpus(
-        self, count: int, model: str | None, min_memory: int, free: tuple[GpuInfo, ...]
+        self,
+        count: int,
+        model: str | None,
+        min_memory: int,
+        free: tuple[GpuInfo, ...],
+        avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, ...]:
         if count == 0:
             return ()
@@ -145,12 +192,13 @@ class CapacityLedger:
                 Reason.NO_MATCHING_GPU,
                 f"{len(fitting)} GPU(s) here match model={model!r} memory>={min_memory}, {count} asked",
             )
-        available = [g.uuid for g in free if gpu_matches(g, model, min_memory)]
+        matching = [g.uuid for g in free if gpu_matches(g, model, min_memory)]
+        available = sorted(matching, key=lambda uuid: uuid in avoid)  # stable: index order within each
         if len(available) < count:
             raise CapacityError(
                 Reason.NO_CAPACITY, f"{len(available)} matching GPU(s) free, {count} asked"
             )
-        return tuple(available[:count])
+        return tuple(sorted(available[:count], key=lambda uuid: self._gpus[uuid].index))
 
     def adopt(self, task_id: str, *, cpus: float, memory: int, gpus: tuple[str, ...]) -> Reservation:
         """Record a confirmed allocation of exactly these GPUs (restart path). CPUs and memory

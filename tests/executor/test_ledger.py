@@ -196,3 +196,40 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestLedgerMachine = LedgerMachine.TestCase
+
+
+def test_a_quote_takes_nothing_and_names_the_gpus_a_reserve_then_takes_exactly() -> None:
+    book = ledger()
+    quoted = book.quote(cpus=8, memory=16 * GiB, gpu_count=2, now=0)
+    assert len(quoted) == 2 and book.reservations() == ()
+    assert book.quote(cpus=8, memory=16 * GiB, gpu_count=2, now=0) == quoted  # a quote is not a claim
+    taken = book.reserve("t1", cpus=1, memory=GiB, gpu_count=2, gpus=quoted, now=0, hold_until=5)
+    assert taken.gpus == quoted
+    # the same GPUs cannot be taken twice: the later accept of a shared quote is refused
+    with pytest.raises(CapacityError) as raised:
+        book.reserve("t2", cpus=1, memory=GiB, gpu_count=2, gpus=quoted, now=0, hold_until=5)
+    assert raised.value.reason is Reason.NO_CAPACITY
+    with pytest.raises(CapacityError):
+        book.reserve("t3", cpus=1, memory=GiB, gpu_count=2, gpus=(quoted[0], quoted[0]), now=0, hold_until=5)
+    with pytest.raises(CapacityError):
+        book.quote(cpus=8, memory=GiB, now=0)  # one CPU is held now
+
+
+def test_a_quote_prefers_gpus_no_other_quote_named() -> None:
+    book = ledger()
+    first = book.quote(cpus=1, memory=GiB, gpu_count=2, now=0)
+    second = book.quote(cpus=1, memory=GiB, gpu_count=2, now=0, avoid=frozenset(first))
+    assert not set(first) & set(second)
+    # with too few others, the avoided ones are used (a quote, not a refusal)
+    third = book.quote(cpus=1, memory=GiB, gpu_count=4, now=0, avoid=frozenset(first))
+    assert set(third) == {g.uuid for g in book.gpus}
+
+
+def test_free_without_holds_counts_confirmed_reservations_only() -> None:
+    book = ledger()
+    book.reserve("held", cpus=3, memory=GiB, gpu_count=1, now=0, hold_until=5)
+    book.reserve("kept", cpus=2, memory=GiB, gpu_count=1, now=0, hold_until=5)
+    book.confirm("kept", now=1)
+    assert book.free().cpus == 3 and len(book.free().gpus) == 2
+    advertised = book.free(holds=False)
+    assert advertised.cpus == 6 and advertised.memory == 31 * GiB and len(advertised.gpus) == 3

@@ -29,6 +29,9 @@ def test_env_is_stored_frozen_and_sorted() -> None:
         {"image": ""}, {"image": "a b"}, {"cpus": 0}, {"cpus": float("nan")}, {"memory": 1024},
         {"pids": 0}, {"timeout": 0}, {"timeout": float("inf")}, {"gpus": ("GPU-1", "GPU-1")},
         {"gpus": ("GPU-1,GPU-2",)}, {"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, {"env": {"A=B": "x"}},
+        {"env": {"NVIDIA_DRIVER_CAPABILITIES": "all"}}, {"env": {"NVIDIA_REQUIRE_CUDA": "cuda>=1"}},
+        {"env": {"NVIDIA_": "x"}}, {"image": "--privileged"}, {"image": "../../etc/passwd"},
+        {"image": "Upper/Case"}, {"image": "a" * 256},
         {"user": "root; rm"}, {"command": ("ok", "nul\0")},
     ],
 )

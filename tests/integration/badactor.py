@@ -17,6 +17,11 @@ free of charge), so honest requesters try it first. Then it misbehaves:
     --lease wrong-digest
                      gets the lease, then returns a Result whose receipt's
                      stdout digest does not match it (and Reject on Resume)
+    --squat N        a requester instead: publishes no advert, and for every
+                     provider whose advert it hears keeps N streams asking for
+                     that provider's whole capacity at the maximum price,
+                     never accepting, asking again as soon as an offer expires
+                     or a request is refused (what it got goes to "squat")
 
 What it did goes to ``--state FILE`` (JSON, replaced atomically after every
 change): its peer ID and addresses, what it sent and the task IDs it leased.
@@ -46,7 +51,7 @@ from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from peerd.p2p.adverts import ADVERT_TOPIC
-from peerd.p2p.dialing import connect, split_p2p
+from peerd.p2p.dialing import connect, open_stream, split_p2p
 from peerd.p2p.errors import StreamError
 from peerd.p2p.host import Libp2pNode, open_node
 from peerd.p2p.streams import Stream, guard_handler
@@ -54,12 +59,15 @@ from peerd.taskwire import PeerGone, PeerTimeout, TaskChannel
 from protocol import ProtocolError
 from protocol.codec import decode_as, encode
 from protocol.messages import (
+    MAX_PRICE,
     Accept,
     Advert,
     Envelope,
+    JobSpec,
     Lease,
     NodeRole,
     Offer,
+    Reject,
     RejectCode,
     Result,
     Resume,
@@ -67,8 +75,12 @@ from protocol.messages import (
     TaskRequest,
     TaskState,
 )
-from protocol.negotiation import TASK_PROTOCOL, ProviderNegotiation
-from protocol.signing import Signer, seal_bytes
+from protocol.negotiation import (
+    TASK_PROTOCOL,
+    ProviderNegotiation,
+    RequesterNegotiation,
+)
+from protocol.signing import AdvertCheck, Signer, open_advert, seal_bytes
 
 GIB = 1 << 30
 IO_TIMEOUT = 30.0
@@ -101,11 +113,13 @@ class BadActor:
         self.leased: list[str] = []
         self.resumes = 0
         self.published: list[bytes] = []  # our own adverts, oldest first (for replays)
+        self.squat: dict[str, object] = {"offers": 0, "rejects": {}, "holding": {}, "errors": 0}
 
     # ------------------------------------------------------------ state file
     def save(self) -> None:
         state = {"peer_id": self.signer.peer_id, "stranger": self.stranger.peer_id, "addrs": list(self.addrs),
-                 "sent": self.sent, "leased": self.leased, "resumes": self.resumes, "lease_mode": self.lease_mode}
+                 "sent": self.sent, "leased": self.leased, "resumes": self.resumes, "lease_mode": self.lease_mode,
+                 "squat": self.squat}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)
@@ -211,6 +225,83 @@ class BadActor:
         await _silence(channel)
 
 
+class Squatter:
+    """Asks providers for everything they have and never accepts (``--squat``)."""
+
+    def __init__(self, actor: BadActor, node: Libp2pNode, streams: int) -> None:
+        self.actor, self.node, self.streams = actor, node, streams
+        self.targets: set[str] = set()
+
+    async def watch(self, subscription: TrioSubscriptionAPI) -> None:
+        async with trio.open_nursery() as nursery:
+            async for msg in subscription:
+                try:
+                    advert = open_advert(bytes(msg.data), source_peer=None, check=AdvertCheck(now=time.time()))
+                except ProtocolError:
+                    continue
+                if advert.role is NodeRole.PROVIDER and advert.peer_id not in self.targets:
+                    self.targets.add(advert.peer_id)
+                    for _ in range(self.streams):
+                        nursery.start_soon(self.squat_on, advert)
+
+    async def squat_on(self, advert: Advert) -> None:
+        while True:
+            try:
+                await self.ask_once(advert)
+            except (PeerGone, PeerTimeout, ProtocolError, StreamError) as exc:
+                self.count("errors")
+                print(f"badactor: squat on {advert.peer_id[-8:]}: {exc}", file=sys.stderr)
+                await trio.sleep(0.5)
+
+    async def ask_once(self, advert: Advert) -> None:
+        stream = await open_stream(self.node, advert.peer_id, TASK_PROTOCOL, advert.addrs,
+                                   connect_timeout=10.0, io_timeout=IO_TIMEOUT)
+        channel = TaskChannel(stream, RequesterNegotiation(self.actor.signer, advert.peer_id), timeout=IO_TIMEOUT)
+        spec = JobSpec(image="peerd-test/busybox:1", command=("sleep", "600"), cpus=advert.cpus,
+                       memory=advert.memory, timeout=600.0, max_price=MAX_PRICE)
+        task_id = f"squat-{os.urandom(6).hex()}"
+        try:
+            await channel.send(TaskRequest(task_id=task_id, requester=self.actor.signer.peer_id, spec=spec,
+                                           sent_at=time.time()))
+            answer = await channel.receive()
+            if isinstance(answer, Reject):
+                rejects = self.squat_dict("rejects")
+                rejects[answer.code.value] = rejects.get(answer.code.value, 0) + 1
+                self.actor.save()
+                await trio.sleep(0.2)  # and ask again
+                return
+            assert isinstance(answer, Offer)
+            self.count("offers")
+            await self.hold(channel, advert.peer_id, answer.expires_at)
+        finally:
+            await channel.close()
+
+    async def hold(self, channel: TaskChannel, provider: str, expires_at: float) -> None:
+        """Keep the offer open, unanswered, until it expires (or the provider gives up on it)."""
+        holding = self.squat_dict("holding")
+        holding[provider] = holding.get(provider, 0) + 1
+        self.actor.save()
+        try:
+            with trio.move_on_after(max(expires_at - time.time(), 0.0) + 1.0):
+                await channel.receive(timeout=SILENCE)
+        except (PeerGone, PeerTimeout):
+            pass
+        finally:
+            holding[provider] -= 1
+            self.actor.save()
+
+    def squat_dict(self, key: str) -> dict[str, int]:
+        value = self.actor.squat[key]
+        assert isinstance(value, dict)
+        return value
+
+    def count(self, key: str) -> None:
+        value = self.actor.squat[key]
+        assert isinstance(value, int)
+        self.actor.squat[key] = value + 1
+        self.actor.save()
+
+
 async def _silence(channel: TaskChannel) -> None:
     """Say nothing; read until the requester gives up and closes or resets."""
     stream = channel.stream
@@ -248,8 +339,11 @@ async def main(args: argparse.Namespace) -> None:
         actor.save()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(actor.advertise, node, args.flood, args.attacks)
-                nursery.start_soon(_drain, subscription)
+                if args.squat:
+                    nursery.start_soon(Squatter(actor, node, args.squat).watch, subscription)
+                else:
+                    nursery.start_soon(actor.advertise, node, args.flood, args.attacks)
+                    nursery.start_soon(_drain, subscription)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
@@ -288,13 +382,13 @@ class BadActorProcess:
 @contextmanager
 def bad_actor(
     workdir: Path, bootstrap: Sequence[str], *, lease: str = "hang", flood: int = 0, attacks: bool = False,
-    listen: str = "/ip4/127.0.0.1/tcp/0", prefix: Sequence[str] = (), timeout: float = 30.0,
+    listen: str = "/ip4/127.0.0.1/tcp/0", prefix: Sequence[str] = (), timeout: float = 30.0, squat: int = 0,
 ) -> Iterator[BadActorProcess]:
     """Start a bad actor (``prefix``: e.g. ``ip netns exec NS``); wait until it joined; stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "badactor.log"
     args = [*prefix, sys.executable, "-m", "tests.integration.badactor", "--listen", listen, "--lease", lease,
-            "--flood", str(flood), "--state", str(workdir / "state.json")]
+            "--flood", str(flood), "--squat", str(squat), "--state", str(workdir / "state.json")]
     args += [f"--bootstrap={seed}" for seed in bootstrap] + (["--attacks"] if attacks else [])
     with log_path.open("ab") as log:
         proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -323,6 +417,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lease", choices=LEASE_MODES, default="hang")
     parser.add_argument("--flood", type=int, default=0)
     parser.add_argument("--attacks", action="store_true")
+    parser.add_argument("--squat", type=int, default=0, metavar="N",
+                        help="squat on every provider heard of with N streams (and publish no advert)")
     parser.add_argument("--state", required=True, help="JSON file describing what was done")
     return parser.parse_args(argv)
 

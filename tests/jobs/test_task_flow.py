@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerd.executor.docker import DockerExecutor
@@ -25,7 +26,17 @@ from peerd.requester import Candidate, Requester, RequesterSettings
 from peerd.store import Store
 from peerd.tracking import TaskTracker
 from protocol.codec import NEED_DATA, frame
-from protocol.messages import Accept, JobSpec, LeaseTerms, Offer, ReceiptTerms, Reject, RejectCode, TaskState
+from protocol.messages import (
+    Accept,
+    JobSpec,
+    Lease,
+    LeaseTerms,
+    Offer,
+    ReceiptTerms,
+    Reject,
+    RejectCode,
+    TaskState,
+)
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
 
@@ -169,12 +180,12 @@ async def test_garbage_and_illegal_orders_close_only_that_stream(tmp_path: Path)
         assert result is not None and result.stdout == b"still here\n"
 
 
-async def _offer_for(pair: Pair, spec: JobSpec, task_id: str) -> tuple[trio.Event, object, PipeEnd]:
-    """Open a negotiation and read the provider's first answer (the stream stays open).
-
-    The returned event fires once the provider is done with the stream.
-    """
-    signer = pair.requester.signer
+async def _offer_for(
+    pair: Pair, spec: JobSpec, task_id: str, signer: Signer | None = None
+) -> tuple[trio.Event, object, PipeEnd, RequesterNegotiation]:
+    """Open a negotiation as ``signer`` (the pair's requester by default) and read the
+    provider's first answer; the stream stays open. The event fires once the provider is done."""
+    signer = signer or pair.requester.signer
     machine = RequesterNegotiation(signer, pair.provider.peer_id)
     ours, theirs = pipe_pair()
     served = trio.Event()
@@ -187,25 +198,104 @@ async def _offer_for(pair: Pair, spec: JobSpec, task_id: str) -> tuple[trio.Even
 
     pair.nursery.start_soon(serve)
     await ours.write(machine.send_request(task_id, spec, now=1.0))
+    return served, await _next(machine, ours), ours, machine
+
+
+async def _next(machine: RequesterNegotiation, stream: PipeEnd) -> object:
     with trio.fail_after(10):
         while (answer := machine.next_event()) is NEED_DATA:
-            machine.receive_data(await ours.read(65536))
-    return served, answer, ours
+            machine.receive_data(await stream.read(65536))
+    return answer
 
 
-async def test_gpus_are_held_exclusively_by_uuid_while_offered_and_released_after(tmp_path: Path) -> None:
+async def test_offers_hold_nothing_and_gpus_are_taken_exclusively_at_accept(tmp_path: Path) -> None:
     async with task_pair(tmp_path, gpus=4) as pair:
+        ledger = pair.provider.ledger
         spec = JobSpec(image=IMAGE, command=("true",), gpus=3, cpus=0.5, timeout=30)
-        first_served, first, first_stream = await _offer_for(pair, spec, "gpu-a")
+        first_served, first, first_stream, first_machine = await _offer_for(pair, spec, "gpu-a")
         assert isinstance(first, Offer) and len(set(first.gpus)) == 3
-        assert set(first.gpus) <= {g.uuid for g in pair.provider.ledger.gpus}
-        # only one GPU is left: a second 3-GPU request is refused, never double-booked
-        _, second, _ = await _offer_for(pair, spec, "gpu-b")
-        assert isinstance(second, Reject) and second.code is RejectCode.NO_CAPACITY
-        # the first requester walks away: its hold is released with the stream
+        assert set(first.gpus) <= {g.uuid for g in ledger.gpus}
+        # an offer is a quote: nothing is held, so a second requester is quoted too
+        assert ledger.reservations() == () and len(ledger.free().gpus) == 4
+        other = Signer.generate()
+        second_served, second, second_stream, second_machine = await _offer_for(pair, spec, "gpu-b", other)
+        assert isinstance(second, Offer) and len(second.gpus) == 3
+        assert len(set(first.gpus) & set(second.gpus)) == 2  # the unquoted GPU is named first
+        # the first to accept takes its GPUs; the other's accept is refused, signed, never double-booked
+        await first_stream.write(first_machine.accept(now=2.0))
+        assert isinstance(await _next(first_machine, first_stream), Lease)
+        taken = ledger.reservation("gpu-a")
+        assert taken is not None and taken.gpus == first.gpus
+        await second_stream.write(second_machine.accept(now=2.0))
+        refused = await _next(second_machine, second_stream)
+        assert isinstance(refused, Reject) and refused.code is RejectCode.NO_CAPACITY
+        assert second_machine.last_envelope  # the provider's signed answer
+        with trio.fail_after(10):
+            await second_served.wait()
+        # the first requester walks away before countersigning: its hold is released with the stream
         await first_stream.close()
         with trio.fail_after(10):
             await first_served.wait()
-        assert len(pair.provider.ledger.free().gpus) == 4
-        _, third, _ = await _offer_for(pair, JobSpec(image=IMAGE, command=("true",), gpus=4, timeout=30), "gpu-c")
+        assert len(ledger.free().gpus) == 4 and ledger.reservations() == ()
+        _, third, _, _ = await _offer_for(pair, JobSpec(image=IMAGE, command=("true",), gpus=4, timeout=30), "gpu-c")
         assert isinstance(third, Offer) and len(third.gpus) == 4
+
+
+async def test_a_squatter_never_accepting_whole_capacity_blocks_nobody_and_is_bounded(tmp_path: Path) -> None:
+    async with task_pair(tmp_path, cpus=2.0) as pair:
+        provider = pair.provider
+        squatter = Signer.generate()
+        whole = JobSpec(image=IMAGE, command=("true",), cpus=2.0, memory=2 << 30, timeout=30, max_price=1e6)
+        offers = [await _offer_for(pair, whole, f"squat-{n}", squatter) for n in range(2)]
+        assert all(isinstance(answer, Offer) for _, answer, _, _ in offers)
+        # a third open offer is one too many for this peer: busy, signed
+        _, third, _, _ = await _offer_for(pair, whole, "squat-2", squatter)
+        assert isinstance(third, Reject) and third.code is RejectCode.BUSY and "open" in third.detail
+        # two offers for everything are open, never accepted: the advertised capacity is all free ...
+        assert provider.ledger.free(holds=False).cpus == 2.0 and provider.ledger.reservations() == ()
+        # ... and an honest job is placed and completes meanwhile
+        task_id = await pair.run(JobSpec(image=IMAGE, command=("echo", "served"), cpus=0.5, timeout=30))
+        result = await pair.store.get_result(task_id)
+        assert result is not None and result.stdout == b"served\n"
+        for served, _, stream, _ in offers:  # the squatter walks away without answering: lapsed
+            await stream.close()
+            with trio.fail_after(10):
+                await served.wait()
+        assert provider.guard.lapses(squatter.peer_id, provider.clock()) == pytest.approx(2, rel=0.01)
+        served, declined, stream, machine = await _offer_for(pair, whole, "squat-c", squatter)
+        assert isinstance(declined, Offer)
+        await stream.write(machine.cancel("too dear"))  # declining is honest: not counted
+        with trio.fail_after(10):
+            await served.wait()
+        assert provider.guard.lapses(squatter.peer_id, provider.clock()) == pytest.approx(2, rel=0.01)
+        served, fourth, stream, _ = await _offer_for(pair, whole, "squat-3", squatter)
+        assert isinstance(fourth, Offer)  # two lapses: still served; the third reaches the limit
+        await stream.close()
+        with trio.fail_after(10):
+            await served.wait()
+        _, fifth, _, _ = await _offer_for(pair, whole, "squat-4", squatter)
+        assert isinstance(fifth, Reject) and fifth.code is RejectCode.BUSY and "lapse" in fifth.detail
+        # the honest requester accrued nothing
+        assert provider.guard.lapses(pair.requester.signer.peer_id, provider.clock()) == 0
+
+
+@pytest.mark.parametrize("image", ["--privileged", "../../etc/passwd", "Upper/Case", "a" * 256])
+async def test_a_bad_image_reference_is_a_signed_bad_request_before_any_lease(tmp_path: Path, image: str) -> None:
+    async with task_pair(tmp_path) as pair:
+        task_id = await pair.run(JobSpec(image=image, command=("true",), timeout=30))
+        record = await pair.store.get_task(task_id)
+        assert record is not None and record.state is TaskState.NOT_PLACED
+        attempts = await pair.store.attempts(task_id)
+        assert attempts and all(a.reason_code is RejectCode.BAD_REQUEST for a in attempts)
+        assert attempts[0].signed and "image reference" in attempts[0].detail
+        assert await pair.store.get_lease(task_id) is None and await pair.pstore.get_lease(task_id) is None
+        assert pair.provider.ledger.reservations() == ()
+        assert await pair.provider.runner.executor.list_owned() == []  # no container was created
+
+
+async def test_nvidia_variables_in_the_environment_are_a_signed_bad_request(tmp_path: Path) -> None:
+    async with task_pair(tmp_path) as pair:
+        task_id = await pair.run(JobSpec(image=IMAGE, command=("true",), env={"NVIDIA_DRIVER_CAPABILITIES": "all"}))
+        attempts = await pair.store.attempts(task_id)
+        assert attempts and attempts[0].reason_code is RejectCode.BAD_REQUEST and attempts[0].signed
+        assert "NVIDIA_DRIVER_CAPABILITIES" in attempts[0].detail

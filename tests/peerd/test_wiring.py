@@ -53,6 +53,8 @@ allow_network = true
 max_cpus = 2
 max_memory = "3G"
 max_concurrent = 3
+offers_per_peer = 5
+lapsed_offers = 7
 [limits]
 pids = 99
 tmpfs = "8M"
@@ -153,6 +155,8 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "requester.offer_hold": lambda b: b.provider.offer_hold,
     "requester.provider_timeout": lambda b: b.requester.provider_timeout,
     "requester.peer_wait": lambda b: b.requester.peer_wait,
+    "policy.offers_per_peer": lambda b: b.provider.offers_per_peer,
+    "policy.lapsed_offers": lambda b: b.provider.lapse_limit,
     "retention.max_age": lambda b: b.pruner.settings.max_age,
     "retention.max_size": lambda b: b.pruner.settings.max_size,
     "retention.interval": lambda b: b.pruner.settings.interval,
