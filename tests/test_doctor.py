@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from peerd.doctor import Check, run_checks
 from peerd.nvml import FakeNvml
 
@@ -12,6 +14,7 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
+@pytest.mark.docker
 async def test_this_host_passes(tmp_path: Path) -> None:
     checks = await run_checks(None, tmp_path, min_disk_free=1 << 20)
     assert [c.name for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerd.executor import DockerExecutor, OutcomeState
 from peerd.executor.plan import container_name
 from tests.executor.helpers import MiB, inspect_raw, job
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 
 async def test_running_container_has_the_isolation_defaults(executor: DockerExecutor, workdir: Path) -> None:

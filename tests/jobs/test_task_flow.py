@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerd.executor.docker import DockerExecutor
@@ -29,6 +30,8 @@ from protocol.codec import NEED_DATA
 from protocol.messages import Accept, JobSpec, Offer, LeaseTerms, ReceiptTerms, Reject, RejectCode, TaskState
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 

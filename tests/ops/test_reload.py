@@ -6,6 +6,8 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from peerd.config import load
 from peerd.devnet import wait_for
 from peerd.executor.docker import DockerExecutor
@@ -13,6 +15,8 @@ from peerd.identity import init_home
 from peerd.node import Node
 
 from .harness import IMAGE, provider_network
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 DISALLOW = '[policy]\nimages = ["registry.invalid/*"]\n'
 
