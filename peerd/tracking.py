@@ -17,9 +17,11 @@ Memory is bounded: each task's log buffer holds at most ``log_limit`` bytes
 and a finished task's buffers are evicted once ``keep_finished`` newer tasks
 have finished or ``linger`` seconds have passed (checked whenever the tracker
 is written to). After that only the store's result tails remain; a follower
-already reading keeps its reference and ends normally. Reading a task the
-tracker does not hold (evicted, or never a requester task here) ends at once
-and creates nothing.
+already reading keeps its reference and ends normally, and a reader of a
+recently evicted task (the last ``MAX_EVICTED`` remembered) ends at once. A
+reader of a task not seen yet waits for it (after a restart the requester
+opens its unfinished tasks a moment after the control socket is up), except a
+non-following ``follow_logs``, which creates nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import trio
 from protocol.messages import LogChunk, TaskState
 
 MAX_EVENTS = 256
+MAX_EVICTED = 4096
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class TaskTracker:
         self.clock = clock
         self._tasks: dict[str, _Live] = {}
         self._finished: deque[str] = deque()  # finished task ids, oldest first
+        self._evicted: dict[str, None] = {}  # recently evicted task ids, oldest first (an ordered set)
 
     def open(self, task_id: str) -> None:
         self._live(task_id)
@@ -112,12 +116,20 @@ class TaskTracker:
         return task_id in self._tasks
 
     def _live(self, task_id: str) -> _Live:
-        """The task's buffers, created on first write (writers only; readers never create)."""
+        """The task's buffers, created on first use."""
         self._evict()
         live = self._tasks.get(task_id)
         if live is None:
+            self._evicted.pop(task_id, None)
             live = self._tasks[task_id] = _Live()
         return live
+
+    def _reading(self, task_id: str) -> _Live | None:
+        """The buffers a reader follows: None for a recently evicted (finished) task."""
+        live = self._tasks.get(task_id)
+        if live is None and task_id in self._evicted:
+            return None
+        return live or self._live(task_id)
 
     def state(self, task_id: str, state: TaskState, detail: str) -> None:
         live = self._live(task_id)
@@ -158,11 +170,15 @@ class TaskTracker:
             if oldest is not None and len(self._finished) <= self.keep_finished \
                     and now - oldest.finished_at < self.linger:
                 return
-            self._tasks.pop(self._finished.popleft(), None)
+            evicted = self._finished.popleft()
+            self._tasks.pop(evicted, None)
+            self._evicted[evicted] = None
+            while len(self._evicted) > MAX_EVICTED:
+                del self._evicted[next(iter(self._evicted))]
 
     async def wait_final(self, task_id: str) -> None:
-        """Returns once the task is final (at once if the tracker does not hold it)."""
-        live = self._tasks.get(task_id)
+        """Returns once the task is final (at once if it was evicted)."""
+        live = self._reading(task_id)
         if live is not None:
             await live.done.wait()
 
@@ -172,7 +188,7 @@ class TaskTracker:
         Chunks come in sequence order, each once; where chunks this follower
         has not seen were trimmed (or never arrived), a ``LogGap`` comes first.
         """
-        live = self._tasks.get(task_id)
+        live = self._reading(task_id) if follow else self._tasks.get(task_id)
         if live is None:
             return
         want = 0  # what was trimmed before this follower came shows as a gap too
@@ -199,7 +215,7 @@ class TaskTracker:
         return fresh
 
     async def follow_events(self, task_id: str) -> AsyncIterator[TaskEvent]:
-        live = self._tasks.get(task_id)
+        live = self._reading(task_id)
         if live is None:
             return
         number = 0
@@ -214,4 +230,4 @@ class TaskTracker:
             await changed.wait()
 
 
-__all__ = ["LogGap", "TaskEvent", "TaskTracker"]
+__all__ = ["MAX_EVENTS", "MAX_EVICTED", "LogGap", "TaskEvent", "TaskTracker"]

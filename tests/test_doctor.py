@@ -30,6 +30,7 @@ async def test_unreachable_docker_fails_with_a_fix(tmp_path: Path) -> None:
     assert not checks["cgroup-limits"].ok
 
 
+@pytest.mark.docker  # the runtime check needs the docker check to pass
 async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: Path) -> None:
     checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2)))
     assert checks["gpus"].ok and "2 GPU(s)" in checks["gpus"].detail

@@ -190,6 +190,19 @@ async def test_finished_tasks_beyond_the_newest_few_are_evicted() -> None:
     assert not tracker.holds("t0")  # reading did not bring it back
 
 
+async def test_a_reader_of_a_task_not_opened_yet_waits_for_it() -> None:
+    """After a restart the control socket may ask before the requester re-opened the task."""
+    tracker = TaskTracker()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tracker.wait_final, TASK)
+            await trio.testing.wait_all_tasks_blocked()
+            tracker.open(TASK)
+            tracker.finish(TASK, TaskState.SUCCEEDED, "")
+        assert [i async for i in tracker.follow_logs("never", follow=False)] == []
+    assert not tracker.holds("never")
+
+
 async def test_finished_tasks_are_evicted_after_the_linger_time() -> None:
     now = [0.0]
     tracker = TaskTracker(keep_finished=100, linger=60.0, clock=lambda: now[0])
