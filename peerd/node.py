@@ -64,7 +64,7 @@ from .requester import TASK_PROTOCOL, Candidate, Requester
 from .resources import snapshot
 from .store import Store, TaskRole
 from .taskwire import ByteStream
-from .tracking import TaskTracker
+from .tracking import LogGap, TaskTracker
 from .views import peer_view, receipt_view, task_view
 from .wiring import (
     executor_from,
@@ -488,7 +488,10 @@ class Node:
         sent = False
         async for chunk in self.tracker.follow_logs(task_id, follow=live):
             sent = True
-            yield LogChunkView(stream=chunk.stream.value, data=chunk.data)
+            if isinstance(chunk, LogGap):  # chunks trimmed before this reader saw them: say so
+                yield LogChunkView(stream="stderr", data=chunk.render())
+            else:
+                yield LogChunkView(stream=chunk.stream.value, data=chunk.data)
         if not sent:  # after a restart only the stored result tails remain
             final = await self._view(task_id) or view
             if final["stdout"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from peerd.doctor import Check, run_checks
 from peerd.nvml import FakeNvml
 
@@ -12,6 +14,7 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
+@pytest.mark.docker
 async def test_this_host_passes(tmp_path: Path) -> None:
     checks = await run_checks(None, tmp_path, min_disk_free=1 << 20)
     assert [c.name for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk"]
@@ -27,6 +30,7 @@ async def test_unreachable_docker_fails_with_a_fix(tmp_path: Path) -> None:
     assert not checks["cgroup-limits"].ok
 
 
+@pytest.mark.docker  # the runtime check needs the docker check to pass
 async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: Path) -> None:
     checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2)))
     assert checks["gpus"].ok and "2 GPU(s)" in checks["gpus"].detail

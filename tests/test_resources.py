@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 import psutil
+import pytest
 
 from peerd.nvml import H100, FakeNvml, SystemNvml, read_gpus
 from peerd.resources import snapshot
 
 
+@pytest.mark.docker
 async def test_snapshot_reports_this_host(tmp_path: Path) -> None:
     inventory = await snapshot(home=tmp_path / "not-created-yet")
     assert inventory.cpus == len(os.sched_getaffinity(0))

@@ -109,6 +109,9 @@ class TaskView(TypedDict):
 
 
 class LogChunkView(TypedDict):
+    """A piece of a task's output. Where the daemon no longer holds chunks a reader has not
+    seen, it sends one ``stderr`` chunk ``[... N log chunks dropped ...]\\n`` in their place."""
+
     stream: str  # stdout | stderr
     data: bytes
 

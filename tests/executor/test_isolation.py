@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerd.config import load
@@ -12,6 +13,8 @@ from peerd.executor import DockerExecutor, OutcomeState
 from peerd.executor.plan import container_name
 from peerd.wiring import executor_from
 from tests.executor.helpers import MiB, inspect_raw, job
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 
 async def test_running_container_has_the_isolation_defaults(executor: DockerExecutor, workdir: Path) -> None:

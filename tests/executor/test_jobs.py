@@ -26,6 +26,8 @@ from peerd.executor import (
 from tests.executor.helpers import MiB, closed_loopback_port, job
 from tests.executor.registry import Registry
 
+pytestmark = pytest.mark.docker  # needs a real dockerd
+
 
 def members(archive: Path) -> dict[str, bytes]:
     with tarfile.open(archive, "r:gz") as tar:

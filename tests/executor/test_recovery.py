@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from peerd.executor import CapacityLedger, DockerExecutor, OutcomeState, RunSpec
 from peerd.nvml import FakeNvml
 from tests.executor.helpers import MiB, inspect_raw, job, new_node_id, sweep, wait_exit_raw
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 GATED = ("echo before", "while [ ! -e /out/go ]; do sleep 0.05; done", "echo after")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from peerd.devnet import DevNet, wait_for
 
 
+@pytest.mark.docker  # its providers connect to dockerd
 def test_every_node_knows_every_other_nodes_advert_within_30s() -> None:
     with DevNet() as net:
         net.add_seed()

@@ -14,6 +14,8 @@ import pytest
 
 from peerd.devnet import DevNet, wait_for
 
+pytestmark = pytest.mark.docker  # needs a real dockerd
+
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 
 

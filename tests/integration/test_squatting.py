@@ -6,8 +6,9 @@ three streams per provider asking for the provider's whole capacity at the
 maximum price, never accepting and asking again whenever an offer expires or
 is refused (the providers' lapse bound is raised, so the squatter keeps its
 offers open throughout; tests/jobs/test_task_flow.py covers that bound). Offers are
-quotes, so the providers' adverts keep showing their capacity free and the honest requester's jobs are placed and complete while
-the attack runs; the attacker's third stream per provider is refused ``busy``.
+quotes, so the providers' adverts keep showing their capacity free and the honest
+requester's jobs are placed and complete while the attack runs; the attacker's third stream per
+provider is refused ``busy``.
 """
 
 from __future__ import annotations

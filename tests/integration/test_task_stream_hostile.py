@@ -19,6 +19,8 @@ from protocol.messages import Accept
 from protocol.negotiation import TASK_PROTOCOL
 from protocol.signing import Signer, seal_bytes
 
+pytestmark = pytest.mark.docker  # needs a real dockerd
+
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 NET = NetworkConfig(advert_interval=30.0, advert_ttl=60.0, connect_timeout=5.0, io_timeout=5.0)
 

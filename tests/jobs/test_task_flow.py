@@ -40,6 +40,8 @@ from protocol.messages import (
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, seal_bytes, verify_cosigned
 
+pytestmark = pytest.mark.docker  # needs a real dockerd
+
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 
 

@@ -12,9 +12,13 @@ import json
 import signal
 import time
 
+import pytest
+
 from peerd.devnet import wait_for
 
 from .harness import IMAGE, cli_json, containers_of, peer_id, provider_network, submit, wait_final, wait_output
+
+pytestmark = pytest.mark.docker  # needs a real dockerd
 
 # The provider waits up to its io_timeout for the requester's countersignature.
 SHORT_GRACE = {"limits.drain_grace": '"3s"', "limits.stop_grace": '"2s"', "network.io_timeout": '"60s"'}

@@ -8,6 +8,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from peerd.devnet import FAST_CONFIG, free_port
 
 from .harness import IMAGE, cli_json, provider_network
@@ -30,6 +32,7 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+@pytest.mark.docker
 def test_metrics_are_served_on_loopback_and_move_with_a_job() -> None:
     provider_port, requester_port = free_port(), free_port()
     with provider_network(metrics_on(provider_port), metrics_on(requester_port)) as net:

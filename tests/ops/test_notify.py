@@ -60,6 +60,7 @@ def fields(message: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in message.splitlines() if "=" in line)
 
 
+@pytest.mark.docker  # its providers connect to dockerd
 def test_ready_after_join_and_control_socket_then_watchdog_and_stopping(tmp_path: Path, seed: str) -> None:
     notify_path = tmp_path / "notify.sock"
     home = tmp_path / "node"

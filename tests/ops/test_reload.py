@@ -20,6 +20,8 @@ from peerd.node import Node
 
 from .harness import IMAGE, OpsNet, provider_network, with_settings
 
+pytestmark = pytest.mark.docker  # needs a real dockerd
+
 DISALLOW = '[policy]\nimages = ["registry.invalid/*"]\n'
 
 

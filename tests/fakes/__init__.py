@@ -1,0 +1,1 @@
+"""Test doubles at the boundaries the fast tests replace (see each module)."""
