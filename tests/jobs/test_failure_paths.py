@@ -122,7 +122,7 @@ async def test_a_request_signed_by_another_peer_than_the_streams_gets_no_answer(
 
 
 # ---------------------------------------------------------------- offers
-async def test_an_offer_left_unanswered_releases_the_capacity_it_held(tmp_path: Path) -> None:
+async def test_an_offer_left_unanswered_holds_nothing_and_counts_against_its_peer(tmp_path: Path) -> None:
     net = Net()
     settings = dataclasses.replace(FAST_PROVIDER, offer_hold=0.3)
     async with provider_node(tmp_path, net, settings=settings) as p:
@@ -136,11 +136,12 @@ async def test_an_offer_left_unanswered_releases_the_capacity_it_held(tmp_path: 
                 while (offer := machine.next_event()) is NEED_DATA:
                     machine.receive_data(await ours.read(65536))
                 assert isinstance(offer, Offer)
-                assert p.ledger.free().cpus == CPUS - QUICK.cpus  # held for the offer
+                assert p.ledger.free().cpus == CPUS  # an offer is a quote: nothing is held for it
                 # we never answer: the provider gives up when the offer expires and closes the stream
                 while await ours.read(65536):
                     pass
         assert p.ledger.free().cpus == CPUS and p.host.started == []
+        assert p.provider.guard.lapses(signer.peer_id, time.time()) > 0.9  # the lapse is the asker's
 
 
 async def test_an_accept_after_the_offer_expired_is_refused(tmp_path: Path) -> None:
