@@ -36,6 +36,11 @@ the transport authenticated. The envelope's payload is one message:
                                      RESUMING        → LEASED | RESULT | REJECTED
     P→R  Receipt (provider-signed)   RESULT          → RECEIPT_PROPOSED
     R→P  Receipt (both signed)       RECEIPT_PROPOSED → DONE
+    R→P  Cancel (crossing)           RESULT          → RESULT
+    R→P  Cancel (crossing)           RECEIPT_PROPOSED → RECEIPT_PROPOSED
+
+This table is ``TRANSITIONS`` and ``CROSSING`` below, and protocol/README.md
+holds it too; tests/protocol/test_negotiation_docs.py checks both copies.
 
 DONE, REJECTED, CANCELLED and ERROR are terminal: nothing more may be sent or
 received. Closing the stream is not a message: ``next_event`` returns CLOSED
@@ -45,9 +50,10 @@ stream reconnects with Resume).
 Crossing messages: after the lease both sides may send at once, so a Cancel
 the requester sent in LEASED can reach a provider that has already sent its
 Result (RESULT or RECEIPT_PROPOSED). Such a Cancel is accepted on receipt and
-changes nothing (table ``CROSSING``); the requester cannot send one there.
+changes nothing (the rows marked crossing, table ``CROSSING``); the requester
+cannot send one there.
 
-Checks beyond the table (``Negotiation._check_*``), applied to both sides:
+Checks beyond the table (``Negotiation._check_and_record``), applied to both sides:
 
 - every message carries the task_id of the first one;
 - TaskRequest.requester is the requester's peer ID;
@@ -68,9 +74,19 @@ Checks beyond the table (``Negotiation._check_*``), applied to both sides:
   wall time and GPU seconds; the countersigned Receipt has identical terms
   bytes and both signatures verify.
 
-Time: the machine holds no clock. ``RequesterNegotiation.accept(now=...)``
-refuses an expired offer; a provider receiving Accept asks
-``offer_expired(now)`` and answers ``Reject(OFFER_EXPIRED)`` if so.
+Time: the machine holds no clock. An offer has expired once ``now >=
+expires_at`` (``offer_expired(now)``, the one rule for both sides):
+``RequesterNegotiation.accept(now=...)`` refuses an expired offer; a provider
+receiving Accept asks ``offer_expired(now)`` and answers
+``Reject(OFFER_EXPIRED)`` if so.
+
+Building: every message the machine can build has a helper that builds,
+checks, signs and frames it (``send_request``, ``accept``, ``cancel``,
+``countersign_*``, ``resume``; ``send_offer``, ``reject``, ``draft_lease`` +
+``propose_lease``, ``send_status``, ``draft_receipt`` + ``propose_receipt``).
+The terms of a lease or receipt come from ``protocol.terms`` only; ``send``
+takes a message made elsewhere (a provider's job makes its log chunks,
+Result and Receipt proposal apart from any stream).
 
 Errors carry a ``code``: ``unexpected_message`` (not in the table),
 ``invalid_message`` (a check above), ``bad_signature``, ``malformed`` or
