@@ -233,7 +233,7 @@ class Requester:
                     with trio.fail_after(max(deadline - self.clock(), 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
                     await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
-                    return await self._collect(channel, task_id, lease)
+                    return await self._collect(channel, task_id)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc  # handled below, outside the stream's own nursery
         except _ATTEMPT_ERRORS as exc:
@@ -365,7 +365,7 @@ class Requester:
                         await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
                         first = await channel.receive()
                     attached.set()
-                    return await self._collect(channel, task_id, lease, first=first)
+                    return await self._collect(channel, task_id, first=first)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc
         except _ATTEMPT_ERRORS as exc:
@@ -379,7 +379,7 @@ class Requester:
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
         self.tracker.state(task_id, TaskState.PLACING, detail)
 
-    async def _collect(self, channel: Channel, task_id: str, lease: Lease, *, first: Message | None = None) -> bool:
+    async def _collect(self, channel: Channel, task_id: str, *, first: Message | None = None) -> bool:
         self._cancel[task_id] = self._cancel_running(channel, task_id)
         try:
             while True:
