@@ -44,7 +44,7 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -118,8 +118,10 @@ def _check_digest(digest: bytes) -> None:
 
 
 _REFS_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS refs (task_id TEXT NOT NULL, digest BLOB NOT NULL,"
-    " PRIMARY KEY (task_id, digest)) WITHOUT ROWID",
+    (
+        "CREATE TABLE IF NOT EXISTS refs (task_id TEXT NOT NULL, digest BLOB NOT NULL,"
+        " PRIMARY KEY (task_id, digest)) WITHOUT ROWID"
+    ),
     "CREATE INDEX IF NOT EXISTS refs_by_digest ON refs (digest)",
 )
 
@@ -265,16 +267,17 @@ class BlockingChunkStore:
         return stale
 
     def tasks(self) -> list[str]:
-        return [row[0] for row in self._query("SELECT DISTINCT task_id FROM refs ORDER BY task_id", ())]
+        return [str(row[0]) for row in self._query("SELECT DISTINCT task_id FROM refs ORDER BY task_id", ())]
 
     def pinned(self, task_id: str) -> set[bytes]:
-        return {row[0] for row in self._query("SELECT digest FROM refs WHERE task_id = ?", (task_id,))}
+        return {_blob(row[0]) for row in self._query("SELECT digest FROM refs WHERE task_id = ?", (task_id,))}
 
     def refcount(self, digest: bytes) -> int:
-        return int(self._query("SELECT COUNT(*) FROM refs WHERE digest = ?", (digest,))[0][0])
+        [(count,)] = self._query("SELECT COUNT(*) FROM refs WHERE digest = ?", (digest,))
+        return count if type(count) is int else 0
 
     def _referenced(self) -> set[bytes]:
-        return {row[0] for row in self._query("SELECT DISTINCT digest FROM refs", ())}
+        return {_blob(row[0]) for row in self._query("SELECT DISTINCT digest FROM refs", ())}
 
     # ------------------------------------------------------------ space
     def usage(self) -> Usage:
@@ -317,7 +320,7 @@ class BlockingChunkStore:
             self._used -= entry.size
 
     # ------------------------------------------------------------ SQLite
-    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -334,6 +337,12 @@ class BlockingChunkStore:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise BlobStoreError(f"chunk references ({self.root / REFS_DB}): {exc}") from exc
+
+
+def _blob(value: object) -> bytes:
+    if type(value) is not bytes:
+        raise BlobStoreError(f"chunk references: a digest is stored as {type(value).__name__}")
+    return value
 
 
 def _scan(root: Path) -> dict[bytes, _Entry]:
