@@ -9,6 +9,8 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
 
 from protocol.signing import Signer
 
@@ -73,3 +75,15 @@ def p2p_from(config: Config, signer: Signer, *, seed: bool, advert_source: Adver
 
 def pruner_from(config: Config, store: Store, *, active: Callable[[], Collection[str]]) -> Pruner:
     return Pruner(store, config.retention, work_dir=config.work_dir, active=active)
+
+
+@dataclass(frozen=True)
+class ChunkStorePlace:
+    """Where the node's chunk store lives and how much it may hold (``ChunkStore.open(root, quota)``)."""
+
+    root: Path
+    quota: int
+
+
+def chunk_store_from(config: Config) -> ChunkStorePlace:
+    return ChunkStorePlace(root=config.home / "blobs", quota=config.storage.blob_quota)
