@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from peerd.blobstore import BlockingChunkStore
 from peerd.executor import (
     DockerExecutor,
     ExecutorError,
@@ -21,7 +22,6 @@ from peerd.executor import (
     Reason,
     UnknownTask,
 )
-from peerd.blobstore import BlockingChunkStore, ChunkStore
 from tests.executor.helpers import MiB, closed_loopback_port, job, output_files
 from tests.executor.registry import Registry
 

@@ -36,7 +36,9 @@ def store(files: BlockingChunkStore) -> ChunkStore:
     return ChunkStore(files)
 
 
-async def test_out_becomes_a_manifest_pinned_for_the_task(tmp_path: Path, store: ChunkStore, files: BlockingChunkStore) -> None:
+async def test_out_becomes_a_manifest_pinned_for_the_task(
+    tmp_path: Path, store: ChunkStore, files: BlockingChunkStore
+) -> None:
     out = tmp_path / "t" / "out"
     (out / "d").mkdir(parents=True)
     (out / "d" / "x").write_bytes(b"x" * (MiB + 5))
@@ -77,7 +79,9 @@ async def test_an_empty_out_gives_no_manifest(tmp_path: Path, store: ChunkStore,
     assert files.pinned("task-3") == set()
 
 
-async def test_an_unbounded_out_over_the_limit_is_refused_at_collection(tmp_path: Path, store: ChunkStore, files: BlockingChunkStore) -> None:
+async def test_an_unbounded_out_over_the_limit_is_refused_at_collection(
+    tmp_path: Path, store: ChunkStore, files: BlockingChunkStore
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "big").write_bytes(b"b" * 120)
