@@ -25,6 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -41,13 +42,15 @@ def _check(result: int, what: str, path: Path) -> None:
 
 
 def mount_bounded(path: Path, limit: int, *, inodes: int, mode: int, uid: int | None, gid: int | None) -> bool:
-    """Blocking: a tmpfs of ``limit`` bytes at ``path`` (an empty directory); False if not permitted."""
-    options = f"size={limit},nr_inodes={inodes},mode={mode:o}"
+    """Blocking: a tmpfs of ``limit`` bytes at ``path`` (an empty directory); False if not permitted.
+    A limit of 0 (keep no outputs) is a read-only tmpfs: tmpfs takes size=0 as "unlimited"."""
+    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if limit == 0 else 0)
+    options = f"size={limit or 1},nr_inodes={inodes},mode={mode:o}"
     if uid is not None:
         options += f",uid={uid}"
     if gid is not None:
         options += f",gid={gid}"
-    result = _libc.mount(SOURCE, os.fsencode(path), FS_TYPE, MS_NOSUID | MS_NODEV, options.encode())
+    result = _libc.mount(SOURCE, os.fsencode(path), FS_TYPE, flags, options.encode())
     if result != 0 and ctypes.get_errno() in (errno.EPERM, errno.EACCES):
         return False
     _check(result, "mount a tmpfs at", path)

@@ -102,7 +102,9 @@ def describe_outputs(out_dir: Path, limit: int) -> tuple[OutputManifest, Manifes
     full = os.path.ismount(out_dir) and is_full(out_dir)
     skipped: list[str] = []
     try:
-        manifest = build_manifest(out_dir, limits=ManifestLimits(max_total_size=limit), skipped=skipped)
+        manifest = build_manifest(out_dir, limits=ManifestLimits(max_total_size=max(limit, 1)), skipped=skipped)
+        if manifest.total_size > limit:  # a limit of 0, on an unbounded directory
+            raise TreeTooLarge(f"{out_dir}: more than {limit} bytes")
     except TreeTooLarge:
         return OutputManifest(None, 0, tuple(skipped), True, f"more than {limit} bytes"), None
     except ManifestBuildError as exc:

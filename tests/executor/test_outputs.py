@@ -87,6 +87,10 @@ async def test_an_unbounded_out_over_the_limit_is_refused_at_collection(
     (out / "big").write_bytes(b"b" * 120)
     result = await collect_outputs(out, "task-4", 100, store)
     assert result.over_limit and result.manifest_id is None and files.pinned("task-4") == set()
+    out.mkdir()  # collected and removed: again, one byte against a limit of 0
+    (out / "big").write_bytes(b"b")
+    zero = await collect_outputs(out, "task-4", 0, store)
+    assert zero.over_limit and zero.manifest_id is None
 
 
 async def test_without_a_store_outputs_are_described_not_kept(tmp_path: Path) -> None:
@@ -134,6 +138,18 @@ def test_the_tmpfs_refuses_writes_past_the_limit(tmp_path: Path) -> None:
     finally:
         discard_task_dir(out.parent)
     assert not out.parent.exists()
+
+
+@root_only
+def test_an_output_limit_of_zero_is_a_read_only_out(tmp_path: Path) -> None:
+    out = tmp_path / "task" / "out"
+    assert prepare_out_dir(out, None, 0)
+    try:
+        with pytest.raises(OSError) as refused:
+            (out / "f").write_bytes(b"z")
+        assert refused.value.errno == errno.EROFS and not is_full(out)
+    finally:
+        discard_task_dir(out.parent)
 
 
 @root_only
