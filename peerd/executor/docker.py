@@ -189,6 +189,9 @@ class DockerExecutor:
         except OSError as exc:
             await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
             raise ExecutorError(Reason.OUTPUT_ERROR, f"cannot prepare /out: {exc}") from exc
+        if not bounded:
+            log.warning("task %s: cannot mount a tmpfs for /out here (needs CAP_SYS_ADMIN in dockerd's mount "
+                        "namespace): /out is bounded only when collected", spec.task_id)
         deadline = time.time() + spec.timeout
         plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits)
         try:
