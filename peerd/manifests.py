@@ -41,32 +41,47 @@ class ManifestBuildError(PeerdError):
     """A directory cannot be described by a manifest (links, special files, limits)."""
 
 
-def _walk(root: Path, rel: str, depth: int, limits: ManifestLimits) -> Iterator[tuple[str, Path]]:
-    """Yield (manifest path, file path) for every regular file, sorted; refuse anything else."""
+class TreeTooLarge(ManifestBuildError):
+    """The files under the directory total more than ``limits.max_total_size`` bytes."""
+
+
+def _walk(
+    root: Path, rel: str, depth: int, limits: ManifestLimits, skipped: list[str] | None = None,
+) -> Iterator[tuple[str, Path]]:
+    """Yield (manifest path, file path) for every regular file, sorted; refuse anything else
+    (or, given ``skipped``, list it there and go on)."""
     if depth > limits.max_depth:
         raise ManifestBuildError(f"{root / rel}: deeper than {limits.max_depth} levels")
     with os.scandir(root / rel if rel else root) as entries:
         items = sorted(entries, key=lambda e: e.name)
     for entry in items:
         name = entry.name
+        path = f"{rel}/{name}" if rel else name
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            raise ManifestBuildError(f"{entry.path!r}: file name is not UTF-8") from None
+            _refuse(f"{entry.path!r}: file name is not UTF-8", path, skipped)
+            continue
         if len(name.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise ManifestBuildError(f"{entry.path}: name longer than {MAX_COMPONENT_BYTES} bytes")
-        path = f"{rel}/{name}" if rel else name
+            _refuse(f"{entry.path}: name longer than {MAX_COMPONENT_BYTES} bytes", path, skipped)
+            continue
         mode = entry.stat(follow_symlinks=False).st_mode
         if stat.S_ISDIR(mode):
-            yield from _walk(root, path, depth + 1, limits)
+            yield from _walk(root, path, depth + 1, limits, skipped)
         elif stat.S_ISREG(mode):
             yield path, Path(entry.path)
         else:
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file or directory"
-            raise ManifestBuildError(f"{entry.path}: {kind}; job data may hold only files and directories")
+            _refuse(f"{entry.path}: {kind}; job data may hold only files and directories", path, skipped)
 
 
-def _chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
+def _refuse(problem: str, path: str, skipped: list[str] | None) -> None:
+    if skipped is None:
+        raise ManifestBuildError(problem)
+    skipped.append(path.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def read_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
     """The file's chunks, read through a descriptor opened without following links."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -85,20 +100,22 @@ def _mode(path: Path) -> int:
 
 def build_manifest(
     root: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, limits: ManifestLimits = PROTOCOL_LIMITS,
+    skipped: list[str] | None = None,
 ) -> Manifest:
-    """Describe every file under ``root`` (read once, hashed, not stored)."""
+    """Describe every file under ``root`` (read once, hashed, not stored). Given ``skipped``,
+    links, special files and unusable names are listed there instead of refused."""
     files: list[FileEntry] = []
     total = 0
     try:
-        for rel, path in _walk(root, "", 1, limits):
+        for rel, path in _walk(root, "", 1, limits, skipped):
             if len(files) == limits.max_files:
                 raise ManifestBuildError(f"{root}: more than {limits.max_files} files")
             digests, size = [], 0
-            for chunk in _chunks(path, chunk_size):
+            for chunk in read_chunks(path, chunk_size):
                 digests.append(hashlib.sha256(chunk).digest())
                 size += len(chunk)
                 if total + size > limits.max_total_size:
-                    raise ManifestBuildError(f"{root}: more than {limits.max_total_size} bytes")
+                    raise TreeTooLarge(f"{root}: more than {limits.max_total_size} bytes")
             total += size
             files.append(FileEntry(rel, _mode(path), size, tuple(digests)))
         manifest = Manifest(chunk_size, tuple(files))
@@ -115,7 +132,7 @@ def store_chunks(root: Path, manifest: Manifest, put: Callable[[bytes, bytes], o
     for entry in manifest.files:
         path = root / entry.path
         count = 0
-        for i, chunk in enumerate(_chunks(path, manifest.chunk_size)):
+        for i, chunk in enumerate(read_chunks(path, manifest.chunk_size)):
             digest = hashlib.sha256(chunk).digest()
             if i >= len(entry.chunks) or digest != entry.chunks[i]:
                 raise ManifestBuildError(f"{path}: changed while it was being imported")
