@@ -190,6 +190,16 @@ def test_attach_lease_only_once() -> None:
         pair.provider.attach_lease(lease)
 
 
+def test_attach_lease_after_a_rejected_resume_is_refused() -> None:
+    lease = signed_lease()
+    pair = MachinePair()
+    pair.send(R, pair.requester.resume(lease))
+    pair.send(P, pair.provider.reject(RejectCode.UNKNOWN_TASK, "gone"))
+    with pytest.raises(LocalProtocolError, match="attach_lease answers a Resume; state is REJECTED"):
+        pair.provider.attach_lease(lease)
+    assert pair.provider.lease is None
+
+
 def test_attach_lease_needs_the_resumed_task() -> None:
     lease = signed_lease()
     terms = signing.verify_cosigned(lease, LeaseTerms)
