@@ -259,3 +259,14 @@ def test_received_message_is_recorded_as_last_envelope() -> None:
     data = pair.provider.send(sample_offer())
     pair.deliver(R, data)
     assert pair.requester.last_envelope == data[codec.HEADER_SIZE:]
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_a_fresh_machine_holds_nothing(role: Role) -> None:
+    machine = MachinePair().machine(role)
+    assert machine.state is State.IDLE and machine.task_id is None and not machine.cancel_requested
+    for name in (
+        "last_envelope", "request", "resumed", "offer", "accepted", "rejection", "lease_terms",
+        "proposed_lease", "lease", "result", "receipt_terms", "proposed_receipt", "receipt",
+    ):
+        assert getattr(machine, name) is None, name

@@ -153,3 +153,11 @@ def test_cosigned_terms_must_name_both_parties() -> None:
         signing.verify_cosigned(doc, m.Cancel, require_both=False)
     with pytest.raises(DecodeError, match="expected 'lease_terms'"):
         signing.verify_cosigned(doc, m.LeaseTerms)
+
+
+def test_cosigned_terms_naming_one_party_only_are_refused() -> None:
+    signer = signing.Signer.from_seed(REQUESTER_SEED)
+    request = m.TaskRequest(task_id="t", requester=signer.peer_id, spec=sample_spec(), sent_at=NOW)
+    doc = signing.propose(request, m.Lease, signer, as_provider=True)
+    with pytest.raises(LocalProtocolError, match="TaskRequest names no provider and requester"):
+        signing.verify_cosigned(doc, m.TaskRequest, require_both=False)
