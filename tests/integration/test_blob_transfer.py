@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,10 +79,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 
 async def copy_store(src: Path, dst: Path) -> ChunkStore:
-    def copy() -> None:
-        os.system(f"cp -a {src} {dst}")  # noqa: S605 - a test copying its own tmp dir
-
-    await trio.to_thread.run_sync(copy)
+    await trio.to_thread.run_sync(shutil.copytree, src, dst)
     return await ChunkStore.open(dst)
 
 
