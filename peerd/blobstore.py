@@ -402,6 +402,9 @@ class ChunkStore:
     async def release(self, task_id: str) -> None:
         await self._run(partial(self._files.release, task_id))
 
+    async def pinned(self, task_id: str) -> set[bytes]:
+        return await self._run(partial(self._files.pinned, task_id))
+
     async def retain_tasks(self, task_ids: Collection[str]) -> list[str]:
         return await self._run(partial(self._files.retain_tasks, frozenset(task_ids)))
 
