@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -33,6 +34,7 @@ from .jobrun import JobRunner
 from .lifecycle import Lifecycle, RunState
 from .metrics import Metrics, MetricsServer, listen_address
 from .operations import Operations
+from .p2p.adverts import AdvertSource
 from .provider import Provider
 from .requester import TASK_PROTOCOL, Requester
 from .resources import snapshot
@@ -87,11 +89,9 @@ class Node:
         pruner = pruner_from(config, store, active=lambda: ours.runner.jobs.keys() if ours else ())
         await nursery.start(pruner.run)
 
-        def advert(now: float) -> Advert:  # called once p2p runs (it publishes): ``p2p`` is bound by then
-            assert ours is not None
-            return ours.advert(self.config, signer.peer_id, p2p.listen_addrs(), now, draining=self.state.draining)
-
-        p2p = p2p_from(config, signer, seed=self.seed, advert_source=advert if ours else None, clock=self.clock)
+        # The advert names p2p's addresses; p2p asks for adverts only once it runs, when ``p2p`` is bound.
+        source = self._advert_source(ours, lambda: p2p.listen_addrs()) if ours else None
+        p2p = p2p_from(config, signer, seed=self.seed, advert_source=source, clock=self.clock)
         await nursery.start(p2p.run)
         if ours is not None:
             p2p.set_stream_handler(TASK_PROTOCOL, task_stream_handler(ours.provider, self.state.task_streams))
@@ -109,6 +109,14 @@ class Node:
             role=self.role, signer=signer, clock=self.clock, store=store, p2p=p2p, tracker=tracker,
             metrics=metrics, pruner=pruner, requester=requester, provider=ours,
         )
+
+    def _advert_source(self, ours: ProviderServices, addrs: Callable[[], list[str]]) -> AdvertSource:
+        """Our advert now: the live config (SIGHUP may change prices and policy), draining or not."""
+
+        def advert(now: float) -> Advert:
+            return ours.advert(self.config, self.signer.peer_id, addrs(), now, draining=self.state.draining)
+
+        return advert
 
     async def _start_provider(self, nursery: trio.Nursery, store: Store, metrics: Metrics) -> ProviderServices:
         config, signer = self.config, self.signer
