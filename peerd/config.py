@@ -109,6 +109,13 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The chunk store for job data (``<home>/blobs``)."""
+
+    blob_quota: int = 10 << 30  # bytes of chunks kept; 0 = no limit
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     home: Path = Path(".")
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -120,6 +127,7 @@ class Config:
     requester: RequesterConfig = field(default_factory=RequesterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def key_path(self) -> Path:
@@ -277,6 +285,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                     "peer_wait": _grace}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
+    "storage": (StorageConfig, {"blob_quota": _size}),
 }
 
 
@@ -439,4 +448,9 @@ max_age = "7d"
 max_size = "1G"
 # How often the pruner runs (at least every second).
 interval = "10m"
+
+[storage]
+# Job data chunks (<home>/blobs) kept at most; unreferenced chunks are
+# removed, oldest first, to make room. 0 = no limit.
+blob_quota = "10G"
 '''

@@ -412,7 +412,7 @@ class Requester:
 
     async def _finish(self, task_id: str, result: Result, receipt: Receipt, terms: ReceiptTerms) -> None:
         now = self.clock()
-        await self.store.put_result(task_id, ResultRecord.from_result(result, finished_at=now))
+        await self.store.put_result(ResultRecord(result, finished_at=now))
         await self.store.put_receipt(task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at)
         await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)
 

@@ -81,6 +81,33 @@ def single_error(group: BaseExceptionGroup, expected: tuple[type[Exception], ...
     return first
 
 
+async def send_bytes(stream: ByteStream, data: bytes, timeout: float) -> None:
+    """Write ``data`` under a deadline; PeerTimeout / PeerGone (the stream's errors, mapped once, here)."""
+    try:
+        with trio.fail_after(timeout):
+            await stream.write(data)
+    except trio.TooSlowError as exc:
+        raise PeerTimeout(f"write timed out after {timeout:g}s") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise PeerGone(f"stream broke while writing: {exc}") from exc
+    except StreamTimeout as exc:
+        raise PeerTimeout(str(exc)) from exc
+    except StreamError as exc:
+        raise PeerGone(f"stream failed while writing: {exc}") from exc
+
+
+async def receive_bytes(stream: ByteStream, timeout: float, max_bytes: int = READ_CHUNK) -> bytes:
+    """Up to ``max_bytes`` bytes (``b""`` at EOF) within ``timeout``; PeerTimeout / PeerGone."""
+    try:
+        return await stream.read(max_bytes, timeout=timeout)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise PeerGone(f"stream broke while reading: {exc}") from exc
+    except StreamTimeout as exc:
+        raise PeerTimeout(str(exc)) from exc
+    except StreamError as exc:
+        raise PeerGone(f"stream failed while reading: {exc}") from exc
+
+
 class TaskChannel(Generic[N]):
     """One task stream and the machine (``N``: the requester's or the provider's) that speaks on it."""
 
@@ -98,17 +125,7 @@ class TaskChannel(Generic[N]):
         await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        try:
-            with trio.fail_after(self.timeout):
-                await self.stream.write(data)
-        except trio.TooSlowError as exc:
-            raise PeerTimeout(f"write timed out after {self.timeout:g}s") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise PeerGone(f"stream broke while writing: {exc}") from exc
-        except StreamTimeout as exc:
-            raise PeerTimeout(str(exc)) from exc
-        except StreamError as exc:
-            raise PeerGone(f"stream failed while writing: {exc}") from exc
+        await send_bytes(self.stream, data, self.timeout)
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message; PeerGone on close, PeerTimeout after ``timeout``."""
@@ -129,14 +146,7 @@ class TaskChannel(Generic[N]):
             raise PeerTimeout(f"no message within {limit:g}s") from exc
 
     async def _read(self, timeout: float) -> bytes:
-        try:
-            return await self.stream.read(READ_CHUNK, timeout=timeout)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise PeerGone(f"stream broke while reading: {exc}") from exc
-        except StreamTimeout as exc:
-            raise PeerTimeout(str(exc)) from exc
-        except StreamError as exc:
-            raise PeerGone(f"stream failed while reading: {exc}") from exc
+        return await receive_bytes(self.stream, timeout)
 
     async def close(self) -> None:
         with trio.move_on_after(1.0) as scope:
@@ -148,4 +158,7 @@ class TaskChannel(Generic[N]):
                 log.debug("closing task stream failed: %s", exc)
 
 
-__all__ = ["PeerGone", "PeerTimeout", "ProtocolError", "TaskChannel", "TaskWireError", "single_error"]
+__all__ = [
+    "PeerGone", "PeerTimeout", "ProtocolError", "TaskChannel", "TaskWireError", "receive_bytes", "send_bytes",
+    "single_error",
+]

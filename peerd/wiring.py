@@ -8,7 +8,10 @@ nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
 
 from protocol.signing import Signer
 
@@ -16,7 +19,7 @@ from .config import Config
 from .executor.docker import DockerExecutor
 from .executor.plan import Limits
 from .executor.policy import ProviderPolicy
-from .p2p.adverts import AdvertSource
+from .p2p.adverts import AdvertSource, Clock
 from .p2p.service import P2PService
 from .provider import ProviderSettings
 from .requester import RequesterSettings
@@ -64,12 +67,26 @@ def requester_settings_from(config: Config) -> RequesterSettings:
     )
 
 
-def p2p_from(config: Config, signer: Signer, *, seed: bool, advert_source: AdvertSource | None) -> P2PService:
+def p2p_from(
+    config: Config, signer: Signer, *, seed: bool, advert_source: AdvertSource | None, clock: Clock = time.time
+) -> P2PService:
     return P2PService(
         signer, listen=list(config.node.listen), bootstrap=list(config.node.bootstrap), seed=seed,
-        net=config.network, advert_source=advert_source,
+        net=config.network, advert_source=advert_source, clock=clock,
     )
 
 
 def pruner_from(config: Config, store: Store, *, active: Callable[[], Collection[str]]) -> Pruner:
     return Pruner(store, config.retention, work_dir=config.work_dir, active=active)
+
+
+@dataclass(frozen=True)
+class ChunkStorePlace:
+    """Where the node's chunk store lives and how much it may hold (``ChunkStore.open(root, quota)``)."""
+
+    root: Path
+    quota: int
+
+
+def chunk_store_from(config: Config) -> ChunkStorePlace:
+    return ChunkStorePlace(root=config.home / "blobs", quota=config.storage.blob_quota)

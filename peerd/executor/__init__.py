@@ -7,7 +7,8 @@
   plan       spec -> container config with the isolation defaults (pure)
   reconcile  what to do with this node's containers after a restart (pure)
   logs       bounded output tails with followers
-  outputs    the job's /out directory -> bounded tar.gz
+  outmount   /out as a tmpfs of the output limit (bounded while the job runs)
+  outputs    the job's /out -> a manifest, its chunks into the chunk store
   engine     the docker SDK adapter (worker threads)
   docker     DockerExecutor, the service tying them together
 """
@@ -15,9 +16,11 @@
 from peerd.executor.contract import (
     ContainerInfo,
     Executor,
+    InputMount,
     LogChunk,
     Outcome,
     OutcomeState,
+    OutputStore,
     PullProgress,
     RecoveryReport,
     RunSpec,
@@ -49,11 +52,13 @@ __all__ = [
     "ExecutorError",
     "FreeCapacity",
     "ImageUnavailable",
+    "InputMount",
     "InvalidSpec",
     "Limits",
     "LogChunk",
     "Outcome",
     "OutcomeState",
+    "OutputStore",
     "PolicyError",
     "ProviderPolicy",
     "PullProgress",

@@ -8,20 +8,25 @@ Rules every implementation keeps:
   * a task id names at most one container per node; a second start is refused;
   * ``wait`` returns exactly one Outcome per started task; the container is gone
     by then and its GPUs may be released by the caller;
-  * ``recover`` touches only containers labelled with this node's id.
+  * ``recover`` touches only containers labelled with this node's id;
+  * inputs are mounted read-only; /out is bounded while the job runs, and a job
+    that fills it is stopped: state FAILED, reason OUTPUT_LIMIT (the wire's
+    TaskState has no such value; the detail starts with ``output_limit``);
+  * /out comes back as a manifest whose chunks are pinned for the task.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from peerd.executor.errors import InvalidSpec
+from peerd.executor.errors import InvalidSpec, Reason
 from protocol.imageref import image_ref_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -33,6 +38,11 @@ MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
 NOBODY = "65534:65534"
 
 EnvPairs = tuple[tuple[str, str], ...]
+
+OUT_MOUNT = "/out"
+MAX_INPUTS = 16
+# Where no input may be mounted (nor above): what the runtime and the kernel own, /out and /tmp.
+RESERVED_PATHS = ("/proc", "/sys", "/dev", "/etc", "/run", "/tmp", OUT_MOUNT)
 
 
 def check_name(kind: str, value: str) -> str:
@@ -62,6 +72,42 @@ def _normalise_env(env: Mapping[str, str] | EnvPairs) -> EnvPairs:
     return pairs
 
 
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class InputMount:
+    """A host directory the caller prepared (``peerd.staging.materialize``), mounted read-only at
+    ``target`` in the container. ``target`` is absolute and normalised, and neither inside nor
+    above a reserved path (``RESERVED_PATHS``)."""
+
+    source: Path
+    target: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, Path) or not self.source.is_absolute():
+            raise InvalidSpec(f"input source must be an absolute host path, got {self.source!r}")
+        target = self.target
+        if not isinstance(target, str) or not target.startswith("/") or "\0" in target:
+            raise InvalidSpec(f"input target must be an absolute container path, got {target!r:.80}")
+        if posixpath.normpath(target) != target or target.startswith("//") or len(target) > 1024:
+            raise InvalidSpec(f"input target {target!r:.80} is not a normalised path")
+        if target == "/" or any(_within(target, r) or _within(r, target) for r in RESERVED_PATHS):
+            raise InvalidSpec(f"input target {target!r:.80} is, or is in or above, a reserved path")
+
+
+def _check_inputs(inputs: tuple[InputMount, ...]) -> None:
+    if len(inputs) > MAX_INPUTS:
+        raise InvalidSpec(f"at most {MAX_INPUTS} input mounts, got {len(inputs)}")
+    if not all(isinstance(i, InputMount) for i in inputs):
+        raise InvalidSpec("inputs must be InputMount values")
+    for i, one in enumerate(inputs):
+        for other in inputs[i + 1:]:
+            if _within(one.target, other.target) or _within(other.target, one.target):
+                raise InvalidSpec(f"input targets {one.target!r:.80} and {other.target!r:.80} overlap")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """One job, exactly as leased. ``env`` may be given as a mapping; it is stored as sorted pairs."""
@@ -77,6 +123,7 @@ class RunSpec:
     network: bool = False
     timeout: float  # wall-clock seconds
     user: str | None = NOBODY
+    inputs: tuple[InputMount, ...] = ()  # read-only host directories
 
     def __post_init__(self) -> None:
         check_name("task id", self.task_id)
@@ -102,6 +149,8 @@ class RunSpec:
             raise InvalidSpec(f"gpus must be distinct NVML UUIDs, got {self.gpus!r}")
         if self.user is not None and not _USER.fullmatch(self.user):
             raise InvalidSpec(f"bad user {self.user!r}")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        _check_inputs(self.inputs)
 
     @property
     def environment(self) -> dict[str, str]:
@@ -112,7 +161,7 @@ class RunSpec:
 
 class OutcomeState(StrEnum):
     SUCCEEDED = "succeeded"  # exit code 0
-    FAILED = "failed"  # non-zero exit code
+    FAILED = "failed"  # non-zero exit code, or stopped at the output limit (reason OUTPUT_LIMIT)
     TIMEOUT = "timeout"  # killed at the wall-clock limit
     OOM = "oom"  # killed by the kernel for exceeding its memory limit
     CANCELLED = "cancelled"  # stopped on request
@@ -126,15 +175,16 @@ class Outcome:
     exit_code: int | None
     stdout: bytes  # last log_limit bytes
     stderr: bytes  # last log_limit bytes
-    output_digest: str  # sha256 hex of the archive; "" when /out was empty
-    output_size: int  # archive size in bytes
-    output_path: Path | None  # host path of <workdir>/<task_id>/out.tar.gz, or None
-    output_truncated: bool = False  # some files of /out did not fit the output limit
+    output_manifest: bytes | None = None  # id of /out's manifest (its chunks pinned for the task); None: empty
+    output_digest: str  # output_manifest as hex; "" when /out was empty
+    output_size: int  # bytes of file data in /out's manifest
+    output_truncated: bool = False  # links, special files or unusable names in /out were left out
     started_at: float  # unix time
     finished_at: float
     wall_time: float
     gpu_seconds: float  # wall_time x number of GPUs
     detail: str = ""
+    reason: Reason | None = None  # set where ``state`` alone does not say it: OUTPUT_LIMIT
 
 
 class LogChunk(NamedTuple):
@@ -177,6 +227,14 @@ class PullProgress:
 PullListener = Callable[[PullProgress], None]
 
 
+class OutputStore(Protocol):
+    """Where a job's outputs go: ``peerd.blobstore.ChunkStore`` fits. ``pin`` before ``put``."""
+
+    async def pin(self, task_id: str, digests: Iterable[bytes]) -> None: ...
+
+    async def put(self, digest: bytes, data: bytes) -> bool: ...
+
+
 class Executor(Protocol):
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None: ...
 
@@ -199,10 +257,12 @@ __all__ = [
     "ContainerInfo",
     "EnvPairs",
     "Executor",
+    "InputMount",
     "LogChunk",
     "NOBODY",
     "Outcome",
     "OutcomeState",
+    "OutputStore",
     "PullListener",
     "PullProgress",
     "RecoveryReport",

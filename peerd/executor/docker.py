@@ -3,18 +3,21 @@
 A service (``await nursery.start(executor.run)``) owning one nursery in which
 every container gets a supervisor task: it streams the output into a bounded
 tail, waits for the exit under the wall-clock limit (stop with a short grace,
-then kill), classifies the end, archives /out and removes the container; then
-``wait`` returns the Outcome. Cancelling the service (or a crash) leaves the
+then kill) while watching /out (a tmpfs of the output limit: a job that fills
+it is stopped, reason OUTPUT_LIMIT), classifies the end, removes the container
+and turns /out into a manifest whose chunks go into the injected OutputStore,
+pinned for the task; then ``wait`` returns the Outcome. Cancelling the service (or a crash) leaves the
 containers running: ``recover`` re-attaches them on the next start.
 
 Flow of one job: start -> [pull if missing] -> create+attach+start (one thread
-hop) -> supervisor(wait, logs) -> inspect+remove (one hop) -> outputs -> wait().
+hop) -> supervisor(wait, logs, /out watch) -> inspect+remove (one hop) -> outputs -> wait().
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from peerd.executor.contract import (
     LogChunk,
     Outcome,
     OutcomeState,
+    OutputStore,
     PullListener,
     RecoveryReport,
     RunSpec,
@@ -37,7 +41,8 @@ from peerd.executor.contract import (
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
 from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
 from peerd.executor.logs import LogTail
-from peerd.executor.outputs import OutputArchive, collect_outputs, discard_task_dir, prepare_out_dir
+from peerd.executor.outmount import is_full
+from peerd.executor.outputs import OutputManifest, collect_outputs, discard_task_dir, prepare_out_dir
 from peerd.executor.plan import (
     ExitState,
     Limits,
@@ -51,6 +56,7 @@ from peerd.executor.reconcile import plan_recovery
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0  # after the exit, how long the last output may take to arrive
+OUT_WATCH_SECONDS = 0.2  # how often a bounded /out is checked for being full (the kernel enforces the bound)
 
 
 @dataclass(eq=False)
@@ -62,18 +68,19 @@ class _Task:
     timeout: float | None  # seconds; None when re-attached (only the deadline is known)
     deadline: float  # unix time
     out_dir: Path
-    archive: Path
+    bounded: bool  # out_dir is a tmpfs of the output limit
     tail: LogTail
     launched_at: float = field(default_factory=time.time)
-    stopping: OutcomeState | None = None  # CANCELLED or TIMEOUT, first one wins
+    stopping: OutcomeState | None = None  # CANCELLED, TIMEOUT or FAILED (output limit), first one wins
     stop_detail: str = ""
+    stop_reason: Reason | None = None
     exited: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     outcome: Outcome | None = None
 
-    def mark(self, state: OutcomeState, detail: str) -> None:
+    def mark(self, state: OutcomeState, detail: str, reason: Reason | None = None) -> None:
         if self.stopping is None:
-            self.stopping, self.stop_detail = state, detail
+            self.stopping, self.stop_detail, self.stop_reason = state, detail, reason
 
 
 SIGKILL_EXIT = 128 + 9
@@ -107,6 +114,7 @@ class DockerExecutor:
         stop_grace: float = DEFAULT_LIMITS.stop_grace,
         pull_timeout: float = 120.0,
         limits: Limits = Limits(),
+        store: OutputStore | None = None,
     ) -> None:
         self.node_id = check_name("node id", node_id)
         self.workdir = Path(workdir)
@@ -117,6 +125,7 @@ class DockerExecutor:
         self.stop_grace = max(0, math.ceil(stop_grace))  # whole seconds: what dockerd's stop takes
         self._pull_timeout = pull_timeout
         self.limits = limits
+        self.store = store  # None: outputs are described (manifest id, size) but not kept
         self._engine: Engine | None = None
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[str, _Task] = {}
@@ -147,9 +156,8 @@ class DockerExecutor:
     def gpu_runtime(self) -> bool:
         return self.engine_info.gpu_runtime
 
-    def _paths(self, task_id: str) -> tuple[Path, Path]:
-        task_dir = self.workdir / task_id
-        return task_dir / "out", task_dir / "out.tar.gz"
+    def _out_dir(self, task_id: str) -> Path:
+        return self.workdir / task_id / "out"
 
     # ---- start -------------------------------------------------------------------------
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None:
@@ -175,8 +183,15 @@ class DockerExecutor:
     async def _launch(
         self, engine: Engine, spec: RunSpec, on_pull: PullListener | None
     ) -> tuple[_Task, list[OutputSource]]:
-        out_dir, archive = self._paths(spec.task_id)
-        await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user)
+        out_dir = self._out_dir(spec.task_id)
+        try:
+            bounded = await trio.to_thread.run_sync(prepare_out_dir, out_dir, spec.user, self.output_limit)
+        except OSError as exc:
+            await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
+            raise ExecutorError(Reason.OUTPUT_ERROR, f"cannot prepare /out: {exc}") from exc
+        if not bounded:
+            log.warning("task %s: cannot mount a tmpfs for /out here (needs CAP_SYS_ADMIN in dockerd's mount "
+                        "namespace): /out is bounded only when collected", spec.task_id)
         deadline = time.time() + spec.timeout
         plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits)
         try:
@@ -191,7 +206,7 @@ class DockerExecutor:
             raise
         task = _Task(
             task_id=spec.task_id, container_id=container_id, gpus=spec.gpus, memory=spec.memory,
-            timeout=spec.timeout, deadline=deadline, out_dir=out_dir, archive=archive,
+            timeout=spec.timeout, deadline=deadline, out_dir=out_dir, bounded=bounded,
             tail=LogTail(self.log_limit),
         )
         return task, sources
@@ -223,6 +238,8 @@ class DockerExecutor:
             pumps_done = [trio.Event() for _ in sources]
             for source, done in zip(sources, pumps_done, strict=True):
                 inner.start_soon(self._pump, engine, task, source, done)
+            if task.bounded:
+                inner.start_soon(self._watch_out, engine, task)
             try:
                 await self._await_exit(engine, task)
             except ExecutorError as exc:
@@ -243,6 +260,21 @@ class DockerExecutor:
         finally:
             done.set()
 
+    async def _watch_out(self, engine: Engine, task: _Task) -> None:
+        """Stop the job once its /out is full: its writes fail already, it gets no further."""
+        try:
+            while not await trio.to_thread.run_sync(is_full, task.out_dir):
+                await trio.sleep(OUT_WATCH_SECONDS)
+        except OSError as exc:
+            log.warning("/out of task %s cannot be watched: %s", task.task_id, exc)
+            return
+        task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
+                  f"{self.output_limit} bytes; stopped", Reason.OUTPUT_LIMIT)
+        try:
+            await engine.stop(task.container_id, 0)
+        except EngineError as exc:
+            log.warning("task %s at its output limit could not be stopped: %s", task.task_id, exc)
+
     async def _await_exit(self, engine: Engine, task: _Task) -> None:
         with trio.move_on_after(max(0.0, task.deadline - time.time())):
             await engine.wait_exit(task.container_id)
@@ -255,8 +287,12 @@ class DockerExecutor:
         task.exited = True
 
     async def _outcome(self, task: _Task, exit_state: ExitState | None) -> Outcome:
-        archive = await self._collect(task)
+        outputs = await self._collect(task)
+        if outputs.over_limit:  # it filled /out and ended before the watcher saw it
+            task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
+                      f"{self.output_limit} bytes", Reason.OUTPUT_LIMIT)
         state = classify(task.stopping, exit_state)
+        reason = task.stop_reason if state is task.stopping else None
         started = exit_state.started_at if exit_state and exit_state.started_at else task.launched_at
         finished = exit_state.finished_at if exit_state and exit_state.finished_at else time.time()
         finished = max(finished, started)  # dockerd stamps a very short job's start after its end
@@ -265,22 +301,24 @@ class DockerExecutor:
             task_id=task.task_id, state=state,
             exit_code=exit_state.exit_code if exit_state and exit_state.status != "created" else None,
             stdout=task.tail.tail("stdout"), stderr=task.tail.tail("stderr"),
-            output_digest=archive.digest, output_size=archive.size, output_path=archive.path,
-            output_truncated=archive.truncated, started_at=started, finished_at=finished,
+            output_manifest=outputs.manifest_id, output_digest=outputs.digest, output_size=outputs.size,
+            output_truncated=bool(outputs.skipped), started_at=started, finished_at=finished,
             wall_time=wall, gpu_seconds=wall * len(task.gpus),
-            detail=self._detail(task, state, exit_state, archive),
+            detail=self._detail(task, state, exit_state, outputs), reason=reason,
         )
 
-    async def _collect(self, task: _Task) -> OutputArchive:
+    async def _collect(self, task: _Task) -> OutputManifest:
         try:
-            return await collect_outputs(task.out_dir, task.archive, self.output_limit)
+            return await collect_outputs(task.out_dir, task.task_id, self.output_limit, self.store)
         except OSError as exc:
             log.warning("outputs of task %s unreadable: %s", task.task_id, exc)
-            return OutputArchive(None, "", 0, True, ())
+            return OutputManifest(None, 0, (), False, f"unreadable: {exc}")
 
     @staticmethod
-    def _detail(task: _Task, state: OutcomeState, exit_state: ExitState | None, archive: OutputArchive) -> str:
-        if state in (OutcomeState.CANCELLED, OutcomeState.TIMEOUT):
+    def _detail(task: _Task, state: OutcomeState, exit_state: ExitState | None, outputs: OutputManifest) -> str:
+        if state in (OutcomeState.CANCELLED, OutcomeState.TIMEOUT) or (
+            state is task.stopping and task.stop_reason is not None
+        ):
             text = task.stop_detail
         elif state is OutcomeState.OOM and exit_state is not None and exit_state.oom_killed:
             text = f"out of memory: limit of {task.memory} bytes exceeded"
@@ -292,8 +330,10 @@ class DockerExecutor:
             text = f"exit code {exit_state.exit_code if exit_state else None}"
         if exit_state is not None and exit_state.error:
             text += f"; docker: {exit_state.error}"
-        if archive.truncated:
-            text += f"; outputs truncated ({len(archive.skipped)} file(s) left out)"
+        if outputs.skipped:
+            text += f"; outputs truncated ({len(outputs.skipped)} link(s) or special file(s) left out)"
+        if outputs.problem:
+            text += f"; no outputs: {outputs.problem}"
         return text
 
     async def _lose(self, engine: Engine, task: _Task, detail: str) -> Outcome:
@@ -360,7 +400,8 @@ class DockerExecutor:
         return await engine.list_owned(self.node_id)
 
     async def discard(self, task_id: str) -> None:
-        """Delete the task's host directory (its output archive) once it is delivered."""
+        """Delete whatever is left of the task's host directory (its chunks are the store's: the
+        caller releases them there)."""
         if task_id in self._tasks or task_id in self._starting:
             raise ExecutorError(Reason.TASK_EXISTS, f"task {task_id!r} is still running here")
         await trio.to_thread.run_sync(discard_task_dir, self.workdir / check_name("task id", task_id))
@@ -399,18 +440,20 @@ class DockerExecutor:
         )
 
     def _adopt(self, info: ContainerInfo) -> _Task:
-        out_dir, archive = self._paths(info.task_id)
+        out_dir = self._out_dir(info.task_id)
         deadline = info.deadline if info.deadline is not None else time.time()
         return _Task(
             task_id=info.task_id, container_id=info.container_id, gpus=info.gpus, memory=info.memory,
-            timeout=None, deadline=deadline, out_dir=out_dir, archive=archive, tail=LogTail(self.log_limit),
+            timeout=None, deadline=deadline, out_dir=out_dir, bounded=os.path.ismount(out_dir),
+            tail=LogTail(self.log_limit),
         )
 
     def _adopt_missing(self, task_id: str) -> _Task:
-        out_dir, archive = self._paths(task_id)
+        out_dir = self._out_dir(task_id)
         return _Task(
             task_id=task_id, container_id=container_name(self.node_id, task_id), gpus=(), memory=0,
-            timeout=None, deadline=0.0, out_dir=out_dir, archive=archive, tail=LogTail(self.log_limit),
+            timeout=None, deadline=0.0, out_dir=out_dir, bounded=os.path.ismount(out_dir),
+            tail=LogTail(self.log_limit),
         )
 
     async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> Outcome:

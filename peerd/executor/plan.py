@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from peerd.config import DEFAULT_LIMITS
-from peerd.executor.contract import ContainerInfo, RunSpec
+from peerd.executor.contract import OUT_MOUNT, ContainerInfo, InputMount, RunSpec
 
 LABEL_NODE = "peerd.node"
 LABEL_TASK = "peerd.task"
@@ -23,7 +23,6 @@ LABEL_CPUS = "peerd.cpus"
 LABEL_MEMORY = "peerd.memory"
 LABEL_DEADLINE = "peerd.deadline"
 
-OUT_MOUNT = "/out"
 NO_GPUS = "void"  # NVIDIA_VISIBLE_DEVICES value that makes the NVIDIA runtime act like runc
 
 JsonObject = dict[str, object]
@@ -86,7 +85,8 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
         "IpcMode": "private",
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"},
         "Mounts": [
-            {"Type": "bind", "Source": str(out_dir), "Target": OUT_MOUNT, "ReadOnly": False}
+            {"Type": "bind", "Source": str(out_dir), "Target": OUT_MOUNT, "ReadOnly": False},
+            *(input_mount(i) for i in spec.inputs),
         ],
         "Memory": spec.memory,
         "MemorySwap": spec.memory,  # == Memory: no swap, exceeding the limit OOM-kills
@@ -108,6 +108,16 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
             }
         ]
     return config
+
+
+def input_mount(mount: InputMount) -> JsonObject:
+    """Read-only, and not recursive: a mount that appears below the source later stays out. Docker
+    offers no nosuid/nodev for binds; no-new-privileges voids setuid, and staged inputs hold only
+    regular files (peerd.staging)."""
+    return {
+        "Type": "bind", "Source": str(mount.source), "Target": mount.target, "ReadOnly": True,
+        "BindOptions": {"NonRecursive": True},
+    }
 
 
 def _label_float(labels: dict[str, str], key: str) -> float | None:

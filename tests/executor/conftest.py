@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from peerd.blobstore import BlockingChunkStore, ChunkStore
 from peerd.executor import DockerExecutor
 from tests.executor.helpers import new_node_id, sweep
 
@@ -26,7 +27,20 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def executor(nursery: trio.Nursery, node_id: str, workdir: Path) -> DockerExecutor:
-    ex = DockerExecutor(node_id, workdir, stop_grace=1, pull_timeout=10)
+def files(tmp_path: Path) -> Iterator[BlockingChunkStore]:
+    """The chunk store's blocking core: tests read outputs back through it (between jobs)."""
+    core = BlockingChunkStore.open(tmp_path / "blobs")
+    yield core
+    core.close()
+
+
+@pytest.fixture
+def store(files: BlockingChunkStore) -> ChunkStore:
+    return ChunkStore(files)
+
+
+@pytest.fixture
+async def executor(nursery: trio.Nursery, node_id: str, workdir: Path, store: ChunkStore) -> DockerExecutor:
+    ex = DockerExecutor(node_id, workdir, stop_grace=1, pull_timeout=10, store=store)
     await nursery.start(ex.run)
     return ex

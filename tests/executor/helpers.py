@@ -8,8 +8,10 @@ import uuid
 
 import docker
 
-from peerd.executor import RunSpec
+from peerd.blobstore import BlockingChunkStore
+from peerd.executor import Outcome, RunSpec
 from peerd.executor.plan import LABEL_NODE
+from protocol.manifest import decode_manifest
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 MiB = 1 << 20
@@ -60,3 +62,14 @@ def wait_exit_raw(container: str) -> int:
         return int(api.wait(container)["StatusCode"])
     finally:
         api.close()
+
+
+def output_files(files: BlockingChunkStore, outcome: Outcome) -> dict[str, bytes]:
+    """The files of an outcome's /out manifest, read back from the chunk store ({} when none)."""
+    if outcome.output_manifest is None:
+        return {}
+    data = files.get(outcome.output_manifest)
+    assert data is not None, "the output manifest is not in the store"
+    manifest = decode_manifest(data)
+    assert files.pinned(outcome.task_id) >= {outcome.output_manifest, *manifest.digests()}
+    return {f.path: b"".join(files.get(d) or b"?" for d in f.chunks) for f in manifest.files}

@@ -8,6 +8,7 @@ variant runs anywhere, and is what the fast provider and requester tests use.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Driver:
     node_id: str
     open: Callable[[], AbstractAsyncContextManager[Executor]]
     describe: Callable[[str, bytes, bytes, int, bool, float], RunSpec]
+    filling: Callable[[str], RunSpec]  # a job that writes past the output limit, then idles
     created: list[str] = field(default_factory=list)
 
     def job(self, task_id: str, *, stdout: bytes = b"", stderr: bytes = b"", exit_code: int = 0,
@@ -54,7 +56,11 @@ def _fake_driver(tmp_path: Path) -> Driver:
         host.scripts[image] = Script(exit_code=code, output=output, hold=hold)
         return RunSpec(task_id=task_id, image=image, cpus=1.0, memory=64 * MiB, timeout=timeout)
 
-    return Driver("fakenode", open_executor, describe)
+    def filling(task_id: str) -> RunSpec:
+        host.scripts[f"fake/{task_id}"] = Script(hold=True, output_limit=True)
+        return RunSpec(task_id=task_id, image=f"fake/{task_id}", cpus=1.0, memory=64 * MiB, timeout=30.0)
+
+    return Driver("fakenode", open_executor, describe, filling)
 
 
 def _docker_driver(tmp_path: Path, node_id: str) -> Driver:
@@ -63,7 +69,7 @@ def _docker_driver(tmp_path: Path, node_id: str) -> Driver:
 
     @asynccontextmanager
     async def open_executor() -> AsyncIterator[Executor]:
-        executor = DockerExecutor(node_id, tmp_path / "work", stop_grace=1, pull_timeout=10)
+        executor = DockerExecutor(node_id, tmp_path / "work", stop_grace=1, pull_timeout=10, output_limit=4 * MiB)
         async with trio.open_nursery() as nursery:
             await nursery.start(executor.run)
             yield executor
@@ -74,7 +80,10 @@ def _docker_driver(tmp_path: Path, node_id: str) -> Driver:
         lines += ["exec sleep 600"] if hold else [f"exit {code}"]
         return job(task_id, *lines, timeout=timeout)
 
-    return Driver(node_id, open_executor, describe)
+    def filling(task_id: str) -> RunSpec:
+        return job(task_id, "dd if=/dev/zero of=/out/f bs=1M count=6", "exec sleep 600")
+
+    return Driver(node_id, open_executor, describe, filling)
 
 
 @pytest.fixture(params=["fake", pytest.param("docker", marks=pytest.mark.docker)])
@@ -158,3 +167,15 @@ async def test_recover_reattaches_tracked_removes_untracked_and_reports_missing_
             await after.stop("c-kept", "done")
             outcome = await after.wait("c-kept")
     assert outcome.state is OutcomeState.CANCELLED
+
+
+async def test_a_job_that_fills_out_is_stopped_at_the_output_limit(driver: Driver) -> None:
+    if driver.node_id != "fakenode" and os.geteuid() != 0:
+        pytest.skip("a bounded /out needs the tmpfs mount (root)")
+    async with driver.open() as executor:
+        with trio.fail_after(30):
+            await executor.start(driver.filling("c-fill"))
+            outcome = await executor.wait("c-fill")
+        assert outcome.state is OutcomeState.FAILED and outcome.reason is Reason.OUTPUT_LIMIT
+        assert outcome.detail.startswith("output_limit")
+        assert await executor.list_owned() == []

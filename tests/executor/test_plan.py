@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peerd.executor import RunSpec
+from peerd.executor import InputMount, RunSpec
 from peerd.executor.plan import (
     Limits,
     container_name,
@@ -42,6 +42,18 @@ def test_isolation_defaults() -> None:
     assert plan.user == "65534:65534" and plan.command == ["python", "train.py"]
     assert plan.environment == {"EPOCHS": "3", "NVIDIA_VISIBLE_DEVICES": "void"}
     assert plan.name == container_name("node1", "t-1") == "peerd-node1-t-1"
+
+
+def test_inputs_are_read_only_non_recursive_binds() -> None:
+    inputs = (InputMount(Path("/w/t-1/in/data"), "/data"), InputMount(Path("/w/t-1/in/model"), "/opt/model"))
+    hc = plan_container(spec(inputs=inputs), node_id="node1", out_dir=Path("/w/t-1/out"), deadline=1.0).host_config
+    assert hc["Mounts"] == [
+        {"Type": "bind", "Source": "/w/t-1/out", "Target": "/out", "ReadOnly": False},
+        {"Type": "bind", "Source": "/w/t-1/in/data", "Target": "/data", "ReadOnly": True,
+         "BindOptions": {"NonRecursive": True}},
+        {"Type": "bind", "Source": "/w/t-1/in/model", "Target": "/opt/model", "ReadOnly": True,
+         "BindOptions": {"NonRecursive": True}},
+    ]
 
 
 def test_gpus_are_pinned_by_uuid_twice() -> None:

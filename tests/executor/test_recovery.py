@@ -96,7 +96,7 @@ async def test_jobs_that_ended_while_down_are_finished_and_missing_ones_lost(
     outcomes = {o.task_id: o for o in report.finished}
     quick, vanished = outcomes["quick-1"], outcomes["vanished-1"]
     assert (quick.state, quick.exit_code, quick.stdout, quick.stderr) == (OutcomeState.FAILED, 4, b"hi\n", b"bye\n")
-    assert quick.output_path is not None and quick.output_size > 0
+    assert quick.output_manifest is not None and quick.output_size == 2
     assert vanished.state is OutcomeState.LOST and vanished.exit_code is None
     assert await reborn.list_owned() == []
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from peerd.executor import InvalidSpec, PolicyError, ProviderPolicy, Reason, RunSpec
+from peerd.executor import InputMount, InvalidSpec, PolicyError, ProviderPolicy, Reason, RunSpec
 
 MiB = 1 << 20
 
@@ -71,3 +73,31 @@ def test_every_violation_is_listed() -> None:
     policy = ProviderPolicy(allowed_images=("x/*",), max_time_limit=1)
     reasons = [v.reason for v in policy.violations(spec(network=True), gpu_runtime=False)]
     assert reasons == [Reason.IMAGE_NOT_ALLOWED, Reason.TIME_LIMIT_TOO_LONG, Reason.NETWORK_NOT_ALLOWED]
+
+
+def _mount(target: str) -> InputMount:
+    return InputMount(Path("/srv/inputs/t"), target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["data", "/", "/out", "/out/x", "/proc", "/sys/x", "/dev", "/etc/passwd", "/tmp/in", "/run",
+     "/data/../etc", "/data/", "//data", "/./data", "/data\0x"],
+)
+def test_input_mounts_outside_allowed_places_are_refused(target: str) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        _mount(target)
+    assert raised.value.reason is Reason.INVALID_SPEC
+
+
+def test_input_mounts_must_not_overlap_and_are_bounded_in_number() -> None:
+    with pytest.raises(InvalidSpec, match="overlap"):
+        spec(inputs=(_mount("/data"), _mount("/data/sub")))
+    with pytest.raises(InvalidSpec, match="overlap"):
+        spec(inputs=(_mount("/data"), _mount("/data")))
+    with pytest.raises(InvalidSpec, match="at most"):
+        spec(inputs=tuple(_mount(f"/in{i}") for i in range(17)))
+    with pytest.raises(InvalidSpec):
+        InputMount(Path("relative"), "/data")
+    ok = spec(inputs=[_mount("/data"), _mount("/data2"), _mount("/opt/model")])
+    assert [m.target for m in ok.inputs] == ["/data", "/data2", "/opt/model"]

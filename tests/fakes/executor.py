@@ -54,8 +54,9 @@ class Script:
     refuse: ExecutorError | None = None  # start() raises this; nothing is created
     start_gate: trio.Event | None = None  # start() waits for it (an image pull, say) before creating
     oom: bool = False  # the kernel killed it at its memory limit
-    output_digest: str = ""  # the /out archive the job "left" ("" when empty)
+    output_manifest: bytes | None = None  # id of the /out manifest the job "left" (None when empty)
     output_size: int = 0
+    output_limit: bool = False  # it filled /out: stopped, state FAILED, reason OUTPUT_LIMIT
 
 
 @dataclass(eq=False)
@@ -148,13 +149,14 @@ class _Task:
     tail: LogTail
     stopping: OutcomeState | None = None
     stop_detail: str = ""
+    stop_reason: Reason | None = None
     sent: int = 0  # how much of the container's output reached the tail
     done: trio.Event = field(default_factory=trio.Event)
     outcome: Outcome | None = None
 
-    def mark(self, state: OutcomeState, detail: str) -> None:
+    def mark(self, state: OutcomeState, detail: str, reason: Reason | None = None) -> None:
         if self.stopping is None:
-            self.stopping, self.stop_detail = state, detail
+            self.stopping, self.stop_detail, self.stop_reason = state, detail, reason
 
 
 class FakeExecutor:
@@ -221,7 +223,9 @@ class FakeExecutor:
                               deadline=trio.current_time() + spec.timeout, started_at=self._clock())
         for stream, data in script.output:
             container.write(stream, data)
-        if not script.hold:
+        if script.output_limit:  # fills /out at once: the executor stops it
+            container.exit(KILLED)
+        elif not script.hold:
             container.exit(script.exit_code, oom=script.oom)
         self.host.containers[spec.task_id] = container
         self.host.started.append(spec.task_id)
@@ -284,6 +288,9 @@ class FakeExecutor:
     def _outcome(self, task: _Task) -> Outcome:
         container = task.container
         finished = max(self._clock(), container.started_at)
+        if task.stopping is None and container.script.output_limit:
+            task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit; stopped",
+                      Reason.OUTPUT_LIMIT)
         if task.stopping is not None:
             state = task.stopping
         elif container.oom_killed:
@@ -295,13 +302,15 @@ class FakeExecutor:
         }.get(state, f"exit code {container.exit_code}")
         wall = finished - container.started_at
         lost = state is OutcomeState.LOST
+        manifest = None if lost else container.script.output_manifest
         return Outcome(
             task_id=container.task_id, state=state, exit_code=None if lost else container.exit_code,
             stdout=task.tail.tail("stdout"), stderr=task.tail.tail("stderr"),
-            output_digest="" if lost else container.script.output_digest,
-            output_size=0 if lost else container.script.output_size, output_path=None,
+            output_manifest=manifest, output_digest=manifest.hex() if manifest else "",
+            output_size=container.script.output_size if manifest else 0,
             started_at=container.started_at, finished_at=finished, wall_time=wall,
             gpu_seconds=wall * len(container.spec.gpus), detail=detail,
+            reason=task.stop_reason if state is task.stopping else None,
         )
 
     # ---- the rest of the contract -----------------------------------------------------
@@ -363,6 +372,7 @@ class FakeExecutor:
         check_name("task id", task_id)
         await trio.lowlevel.checkpoint()
         self.host.discarded.append(task_id)
+        self.host.changed()  # the runner discards after it released the job: waiters on that wake here
 
     def running(self) -> set[str]:
         return set(self._tasks)

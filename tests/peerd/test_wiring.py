@@ -26,7 +26,14 @@ from peerd.p2p.service import P2PService
 from peerd.provider import ProviderSettings
 from peerd.requester import RequesterSettings
 from peerd.retention import Pruner
-from peerd.wiring import executor_from, p2p_from, provider_settings_from, pruner_from, requester_settings_from
+from peerd.wiring import (
+    chunk_store_from,
+    executor_from,
+    p2p_from,
+    provider_settings_from,
+    pruner_from,
+    requester_settings_from,
+)
 
 SEED = "/ip4/127.0.0.1/tcp/4999/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
 
@@ -80,6 +87,8 @@ listen = "127.0.0.1:9999"
 max_age = "2d"
 max_size = "5M"
 interval = "30s"
+[storage]
+blob_quota = "3G"
 '''
 
 GPU = GpuInfo(index=0, uuid="GPU-1", name="T4", memory_total=16 << 30, memory_free=16 << 30,
@@ -158,6 +167,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "policy.offers_per_peer": lambda b: b.provider.offers_per_peer,
     "policy.lapsed_offers": lambda b: b.provider.lapse_limit,
     "retention.max_age": lambda b: b.pruner.settings.max_age,
+    "storage.blob_quota": lambda b: chunk_store_from(b.config).quota,
     "retention.max_size": lambda b: b.pruner.settings.max_size,
     "retention.interval": lambda b: b.pruner.settings.interval,
     "metrics.listen": lambda b: b.node.metrics_address,

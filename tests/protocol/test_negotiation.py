@@ -286,14 +286,18 @@ def test_every_illegal_transition(state: State, sender: Role, msg_type: str) -> 
 
 
 # ---------------------------------------------------------------- checks beyond the table
-def expect_both(pair: MachinePair, sender: Role, msg: Message, match: str) -> None:
-    """``msg`` is refused when sent (LocalProtocolError) and when received (Remote)."""
+def expect_both(
+    pair: MachinePair, sender: Role, msg: Message, match: str, code: str = "invalid_message"
+) -> None:
+    """``msg`` is refused when sent (LocalProtocolError) and when received (Remote), with ``code``."""
     before = pair.states()
-    with pytest.raises(LocalProtocolError, match=match):
+    with pytest.raises(LocalProtocolError, match=match) as local:
         pair.machine(sender).send(msg)
+    assert local.value.code == code
     assert pair.states() == before
-    with pytest.raises(RemoteProtocolError, match=match):
+    with pytest.raises(RemoteProtocolError, match=match) as remote:
         pair.deliver(pair.other(sender).role, pair.raw(sender, msg))
+    assert remote.value.code == code
     assert pair.other(sender).state is State.ERROR
 
 
@@ -357,7 +361,7 @@ def test_lease_proposal_signatures() -> None:
     forged = signing.propose(
         signing.verify_cosigned(good, LeaseTerms, require_both=False), Lease, other_signer(), as_provider=True
     )
-    expect_both(pair, P, forged, "does not verify")
+    expect_both(pair, P, forged, "does not verify", "bad_signature")
     pair = pair_in(State.ACCEPTED)
     expect_both(pair, P, dataclasses.replace(good, requester_sig=bytes(64)), "no requester signature")
 
@@ -374,7 +378,7 @@ def test_countersigned_lease_must_keep_the_terms() -> None:
     pair = pair_in(State.LEASE_PROPOSED)
     assert pair.requester.proposed_lease is not None
     bad_sig = dataclasses.replace(pair.requester.proposed_lease, requester_sig=bytes(64))
-    expect_both(pair, R, bad_sig, "does not verify")
+    expect_both(pair, R, bad_sig, "does not verify", "bad_signature")
 
 
 @pytest.mark.parametrize(
@@ -400,7 +404,7 @@ def test_countersigned_receipt_must_keep_the_terms() -> None:
     pair = pair_in(State.RECEIPT_PROPOSED)
     assert pair.requester.proposed_receipt is not None
     bad_sig = dataclasses.replace(pair.requester.proposed_receipt, requester_sig=bytes(64))
-    expect_both(pair, R, bad_sig, "does not verify")
+    expect_both(pair, R, bad_sig, "does not verify", "bad_signature")
 
 
 def test_result_state_must_be_final() -> None:
