@@ -38,7 +38,7 @@ from protocol.messages import (
     Status,
     TaskState,
 )
-from protocol.negotiation import TASK_PROTOCOL as TASK_PROTOCOL, RequesterNegotiation
+from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer
 
 from .leasedjob import countersign_receipt
