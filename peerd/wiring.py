@@ -69,7 +69,7 @@ def requester_settings_from(config: Config) -> RequesterSettings:
 def p2p_from(config: Config, signer: Signer, *, seed: bool, advert_source: AdvertSource | None) -> P2PService:
     return P2PService(
         signer, listen=list(config.node.listen), bootstrap=list(config.node.bootstrap), seed=seed,
-        net=config.network, advert_source=advert_source,
+        net=config.network, advert_source=advert_source, relay=config.relay,
     )
 
 
