@@ -21,8 +21,8 @@ from protocol import dialback
 from protocol.errors import DecodeError
 from protocol.reachability import HINTS, Reachability
 
-from .errors import P2PError
 from .dialing import StreamOpening
+from .errors import P2PError
 from .streams import Stream, short
 
 log = logging.getLogger(__name__)

@@ -129,8 +129,8 @@ async def reserve(host: IHost, relay: str, *, timeout: float) -> Reservation:
     for raw in resp.reservation.addrs:
         try:
             addrs.append(str(multiaddr.Multiaddr(bytes(raw))))
-        except Exception:  # a relay's garbage address is skipped
-            continue
+        except Exception:  # multiaddr raises assorted types; a relay's garbage address is skipped
+            log.debug("relay …%s sent a bad address", short(relay), exc_info=True)
     return Reservation(relay, float(resp.reservation.expire), tuple(addrs))
 
 

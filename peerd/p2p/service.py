@@ -21,8 +21,9 @@ dial-back through its peers); one that they cannot keeps reservations on
 ``relay.reservations`` relays (``relay.Reservations``) and advertises its
 circuit addresses instead of its own. ``reachability()`` is the view
 ``peerd status`` shows; ``is_relayed(peer)`` says whether our connection to a
-peer goes through a relay (large transfers must not). Its multiaddr (``listen_addrs()``) is stable across restarts when it keeps
-its key and a fixed port.
+peer goes through a relay (large transfers must not). A seed's multiaddr
+(``listen_addrs()``) is stable across restarts when it keeps its key and a
+fixed port.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def is_relayed_conn(conn: object) -> bool:
     try:
         addrs = get_addrs() if callable(get_addrs) else []
     except Exception:  # the library's connections raise assorted types once closed
+        log.debug("no transport addresses on a closed connection", exc_info=True)
         return False
     return any("/p2p-circuit" in str(a) for a in addrs or [])
 
