@@ -36,6 +36,13 @@ def advertised(devnet: NetnsDevNet, observer: str, name: str) -> list[str]:
     return next((list(p["addrs"]) for p in peers if p["peer_id"] == wanted), [])
 
 
+def doctor_reachability(devnet: NetnsDevNet, name: str) -> dict[str, object]:
+    """The reachability check of ``peerd doctor`` through ``name``'s daemon."""
+    checks = cli_json(devnet.nodes[name], "doctor")
+    assert isinstance(checks, list)
+    return next(c for c in checks if c["name"] == "reachability")
+
+
 def relays_in(addrs: list[str]) -> set[str]:
     """The relays' peer IDs in circuit addresses."""
     return {a.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[1] for a in addrs if "/p2p-circuit/" in a}
@@ -73,6 +80,9 @@ def test_provider_behind_nat_is_relayed_and_runs_a_public_requesters_job(net: Ne
     assert counters(net, "public-provider")["relays_held"] == 0
     public_addrs = advertised(net, "requester", "public-provider")
     assert public_addrs and not relays_in(public_addrs)
+    home, public = doctor_reachability(net, "home-provider"), doctor_reachability(net, "public-provider")
+    assert home["ok"] is True and str(home["detail"]).startswith("relayed through 2 relay(s)"), home
+    assert public["ok"] is True and str(public["detail"]).startswith("public"), public
     net.stop("public-provider")  # so the job has to go to the relayed provider
     view = submit(net.nodes["requester"], "echo through the relay", wait=True)
     assert view["state"] == "succeeded" and view["stdout"] == "through the relay\n", view
