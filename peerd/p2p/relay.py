@@ -13,6 +13,15 @@ dials such an address itself (defect 16 in docs/py-libp2p.md), so
 refreshes each before it expires, notices within ``CHECK`` seconds that a
 relay's connection is gone and moves to another, and calls ``changed`` so the
 advert is re-published with the new relayed addresses.
+
+``DirectUpgrade`` turns a relayed connection into a direct one before job data
+moves (``P2PService.try_direct``): the library's DCUtR (``dcutr.py``), whose
+``initiate_hole_punch`` first dials the peer's direct addresses, then
+exchanges observed addresses through the relay and dials both ways at once
+(TCP simultaneous open from the listen port). Its service loop is not run:
+that would hole-punch every relayed peer every 2 s; only its stream handler
+is installed (so peers can punch to us) and tries are made on demand,
+bounded, one per peer at a time, and not repeated within ``DIRECT_RETRY``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig as LibRelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL, DCUtRProtocol
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId as CircuitPeerId
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL, CircuitV2Protocol
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
@@ -47,6 +57,9 @@ CHECK = 1.0  # how often reservations are checked: a lost relay is replaced with
 REFRESH_AT = 0.5  # refresh a reservation once half its lifetime is gone
 RETRY_AFTER = 10.0  # a relay that refused or failed is left alone this long
 MAX_CIRCUITS_PER_PEER = 8
+DIRECT_TIMEOUT = 20.0  # one try_direct at most: a dial of direct addresses, then up to 3 hole-punch rounds
+DIRECT_RETRY = 30.0  # after a failed try, the same peer is not tried again for this long
+DIRECT_DIAL_TIMEOUT = 5  # each dial of a hole-punch round (the library's default is 10 s)
 
 
 def relay_of(addr: str) -> str | None:
@@ -215,3 +228,44 @@ class Reservations:
             except DialError as exc:
                 log.debug("no reservation on …%s: %s", short(relay), exc)
                 self._failed[relay] = trio.current_time()
+
+
+class DirectUpgrade:
+    """On-demand DCUtR: ``attempt(peer)`` answers whether a direct connection is open afterwards."""
+
+    COUNTERS = ("direct_upgrades", "direct_upgrade_failures")
+
+    def __init__(self, host: IHost, has_direct: Callable[[str], bool], *, timeout: float = DIRECT_TIMEOUT) -> None:
+        self._dcutr = DCUtRProtocol(host, dial_timeout=DIRECT_DIAL_TIMEOUT)
+        # the library's handler catches everything itself and closes its stream (like the relay's, defect 16)
+        host.set_stream_handler(DCUTR_PROTOCOL, self._dcutr._handle_dcutr_stream)
+        self._has_direct = has_direct
+        self._timeout = timeout
+        self._locks: dict[str, trio.Lock] = {}
+        self._failed: dict[str, float] = {}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
+
+    async def attempt(self, peer: str) -> bool:
+        if self._has_direct(peer):
+            return True
+        async with self._locks.setdefault(peer, trio.Lock()):
+            if self._has_direct(peer):
+                return True
+            if trio.current_time() - self._failed.get(peer, -DIRECT_RETRY) < DIRECT_RETRY:
+                return False
+            started = trio.current_time()
+            with trio.move_on_after(self._timeout):
+                try:
+                    await self._dcutr.initiate_hole_punch(ID.from_base58(peer))
+                except FOREIGN_ERRORS as exc:  # it catches most itself; a closing host raises the rest
+                    log.debug("hole punching to …%s failed: %s", short(peer), exc)
+            took = trio.current_time() - started
+            if self._has_direct(peer):
+                self.counters["direct_upgrades"] += 1
+                self._failed.pop(peer, None)
+                log.info("direct connection to …%s after %.1fs (hole punching)", short(peer), took)
+                return True
+            self.counters["direct_upgrade_failures"] += 1
+            self._failed[peer] = trio.current_time()
+            log.info("no direct connection to …%s after %.1fs: it stays relayed", short(peer), took)
+            return False
