@@ -482,6 +482,8 @@ def blob_opener(p2p: P2PService, addrs: dict[str, list[str]] | None = None) -> O
     """
 
     async def open_stream(peer: str) -> ByteStream:
+        if not p2p.relay.allow_data and p2p.is_relayed(peer):
+            await p2p.try_direct(peer)  # one try per peer at a time: the other streams wait for it
         for last_try in (False, True):
             stream = await p2p.open_stream(peer, BLOB_PROTOCOL, (addrs or {}).get(peer))
             if p2p.relay.allow_data or not stream.relayed:

@@ -5,17 +5,27 @@ the seeds and the public nodes sit on the bridge, each home router MASQUERADEs
 its LAN. Nobody can dial a node behind a router; it learns that with the
 dial-back check, takes reservations on two relays (the seeds) and advertises
 its circuit addresses, and jobs reach it through a relay.
+
+Job data (``/peerd/blob/1.0.0``) between nodes behind routers is moved by
+``blobpeer`` processes (a node serving or fetching a task's chunks): it goes
+directly when hole punching works, else not at all unless ``[relay]
+allow_data``; each test says which path the streams took.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from peerd.devnet import wait_for
-from tests.integration.netns import NetnsDevNet, cli_json, netns_devnet, submit
+from tests.integration.netns import NODE_PORT, NetnsDevNet, cli_json, netns_devnet, submit
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -67,6 +77,7 @@ def net() -> Iterator[NetnsDevNet]:
         devnet.add("seed-2", "seed", bootstrap=[first.addr])
         devnet.network.add_router("home")
         devnet.network.add_router("office")
+        devnet.network.add_router("carrier", symmetric=True)
         yield devnet
 
 
@@ -117,3 +128,80 @@ def test_provider_moves_to_another_relay_when_its_relay_dies(net: NetnsDevNet) -
     print(f"moved to another relay {time.monotonic() - killed:.1f}s after the relay was stopped")
     view = submit(net.nodes["requester"], "echo after the move", wait=True)
     assert view["state"] == "succeeded" and view["stdout"] == "after the move\n", view
+
+
+# ---------------------------------------------------------------- job data: blobpeer processes
+BLOBPEER = [sys.executable, "-m", "tests.integration.blobpeer"]
+DATA_MIB = 8
+FETCH_WITHIN = 120.0
+
+
+def seeds(devnet: NetnsDevNet) -> list[str]:
+    return [n.addr for n in devnet.nodes.values() if n.role == "seed"]
+
+
+@contextmanager
+def blob_server(devnet: NetnsDevNet, name: str, *, behind: str | None, size: int = DATA_MIB) -> Iterator[dict]:  # type: ignore[type-arg]
+    """A blobpeer serving ``size`` MiB from host ``name``; yields what it wrote (peer_id, addrs, reachability)."""
+    host = devnet.network.add_host(name, behind=behind)
+    out, log = devnet.root / f"{name}.json", (devnet.root / f"{name}.log").open("wb")
+    proc = host.popen([*BLOBPEER, "serve", "--listen", f"/ip4/{host.addr}/tcp/{NODE_PORT}",
+                       "--bootstrap", *seeds(devnet), "--size", str(size),
+                       "--store", str(devnet.root / f"{name}-store"), "--out", str(out)], stdout=log, stderr=log)
+    log.close()
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}: {(devnet.root / f'{name}.log').read_text()}")
+            return out.exists()
+
+        wait_for(f"{name} to know its reachability", ready, 70)
+        yield json.loads(out.read_text())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def blob_fetch(devnet: NetnsDevNet, name: str, server: str, *, behind: str | None,
+               allow_data: bool = False) -> dict:  # type: ignore[type-arg]
+    """A blobpeer in host ``name`` fetching all of ``server``'s data; what it reported."""
+    host = devnet.network.hosts.get(name) or devnet.network.add_host(name, behind=behind)
+    out = devnet.root / f"{name}.json"
+    out.unlink(missing_ok=True)
+    done = subprocess.run(
+        [*host.exec_prefix(), *BLOBPEER, "fetch", "--listen", f"/ip4/{host.addr}/tcp/{NODE_PORT}",
+         "--bootstrap", *seeds(devnet), "--peer", str(devnet.root / f"{server}.json"),
+         "--store", str(devnet.root / f"{name}-store-{time.monotonic_ns()}"), "--out", str(out),
+         *(["--allow-data"] if allow_data else [])],
+        capture_output=True, text=True, timeout=FETCH_WITHIN, check=False)
+    assert done.returncode == 0 and out.exists(), f"{name}: exit {done.returncode}\n{done.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+def path_taken(result: dict) -> str:  # type: ignore[type-arg]
+    paths = result["paths"]
+    return "none" if not paths else "relay" if all(paths) else "direct" if not any(paths) else "mixed"
+
+
+def test_job_data_between_two_nats_moves_directly_after_hole_punching(net: NetnsDevNet) -> None:
+    with blob_server(net, "home-server", behind="home") as served:
+        assert served["reachability"] == "relayed" and all("/p2p-circuit/" in a for a in served["addrs"])
+        result = blob_fetch(net, "office-fetcher", "home-server", behind="office")
+    print(f"job data between two NATs: path {path_taken(result)}, {result}")
+    assert result["complete"] and path_taken(result) == "direct", result
+    assert result["direct_upgrades"] == 1
+
+
+def test_behind_a_symmetric_nat_job_data_is_refused_unless_allowed_then_goes_through_the_relay(
+    net: NetnsDevNet,
+) -> None:
+    with blob_server(net, "home-server", behind="home") as served:
+        assert served["reachability"] == "relayed"
+        refused = blob_fetch(net, "carrier-fetcher", "home-server", behind="carrier")
+        allowed = blob_fetch(net, "carrier-fetcher", "home-server", behind="carrier", allow_data=True)
+    print(f"symmetric NAT: without allow_data path {path_taken(refused)}: {refused['error']}")
+    print(f"symmetric NAT: with allow_data path {path_taken(allowed)}, {allowed['seconds']:.1f}s")
+    assert not refused["complete"] and "allow_data" in str(refused["error"]), refused
+    assert refused["direct_upgrade_failures"] == 1 and path_taken(refused) == "none"
+    assert allowed["complete"] and path_taken(allowed) == "relay", allowed
+    assert allowed["direct_upgrades"] == 0 and allowed["direct_upgrade_failures"] == 0
