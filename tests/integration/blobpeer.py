@@ -12,9 +12,11 @@ dial it (and, when they cannot, holds its relay reservations) it writes
 addresses its advert would carry) and runs until it is killed.
 
 ``fetch``: a real P2PService that reads that file, fetches every digest with
-``peerd.transfer.blob_opener`` (4 streams) and writes ``{"complete", "error",
-"paths", "seconds", "bytes", "direct_upgrades", "direct_upgrade_failures"}``:
-``paths`` says for each blob stream whether it ran through a relay.
+``peerd.transfer.blob_opener`` (4 streams) ``--rounds`` times, each into an
+empty store, and writes ``{"complete", "error", "seconds", "bytes"}`` of the
+first round, ``rounds`` (the same for each), ``paths`` (for each blob stream:
+did it run through a relay) and ``direct_upgrades`` /
+``direct_upgrade_failures`` (``P2PService.counters``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from peerd.blobstore import BlockingChunkStore, ChunkStore
 from peerd.config import NetworkConfig, RelayConfig
 from peerd.p2p.service import P2PService
 from peerd.taskwire import ByteStream
-from peerd.transfer import TransferError, blob_opener, fetch, register_blob_protocol
+from peerd.transfer import OpenStream, TransferError, blob_opener, fetch, register_blob_protocol
 from protocol.reachability import Reachability
 from protocol.signing import Signer
 
@@ -84,9 +86,21 @@ async def serve(args: argparse.Namespace) -> None:
         await trio.sleep_forever()
 
 
+async def fetch_round(opener: OpenStream, peer_id: str, digests: list[bytes], root: Path) -> dict[str, object]:
+    store = await ChunkStore.open(root)
+    begun = time.perf_counter()
+    try:
+        report = await fetch(opener, [peer_id], TASK, digests, store, timeout=NET.io_timeout)
+        done: dict[str, object] = {"complete": report.complete, "error": "", "bytes": report.chunk_bytes}
+    except TransferError as exc:
+        done = {"complete": False, "error": str(exc), "bytes": 0}
+    finally:
+        await store.close()
+    return {**done, "seconds": time.perf_counter() - begun}
+
+
 async def fetch_once(args: argparse.Namespace) -> None:
     peer = json.loads(Path(args.peer).read_text())
-    store = await ChunkStore.open(Path(args.store))
     relay = RelayConfig(allow_data=args.allow_data)
     service = P2PService(Signer.generate(), [args.listen], args.bootstrap, seed=False, net=NET,
                          advert_source=None, relay=relay)
@@ -98,20 +112,17 @@ async def fetch_once(args: argparse.Namespace) -> None:
         paths.append(stream.relayed)  # type: ignore[attr-defined]  # a p2p Stream
         return stream
 
-    out: dict[str, object] = {}
+    rounds: list[dict[str, object]] = []
+    digests = [bytes.fromhex(d) for d in peer["digests"]]
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        begun = time.perf_counter()
-        try:
-            report = await fetch(recording, [peer["peer_id"]], TASK, [bytes.fromhex(d) for d in peer["digests"]],
-                                 store, timeout=NET.io_timeout)
-            out = {"complete": report.complete, "error": "", "bytes": report.chunk_bytes}
-        except TransferError as exc:
-            out = {"complete": False, "error": str(exc), "bytes": 0}
-        out |= {"seconds": time.perf_counter() - begun, "paths": paths}
-        out |= {k: service.counters[k] for k in ("direct_upgrades", "direct_upgrade_failures")}
+        for n in range(args.rounds):  # each round into an empty store: round 1 also makes the connection
+            rounds.append(await fetch_round(recording, peer["peer_id"], digests, Path(args.store) / str(n)))
+            if not rounds[-1]["complete"]:
+                break
+        counted = {k: service.counters[k] for k in ("direct_upgrades", "direct_upgrade_failures")}
         nursery.cancel_scope.cancel()
-    await store.close()
+    out = {**rounds[0], "rounds": rounds, "paths": paths, **counted}
     write(args.out, out)
 
 
@@ -124,6 +135,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", type=int, default=8, help="MiB to serve")
     parser.add_argument("--peer", help="the serving node's file (fetch)")
+    parser.add_argument("--rounds", type=int, default=1, help="fetches, each into an empty store (fetch)")
     parser.add_argument("--allow-data", action="store_true", help="[relay] allow_data = true (fetch)")
     parser.add_argument("--debug", nargs="*", default=[], help="loggers to log at DEBUG (to stderr)")
     args = parser.parse_args(argv)

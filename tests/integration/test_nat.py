@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -30,6 +29,7 @@ from tests.integration.netns import NODE_PORT, NetnsDevNet, cli_json, netns_devn
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 MOVE_WITHIN = 15.0  # seconds for a node to move to another relay once its relay is gone
+SILENT_MOVE_WITHIN = 30.0  # ... once its relay's link died silently (relay.LIVENESS + PING_TIMEOUT + a dial)
 
 
 def counters(devnet: NetnsDevNet, name: str) -> dict[str, int]:
@@ -130,6 +130,28 @@ def test_provider_moves_to_another_relay_when_its_relay_dies(net: NetnsDevNet) -
     assert view["state"] == "succeeded" and view["stdout"] == "after the move\n", view
 
 
+def test_provider_moves_when_its_relays_link_dies_silently(net: NetnsDevNet) -> None:
+    """A pulled cable: no reset reaches the provider, only the relay liveness check finds it out."""
+    net.add("seed-3", "seed", bootstrap=[net.nodes["seed-1"].addr])
+    seeds = [net.nodes[s].addr for s in ("seed-1", "seed-2", "seed-3")]
+    net.add("home-provider", "provider", bootstrap=seeds, behind="home")
+    net.add("requester", "requester", bootstrap=seeds)
+    used = wait_relayed(net, "home-provider", "requester")
+    victim = next(n for n in ("seed-1", "seed-2", "seed-3") if net.nodes[n].status()["peer_id"] in used)
+    victim_id = str(net.nodes[victim].status()["peer_id"])
+    moves_before = counters(net, "home-provider")["relay_moves"]
+    net.network.cut(victim)
+    cut = time.monotonic()
+
+    def moved() -> bool:
+        relays = relays_in(advertised(net, "requester", "home-provider"))
+        return len(relays) >= 2 and victim_id not in relays
+
+    wait_for("the provider's advert to name two live relays again", moved, SILENT_MOVE_WITHIN)
+    print(f"moved to another relay {time.monotonic() - cut:.1f}s after the relay's cable was pulled")
+    assert counters(net, "home-provider")["relay_moves"] == moves_before + 1
+
+
 # ---------------------------------------------------------------- job data: blobpeer processes
 BLOBPEER = [sys.executable, "-m", "tests.integration.blobpeer"]
 DATA_MIB = 8
@@ -141,7 +163,7 @@ def seeds(devnet: NetnsDevNet) -> list[str]:
 
 
 @contextmanager
-def blob_server(devnet: NetnsDevNet, name: str, *, behind: str | None, size: int = DATA_MIB) -> Iterator[dict]:  # type: ignore[type-arg]
+def blob_server(devnet: NetnsDevNet, name: str, *, behind: str | None, size: int = DATA_MIB) -> Iterator[dict]:
     """A blobpeer serving ``size`` MiB from host ``name``; yields what it wrote (peer_id, addrs, reachability)."""
     host = devnet.network.add_host(name, behind=behind)
     out, log = devnet.root / f"{name}.json", (devnet.root / f"{name}.log").open("wb")
@@ -163,7 +185,7 @@ def blob_server(devnet: NetnsDevNet, name: str, *, behind: str | None, size: int
 
 
 def blob_fetch(devnet: NetnsDevNet, name: str, server: str, *, behind: str | None,
-               allow_data: bool = False) -> dict:  # type: ignore[type-arg]
+               allow_data: bool = False) -> dict:
     """A blobpeer in host ``name`` fetching all of ``server``'s data; what it reported."""
     host = devnet.network.hosts.get(name) or devnet.network.add_host(name, behind=behind)
     out = devnet.root / f"{name}.json"
@@ -178,7 +200,7 @@ def blob_fetch(devnet: NetnsDevNet, name: str, server: str, *, behind: str | Non
     return json.loads(out.read_text())
 
 
-def path_taken(result: dict) -> str:  # type: ignore[type-arg]
+def path_taken(result: dict) -> str:
     paths = result["paths"]
     return "none" if not paths else "relay" if all(paths) else "direct" if not any(paths) else "mixed"
 
