@@ -24,6 +24,7 @@ from .jobrun import JobRunner
 from .metrics import Metrics
 from .p2p.service import P2PService
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Requester
 from .retention import Pruner
 from .store import Store
@@ -64,6 +65,7 @@ class Services:
     pruner: Pruner
     requester: Requester | None  # None on a seed: it takes no jobs
     provider: ProviderServices | None  # the provider role only
+    reputation: ReputationBook | None = None  # the requester's view of providers (None on a seed)
 
     @property
     def peer_id(self) -> str:

@@ -1,0 +1,74 @@
+"""The requester's reputation cache: per-provider tallies folded from the state database.
+
+The store is the one source of truth (``peerd.store_reputation`` derives the
+events from attempts, receipts and verdicts); ``ReputationBook`` keeps the
+tallies in memory so that ranking, which is synchronous and runs for every
+placement over the whole peer table, costs a dictionary look-up and a decay per
+provider. ``refresh`` reads only the rows recorded since the last refresh (a
+rowid watermark per table); the requester awaits it whenever it records
+something that may change a provider's standing, before the task's new state
+is visible, so a job submitted after another one finished is ranked with what
+that one taught. On start the book reads the whole history: reputation survives a
+restart because the records it is derived from do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import trio
+
+from .reputation import (
+    Observation,
+    ReputationSettings,
+    Standing,
+    Tally,
+    Trust,
+    exploring,
+    standing,
+    trust,
+)
+from .store import Store, Watermark
+
+
+class ReputationBook:
+    """Tallies per provider, refreshed from ``store``; ``draw`` decides exploratory placements."""
+
+    def __init__(
+        self, store: Store, settings: ReputationSettings | None = None, draw: Callable[[], float] = random.random
+    ) -> None:
+        self.store = store
+        self.settings = settings or ReputationSettings()
+        self.draw = draw
+        self.tallies: dict[str, Tally] = {}
+        self._mark = Watermark()
+        self._lock = trio.Lock()
+
+    async def refresh(self) -> int:
+        """Fold in what was recorded since the last refresh; how many observations that was."""
+        async with self._lock:  # one reader at a time: the watermark moves once per batch
+            found, self._mark = await self.store.observations(self._mark)
+            for obs in found:
+                self.tallies.setdefault(obs.provider, Tally()).add(obs, self.settings.half_life)
+        return len(found)
+
+    def standing(self, provider: str, now: float) -> Standing:
+        return standing(self.tallies.get(provider), now, self.settings)
+
+    def ranking(self, now: float) -> Callable[[str], Trust]:
+        """The reputation terms for one placement's ranking (exploratory or not, drawn once)."""
+        explore = exploring(self.draw(), self.settings)
+        neutral = trust(standing(None, now, self.settings), explore, self.settings)
+
+        def terms(provider: str) -> Trust:
+            tally = self.tallies.get(provider)
+            return neutral if tally is None else trust(standing(tally, now, self.settings), explore, self.settings)
+
+        return terms
+
+    async def history(self, provider: str, limit: int) -> list[Observation]:
+        """The provider's most recent observations, newest first (read from the store)."""
+        found, _ = await self.store.observations(Watermark(), provider=provider)
+        found.sort(key=lambda o: o.at, reverse=True)
+        return found[:limit]
