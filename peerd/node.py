@@ -101,7 +101,7 @@ class Node:
             routes = Routes(signer.peer_id, p2p, ours.provider if ours else None)
             requester = Requester(
                 signer=signer, store=store, tracker=tracker,
-                candidates=routes.candidates, open_stream=routes.open_stream, probe=routes.providers,
+                candidates=routes.candidates, open_stream=routes.open_stream, all_providers=routes.providers,
                 on_negotiated=metrics.observe_negotiation, settings=requester_settings_from(config),
                 clock=self.clock,
             )

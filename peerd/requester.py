@@ -96,7 +96,7 @@ class Requester:
         candidates: CandidateSource,
         open_stream: OpenStream,
         settings: RequesterSettings,
-        probe: CandidateSource | None = None,
+        all_providers: CandidateSource | None = None,
         on_negotiated: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,7 +104,7 @@ class Requester:
         self.store = store
         self.tracker = tracker
         self.candidates = candidates
-        self.probe = probe
+        self.all_providers = all_providers
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
         self.open_stream = open_stream
         self.settings = settings
@@ -167,10 +167,10 @@ class Requester:
             if not local and not self._anyone(spec):
                 await self._wait_for_peers(task_id, spec, deadline)
             source = self.candidates
-            if self.probe is not None and not self.candidates(spec, self.clock(), local):
+            if self.all_providers is not None and not self.candidates(spec, self.clock(), local):
                 # Nobody fits on paper: ask the providers themselves, so the answer is
                 # theirs and signed (and a stale advert does not hide a willing provider).
-                source = self.probe
+                source = self.all_providers
             while attempts < self.settings.max_attempts and self.clock() < deadline:
                 ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
@@ -193,7 +193,7 @@ class Requester:
         """Is there a candidate, or at least a live provider to ask?"""
         now = self.clock()
         return bool(self.candidates(spec, now, False)) or (
-            self.probe is not None and bool(self.probe(spec, now, False))
+            self.all_providers is not None and bool(self.all_providers(spec, now, False))
         )
 
     async def _wait_for_peers(self, task_id: str, spec: JobSpec, deadline: float) -> None:

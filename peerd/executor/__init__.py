@@ -26,7 +26,7 @@ from peerd.executor.contract import (
     RunSpec,
 )
 from peerd.executor.docker import DockerExecutor
-from peerd.executor.engine import EngineInfo, probe
+from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.executor.errors import (
     CapacityError,
     EngineError,
@@ -67,5 +67,5 @@ __all__ = [
     "Reservation",
     "RunSpec",
     "UnknownTask",
-    "probe",
+    "inspect_engine",
 ]
