@@ -34,12 +34,12 @@ from protocol.messages import TaskState
 
 from .errors import ConfigError, PeerdError
 from .executor.gpus import CapacityLedger
-from .peertable import Outcome
+from .peertable import AdvertVerdict
 
 log = logging.getLogger(__name__)
 
 TASK_ROLES = ("requester", "provider")
-ADVERT_OUTCOMES = frozenset(o.value for o in Outcome)
+ADVERT_OUTCOMES = frozenset(o.value for o in AdvertVerdict)
 
 NEGOTIATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OVERHEAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -43,7 +43,7 @@ from protocol.signing import Signer
 
 from .leasedjob import countersign_receipt
 from .p2p.errors import P2PError
-from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
+from .store import Attempt, AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
 from .supersede import EnderSettings, LeaseEnder, OpenStream
 from .taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from .tracking import TaskTracker
@@ -76,7 +76,7 @@ class RequesterSettings:
 class AttemptFailed(Exception):
     """Internal: one attempt ended without a result; carries what to record."""
 
-    def __init__(self, outcome: str, code: str, detail: str, signed: bytes | None = None) -> None:
+    def __init__(self, outcome: AttemptOutcome, code: str, detail: str, signed: bytes | None = None) -> None:
         super().__init__(detail)
         self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
 
@@ -232,7 +232,7 @@ class Requester:
                     channel = self._channel(stream, candidate.peer_id)
                     with trio.fail_after(max(deadline - self.clock(), 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
-                    await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
+                    await self._record_attempt(task_id, n, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
                     return await self._collect(channel, task_id)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc  # handled below, outside the stream's own nursery
@@ -249,15 +249,15 @@ class Requester:
         if isinstance(failure, AttemptFailed):
             await self._record_attempt(task_id, n, peer, failure.outcome, failure.code, failure.detail, failure.signed)
         elif isinstance(failure, trio.TooSlowError):
-            await self._record_attempt(task_id, n, peer, "timeout", "", "placement deadline passed")
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.TIMEOUT, "", "placement deadline passed")
         elif isinstance(failure, ProtocolError):
-            await self._record_attempt(task_id, n, peer, "error", "", f"{failure.code}: {failure}")
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.ERROR, "", f"{failure.code}: {failure}")
             if lease is not None:
                 await self.superseded.supersede(task_id, peer, lease, "the provider broke the protocol after the lease")
                 await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
             return False
         elif lease is None:
-            outcome = "timeout" if isinstance(failure, PeerTimeout) else "unreachable"
+            outcome = AttemptOutcome.TIMEOUT if isinstance(failure, PeerTimeout) else AttemptOutcome.UNREACHABLE
             await self._record_attempt(task_id, n, peer, outcome, "", str(failure))
         if lease is None or isinstance(failure, trio.TooSlowError):
             return False
@@ -275,15 +275,16 @@ class Requester:
         await channel.send_frame(machine.send_request(task_id, spec, now=self.clock()))
         answer = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(answer, Reject):
-            raise AttemptFailed("rejected", answer.code.value, answer.detail, machine.last_envelope)
+            raise AttemptFailed(AttemptOutcome.REJECTED, answer.code.value, answer.detail, machine.last_envelope)
         assert isinstance(answer, Offer)
         if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
             await channel.send_frame(machine.cancel("offer does not match the request"))
-            raise AttemptFailed("declined", "", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
+            raise AttemptFailed(AttemptOutcome.DECLINED, "",
+                                f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
         await channel.send_frame(await self._accept(channel))
         proposal = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(proposal, Reject):
-            raise AttemptFailed("rejected", proposal.code.value, proposal.detail, machine.last_envelope)
+            raise AttemptFailed(AttemptOutcome.REJECTED, proposal.code.value, proposal.detail, machine.last_envelope)
         assert isinstance(proposal, Lease)  # the machine checked it against the request, offer and price
         countersigned = machine.countersign_lease()
         lease, terms = machine.lease, machine.lease_terms
@@ -306,7 +307,7 @@ class Requester:
             if exc.code != RejectCode.OFFER_EXPIRED.value:
                 raise
         await channel.send_frame(channel.machine.cancel("the offer expired before it was accepted"))
-        raise AttemptFailed("declined", "", "the offer expired before it was accepted")
+        raise AttemptFailed(AttemptOutcome.DECLINED, "", "the offer expired before it was accepted")
 
     # ------------------------------------------------------------ after the lease
     async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
@@ -324,14 +325,14 @@ class Requester:
             except AttemptFailed as failed:
                 # The provider answered: it does not hold this lease (e.g. our countersignature
                 # never reached it). It is healthy, so it may be asked again under a new lease.
-                await self._record_attempt(task_id, 0, candidate.peer_id, "rejected", failed.code,
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.REJECTED, failed.code,
                                            f"refused to resume: {failed.detail}", failed.signed)
                 if failed.code == RejectCode.UNKNOWN_TASK:
                     self._retry_same.add(task_id)
                 await self._back_to_placing(task_id, f"the provider does not hold the lease ({failed.code})")
                 return False
             except ProtocolError as exc:
-                await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.ERROR, exc.code, str(exc))
                 await self.superseded.supersede(task_id, candidate.peer_id, lease,
                                                 "the provider broke the protocol while resuming")
                 await self._back_to_placing(task_id, "the provider broke the protocol while resuming")
@@ -392,7 +393,7 @@ class Requester:
                 elif isinstance(msg, Result):
                     break
                 elif isinstance(msg, Reject):
-                    raise AttemptFailed("lost", msg.code.value, msg.detail, channel.machine.last_envelope)
+                    raise AttemptFailed(AttemptOutcome.LOST, msg.code.value, msg.detail, channel.machine.last_envelope)
             proposal = await channel.receive(timeout=self.settings.provider_timeout)
             assert isinstance(proposal, Receipt)  # the machine checked it against the lease and the result
             countersigned = countersign_receipt(channel.machine)
@@ -422,14 +423,14 @@ class Requester:
         self._cancel.pop(task_id, None)
         self.tracker.finish(task_id, state, detail)
 
-    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: str, code: str,
+    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: AttemptOutcome, code: str,
                               detail: str, signed: bytes | None = None) -> None:
         """Append to the task's placement log (``n`` is advisory; the log numbers itself)."""
         reason = code if code in _REJECT_CODES else None
         if code and reason is None:
             detail = f"{code}: {detail}"
         n = len(await self.store.attempts(task_id)) + 1
-        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=Outcome(outcome),
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome,
                           reason_code=RejectCode(reason) if reason else None,
                           detail=detail[:1024], signed=signed, at=self.clock())
         with trio.CancelScope(shield=True):

@@ -1,6 +1,6 @@
 """Running leased jobs in Docker containers on this host.
 
-  contract   RunSpec, Outcome, the Executor protocol
+  contract   RunSpec, RunOutcome, the Executor protocol
   errors     ExecutorError and its reason codes
   policy     ProviderPolicy: which jobs this host accepts
   gpus       CapacityLedger: exclusive GPUs + CPU/memory holds (pure)
@@ -18,11 +18,11 @@ from peerd.executor.contract import (
     Executor,
     InputMount,
     LogChunk,
-    Outcome,
-    OutcomeState,
     OutputStore,
     PullProgress,
     RecoveryReport,
+    RunOutcome,
+    RunOutcomeState,
     RunSpec,
 )
 from peerd.executor.docker import DockerExecutor
@@ -56,8 +56,6 @@ __all__ = [
     "InvalidSpec",
     "Limits",
     "LogChunk",
-    "Outcome",
-    "OutcomeState",
     "OutputStore",
     "PolicyError",
     "ProviderPolicy",
@@ -65,6 +63,8 @@ __all__ = [
     "Reason",
     "RecoveryReport",
     "Reservation",
+    "RunOutcome",
+    "RunOutcomeState",
     "RunSpec",
     "UnknownTask",
     "inspect_engine",
