@@ -21,18 +21,12 @@ import msgpack
 from protocol.codec import decode_as
 from protocol.errors import ProtocolError
 from protocol.messages import JobSpec, Receipt, RejectCode, Result, TaskState
+from protocol.roles import TaskRole
 
 from .store_schema import StoreError
 
 
 # ---------------------------------------------------------------- records
-class TaskRole(enum.StrEnum):
-    """Which side of a task this node is on."""
-
-    REQUESTER = "requester"
-    PROVIDER = "provider"
-
-
 class AttemptOutcome(enum.StrEnum):
     """What one placement attempt (one exchange with one provider) came to."""
 
