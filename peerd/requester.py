@@ -11,6 +11,10 @@ before the job moves on; the lease it leaves behind is then ended on that
 provider when it can be reached again (``peerd.supersede``), so the job does
 not run twice. After a restart, unfinished tasks are resumed (leased) or placed
 again (not yet leased), and leases still to end are taken up again.
+
+Deadlines (placement, re-attaching) are on trio's clock; the wall clock
+(``clock``) only stamps what is signed or recorded, and is compared with
+signed times (advert and offer expiry).
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ class Requester:
 
     # ------------------------------------------------------------ placement
     async def _place(self, task_id: str, spec: JobSpec, local: bool, tried: int = 0) -> None:
-        deadline = self.clock() + self.settings.placement_deadline
+        deadline = trio.current_time() + self.settings.placement_deadline
         excluded: set[str] = set()
         attempts = tried
         with trio.CancelScope() as scope:
@@ -171,7 +175,7 @@ class Requester:
                 # Nobody fits on paper: ask the providers themselves, so the answer is
                 # theirs and signed (and a stale advert does not hide a willing provider).
                 source = self.all_providers
-            while attempts < self.settings.max_attempts and self.clock() < deadline:
+            while attempts < self.settings.max_attempts and trio.current_time() < deadline:
                 ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
                     break
@@ -198,7 +202,7 @@ class Requester:
 
     async def _wait_for_peers(self, task_id: str, spec: JobSpec, deadline: float) -> None:
         """No provider known yet (a requester just started): wait, bounded, for adverts."""
-        wait = min(self.settings.peer_wait, deadline - self.clock())
+        wait = min(self.settings.peer_wait, deadline - trio.current_time())
         if wait <= 0:
             return
         await self._back_to_placing(task_id, f"waiting for peers: the peer table is empty (up to {wait:g}s)")
@@ -230,7 +234,7 @@ class Requester:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
-                    with trio.fail_after(max(deadline - self.clock(), 0.1)):
+                    with trio.fail_at(max(deadline, trio.current_time() + 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
                     await self._record_attempt(task_id, n, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
                     return await self._collect(channel, task_id)
@@ -317,8 +321,8 @@ class Requester:
         answers the Resume, the job may run as long as its lease allows, and a
         stream that breaks again opens a fresh re-attach window.
         """
-        deadline = self.clock() + self.settings.provider_timeout
-        while self.clock() < deadline:
+        deadline = trio.current_time() + self.settings.provider_timeout
+        while trio.current_time() < deadline:
             attached = trio.Event()
             try:
                 return await self._resume_once(task_id, candidate, lease, deadline, attached)
@@ -340,17 +344,14 @@ class Requester:
             except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
                 log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
             if attached.is_set():
-                deadline = self.clock() + self.settings.provider_timeout
-            with trio.move_on_at(self._monotonic_deadline(deadline)):
+                deadline = trio.current_time() + self.settings.provider_timeout
+            with trio.move_on_at(deadline):
                 await trio.sleep(1.0)  # back off between tries, never past the window
         # the lost attempt keeps the lease, so that it is ended on the provider once it is back
         await self.superseded.supersede(task_id, candidate.peer_id, lease,
                                         "provider_lost: the provider vanished after the lease and could not be resumed")
         await self._back_to_placing(task_id, "provider lost; placing elsewhere")
         return False
-
-    def _monotonic_deadline(self, wall_deadline: float) -> float:
-        return trio.current_time() + max(wall_deadline - self.clock(), 0.0)
 
     async def _resume_once(
         self, task_id: str, candidate: Candidate, lease: Lease, deadline: float, attached: trio.Event
@@ -362,7 +363,7 @@ class Requester:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
-                    with trio.fail_at(self._monotonic_deadline(deadline)):
+                    with trio.fail_at(deadline):
                         await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
                         first = await channel.receive()
                     attached.set()
