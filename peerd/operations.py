@@ -24,6 +24,7 @@ from .control.ops import (
     EventView,
     LogChunkView,
     PeerView,
+    ReachabilityStatus,
     ReceiptView,
     StatusView,
     TaskNotFound,
@@ -32,6 +33,7 @@ from .control.ops import (
 from .errors import PeerdError
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
+from .p2p.reachability import ReachabilityView
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
@@ -63,6 +65,7 @@ class Operations:
             counters=status_counters(sample),
             draining=self.state.draining,
             config_reload=self.state.last_reload,
+            reachability=reachability_status(self.services.p2p.reachability()),
         )
 
     async def sample(self) -> NodeSample:
@@ -175,3 +178,8 @@ class Operations:
 
     async def receipts(self, limit: int) -> list[ReceiptView]:
         return [receipt_view(r.receipt) for r in await self.services.store.list_receipts(limit)]
+
+
+def reachability_status(seen: ReachabilityView) -> ReachabilityStatus:
+    return ReachabilityStatus(reachability=str(seen.state), relay_addrs=list(seen.relay_addrs), hint=seen.hint,
+                              relays_lost=seen.relays_lost)
