@@ -117,7 +117,7 @@ class Tally:
     def add(self, obs: Observation, half_life: float) -> None:
         """Fold one observation in (in any order: both sides are brought to the later time)."""
         if obs.at > self.at:
-            self.good, self.bad = decay(self.good, obs.at - self.at, half_life), decay(self.bad, obs.at - self.at, half_life)
+            self.good, self.bad = self.weights(obs.at, half_life)
             self.at = obs.at
         age = self.at - obs.at
         self.good += decay(GOOD.get(obs.event, 0.0), age, half_life)

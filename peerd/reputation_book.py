@@ -29,7 +29,8 @@ from .reputation import (
     standing,
     trust,
 )
-from .store import Store, Watermark
+from .store import Store
+from .store_reputation import START
 
 
 class ReputationBook:
@@ -42,7 +43,7 @@ class ReputationBook:
         self.settings = settings or ReputationSettings()
         self.draw = draw
         self.tallies: dict[str, Tally] = {}
-        self._mark = Watermark()
+        self._mark = START
         self._lock = trio.Lock()
 
     async def refresh(self) -> int:
@@ -69,6 +70,6 @@ class ReputationBook:
 
     async def history(self, provider: str, limit: int) -> list[Observation]:
         """The provider's most recent observations, newest first (read from the store)."""
-        found, _ = await self.store.observations(Watermark(), provider=provider)
+        found, _ = await self.store.observations(START, provider=provider)
         found.sort(key=lambda o: o.at, reverse=True)
         return found[:limit]

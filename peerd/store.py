@@ -64,7 +64,7 @@ from .store_records import (
     task_from_row,
     task_row,
 )
-from .store_reputation import VERDICTS, Watermark
+from .store_reputation import START, VERDICTS, Watermark
 from .store_retention import LogHolding, TaskAge
 from .store_schema import (
     MIGRATIONS,
@@ -436,7 +436,7 @@ class Store:
 
     # ------------------------------------------------------------ reputation and verification
     async def observations(
-        self, after: Watermark = Watermark(), provider: str | None = None
+        self, after: Watermark = START, provider: str | None = None
     ) -> tuple[list[Observation], Watermark]:
         """Reputation events derived from the records (see ``peerd.store_reputation``)
         after ``after``, about ``provider`` only if given; and the next watermark."""

@@ -23,8 +23,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from protocol.messages import TaskState
+from protocol.roles import TaskRole
+
 from .reputation import Event, Observation
-from .store_records import corrupt
+from .store_records import AttemptOutcome, corrupt
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +39,22 @@ class Watermark:
     verdicts: int = 0
 
 
+START = Watermark()  # before the first row
+
+
 _ATTEMPTS = """
 SELECT a.rowid AS rid, a.task_id, a.provider, a.outcome, a.at,
        a.at - COALESCE((SELECT MAX(b.at) FROM attempts AS b WHERE b.task_id = a.task_id AND b.n < a.n),
                        t.created_at) AS latency
 FROM attempts AS a JOIN tasks AS t ON t.task_id = a.task_id
-WHERE t.role = 'requester' AND a.outcome IN ('accepted', 'lost') AND a.rowid > ? {provider}
+WHERE t.role = ? AND a.outcome IN (?, ?) AND a.rowid > ? {provider}
 ORDER BY a.rowid
 """
 
 _RECEIPTS = """
 SELECT c.rowid AS rid, c.task_id, c.provider, r.state, r.finished_at AS at
 FROM receipts AS c JOIN results AS r ON r.task_id = c.task_id JOIN tasks AS t ON t.task_id = c.task_id
-WHERE t.role = 'requester' AND c.rowid > ? {provider}
+WHERE t.role = ? AND c.rowid > ? {provider}
 ORDER BY c.rowid
 """
 
@@ -57,8 +63,9 @@ SELECT v.rowid AS rid, v.task_id, v.provider, v.verdict, v.at FROM verdicts AS v
 WHERE v.rowid > ? {provider} ORDER BY v.rowid
 """
 
-_ATTEMPT_EVENTS = {"accepted": Event.LEASED, "lost": Event.LOST}
-_RESULT_EVENTS = {"succeeded": Event.COMPLETED, "cancelled": Event.CANCELLED}
+_ATTEMPT_EVENTS = {AttemptOutcome.ACCEPTED.value: Event.LEASED, AttemptOutcome.LOST.value: Event.LOST}
+_RESULT_EVENTS = {TaskState.SUCCEEDED.value: Event.COMPLETED, TaskState.CANCELLED.value: Event.CANCELLED}
+_REQUESTER = TaskRole.REQUESTER.value
 VERDICTS = frozenset({Event.VERIFIED, Event.DISPUTED, Event.INCONCLUSIVE})
 
 
@@ -66,8 +73,8 @@ def _query(sql: str, provider: str | None, alias: str) -> str:
     return sql.format(provider=f"AND {alias}.provider = ?" if provider is not None else "")
 
 
-def _params(after: int, provider: str | None) -> tuple[object, ...]:
-    return (after,) if provider is None else (after, provider)
+def _params(after: int, provider: str | None, *first: object) -> tuple[object, ...]:
+    return (*first, after) if provider is None else (*first, after, provider)
 
 
 def observations(
@@ -77,13 +84,13 @@ def observations(
     and the watermark to read from next time."""
     found: list[Observation] = []
     marks = [after.attempts, after.receipts, after.verdicts]
-    rows = conn.execute(_query(_ATTEMPTS, provider, "a"), _params(after.attempts, provider)).fetchall()
-    for row in rows:
+    params = _params(after.attempts, provider, _REQUESTER, *_ATTEMPT_EVENTS)
+    for row in conn.execute(_query(_ATTEMPTS, provider, "a"), params).fetchall():
         event = _ATTEMPT_EVENTS[row["outcome"]]
         latency = max(float(row["latency"]), 0.0) if event is Event.LEASED else None
         found.append(Observation(row["provider"], event, row["at"], row["task_id"], latency))
         marks[0] = max(marks[0], row["rid"])
-    for row in conn.execute(_query(_RECEIPTS, provider, "c"), _params(after.receipts, provider)).fetchall():
+    for row in conn.execute(_query(_RECEIPTS, provider, "c"), _params(after.receipts, provider, _REQUESTER)).fetchall():
         found.append(Observation(row["provider"], _RESULT_EVENTS.get(row["state"], Event.FAILED), row["at"],
                                  row["task_id"]))
         marks[1] = max(marks[1], row["rid"])

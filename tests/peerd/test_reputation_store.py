@@ -10,7 +10,7 @@ import pytest
 
 from peerd.reputation import Event, ReputationSettings
 from peerd.reputation_book import ReputationBook
-from peerd.store import Attempt, Outcome, Store, StoreError, TaskRole
+from peerd.store import Attempt, AttemptOutcome, Store, StoreError, TaskRole
 from tests.test_store import PROVIDER, RESULT, make_receipt, make_task, with_result
 
 P = PROVIDER.peer_id  # the provider the receipts name
@@ -25,8 +25,8 @@ def path(tmp_path: Path) -> Path:
 async def finished(store: Store, task_id: str, *, created: float, leased: float, state: str = "succeeded") -> None:
     """A requester task leased on P at ``leased`` that came back with a receipt."""
     await store.create_task(make_task(task_id, created_at=created))
-    await store.add_attempt(Attempt(task_id, 1, OTHER, Outcome.REJECTED, created + 1.0))
-    await store.add_attempt(Attempt(task_id, 2, P, Outcome.ACCEPTED, leased))
+    await store.add_attempt(Attempt(task_id, 1, OTHER, AttemptOutcome.REJECTED, created + 1.0))
+    await store.add_attempt(Attempt(task_id, 2, P, AttemptOutcome.ACCEPTED, leased))
     await store.put_result(with_result(RESULT, task_id=task_id, state=state))
     await store.put_receipt(task_id, make_receipt(task_id), P, "req", 1.0, leased + 10.0)
 
@@ -36,7 +36,7 @@ async def test_attempts_receipts_and_verdicts_become_observations(path: Path) ->
         await finished(store, "t1", created=1000.0, leased=1004.0)
         await finished(store, "t2", created=2000.0, leased=2001.0, state="failed")
         await store.create_task(make_task("t3", created_at=3000.0))
-        await store.add_attempt(Attempt("t3", 1, OTHER, Outcome.LOST, 3005.0))
+        await store.add_attempt(Attempt("t3", 1, OTHER, AttemptOutcome.LOST, 3005.0))
         await store.put_verdict("t1", P, Event.VERIFIED, 1200.0)
         await store.put_verdict("t3", OTHER, Event.DISPUTED, 3100.0)
         found, mark = await store.observations()
@@ -55,7 +55,7 @@ async def test_provider_side_tasks_are_not_reputation(path: Path) -> None:
     async with Store.open(path) as store:
         task = dataclasses.replace(make_task("tp"), role=TaskRole.PROVIDER)
         await store.create_task(task)
-        await store.add_attempt(Attempt("tp", 1, P, Outcome.ACCEPTED, 1001.0))
+        await store.add_attempt(Attempt("tp", 1, P, AttemptOutcome.ACCEPTED, 1001.0))
         await store.put_result(with_result(RESULT, task_id="tp"))
         await store.put_receipt("tp", make_receipt("tp"), P, "req", 1.0, 1010.0)
         assert (await store.observations())[0] == []
@@ -90,7 +90,7 @@ async def test_the_book_folds_in_only_new_rows(path: Path) -> None:
         assert await book.refresh() == 2  # leased + completed
         assert await book.refresh() == 0
         await store.create_task(make_task("t2"))
-        await store.add_attempt(Attempt("t2", 1, P, Outcome.LOST, 1500.0))
+        await store.add_attempt(Attempt("t2", 1, P, AttemptOutcome.LOST, 1500.0))
         assert await book.refresh() == 1
         assert book.tallies[P].counts == {Event.LEASED: 1, Event.COMPLETED: 1, Event.LOST: 1}
 
@@ -100,7 +100,7 @@ async def test_reputation_survives_a_restart(path: Path) -> None:
     async with Store.open(path) as store:
         book = ReputationBook(store, settings)
         await store.create_task(make_task("t1"))
-        await store.add_attempt(Attempt("t1", 1, OTHER, Outcome.LOST, 1001.0))
+        await store.add_attempt(Attempt("t1", 1, OTHER, AttemptOutcome.LOST, 1001.0))
         await book.refresh()
         before = book.standing(OTHER, 2000.0)
     assert before.distrusted
