@@ -1,6 +1,6 @@
 """The control socket's operations (``control.ops.NodeOps``) over a started node's services.
 
-One method per request the control server takes: status, peers, submit, task,
+One method per request the control server takes: status, peers, peer, submit, task,
 wait, tasks, logs, events, cancel, receipts, doctor, drain. Each reads the
 store, the tracker or the peer table and answers with a view
 (``peerd.views``); ``drain`` is the lifecycle's first step, without the stop.
@@ -23,6 +23,8 @@ from .control.ops import (
     DrainView,
     EventView,
     LogChunkView,
+    PeerHistoryView,
+    PeerNotFound,
     PeerView,
     ReachabilityStatus,
     ReceiptView,
@@ -37,7 +39,7 @@ from .p2p.reachability import ReachabilityView
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
-from .views import peer_view, receipt_view, task_view
+from .views import observation_view, peer_view, receipt_view, reputation_view, task_view
 
 
 class Operations:
@@ -85,7 +87,28 @@ class Operations:
         )
 
     async def peers(self) -> list[PeerView]:
-        return [peer_view(e.advert, list(e.addrs)) for e in self.services.p2p.table.entries(self.services.clock())]
+        now, book = self.services.clock(), self.services.reputation
+        views = [peer_view(e.advert, list(e.addrs)) for e in self.services.p2p.table.entries(now)]
+        if book is not None:
+            for view in views:
+                pid = view["peer_id"]
+                view["reputation"] = reputation_view(book.standing(pid, now), book.tallies.get(pid))
+        return views
+
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        now, book = self.services.clock(), self.services.reputation
+        if book is None:
+            raise PeerdError("a seed node keeps no reputation")
+        entry = self.services.p2p.table.get(peer_id, now)
+        known = peer_view(entry.advert, list(entry.addrs)) if entry is not None else None
+        history = await book.history(peer_id, limit)
+        if known is None and not history:
+            raise PeerNotFound(peer_id)
+        return PeerHistoryView(
+            peer_id=peer_id, addrs=known["addrs"] if known else [], advert=known["advert"] if known else None,
+            reputation=reputation_view(book.standing(peer_id, now), book.tallies.get(peer_id)),
+            history=[observation_view(o) for o in history],
+        )
 
     async def doctor(self) -> list[DoctorCheck]:
         from .doctor import doctor_views  # docker and NVML probes: loaded when asked for

@@ -21,6 +21,7 @@ from .ops import BadArgs, NodeOps, TaskNotFound
 MAX_LIMIT = 1000  # a list result must stay under the codec's 1024 items
 DEFAULT_LIMIT = 50
 MAX_TASK_ID = 64
+MAX_PEER_ID = 128
 
 
 class ArgReader:
@@ -100,6 +101,13 @@ async def _peers(ops: NodeOps, a: ArgReader) -> object:
     return await ops.peers()
 
 
+async def _peer(ops: NodeOps, a: ArgReader) -> object:
+    peer_id = a.text("peer_id", max_len=MAX_PEER_ID)
+    limit = a.limit()
+    a.done()
+    return await ops.peer(peer_id, limit)
+
+
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
@@ -166,6 +174,7 @@ def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
 COMMANDS: dict[str, Command] = {
     "status": Command(call=_status),
     "peers": Command(call=_peers),
+    "peer": Command(call=_peer),
     "submit": Command(call=_submit),
     "wait": Command(call=_wait),
     "task": Command(call=_task),

@@ -44,6 +44,14 @@ class TaskNotFound(OpError):
         self.task_id = task_id
 
 
+class PeerNotFound(OpError):
+    code = NOT_FOUND
+
+    def __init__(self, peer_id: str) -> None:
+        super().__init__(f"no peer {peer_id!r}: no live advert and no dealings with it")
+        self.peer_id = peer_id
+
+
 # ---------------------------------------------------------------- views
 class ConfigReloadView(TypedDict):
     """The last SIGHUP reload: applied (``ok``) or refused, with why and when (unix time)."""
@@ -76,12 +84,41 @@ class StatusView(TypedDict):
 
 
 
+class ReputationView(TypedDict):
+    """What this node's dealings with a provider came to (``peerd.reputation``)."""
+
+    score: float  # in [0, 1]; a provider never dealt with has the neutral prior (0.5)
+    newcomer: bool  # too little evidence yet: favoured in exploratory placements
+    distrusted: bool  # ranked after every other fitting provider
+    counts: dict[str, int]  # reputation.Event value -> how many (not decayed)
+    latency: float | None  # mean seconds from asking to the lease; None if never leased
+    last_at: float | None  # the latest event (unix time); None if none
+
+
 class PeerView(TypedDict):
     peer_id: str
     addrs: list[str]
     # The peer's latest advert, protocol.messages.Advert fields (gpus as a list
     # of {uuid, model, memory, compute_capability}); None if none seen yet.
     advert: dict[str, Value] | None
+    reputation: NotRequired[ReputationView]  # on a node that places jobs
+
+
+class ObservationView(TypedDict):
+    event: str  # reputation.Event value
+    task_id: str
+    at: float
+    latency: float | None  # seconds from asking to the lease (leased events only)
+
+
+class PeerHistoryView(TypedDict):
+    """``peerd peer ID``: one provider, its advert if live, its reputation and history."""
+
+    peer_id: str
+    addrs: list[str]
+    advert: dict[str, Value] | None
+    reputation: ReputationView
+    history: list[ObservationView]  # newest first
 
 
 class AttemptView(TypedDict):
@@ -157,6 +194,10 @@ class NodeOps(Protocol):
     async def status(self) -> StatusView: ...
 
     async def peers(self) -> list[PeerView]: ...
+
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        """One peer's advert, reputation and its ``limit`` latest reputation events."""
+        ...
 
     async def submit(self, spec: JobSpec, *, local: bool) -> str:
         """Record the task and return its ID at once; placement runs in the background.
