@@ -39,6 +39,7 @@ from .p2p.reachability import ReachabilityView
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
+from .verification import Verifier
 from .views import observation_view, peer_view, receipt_view, reputation_view, task_view
 
 
@@ -50,6 +51,7 @@ class Operations:
         self.state = state
         self.lifecycle = lifecycle
         self._nursery = nursery
+        self._verification: Verifier | None = None  # replica groups (made on first use)
 
     # ------------------------------------------------------------ the node
     async def status(self) -> StatusView:
@@ -121,11 +123,14 @@ class Operations:
                          detail=f"no new tasks; {running} running task(s) may finish")
 
     # ------------------------------------------------------------ tasks
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
         since = trio.current_time()
-        task_id = await self.services.requester.submit(spec, local=local)
+        if replicas > 1:
+            task_id = await self._verifier().submit(spec, replicas=replicas)
+        else:
+            task_id = await self.services.requester.submit(spec, local=local)
         self._nursery.start_soon(self._time_placement, task_id, since)
         return task_id
 
@@ -159,9 +164,23 @@ class Operations:
 
     async def wait(self, task_id: str) -> TaskView:
         view = await self._existing(task_id)
+        if self.services.requester is not None:
+            verified = await self._verifier().wait(task_id)
+            if verified is not None:
+                stands, verification = verified
+                view = await self._existing(stands)
+                view["verification"] = verification
+                return view
         if TaskState(view["state"]) not in FINAL_STATES:
             await self.services.tracker.wait_final(task_id)
         return await self._existing(task_id)
+
+    def _verifier(self) -> Verifier:
+        if self._verification is None:
+            s = self.services
+            assert s.requester is not None
+            self._verification = Verifier(s.requester, s.store, s.tracker, s.reputation, self._nursery, s.clock)
+        return self._verification
 
     async def tasks(self, limit: int) -> list[TaskView]:
         """Recent tasks without their output (``show`` has it): a listing stays small."""

@@ -307,3 +307,15 @@ def receipts_text(views: Sequence[Mapping[str, Value]]) -> str:
 def doctor_text(checks: Sequence[Mapping[str, Value]]) -> str:
     rows = [["ok" if c.get("ok") else "FAIL", str(c.get("name")), str(c.get("detail") or "")] for c in checks]
     return table(["", "CHECK", "DETAIL"], rows) if rows else "no checks"
+
+
+def verification_text(verification: Mapping[str, Value]) -> str:
+    """A replica group's comparison: its state, then one row per replica."""
+    replicas = verification.get("replicas")
+    rows = [
+        [str(r.get("task_id")), short_id(r.get("provider")) if r.get("provider") else "-", str(r.get("state")),
+         str(r.get("output_id") or "-")[:23], _num(r.get("exit_code")), str(r.get("verdict") or "-")]
+        for r in (replicas if isinstance(replicas, list) else []) if isinstance(r, dict)
+    ]
+    head = f"verification: {verification.get('state')} ({verification.get('mode')}, {len(rows)} replicas)"
+    return head + "\n" + table(["TASK", "PROVIDER", "STATE", "OUTPUT", "EXIT", "VERDICT"], rows)

@@ -93,6 +93,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment variable for the job (repeatable)")
     parser.add_argument("--network", action="store_true", help="ask for network access")
     parser.add_argument("--local", action="store_true", help="run on this node's own provider")
+    parser.add_argument("--replicas", type=_count, default=1, metavar="K",
+                        help="run on K distinct providers and compare their outputs (default 1)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
@@ -125,7 +127,10 @@ def run(ctx: Context) -> int:
     args = ctx.args
     spec = build_spec(args, os.environ)
     with ctx.client() as client:
-        submitted = expect_map(client.call("submit", {"spec": to_value(spec), "local": args.local}), "submit")
+        request: dict[str, Value] = {"spec": to_value(spec), "local": args.local}
+        if args.replicas > 1:
+            request["replicas"] = args.replicas
+        submitted = expect_map(client.call("submit", request), "submit")
         task_id = str(submitted.get("task_id"))
         if not (args.wait or args.follow):
             if ctx.json:
@@ -140,7 +145,9 @@ def run(ctx: Context) -> int:
                             {"stdout": [], "stderr": []})
         view = expect_map(client.call("wait", {"task_id": task_id}, no_timeout=True), "wait")
     _report(ctx, view, printed_output=args.follow)
-    return EXIT_OK if view.get("state") == "succeeded" else EXIT_FAILED
+    verification = view.get("verification")
+    disputed = isinstance(verification, dict) and verification.get("state") == "disputed"
+    return EXIT_OK if view.get("state") == "succeeded" and not disputed else EXIT_FAILED
 
 
 def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> None:
@@ -154,5 +161,8 @@ def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> No
                 stream.write(text)
                 stream.flush()
     ctx.note(output.outcome_line(view))
+    verification = view.get("verification")
+    if isinstance(verification, dict):
+        ctx.note(output.verification_text(verification))
     if view.get("state") != "succeeded" and view.get("attempts"):
         ctx.note("attempts:\n" + output.attempts_text(view.get("attempts")))

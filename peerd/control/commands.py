@@ -22,6 +22,7 @@ MAX_LIMIT = 1000  # a list result must stay under the codec's 1024 items
 DEFAULT_LIMIT = 50
 MAX_TASK_ID = 64
 MAX_PEER_ID = 128
+MAX_REPLICAS = 9
 
 
 class ArgReader:
@@ -111,7 +112,12 @@ async def _peer(ops: NodeOps, a: ArgReader) -> object:
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
+    replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
     a.done()
+    if replicas > 1 and local:
+        raise BadArgs("'replicas' needs distinct providers: it cannot be combined with 'local'")
+    if replicas > 1:
+        return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
     return {"task_id": await ops.submit(spec, local=local)}
 
 

@@ -138,6 +138,28 @@ class ReceiptView(TypedDict):
     cosigned: str  # hex of the encoded co-signed protocol Receipt
 
 
+class ReplicaView(TypedDict):
+    """One replica of a verified job: what its provider returned and signed."""
+
+    task_id: str
+    provider: str | None  # None if it was never placed
+    state: str  # TaskState value
+    output_id: str | None  # the output manifest id it returned; None without a result
+    exit_code: int | None
+    verdict: str | None  # verified | disputed | inconclusive (reputation.Event); None: none recorded
+    receipt: ReceiptView | None  # the co-signed receipt, as evidence
+
+
+class VerificationView(TypedDict):
+    """``submit --replicas K``: how the replicas compared (``peerd.verification``)."""
+
+    mode: str  # replicas
+    state: str  # pending | verified | majority | disputed | unverified
+    group_id: str  # the group's id: its first replica's task id
+    size: int  # K
+    replicas: list[ReplicaView]
+
+
 class TaskView(TypedDict):
     task_id: str
     state: str  # TaskState value
@@ -152,6 +174,7 @@ class TaskView(TypedDict):
     spec: dict[str, Value]  # JobSpec.to_wire()
     role: str  # requester | provider: which side of the task this node is
     detail: str
+    verification: NotRequired[VerificationView]  # a replica group's (submit --replicas K)
 
 
 class LogChunkView(TypedDict):
@@ -199,15 +222,17 @@ class NodeOps(Protocol):
         """One peer's advert, reputation and its ``limit`` latest reputation events."""
         ...
 
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
         ``local``: run it on this node's own provider, not on the network.
+        ``replicas``: run it on that many distinct providers and compare (the ID is the group's).
         """
         ...
 
     async def wait(self, task_id: str) -> TaskView:
-        """Return the task's view once it reaches a final state."""
+        """Return the task's view once it reaches a final state (a replica group's: once every
+        replica did, the result that stands for the group, with ``verification``)."""
         ...
 
     async def task(self, task_id: str) -> TaskView | None: ...

@@ -128,8 +128,8 @@ class StubOps:
         return {"peer_id": PROVIDER, "addrs": [], "advert": None, "reputation": REPUTATION,
                 "history": history[:limit]}  # type: ignore[typeddict-item]
 
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
-        self._record("submit", {"spec": spec, "local": local})
+    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
+        self._record("submit", {"spec": spec, "local": local, **({"replicas": replicas} if replicas > 1 else {})})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task
         program = spec.command[0] if spec.command else ""
