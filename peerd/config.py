@@ -19,17 +19,17 @@ from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_FRAME
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+from protocol.roles import NodeRole
 
 from .errors import ConfigError
 from .units import format_size, parse_duration, parse_size
 
 CONFIG_NAME = "config.toml"
-ROLES = ("provider", "requester", "seed")
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    role: str = "provider"
+    role: NodeRole = NodeRole.PROVIDER
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     control_socket: str = ""
@@ -244,11 +244,12 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-def _role(value: object) -> str:
+def _role(value: object) -> NodeRole:
     role = _str(value)
-    if role not in ROLES:
-        raise ValueError(f"must be one of {', '.join(ROLES)}, got {role!r}")
-    return role
+    try:
+        return NodeRole(role)
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(NodeRole)}, got {role!r}") from None
 
 
 def _relay_serve(value: object) -> str:

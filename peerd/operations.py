@@ -60,7 +60,7 @@ class Operations:
         view = StatusView(
             peer_id=self.services.peer_id,
             addrs=self.services.p2p.listen_addrs(),
-            role=self.services.role,
+            role=self.services.role.value,
             peers_connected=sample.peers_connected,
             peers_known=sample.peers_known,
             tasks_running=sample.jobs_running,
