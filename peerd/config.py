@@ -120,6 +120,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    listen: str = ""  # e.g. "127.0.0.1:9470"; empty = off; loopback only, like [metrics]
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """How long finished tasks' logs and task directories are kept (receipts: forever)."""
 
@@ -147,6 +152,7 @@ class Config:
     requester: RequesterConfig = field(default_factory=RequesterConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -316,6 +322,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                             "max_reservations": _at_least_one, "circuit_bytes": _size,
                             "circuit_duration": _timeout}),
     "metrics": (MetricsConfig, {"listen": _str}),
+    "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
     "storage": (StorageConfig, {"blob_quota": _size}),
 }
@@ -483,6 +490,11 @@ circuit_duration = "1h"
 
 [metrics]
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.
+listen = ""
+
+[dashboard]
+# Read-only web dashboard on loopback, e.g. "127.0.0.1:9470" (then open
+# http://127.0.0.1:9470/); empty = off. Like [metrics], loopback addresses only.
 listen = ""
 
 [retention]

@@ -3,7 +3,8 @@
 Start-up order: store → executor (provider role; recovers its containers) →
 job runner (re-attaches leased jobs) → retention pruner → p2p (joins through the seeds, then
 publishes adverts) → requester (resumes unfinished tasks) → signal handling →
-control socket → metrics endpoint (if ``metrics.listen``) → watchdog → READY=1.
+control socket → metrics endpoint (if ``metrics.listen``) → dashboard (if
+``dashboard.listen``) → watchdog → READY=1.
 
 The started services are one frozen ``services.Services``; signals, drain, stop
 and reload are ``lifecycle``'s, the control socket's operations
@@ -29,6 +30,7 @@ from . import sdnotify
 from .adverts import HostFacts, offered_capacity, offered_gpus
 from .config import Config
 from .control.server import ControlServer
+from .dashboard import DashboardServer, dashboard_address
 from .errors import PeerdError
 from .executor.gpus import CapacityLedger
 from .identity import load_key
@@ -56,6 +58,7 @@ class Node:
         self.seed = seed or config.node.role is NodeRole.SEED
         self.clock = clock
         self.metrics_address = listen_address(config.metrics.listen)  # refuses non-loopback up front
+        self.dashboard_address = dashboard_address(config.dashboard.listen)  # the same rule
         self.signer = load_key(config.key_path)
         self.state = RunState(config)
         self.ready = trio.Event()
@@ -79,6 +82,8 @@ class Node:
             await nursery.start(ControlServer(config.control_path, ops).run)
             if self.metrics_address is not None:
                 await nursery.start(MetricsServer(services.metrics, ops.sample, self.metrics_address).run)
+            if self.dashboard_address is not None:
+                await nursery.start(DashboardServer(ops, self.dashboard_address).run)
             await nursery.start(sdnotify.Watchdog(status=lifecycle.status_line).run)
             sdnotify.notify("READY=1\nSTATUS=" + lifecycle.status_line())
             self.ready.set()

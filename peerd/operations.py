@@ -19,9 +19,11 @@ from protocol.messages import FINAL_STATES, JobSpec, TaskState
 from . import __version__
 from .control.ops import (
     CancelView,
+    CapacityView,
     DoctorCheck,
     DrainView,
     EventView,
+    GpuSlotView,
     LogChunkView,
     PeerView,
     ReachabilityStatus,
@@ -31,6 +33,7 @@ from .control.ops import (
     TaskView,
 )
 from .errors import PeerdError
+from .executor.gpus import CapacityLedger
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
 from .p2p.reachability import ReachabilityView
@@ -48,12 +51,13 @@ class Operations:
         self.state = state
         self.lifecycle = lifecycle
         self._nursery = nursery
+        self._started = trio.current_time()
 
     # ------------------------------------------------------------ the node
     async def status(self) -> StatusView:
         sample = await self.sample()
         waiting = (TaskState.PLACING.value, TaskState.PENDING.value)
-        return StatusView(
+        view = StatusView(
             peer_id=self.services.peer_id,
             addrs=self.services.p2p.listen_addrs(),
             role=self.services.role.value,
@@ -66,7 +70,11 @@ class Operations:
             draining=self.state.draining,
             config_reload=self.state.last_reload,
             reachability=reachability_status(self.services.p2p.reachability()),
+            uptime=trio.current_time() - self._started,
         )
+        if self.services.provider is not None:
+            view["capacity"] = capacity_view(self.services.provider.ledger)
+        return view
 
     async def sample(self) -> NodeSample:
         """The node's figures now, for a metrics scrape and ``status``."""
@@ -183,3 +191,13 @@ class Operations:
 def reachability_status(seen: ReachabilityView) -> ReachabilityStatus:
     return ReachabilityStatus(reachability=str(seen.state), relay_addrs=list(seen.relay_addrs), hint=seen.hint,
                               relays_lost=seen.relays_lost)
+
+
+def capacity_view(ledger: CapacityLedger) -> CapacityView:
+    """Totals and what is free; each GPU with the task holding it (a hold or a lease)."""
+    free = ledger.free()
+    holder = {uuid: r.task_id for r in ledger.reservations() for uuid in r.gpus}
+    gpus = [GpuSlotView(uuid=g.uuid, model=g.name, memory=g.memory_total, task_id=holder.get(g.uuid, ""))
+            for g in ledger.gpus]
+    return CapacityView(cpus=ledger.total_cpus, cpus_free=free.cpus, memory=ledger.total_memory,
+                        memory_free=free.memory, gpus=gpus)

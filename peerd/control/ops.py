@@ -60,6 +60,23 @@ class ReachabilityStatus(TypedDict):
     relays_lost: int  # relays that went away and were replaced
 
 
+class GpuSlotView(TypedDict):
+    uuid: str
+    model: str
+    memory: int  # bytes
+    task_id: str  # the task holding it; "" when free
+
+
+class CapacityView(TypedDict):
+    """A provider's offered capacity now: totals and what reservations (holds or leases) take."""
+
+    cpus: float
+    cpus_free: float
+    memory: int  # bytes
+    memory_free: int
+    gpus: list[GpuSlotView]
+
+
 class StatusView(TypedDict):
     peer_id: str
     addrs: list[str]  # full multiaddrs, each ending /p2p/<peer_id>
@@ -73,6 +90,8 @@ class StatusView(TypedDict):
     draining: bool
     config_reload: ConfigReloadView | None  # None until the first SIGHUP
     reachability: NotRequired[ReachabilityStatus]  # from P2PService.reachability()
+    capacity: NotRequired[CapacityView]  # providers only
+    uptime: NotRequired[float]  # seconds since the node started
 
 
 
@@ -99,6 +118,7 @@ class ReceiptView(TypedDict):
     state: str  # TaskState value
     verified: bool  # both signatures checked against the peer IDs
     cosigned: str  # hex of the encoded co-signed protocol Receipt
+    finished_at: NotRequired[float]  # the signed terms' finished_at (unix time)
 
 
 class TaskView(TypedDict):

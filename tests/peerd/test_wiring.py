@@ -89,6 +89,8 @@ provider_timeout = "11s"
 peer_wait = "3s"
 [metrics]
 listen = "127.0.0.1:9999"
+[dashboard]
+listen = "127.0.0.1:9998"
 [retention]
 max_age = "2d"
 max_size = "5M"
@@ -182,6 +184,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "retention.max_size": lambda b: b.pruner.settings.max_size,
     "retention.interval": lambda b: b.pruner.settings.interval,
     "metrics.listen": lambda b: b.node.metrics_address,
+    "dashboard.listen": lambda b: b.node.dashboard_address,
 }
 
 
