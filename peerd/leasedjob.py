@@ -73,7 +73,9 @@ def failed_result(task_id: str, state: TaskState, detail: str) -> Result:
     )
 
 
-def receipt_terms(terms: LeaseTerms, lease_bytes: bytes, result: Result, finished_at: float) -> ReceiptTerms:
+def receipt_terms(
+    terms: LeaseTerms, lease_bytes: bytes, result: Result, finished_at: float, staging_time: float = 0.0
+) -> ReceiptTerms:
     """The receipt both parties sign; digests bind it to the exact result bytes."""
     return ReceiptTerms(
         task_id=terms.task_id,
@@ -91,6 +93,7 @@ def receipt_terms(terms: LeaseTerms, lease_bytes: bytes, result: Result, finishe
         price=terms.price,
         cost=cost_of(terms.price, result.wall_time),
         finished_at=finished_at,
+        staging_time=staging_time,
     )
 
 
@@ -99,7 +102,8 @@ def cosign_receipt(proposal: Receipt, lease: Lease, result: Result, signer: Sign
     sent under ``lease``; then countersign it. ``ProtocolError`` if it does not."""
     terms = verify_cosigned(lease, LeaseTerms)
     offered = verify_cosigned(proposal, ReceiptTerms, require_both=False)
-    if offered != receipt_terms(terms, lease.terms, result, offered.finished_at):
+    # staging_time is the provider's own measure (like wall_time, which the result carries)
+    if offered != receipt_terms(terms, lease.terms, result, offered.finished_at, offered.staging_time):
         raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
     receipt = countersign(proposal, signer, as_provider=False)
     verify_cosigned(receipt, ReceiptTerms)
@@ -120,6 +124,8 @@ class LeasedJob:
     receipt: Receipt | None = None
     persist: bool = True  # False for a --local task: the requester side owns its record
     stop_reason: str = ""  # "cancelled" or "interrupted" once a stop was asked
+    staging: bool = False  # fetching and writing the inputs (peerd.jobdata), before the container starts
+    staging_time: float = 0.0  # seconds that took; in the receipt apart from wall_time
     _changed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -160,7 +166,7 @@ class LeasedJob:
 
     def finish(self, result: Result, signer: Signer, finished_at: float) -> ReceiptTerms:
         """Record the result and the provider-signed receipt proposal."""
-        terms = receipt_terms(self.terms, self.lease_bytes, result, finished_at)
+        terms = receipt_terms(self.terms, self.lease_bytes, result, finished_at, self.staging_time)
         self.result = result
         self.receipt = propose(terms, Receipt, signer, as_provider=True)
         self.done.set()

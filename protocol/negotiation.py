@@ -566,7 +566,7 @@ class ProviderNegotiation(Negotiation):
         self.lease, self.lease_terms = lease, terms
 
     def draft_receipt(
-        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float
+        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float, staging_time: float = 0.0
     ) -> ReceiptTerms:
         """ReceiptTerms matching the lease and the Result already sent."""
         lease, lease_terms, result = self.lease, self.lease_terms, self.result
@@ -588,6 +588,7 @@ class ProviderNegotiation(Negotiation):
             price=lease_terms.price,
             cost=cost,
             finished_at=finished_at,
+            staging_time=staging_time,
         )
 
     def propose_receipt(self, terms: ReceiptTerms) -> bytes:
