@@ -113,6 +113,7 @@ class StorageConfig:
     """The chunk store for job data (``<home>/blobs``)."""
 
     blob_quota: int = 10 << 30  # bytes of chunks kept; 0 = no limit
+    output_retention: float = 24 * 3600.0  # how long a finished task's outputs stay pinned (and served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +286,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                     "peer_wait": _grace}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
-    "storage": (StorageConfig, {"blob_quota": _size}),
+    "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
 }
 
 
@@ -453,4 +454,7 @@ interval = "10m"
 # Job data chunks (<home>/blobs) kept at most; unreferenced chunks are
 # removed, oldest first, to make room. 0 = no limit.
 blob_quota = "10G"
+# How long a finished task's job data (its outputs) stays pinned: the
+# provider serves the outputs to the requester (peerd get) until then.
+output_retention = "24h"
 '''

@@ -145,6 +145,15 @@ class LeasedJob:
         self._changed.set()
         self._changed = trio.Event()
 
+    def wake(self) -> None:
+        """Tell the streams serving this job that something changed (e.g. staging ended)."""
+        self._wake()
+
+    @property
+    def phase(self) -> TaskState:
+        """What a status message says the job is doing: staging its inputs, or running."""
+        return TaskState.STAGING if self.staging else TaskState.RUNNING
+
     async def wait_changed(self) -> None:
         await self._changed.wait()
 
