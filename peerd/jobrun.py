@@ -185,7 +185,7 @@ class JobRunner:
         if not job.persist:
             return
         with trio.CancelScope(shield=True):
-            await self.store.put_result(job.task_id, ResultRecord.from_result(result, finished_at=now))
+            await self.store.put_result(ResultRecord(result, finished_at=now))
             await self.store.update_task(
                 job.task_id, now=now, state=result.state, exit_code=result.exit_code, detail=result.detail
             )
@@ -231,7 +231,7 @@ class JobRunner:
         terms = decode_as(lease.terms, LeaseTerms)
         assert isinstance(terms, LeaseTerms)
         job = LeasedJob(terms=terms, lease=lease)
-        job.result = result.to_result(task_id)
+        job.result = result.result
         job.receipt = await self.store.get_receipt(task_id)
         job.done.set()
         return job

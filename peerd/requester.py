@@ -402,7 +402,7 @@ class Requester:
 
     async def _finish(self, task_id: str, result: Result, receipt: Receipt) -> None:
         now = self.clock()
-        await self.store.put_result(task_id, ResultRecord.from_result(result, finished_at=now))
+        await self.store.put_result(ResultRecord(result, finished_at=now))
         terms = verify_cosigned(receipt, ReceiptTerms)
         await self.store.put_receipt(task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at)
         await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)

@@ -23,8 +23,9 @@ a no-op (a retry after a crash is harmless); putting a different one raises
 ``AlreadyRecorded``. The one later change is retention's: it may empty a
 finished result's stdout and stderr (``ResultRecord.pruned_at``; see
 ``peerd.store_retention``), after which a retried put of the same result is
-still a no-op. The file format (migrations, connection settings,
-transactions) and the error base live in ``peerd.store_schema``.
+still a no-op. The records and their rows live in ``peerd.store_records``
+(re-exported here); the file format (migrations, connection settings,
+transactions) and the error base in ``peerd.store_schema``.
 """
 
 from __future__ import annotations
@@ -33,20 +34,35 @@ import enum
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Generator, Sequence
-from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import msgpack
 import trio
 
-from protocol.codec import decode_as, encode
+from protocol.codec import encode
 from protocol.errors import ProtocolError
-from protocol.messages import FINAL_STATES, JobSpec, Lease, Receipt, RejectCode, Result, TaskState
+from protocol.messages import FINAL_STATES, Lease, Receipt, TaskState
 
 from . import store_retention
+from .store_records import (
+    TASK_COLUMNS,
+    Attempt,
+    Outcome,
+    ReceiptRecord,
+    ResultRecord,
+    TaskRecord,
+    TaskRole,
+    attempt_from_row,
+    attempt_row,
+    corrupt,
+    receipt_from_row,
+    result_from_row,
+    result_row,
+    task_from_row,
+    task_row,
+)
 from .store_retention import LogHolding, TaskAge
 from .store_schema import (
     MIGRATIONS,
@@ -95,211 +111,11 @@ class NoSuchTask(StoreError):
     """The task id is not in the store."""
 
 
-# ---------------------------------------------------------------- records
-class TaskRole(enum.StrEnum):
-    """Which side of a task this node is on."""
-
-    REQUESTER = "requester"
-    PROVIDER = "provider"
-
-
-class Outcome(enum.StrEnum):
-    """What one placement attempt (one exchange with one provider) came to."""
-
-    OFFERED = "offered"  # the provider offered; not yet accepted
-    ACCEPTED = "accepted"  # the offer was accepted and the lease co-signed
-    DECLINED = "declined"  # the requester turned the offer down (price, expiry)
-    REJECTED = "rejected"  # the provider refused: reason_code, signed reject as proof
-    TIMEOUT = "timeout"  # no answer in time
-    UNREACHABLE = "unreachable"  # no connection or stream to the provider
-    LOST = "lost"  # leased, then the provider vanished (signed: the abandoned co-signed lease)
-    ERROR = "error"  # protocol violation or local failure; see detail
-    SUPERSEDED = "superseded"  # a LOST lease ended after the task moved on (signed: its receipt, if any)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """One task, seen from this node's side of it (``role``)."""
-
-    task_id: str
-    role: TaskRole
-    state: TaskState
-    spec: JobSpec
-    requester: str
-    created_at: float
-    updated_at: float
-    provider: str | None = None
-    price: float | None = None
-    local: bool = False
-    exit_code: int | None = None
-    detail: str = ""
-    gpus: tuple[str, ...] = ()  # UUIDs of the GPUs leased (provider side)
-    container: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """Entry ``n`` (1-based, numbered by the caller) of a task's placement log."""
-
-    task_id: str
-    n: int
-    provider: str
-    outcome: Outcome
-    at: float
-    reason_code: RejectCode | None = None
-    detail: str = ""
-    # proof: the raw Envelope of a signed Reject; the encoded Lease a LOST attempt abandoned;
-    # the encoded co-signed Receipt of a SUPERSEDED one
-    signed: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """How a task ended: a ``protocol`` Result without its task id, plus when.
-
-    ``pruned_at`` is set once retention emptied ``stdout`` and ``stderr``; every
-    other field (the record of account) is kept as it was recorded.
-    """
-
-    state: TaskState
-    exit_code: int | None
-    stdout: bytes
-    stderr: bytes
-    output_digest: str
-    output_size: int
-    wall_time: float
-    gpu_seconds: float
-    detail: str
-    finished_at: float
-    pruned_at: float | None = None
-
-    @property
-    def pruned(self) -> bool:
-        return self.pruned_at is not None
-
-    @classmethod
-    def from_result(cls, result: Result, finished_at: float) -> ResultRecord:
-        return cls(
-            result.state, result.exit_code, result.stdout, result.stderr, result.output_digest,
-            result.output_size, result.wall_time, result.gpu_seconds, result.detail, finished_at,
-        )  # fmt: skip
-
-    def to_result(self, task_id: str) -> Result:
-        return Result(
-            task_id, self.state, self.exit_code, self.stdout, self.stderr, self.output_digest,
-            self.output_size, self.wall_time, self.gpu_seconds, self.detail,
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiptRecord:
-    """A co-signed receipt with the figures listings need without decoding it."""
-
-    task_id: str
-    receipt: Receipt
-    provider: str
-    requester: str
-    cost: float
-    finished_at: float
-
-
 class _Unset(enum.Enum):
     UNSET = enum.auto()
 
 
 _UNSET = _Unset.UNSET
-
-
-# ---------------------------------------------------------------- row <-> record
-def _corrupt(what: str, key: str, exc: Exception) -> StoreError:
-    return StoreError(f"corrupt {what} for task {key!r} in the state database: {exc}")
-
-
-def _pack_spec(spec: JobSpec) -> bytes:
-    packed: bytes = msgpack.packb(spec.to_wire(), use_bin_type=True)
-    return packed
-
-
-def _unpack_spec(blob: bytes, task_id: str) -> JobSpec:
-    try:
-        return JobSpec.from_wire(msgpack.unpackb(blob, raw=False))
-    except (ProtocolError, ValueError, msgpack.UnpackException) as exc:
-        raise _corrupt("job spec", task_id, exc) from exc
-
-
-def _unpack_gpus(text: str, task_id: str) -> tuple[str, ...]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise _corrupt("GPU list", task_id, exc) from exc
-    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
-        raise _corrupt("GPU list", task_id, ValueError(f"not a list of strings: {text!r}"))
-    return tuple(value)
-
-
-_TASK_COLUMNS = (
-    "task_id, role, state, spec, requester, provider, price, local, "
-    "created_at, updated_at, exit_code, detail, gpus, container"
-)
-
-
-def _task_row(t: TaskRecord) -> tuple[object, ...]:
-    return (
-        t.task_id, TaskRole(t.role).value, TaskState(t.state).value, _pack_spec(t.spec),
-        t.requester, t.provider, t.price, int(t.local), t.created_at, t.updated_at, t.exit_code,
-        t.detail, json.dumps(list(t.gpus)), t.container,
-    )  # fmt: skip
-
-
-def _task_from_row(row: sqlite3.Row) -> TaskRecord:
-    task_id: str = row["task_id"]
-    try:
-        role, state = TaskRole(row["role"]), TaskState(row["state"])
-    except ValueError as exc:
-        raise _corrupt("task row", task_id, exc) from exc
-    return TaskRecord(
-        task_id=task_id, role=role, state=state, spec=_unpack_spec(row["spec"], task_id),
-        requester=row["requester"], created_at=row["created_at"], updated_at=row["updated_at"],
-        provider=row["provider"], price=row["price"], local=bool(row["local"]),
-        exit_code=row["exit_code"], detail=row["detail"], gpus=_unpack_gpus(row["gpus"], task_id),
-        container=row["container"],
-    )  # fmt: skip
-
-
-def _attempt_from_row(row: sqlite3.Row) -> Attempt:
-    task_id: str = row["task_id"]
-    code = row["reason_code"]
-    try:
-        outcome, reason = Outcome(row["outcome"]), None if code is None else RejectCode(code)
-    except ValueError as exc:
-        raise _corrupt("attempt", task_id, exc) from exc
-    return Attempt(
-        task_id, row["n"], row["provider"], outcome, row["at"], reason, row["detail"], row["signed"]
-    )
-
-
-def _result_from_row(row: sqlite3.Row, task_id: str) -> ResultRecord:
-    try:
-        state = TaskState(row["state"])
-    except ValueError as exc:
-        raise _corrupt("result", task_id, exc) from exc
-    return ResultRecord(
-        state, row["exit_code"], row["stdout"], row["stderr"], row["output_digest"],
-        row["output_size"], row["wall_time"], row["gpu_seconds"], row["detail"], row["finished_at"],
-        row["pruned_at"],
-    )  # fmt: skip
-
-
-def _receipt_from_row(row: sqlite3.Row) -> ReceiptRecord:
-    task_id: str = row["task_id"]
-    try:
-        receipt = decode_as(row["encoded"], Receipt)
-    except ProtocolError as exc:
-        raise _corrupt("receipt", task_id, exc) from exc
-    assert isinstance(receipt, Receipt)
-    return ReceiptRecord(
-        task_id, receipt, row["provider"], row["requester"], row["cost"], row["finished_at"]
-    )
 
 
 # ---------------------------------------------------------------- blocking SQL (worker thread)
@@ -374,8 +190,8 @@ def _update_task(conn: sqlite3.Connection, task_id: str, changes: dict[str, obje
         )
         if cur.rowcount == 0:
             raise NoSuchTask(f"no task {task_id!r} to update")
-        row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
-        return _task_from_row(row.fetchone())
+        row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return task_from_row(row.fetchone())
 
     return transaction(conn, body)
 
@@ -440,8 +256,8 @@ class Store:
     # ------------------------------------------------------------ tasks
     async def create_task(self, record: TaskRecord) -> None:
         """Record a new task; ``AlreadyRecorded`` if its id exists."""
-        row = _task_row(record)
-        sql = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
+        row = task_row(record)
+        sql = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
         await self._run(partial(_insert, sql=sql, params=row, task_id=record.task_id, what="task"))
 
     async def update_task(
@@ -475,9 +291,9 @@ class Store:
         return await self._run(partial(_update_task, task_id=task_id, changes=changes))
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"
         rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
-        return _task_from_row(rows[0]) if rows else None
+        return task_from_row(rows[0]) if rows else None
 
     async def list_tasks(
         self,
@@ -496,11 +312,11 @@ class Store:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             params.extend(TaskState(s).value for s in states)
         sql = (
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {' AND '.join(where)} "
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
         rows = await self._run(partial(_select, sql=sql, params=(*params, limit)))
-        return [_task_from_row(row) for row in rows]
+        return [task_from_row(row) for row in rows]
 
     async def count_tasks(self) -> dict[tuple[str, str], int]:
         """How many tasks there are per (role, state)."""
@@ -512,34 +328,25 @@ class Store:
         """Every task of ``role`` not in a final state, oldest first (to reconcile on restart)."""
         finals = sorted(s.value for s in FINAL_STATES)
         sql = (
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE role = ? "
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE role = ? "
             f"AND state NOT IN ({', '.join('?' * len(finals))}) ORDER BY created_at, rowid"
         )
         rows = await self._run(partial(_select, sql=sql, params=(TaskRole(role).value, *finals)))
-        return [_task_from_row(row) for row in rows]
+        return [task_from_row(row) for row in rows]
 
     # ------------------------------------------------------------ attempts
     async def add_attempt(self, attempt: Attempt) -> None:
         """Append to the task's placement log; ``AlreadyRecorded`` if entry ``n`` exists."""
-        reason = None if attempt.reason_code is None else RejectCode(attempt.reason_code).value
-        params: tuple[object, ...] = (
-            attempt.task_id, attempt.n, attempt.provider, Outcome(attempt.outcome).value,
-            reason, attempt.detail, attempt.signed, attempt.at,
-        )  # fmt: skip
-        sql = (
-            "INSERT INTO attempts (task_id, n, provider, outcome, reason_code, detail, signed, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        row = attempt_row(attempt)
+        sql = f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
         what = f"attempt {attempt.n}"
-        await self._run(
-            partial(_insert, sql=sql, params=params, task_id=attempt.task_id, what=what)
-        )
+        await self._run(partial(_insert, sql=sql, params=tuple(row.values()), task_id=attempt.task_id, what=what))
 
     async def attempts(self, task_id: str) -> list[Attempt]:
         """The task's placement log in order of ``n``."""
         sql = "SELECT * FROM attempts WHERE task_id = ? ORDER BY n"
         rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
-        return [_attempt_from_row(row) for row in rows]
+        return [attempt_from_row(row) for row in rows]
 
     async def superseded_leases(self) -> list[Attempt]:
         """LOST attempts that left a lease behind (``signed``) and no later SUPERSEDED entry
@@ -551,7 +358,7 @@ class Store:
         )
         params = (Outcome.LOST.value, Outcome.SUPERSEDED.value)
         rows = await self._run(partial(_select, sql=sql, params=params))
-        return [_attempt_from_row(row) for row in rows]
+        return [attempt_from_row(row) for row in rows]
 
     # ------------------------------------------------------------ leases, results, receipts
     async def put_lease(self, task_id: str, lease: Lease, expires_at: float, *, replace: bool = False) -> None:
@@ -573,20 +380,18 @@ class Store:
         try:
             return Lease(rows[0]["terms"], rows[0]["provider_sig"], rows[0]["requester_sig"])
         except ProtocolError as exc:
-            raise _corrupt("lease", task_id, exc) from exc
+            raise corrupt("lease", task_id, exc) from exc
 
-    async def put_result(self, task_id: str, result: ResultRecord) -> None:
+    async def put_result(self, record: ResultRecord) -> None:
         """Record how the task ended (durably, write-once) before its container goes."""
-        row: dict[str, object] = {"task_id": task_id}
-        row.update((f.name, getattr(result, f.name)) for f in fields(ResultRecord) if f.name != "pruned_at")
-        row["state"] = TaskState(result.state).value
+        row: dict[str, object] = result_row(record)
         put = partial(_put_once, table="results", row=row, what="result", prunable=("stdout", "stderr"))
         await self._run(put)
 
     async def get_result(self, task_id: str) -> ResultRecord | None:
         sql = "SELECT * FROM results WHERE task_id = ?"
         rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
-        return _result_from_row(rows[0], task_id) if rows else None
+        return result_from_row(rows[0]) if rows else None
 
     async def put_receipt(
         self,
@@ -618,13 +423,13 @@ class Store:
     async def get_receipt(self, task_id: str) -> Receipt | None:
         sql = "SELECT * FROM receipts WHERE task_id = ?"
         rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
-        return _receipt_from_row(rows[0]).receipt if rows else None
+        return receipt_from_row(rows[0]).receipt if rows else None
 
     async def list_receipts(self, limit: int = DEFAULT_LIMIT) -> list[ReceiptRecord]:
         """Receipts, most recently finished first."""
         sql = "SELECT * FROM receipts ORDER BY finished_at DESC, rowid DESC LIMIT ?"
         rows = await self._run(partial(_select, sql=sql, params=(max(limit, 0),)))
-        return [_receipt_from_row(row) for row in rows]
+        return [receipt_from_row(row) for row in rows]
 
     # ------------------------------------------------------------ retention (peerd.store_retention)
     async def log_holdings(self, now: float) -> list[LogHolding]:

@@ -46,11 +46,11 @@ def task_view(
     *,
     with_output: bool = True,
 ) -> TaskView:
-    output = result if with_output else None
+    output = result.result if result and with_output else None
     return TaskView(
         task_id=record.task_id,
         state=record.state.value,
-        exit_code=result.exit_code if result else record.exit_code,
+        exit_code=result.result.exit_code if result else record.exit_code,
         stdout=output.stdout.decode("utf-8", "replace") if output else "",
         stderr=output.stderr.decode("utf-8", "replace") if output else "",
         provider=record.provider,

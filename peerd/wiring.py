@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .executor.docker import DockerExecutor
 from .executor.plan import Limits
 from .executor.policy import ProviderPolicy
 from .jobdata import DataSettings
-from .p2p.adverts import AdvertSource
+from .p2p.adverts import AdvertSource, Clock
 from .p2p.service import P2PService
 from .provider import ProviderSettings
 from .requester import RequesterSettings
@@ -68,10 +69,12 @@ def requester_settings_from(config: Config) -> RequesterSettings:
     )
 
 
-def p2p_from(config: Config, signer: Signer, *, seed: bool, advert_source: AdvertSource | None) -> P2PService:
+def p2p_from(
+    config: Config, signer: Signer, *, seed: bool, advert_source: AdvertSource | None, clock: Clock = time.time
+) -> P2PService:
     return P2PService(
         signer, listen=list(config.node.listen), bootstrap=list(config.node.bootstrap), seed=seed,
-        net=config.network, advert_source=advert_source,
+        net=config.network, advert_source=advert_source, clock=clock,
     )
 
 

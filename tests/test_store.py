@@ -111,17 +111,25 @@ def make_receipt(task_id: str, finished_at: float = 1100.0) -> Receipt:
 
 
 RESULT = ResultRecord(
-    state=TaskState.FAILED,
-    exit_code=-9,
-    stdout=b"partial\x00output",
-    stderr=b"killed",
-    output_digest=digest(b"tarball"),
-    output_size=4096,
-    wall_time=12.5,
-    gpu_seconds=25.0,
-    detail="OOM-killed? no: exit 137",
+    Result(
+        task_id="t1",
+        state=TaskState.FAILED,
+        exit_code=-9,
+        stdout=b"partial\x00output",
+        stderr=b"killed",
+        output_digest=digest(b"tarball"),
+        output_size=4096,
+        wall_time=12.5,
+        gpu_seconds=25.0,
+        detail="OOM-killed? no: exit 137",
+    ),
     finished_at=1100.0,
 )
+
+
+def with_result(record: ResultRecord, **changes: object) -> ResultRecord:
+    """``record`` with some fields of its ``Result`` changed (its task id, say)."""
+    return dataclasses.replace(record, result=dataclasses.replace(record.result, **changes))
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -255,14 +263,16 @@ async def test_result_round_trip_and_protocol_conversion(path: Path) -> None:
     async with Store.open(path) as store:
         await store.create_task(make_task())
         assert await store.get_result("t1") is None
-        await store.put_result("t1", RESULT)
-        await store.put_result("t1", RESULT)
-        assert await store.get_result("t1") == RESULT
+        await store.put_result(RESULT)
+        await store.put_result(RESULT)
+        got = await store.get_result("t1")
+        assert got == RESULT and got.task_id == "t1"
         with pytest.raises(AlreadyRecorded, match="different result"):
-            await store.put_result("t1", dataclasses.replace(RESULT, exit_code=0))
-    wire = RESULT.to_result("t1")
-    assert isinstance(wire, Result) and wire.stdout == RESULT.stdout
-    assert ResultRecord.from_result(wire, RESULT.finished_at) == RESULT
+            await store.put_result(with_result(RESULT, exit_code=0))
+        with pytest.raises(AlreadyRecorded, match="different result"):
+            await store.put_result(dataclasses.replace(RESULT, finished_at=1101.0))
+        with pytest.raises(NoSuchTask):
+            await store.put_result(with_result(RESULT, task_id="t2"))
 
 
 async def test_receipts_round_trip_and_list_newest_first(path: Path) -> None:
@@ -295,7 +305,7 @@ async def fill(store: Store) -> None:
     await store.create_task(full_task())
     await store.add_attempt(Attempt("t-full", 1, PROVIDER.peer_id, Outcome.ACCEPTED, 1000.5))
     await store.put_lease("t-full", make_lease("t-full"), 1060.0)
-    await store.put_result("t-full", RESULT)
+    await store.put_result(with_result(RESULT, task_id="t-full"))
     await store.put_receipt(
         "t-full", make_receipt("t-full"), PROVIDER.peer_id, REQUESTER.peer_id, 0.01, 1100.0
     )
@@ -307,7 +317,7 @@ async def check_filled(store: Store) -> None:
         Attempt("t-full", 1, PROVIDER.peer_id, Outcome.ACCEPTED, 1000.5)
     ]
     assert await store.get_lease("t-full") == make_lease("t-full")
-    assert await store.get_result("t-full") == RESULT
+    assert await store.get_result("t-full") == with_result(RESULT, task_id="t-full")
     assert await store.get_receipt("t-full") == make_receipt("t-full")
     assert [t.task_id for t in await store.unfinished_tasks(TaskRole.PROVIDER)] == ["t-full"]
 
@@ -421,6 +431,11 @@ async def test_corrupt_row_is_reported_not_guessed(path: Path) -> None:
             conn.execute("UPDATE tasks SET state = 'bogus' WHERE task_id = 't1'")
         with pytest.raises(StoreError, match="corrupt task row for task 't1'"):
             await store.get_task("t1")
+        await store.put_result(RESULT)
+        with raw(path) as conn:  # a result the protocol would refuse: a negative wall time
+            conn.execute("UPDATE results SET wall_time = -1 WHERE task_id = 't1'")
+        with pytest.raises(StoreError, match="corrupt result for task 't1'"):
+            await store.get_result("t1")
 
 
 # ---------------------------------------------------------------- migrations
@@ -503,11 +518,10 @@ async def test_count_tasks_groups_by_role_and_state(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- retention
-LOGS = ResultRecord(
-    state=TaskState.SUCCEEDED, exit_code=0, stdout=b"o" * 3000, stderr=b"e" * 1000,
-    output_digest=digest(b"tarball"), output_size=10, wall_time=1.0, gpu_seconds=0.0,
-    detail="", finished_at=1100.0,
-)  # fmt: skip
+LOGS = ResultRecord(Result(
+    task_id="t1", state=TaskState.SUCCEEDED, exit_code=0, stdout=b"o" * 3000, stderr=b"e" * 1000,
+    output_digest=digest(b"tarball"), output_size=10, wall_time=1.0, gpu_seconds=0.0, detail="",
+), finished_at=1100.0)  # fmt: skip
 NOW = 2000.0
 
 
@@ -530,7 +544,7 @@ async def add_finished(
     task = dataclasses.replace(make_task(task_id), role=role, state=state)
     await store.create_task(task)
     await store.put_lease(task_id, make_lease(task_id), lease_expires)
-    await store.put_result(task_id, dataclasses.replace(result, finished_at=finished_at))
+    await store.put_result(dataclasses.replace(with_result(result, task_id=task_id), finished_at=finished_at))
     receipt = make_receipt(task_id) if cosigned else proposed_receipt(task_id)
     await store.put_receipt(task_id, receipt, PROVIDER.peer_id, REQUESTER.peer_id, 0.01, finished_at)
 
@@ -542,7 +556,7 @@ async def test_log_holdings_say_which_results_may_be_pruned(path: Path) -> None:
         await add_finished(store, "unsigned", cosigned=False, finished_at=1103.0)
         await add_finished(store, "expired", cosigned=False, lease_expires=NOW - 1, finished_at=1104.0)
         await add_finished(store, "running", state=TaskState.RUNNING, finished_at=1105.0)
-        await add_finished(store, "silent", result=dataclasses.replace(LOGS, stdout=b"", stderr=b""))
+        await add_finished(store, "silent", result=with_result(LOGS, stdout=b"", stderr=b""))
         holdings = await store.log_holdings(NOW)
     assert [(h.task_id, h.size, h.prunable) for h in holdings] == [
         ("requester", 4000, True),  # delivered to this node
@@ -561,17 +575,17 @@ async def test_pruning_empties_logs_and_keeps_the_record_of_account(path: Path) 
         assert before is not None and not before.pruned
         assert await store.prune_logs(["old", "unsigned", "ghost"], NOW) == 1
         after = await store.get_result("old")
-        assert after == dataclasses.replace(before, stdout=b"", stderr=b"", pruned_at=NOW)
-        assert after.pruned and after.to_result("old").exit_code == 0
+        assert after == dataclasses.replace(with_result(before, stdout=b"", stderr=b""), pruned_at=NOW)
+        assert after.pruned and after.result.exit_code == 0
         assert await store.get_receipt("old") == make_receipt("old")
         assert await store.get_lease("old") == make_lease("old")
         assert (await store.get_task("old")) is not None
-        assert await store.get_result("unsigned") == dataclasses.replace(LOGS, finished_at=1100.0)
+        assert await store.get_result("unsigned") == with_result(LOGS, task_id="unsigned")
         assert await store.prune_logs(["old"], NOW + 1) == 0  # already pruned: pruned_at stays
         assert (await store.get_result("old")) == after
-        await store.put_result("old", before)  # a retried put of the same record is still a no-op
+        await store.put_result(before)  # a retried put of the same record is still a no-op
         with pytest.raises(AlreadyRecorded, match="different result"):
-            await store.put_result("old", dataclasses.replace(before, exit_code=1))
+            await store.put_result(with_result(before, exit_code=1))
         assert [h.task_id for h in await store.log_holdings(NOW)] == ["unsigned"]
 
 
@@ -591,7 +605,7 @@ def file_bytes(path: Path) -> int:
 
 
 async def fill_big(store: Store, count: int, size: int = 1 << 20) -> list[str]:
-    big = dataclasses.replace(LOGS, stdout=b"x" * size, stderr=b"")
+    big = with_result(LOGS, stdout=b"x" * size, stderr=b"")
     ids = [f"big{i}" for i in range(count)]
     for i, task_id in enumerate(ids):
         await add_finished(store, task_id, role=TaskRole.REQUESTER, result=big, finished_at=1000.0 + i)

@@ -1,6 +1,6 @@
 """``NodeOps``: what the control socket asks of the node, and its views.
 
-The daemon (``peerd.node``) implements ``NodeOps``; the control server calls
+``peerd.operations`` implements ``NodeOps`` over the daemon's services; the control server calls
 exactly one operation per request. Every view is a ``TypedDict`` — a plain
 dict at run time, JSON-able except ``LogChunkView.data`` (bytes) — so the
 server sends it as is and the CLI prints it as is.

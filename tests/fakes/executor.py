@@ -372,6 +372,7 @@ class FakeExecutor:
         check_name("task id", task_id)
         await trio.lowlevel.checkpoint()
         self.host.discarded.append(task_id)
+        self.host.changed()  # the runner discards after it released the job: waiters on that wake here
 
     def running(self) -> set[str]:
         return set(self._tasks)

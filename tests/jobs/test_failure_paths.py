@@ -215,7 +215,7 @@ async def test_a_stream_lost_mid_job_is_resumed_without_losing_or_repeating_outp
         assert record is not None and record.state is TaskState.SUCCEEDED
         assert await attempts_of(r, task_id) == [("accepted", "")]  # a resume is not a new attempt
         result = await r.store.get_result(task_id)
-        assert result is not None and result.stdout == b"first\nsecond\n"
+        assert result is not None and result.result.stdout == b"first\nsecond\n"
         await same_receipt(r, p, task_id)
         await settled(p)
 
@@ -254,7 +254,7 @@ async def test_a_restarted_requester_resumes_its_leased_job(tmp_path: Path) -> N
             record = await r2.store.get_task(task_id)
             assert record is not None and record.state is TaskState.FAILED and record.exit_code == 4
             result = await r2.store.get_result(task_id)
-            assert result is not None and result.stdout == b"first\nwhile away\n"
+            assert result is not None and result.result.stdout == b"first\nwhile away\n"
             assert await attempts_of(r2, task_id) == [("accepted", "")]
             await same_receipt(r2, p, task_id)
 

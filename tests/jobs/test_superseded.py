@@ -138,7 +138,7 @@ async def test_a_lease_moved_to_another_provider_is_ended_on_the_first_one(tmp_p
         record = await rstore.get_task(task_id)
         result = await rstore.get_result(task_id)
         assert record is not None and record.state is TaskState.SUCCEEDED and record.provider == b.peer_id
-        assert result is not None and result.stdout == b"done\n"
+        assert result is not None and result.result.stdout == b"done\n"
 
         async def superseded() -> bool:
             return any(x.outcome is Outcome.SUPERSEDED for x in await rstore.attempts(task_id))
@@ -163,7 +163,7 @@ async def test_a_lease_moved_to_another_provider_is_ended_on_the_first_one(tmp_p
         assert a_record is not None and a_record.state is TaskState.CANCELLED
         assert "superseded" in a_record.detail, a_record.detail
         a_result = await a.store.get_result(task_id)
-        assert a_result is not None and b"done" not in a_result.stdout
+        assert a_result is not None and b"done" not in a_result.result.stdout
 
         async def a_holds_the_receipt() -> bool:
             return await a.store.get_receipt(task_id) == receipt

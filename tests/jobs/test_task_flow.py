@@ -108,7 +108,7 @@ async def test_job_runs_and_both_sides_hold_the_same_cosigned_receipt(tmp_path: 
         record = await pair.store.get_task(task_id)
         assert record is not None and record.state is TaskState.FAILED and record.exit_code == 3
         result = await pair.store.get_result(task_id)
-        assert result is not None and result.stdout == b"hello\n" and result.stderr == b"oops\n"
+        assert result is not None and result.result.stdout == b"hello\n" and result.result.stderr == b"oops\n"
         mine, theirs = await pair.store.get_receipt(task_id), await pair.pstore.get_receipt(task_id)
         assert mine is not None and mine == theirs
         terms = verify_cosigned(mine, ReceiptTerms)
@@ -179,7 +179,7 @@ async def test_garbage_and_illegal_orders_close_only_that_stream(tmp_path: Path)
         # the provider still serves others
         task_id = await pair.run(JobSpec(image=IMAGE, command=("echo", "still here"), timeout=30))
         result = await pair.store.get_result(task_id)
-        assert result is not None and result.stdout == b"still here\n"
+        assert result is not None and result.result.stdout == b"still here\n"
 
 
 async def _offer_for(
@@ -258,7 +258,7 @@ async def test_a_squatter_never_accepting_whole_capacity_blocks_nobody_and_is_bo
         # ... and an honest job is placed and completes meanwhile
         task_id = await pair.run(JobSpec(image=IMAGE, command=("echo", "served"), cpus=0.5, timeout=30))
         result = await pair.store.get_result(task_id)
-        assert result is not None and result.stdout == b"served\n"
+        assert result is not None and result.result.stdout == b"served\n"
         for served, _, stream, _ in offers:  # the squatter walks away without answering: lapsed
             await stream.close()
             with trio.fail_after(10):

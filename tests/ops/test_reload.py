@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from peerd.cli.context import EXIT_FAILED
-from peerd.config import load
 from peerd.devnet import NodeProc, wait_for
-from peerd.executor.docker import DockerExecutor
 from peerd.identity import init_home
-from peerd.node import Node
+from tests.peerd.unstarted import unstarted_lifecycle
 
 from .harness import IMAGE, OpsNet, provider_network, with_settings
 
@@ -59,22 +57,24 @@ def test_sighup_applies_a_new_image_policy_and_survives_a_broken_config() -> Non
         assert provider.status()["tasks_running"] == 0 and provider.proc.poll() is None  # type: ignore[union-attr]
 
 
-def test_reload_reaches_the_executors_own_policy_and_the_prices(tmp_path: Path) -> None:
+async def test_reload_reaches_the_executors_own_policy_and_the_prices(tmp_path: Path) -> None:
     # The executor checks every container against its own ProviderPolicy (defence in depth
     # behind admission): a reload must replace that one too. No daemon needed for this part.
-    signer, _ = init_home(tmp_path)
-    node = Node(load(tmp_path))
-    node.executor = DockerExecutor(signer.peer_id, tmp_path / "tasks")
-    (tmp_path / "config.toml").write_text(
-        '[policy]\nimages = ["registry.invalid/*"]\nmax_timeout = "5m"\n[pricing]\ncpu_hour = 0.5\n'
-        '[limits]\npids = 7\n'
-    )
-    assert node.reload() is True
-    assert node.executor.policy.allowed_images == ("registry.invalid/*",)
-    assert node.executor.policy.max_time_limit == 300
-    assert node.config.pricing.cpu_hour == 0.5 and node.config.policy.max_timeout == 300
-    assert node.config.limits.pids == 512  # [limits] needs a restart
-    assert node.config_reloads == 1
+    init_home(tmp_path)
+    async with unstarted_lifecycle(tmp_path, provider=True) as lifecycle:
+        (tmp_path / "config.toml").write_text(
+            '[policy]\nimages = ["registry.invalid/*"]\nmax_timeout = "5m"\n[pricing]\ncpu_hour = 0.5\n'
+            '[limits]\npids = 7\n'
+        )
+        assert lifecycle.reload() is True
+        ours, state = lifecycle.services.provider, lifecycle.state
+        assert ours is not None
+        assert ours.executor.policy.allowed_images == ("registry.invalid/*",)
+        assert ours.executor.policy.max_time_limit == 300
+        assert ours.provider.settings.policy.max_time_limit == 300 and ours.provider.settings.price_cpu_hour == 0.5
+        assert state.config.pricing.cpu_hour == 0.5 and state.config.policy.max_timeout == 300
+        assert state.config.limits.pids == 512  # [limits] needs a restart
+        assert state.config_reloads == 1
 
 
 def _non_utf8(text: str) -> bytes:
@@ -134,15 +134,16 @@ def test_sighup_with_an_unusable_config_keeps_the_daemon_and_its_old_settings() 
 
 
 @pytest.mark.parametrize("what", list(UNUSABLE))
-def test_reload_of_an_unusable_config_keeps_the_old_settings_in_process(tmp_path: Path, what: str) -> None:
+async def test_reload_of_an_unusable_config_keeps_the_old_settings_in_process(tmp_path: Path, what: str) -> None:
     init_home(tmp_path)
     (tmp_path / "config.toml").write_text('[policy]\nmax_timeout = "1h"\n[pricing]\ncpu_hour = 0.25\n')
-    node = Node(load(tmp_path))
-    before = node.config
-    (tmp_path / "config.toml").write_bytes(UNUSABLE[what]('[policy]\n[pricing]\n'))
-    assert node.reload() is False
-    assert node.config == before
-    assert node.config_reload_errors == 1 and node.last_reload is not None and not node.last_reload["ok"]
+    async with unstarted_lifecycle(tmp_path, provider=False) as lifecycle:
+        state = lifecycle.state
+        before = state.config
+        (tmp_path / "config.toml").write_bytes(UNUSABLE[what]('[policy]\n[pricing]\n'))
+        assert lifecycle.reload() is False
+        assert state.config == before
+        assert state.config_reload_errors == 1 and state.last_reload is not None and not state.last_reload["ok"]
 
 
 def test_peerd_run_with_an_unusable_config_says_so_in_one_line(tmp_path: Path) -> None:

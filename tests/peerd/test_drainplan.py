@@ -11,7 +11,7 @@ import trio.testing
 from peerd.config import Config, load
 from peerd.drainplan import ADVERT_FLUSH, EXIT_MARGIN, STOP_MARGIN, drain_budget, stop_timeout
 from peerd.identity import init_home
-from peerd.node import Node
+from tests.peerd.unstarted import unstarted_lifecycle
 
 
 def test_the_budget_is_every_step_bound_added_up() -> None:
@@ -28,10 +28,13 @@ async def test_a_stream_that_never_ends_holds_the_drain_for_its_step_only(
 ) -> None:
     init_home(tmp_path)
     (tmp_path / "config.toml").write_text('[network]\nio_timeout = "7s"\n')
-    node = Node(load(tmp_path))
-    started = trio.current_time()
-    with node.task_streams.hold():  # a requester that never takes its receipt
-        await node._drain_and_stop()
-    took = trio.current_time() - started
-    assert took == pytest.approx(drain_budget(node.config).deliver) and took == 7 + STOP_MARGIN
-    assert took <= drain_budget(node.config).total
+    async with unstarted_lifecycle(tmp_path, provider=True) as lifecycle:
+        started = trio.current_time()
+        with lifecycle.state.task_streams.hold():  # a requester that never takes its receipt
+            await lifecycle.drain_and_stop()
+        took = trio.current_time() - started
+        assert lifecycle.state.draining and lifecycle.services.provider is not None
+        assert lifecycle.services.provider.provider.draining
+    config = load(tmp_path)
+    assert took == pytest.approx(drain_budget(config).deliver) and took == 7 + STOP_MARGIN
+    assert took <= drain_budget(config).total

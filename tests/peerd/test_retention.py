@@ -14,7 +14,7 @@ from peerd.config import DEFAULT_CONFIG_TEXT, RetentionConfig, parse
 from peerd.errors import ConfigError
 from peerd.retention import MIN_INTERVAL, Holding, Kind, Pruner, choose
 from peerd.store import ResultRecord, Store, TaskRecord, TaskRole, db_path
-from protocol.messages import JobSpec, TaskState
+from protocol.messages import JobSpec, Result, TaskState
 
 SPEC = JobSpec(image="peerd-test/busybox:1", command=("true",))
 KIB = 1 << 10
@@ -72,8 +72,8 @@ async def add_task(
     await store.create_task(TaskRecord(task_id=task_id, role=TaskRole.REQUESTER, state=state, spec=SPEC,
                                        requester="r", created_at=at, updated_at=at))
     if finished_at is not None:
-        await store.put_result(task_id, ResultRecord(
-            TaskState.SUCCEEDED, 0, b"o" * log_bytes, b"", "", 0, 1.0, 0.0, "", finished_at))
+        await store.put_result(ResultRecord(
+            Result(task_id, TaskState.SUCCEEDED, 0, b"o" * log_bytes, b"", "", 0, 1.0, 0.0, ""), finished_at))
 
 
 def make_dir(work_dir: Path, name: str, size: int, mtime: float = 0.0) -> Path:
@@ -104,8 +104,8 @@ async def test_a_sweep_prunes_by_age_and_spares_running_and_young_tasks(store: S
     assert (sweep.pruned_logs, sweep.removed_dirs, sweep.freed) == (1, 2, 3 * KIB)
     assert sorted(p.name for p in work.iterdir()) == ["running"]
     old, young = await store.get_result("old"), await store.get_result("young")
-    assert old is not None and old.pruned and old.stdout == b"" and old.exit_code == 0
-    assert young is not None and not young.pruned and young.stdout == b"o" * KIB
+    assert old is not None and old.pruned and old.result.stdout == b"" and old.result.exit_code == 0
+    assert young is not None and not young.pruned and young.result.stdout == b"o" * KIB
     clock.now = 1500.0  # now "young" is old too
     sweep = await pruner.sweep()
     assert (sweep.pruned_logs, sweep.removed_dirs) == (1, 0)
@@ -158,7 +158,7 @@ async def test_the_service_sweeps_at_start_and_every_interval(store: Store) -> N
         assert pruner.last is not None and pruner.last.pruned_logs == 1
         nursery.cancel_scope.cancel()
     result = await store.get_result("t1")
-    assert result is not None and result.pruned_at == 2000.0 and result.stdout == b""
+    assert result is not None and result.pruned_at == 2000.0 and result.result.stdout == b""
 
 
 def test_the_retention_section_parses_with_its_documented_defaults(tmp_path: Path) -> None:

@@ -1,0 +1,177 @@
+"""The control socket's operations (``control.ops.NodeOps``) over a started node's services.
+
+One method per request the control server takes: status, peers, submit, task,
+wait, tasks, logs, events, cancel, receipts, doctor, drain. Each reads the
+store, the tracker or the peer table and answers with a view
+(``peerd.views``); ``drain`` is the lifecycle's first step, without the stop.
+``sample`` gives the node's figures to ``status`` and to the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import trio
+
+from protocol.messages import FINAL_STATES, JobSpec, TaskState
+
+from . import __version__
+from .control.ops import (
+    CancelView,
+    DoctorCheck,
+    DrainView,
+    EventView,
+    LogChunkView,
+    PeerView,
+    ReceiptView,
+    StatusView,
+    TaskNotFound,
+    TaskView,
+)
+from .errors import PeerdError
+from .lifecycle import Lifecycle, RunState
+from .metrics import NodeSample, gpu_leases, status_counters
+from .services import Services
+from .store import TaskRecord, TaskRole
+from .tracking import LogGap
+from .views import peer_view, receipt_view, task_view
+
+
+class Operations:
+    """Implements ``NodeOps``; ``nursery`` holds what an operation leaves running (placement timing)."""
+
+    def __init__(self, services: Services, state: RunState, lifecycle: Lifecycle, nursery: trio.Nursery) -> None:
+        self.services = services
+        self.state = state
+        self.lifecycle = lifecycle
+        self._nursery = nursery
+
+    # ------------------------------------------------------------ the node
+    async def status(self) -> StatusView:
+        sample = await self.sample()
+        waiting = (TaskState.PLACING.value, TaskState.PENDING.value)
+        return StatusView(
+            peer_id=self.services.peer_id,
+            addrs=self.services.p2p.listen_addrs(),
+            role=self.services.role,
+            peers_connected=sample.peers_connected,
+            peers_known=sample.peers_known,
+            tasks_running=sample.jobs_running,
+            tasks_queued=sum(sample.tasks.get((TaskRole.REQUESTER.value, state), 0) for state in waiting),
+            version=__version__,
+            counters=status_counters(sample),
+            draining=self.state.draining,
+            config_reload=self.state.last_reload,
+        )
+
+    async def sample(self) -> NodeSample:
+        """The node's figures now, for a metrics scrape and ``status``."""
+        s, p2p = self.services, self.services.p2p
+        return NodeSample(
+            peer_id=s.peer_id, role=s.role, version=__version__,
+            peers_known=len(p2p.table.entries(s.clock())),
+            peers_connected=len(p2p.connected_peers()),
+            p2p_counters=p2p.counters,
+            tasks=await s.store.count_tasks(),
+            jobs_running=s.running(),
+            gpu_leases=gpu_leases(s.provider.ledger if s.provider else None),
+            draining=self.state.draining,
+            config_reloads=self.state.config_reloads,
+            config_reload_errors=self.state.config_reload_errors,
+        )
+
+    async def peers(self) -> list[PeerView]:
+        return [peer_view(e.advert, list(e.addrs)) for e in self.services.p2p.table.entries(self.services.clock())]
+
+    async def doctor(self) -> list[DoctorCheck]:
+        from .doctor import doctor_views  # docker and NVML probes: loaded when asked for
+
+        return await doctor_views(self.state.config)
+
+    async def drain(self) -> DrainView:
+        running = self.lifecycle.drain()
+        return DrainView(draining=True, tasks_running=running,
+                         detail=f"no new tasks; {running} running task(s) may finish")
+
+    # ------------------------------------------------------------ tasks
+    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+        if self.services.requester is None:
+            raise PeerdError("a seed node does not take jobs")
+        since = trio.current_time()
+        task_id = await self.services.requester.submit(spec, local=local)
+        self._nursery.start_soon(self._time_placement, task_id, since)
+        return task_id
+
+    async def _time_placement(self, task_id: str, since: float) -> None:
+        """Observe submit → lease (the first RUNNING event) for the placement histogram."""
+        async with aclosing(self.services.tracker.follow_events(task_id)) as events:
+            async for event in events:
+                if event.state == TaskState.RUNNING:
+                    self.services.metrics.observe_placement(trio.current_time() - since)
+                    return
+
+    async def _view(self, task_id: str) -> TaskView | None:
+        record = await self.services.store.get_task(task_id)
+        return None if record is None else await self._view_of(record)
+
+    async def _view_of(self, record: TaskRecord, *, with_output: bool = True) -> TaskView:
+        store, task_id = self.services.store, record.task_id
+        return task_view(
+            record, await store.attempts(task_id), await store.get_result(task_id), await store.get_receipt(task_id),
+            with_output=with_output,
+        )
+
+    async def _existing(self, task_id: str) -> TaskView:
+        view = await self._view(task_id)
+        if view is None:
+            raise TaskNotFound(task_id)
+        return view
+
+    async def task(self, task_id: str) -> TaskView | None:
+        return await self._view(task_id)
+
+    async def wait(self, task_id: str) -> TaskView:
+        view = await self._existing(task_id)
+        if TaskState(view["state"]) not in FINAL_STATES:
+            await self.services.tracker.wait_final(task_id)
+        return await self._existing(task_id)
+
+    async def tasks(self, limit: int) -> list[TaskView]:
+        """Recent tasks without their output (``show`` has it): a listing stays small."""
+        return [await self._view_of(record, with_output=False)
+                for record in await self.services.store.list_tasks(limit=limit)]
+
+    async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
+        view = await self._existing(task_id)
+        live = follow and TaskState(view["state"]) not in FINAL_STATES
+        sent = False
+        async for chunk in self.services.tracker.follow_logs(task_id, follow=live):
+            sent = True
+            if isinstance(chunk, LogGap):  # chunks trimmed before this reader saw them: say so
+                yield LogChunkView(stream="stderr", data=chunk.render())
+            else:
+                yield LogChunkView(stream=chunk.stream.value, data=chunk.data)
+        if not sent:  # after a restart only the stored result tails remain
+            final = await self._view(task_id) or view
+            if final["stdout"]:
+                yield LogChunkView(stream="stdout", data=final["stdout"].encode())
+            if final["stderr"]:
+                yield LogChunkView(stream="stderr", data=final["stderr"].encode())
+
+    async def events(self, task_id: str) -> AsyncIterator[EventView]:
+        await self._existing(task_id)
+        async for event in self.services.tracker.follow_events(task_id):
+            yield EventView(task_id=task_id, state=event.state.value, detail=event.detail, at=self.services.clock())
+
+    async def cancel(self, task_id: str) -> CancelView:
+        view = await self._existing(task_id)
+        requester, ours = self.services.requester, self.services.provider
+        asked = requester is not None and await requester.cancel(task_id)
+        if not asked and ours is not None:
+            asked = await ours.runner.cancel(task_id, "cancelled by the provider's operator")
+        detail = "cancel requested" if asked else "the task is not running"
+        return CancelView(task_id=task_id, state=view["state"], detail=detail)
+
+    async def receipts(self, limit: int) -> list[ReceiptView]:
+        return [receipt_view(r.receipt) for r in await self.services.store.list_receipts(limit)]

@@ -1,0 +1,74 @@
+"""The node's running services, built once by the composition root (``peerd.node``).
+
+``Services`` is frozen: what a node runs is decided when it starts and never
+changes after. What every role runs is typed non-optional; what only some
+roles run is ``None`` elsewhere, one check for the whole group: the provider's
+services (``ProviderServices``) on a provider, the requester on any node but a
+seed. Lifecycle (``peerd.lifecycle``) and the control socket's operations
+(``peerd.operations``) work over these objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol.messages import Advert
+from protocol.signing import Signer
+
+from .adverts import HostFacts, build_advert
+from .config import Config
+from .executor.docker import DockerExecutor
+from .executor.gpus import CapacityLedger
+from .jobrun import JobRunner
+from .metrics import Metrics
+from .p2p.service import P2PService
+from .provider import Provider
+from .requester import Requester
+from .retention import Pruner
+from .store import Store
+from .tracking import TaskTracker
+
+Clock = Callable[[], float]  # wall clock (unix seconds): signed timestamps, adverts, views
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderServices:
+    """What a provider runs besides what every node runs: the host it offers and the jobs on it."""
+
+    host: HostFacts
+    executor: DockerExecutor
+    ledger: CapacityLedger
+    runner: JobRunner
+    provider: Provider
+
+    def advert(self, config: Config, peer_id: str, addrs: list[str], now: float, *, draining: bool) -> Advert:
+        """Our resources now; the p2p publisher stamps seq, times and signature."""
+        return build_advert(
+            config=config, host=self.host, ledger=self.ledger, peer_id=peer_id, addrs=addrs, now=now,
+            seq=0, queue_depth=0, running=len(self.runner.jobs), draining=draining,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Every service of a started node."""
+
+    role: str  # provider | requester | seed
+    signer: Signer
+    clock: Clock
+    store: Store
+    p2p: P2PService
+    tracker: TaskTracker
+    metrics: Metrics
+    pruner: Pruner
+    requester: Requester | None  # None on a seed: it takes no jobs
+    provider: ProviderServices | None  # the provider role only
+
+    @property
+    def peer_id(self) -> str:
+        return self.signer.peer_id
+
+    def running(self) -> int:
+        """Provider jobs holding a lease now (0 on a node that runs none)."""
+        return len(self.provider.runner.jobs) if self.provider else 0
