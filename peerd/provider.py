@@ -40,7 +40,6 @@ from protocol.messages import (
     Resume,
     Status,
     TaskRequest,
-    TaskState,
 )
 from protocol.negotiation import ProviderNegotiation
 from protocol.signing import Signer, digest, propose, verify_cosigned
