@@ -109,6 +109,7 @@ class Node:
         data = await start_job_data(
             nursery, config, chunks, store, p2p, dialer, clock=self.clock,
             active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,
+            provider=ours.runner.data if ours else None,
         )
         tracker, requester = TaskTracker(), None
         if not self.seed:

@@ -21,12 +21,12 @@ from protocol.blobxfer import BLOB_PROTOCOL
 
 from .blobstore import ChunkStore
 from .config import Config
-from .jobdata import OutputRetention
+from .jobdata import OutputRetention, ProviderData
 from .p2p.service import P2PService
 from .requestdata import RequesterData
 from .store import Store
 from .taskwire import ByteStream
-from .transfer import lease_access, register_blob_protocol
+from .transfer import BlobService, lease_access, register_blob_protocol
 from .wiring import chunk_store_from, data_settings_from
 
 
@@ -60,18 +60,31 @@ class JobData:
     chunks: ChunkStore
     retention: OutputRetention
     requester: RequesterData | None  # None on a seed
+    blobs: BlobService
+    provider: ProviderData | None = None  # the provider role only
+
+    def counters(self) -> dict[str, int]:
+        """Bytes of job data moved, for ``peerd status``."""
+        return {
+            "data.inputs_fetched_bytes": self.provider.bytes_fetched if self.provider else 0,
+            "data.outputs_fetched_bytes": self.requester.bytes_fetched if self.requester else 0,
+            "data.served_bytes": self.blobs.counters.bytes,
+            "data.served_chunks": self.blobs.counters.chunks,
+            "data.released_tasks": self.retention.released,
+        }
 
 
 async def start_job_data(
     nursery: trio.Nursery, config: Config, chunks: ChunkStore, store: Store, p2p: P2PService, dialer: BlobDialer,
     *, active: Callable[[], Collection[str]], with_requester: bool, clock: Callable[[], float],
+    provider: ProviderData | None = None,
 ) -> JobData:
     """Serve the chunk store to lease parties, start output retention; the requester's half if any."""
     settings = data_settings_from(config)
     dialer.p2p = p2p
-    register_blob_protocol(p2p, chunks, lease_access(store), timeout=settings.io_timeout)
+    blobs = register_blob_protocol(p2p, chunks, lease_access(store), timeout=settings.io_timeout)
     retention = OutputRetention(chunks, store, settings.output_retention, active=active, clock=clock)
     await nursery.start(retention.run)
     requester = RequesterData(chunks, store, dialer, io_timeout=settings.io_timeout, clock=clock) \
         if with_requester else None
-    return JobData(chunks=chunks, retention=retention, requester=requester)
+    return JobData(chunks=chunks, retention=retention, requester=requester, blobs=blobs, provider=provider)

@@ -67,7 +67,7 @@ class Operations:
             tasks_running=sample.jobs_running,
             tasks_queued=sum(sample.tasks.get((TaskRole.REQUESTER.value, state), 0) for state in waiting),
             version=__version__,
-            counters=status_counters(sample),
+            counters={**status_counters(sample), **(self.services.data.counters() if self.services.data else {})},
             draining=self.state.draining,
             config_reload=self.state.last_reload,
         )
