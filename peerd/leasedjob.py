@@ -9,12 +9,11 @@ provider alone, later by both).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import trio
 
-from protocol import ProtocolError
+from protocol import LocalProtocolError, ProtocolError
 from protocol.messages import (
     Lease,
     LeaseTerms,
@@ -25,7 +24,9 @@ from protocol.messages import (
     Result,
     TaskState,
 )
-from protocol.signing import Signer, countersign, digest, propose, verify_cosigned
+from protocol.negotiation import RequesterNegotiation
+from protocol.signing import Signer, digest, propose
+from protocol.terms import make_receipt_terms
 
 from .executor.contract import Outcome, OutcomeState
 
@@ -39,10 +40,6 @@ OUTCOME_STATES: dict[OutcomeState, TaskState] = {
     OutcomeState.CANCELLED: TaskState.CANCELLED,
     OutcomeState.LOST: TaskState.LOST,
 }
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def cost_of(price_per_hour: float, wall_time: float) -> float:
@@ -74,40 +71,27 @@ def failed_result(task_id: str, state: TaskState, detail: str) -> Result:
 
 
 def receipt_terms(
-    terms: LeaseTerms, lease_bytes: bytes, result: Result, finished_at: float, staging_time: float = 0.0
+    lease: Lease, terms: LeaseTerms, result: Result, finished_at: float, staging_time: float = 0.0
 ) -> ReceiptTerms:
-    """The receipt both parties sign; digests bind it to the exact result bytes."""
-    return ReceiptTerms(
-        task_id=terms.task_id,
-        requester=terms.requester,
-        provider=terms.provider,
-        lease_digest=digest(lease_bytes),
-        state=result.state,
-        exit_code=result.exit_code,
-        stdout_digest=_sha(result.stdout),
-        stderr_digest=_sha(result.stderr),
-        output_digest=result.output_digest,
-        output_size=result.output_size,
-        wall_time=result.wall_time,
-        gpu_seconds=result.gpu_seconds,
-        price=terms.price,
-        cost=cost_of(terms.price, result.wall_time),
-        finished_at=finished_at,
-        staging_time=staging_time,
+    """The receipt both parties sign; digests bind it to the exact result bytes, the cost is price × wall time."""
+    return make_receipt_terms(
+        lease, terms, result,
+        stdout_digest=digest(result.stdout), stderr_digest=digest(result.stderr),
+        cost=cost_of(terms.price, result.wall_time), finished_at=finished_at, staging_time=staging_time,
     )
 
 
-def cosign_receipt(proposal: Receipt, lease: Lease, result: Result, signer: Signer) -> Receipt:
-    """The requester's side: the provider's receipt must describe exactly the result it
-    sent under ``lease``; then countersign it. ``ProtocolError`` if it does not."""
-    terms = verify_cosigned(lease, LeaseTerms)
-    offered = verify_cosigned(proposal, ReceiptTerms, require_both=False)
-    # staging_time is the provider's own measure (like wall_time, which the result carries)
-    if offered != receipt_terms(terms, lease.terms, result, offered.finished_at, offered.staging_time):
+def countersign_receipt(machine: RequesterNegotiation) -> bytes:
+    """The requester's side: beyond the machine's checks, the proposed receipt must carry the digests
+    and cost of the result it follows; then the machine countersigns it (``machine.receipt``) and
+    returns the frame to send. ``ProtocolError`` if it does not match."""
+    offered, lease, terms, result = machine.receipt_terms, machine.lease, machine.lease_terms, machine.result
+    if offered is None or lease is None or terms is None or result is None:
+        raise LocalProtocolError(f"no receipt proposal to countersign in state {machine.state}")
+    # staging_time is the provider's own measure (as wall_time is, which the result carries)
+    if offered != receipt_terms(lease, terms, result, offered.finished_at, offered.staging_time):
         raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
-    receipt = countersign(proposal, signer, as_provider=False)
-    verify_cosigned(receipt, ReceiptTerms)
-    return receipt
+    return machine.countersign_receipt()
 
 
 @dataclass
@@ -175,7 +159,7 @@ class LeasedJob:
 
     def finish(self, result: Result, signer: Signer, finished_at: float) -> ReceiptTerms:
         """Record the result and the provider-signed receipt proposal."""
-        terms = receipt_terms(self.terms, self.lease_bytes, result, finished_at, self.staging_time)
+        terms = receipt_terms(self.lease, self.terms, result, finished_at, self.staging_time)
         self.result = result
         self.receipt = propose(terms, Receipt, signer, as_provider=True)
         self.done.set()

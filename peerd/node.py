@@ -22,6 +22,7 @@ from collections.abc import Callable
 import trio
 
 from protocol.messages import Advert
+from protocol.negotiation import TASK_PROTOCOL
 
 from . import sdnotify
 from .adverts import HostFacts, offered_capacity, offered_gpus
@@ -39,7 +40,7 @@ from .nodedata import BlobDialer, open_chunks, start_job_data
 from .operations import Operations
 from .p2p.adverts import AdvertSource
 from .provider import Provider
-from .requester import TASK_PROTOCOL, Requester
+from .requester import Requester
 from .resources import snapshot
 from .routes import Routes, task_stream_handler
 from .services import Clock, ProviderServices, Services

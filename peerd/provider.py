@@ -31,18 +31,13 @@ from protocol.messages import (
     Accept,
     Cancel,
     Lease,
-    LeaseTerms,
-    Offer,
     Receipt,
-    ReceiptTerms,
-    Reject,
     RejectCode,
     Resume,
-    Status,
     TaskRequest,
 )
 from protocol.negotiation import ProviderNegotiation
-from protocol.signing import Signer, digest, propose, verify_cosigned
+from protocol.signing import Signer, digest
 
 from .executor.contract import RunSpec
 from .executor.errors import ExecutorError, Reason
@@ -78,6 +73,8 @@ REJECT_FOR_REASON: dict[Reason, RejectCode] = {
 
 
 _STREAM_ERRORS = (ProtocolError, TaskWireError)
+
+Channel = TaskChannel[ProviderNegotiation]
 
 
 class Refusal(Exception):
@@ -240,14 +237,14 @@ class Provider:
         finally:
             await channel.close()
 
-    async def _dispatch(self, channel: TaskChannel, remote_peer: str) -> None:
+    async def _dispatch(self, channel: Channel, remote_peer: str) -> None:
         first = await channel.receive()
         if isinstance(first, TaskRequest):
             await self._negotiate(channel, first, remote_peer)
         elif isinstance(first, Resume):
             await self._resume(channel, first, remote_peer)
 
-    async def _negotiate(self, channel: TaskChannel, request: TaskRequest, remote_peer: str) -> None:
+    async def _negotiate(self, channel: Channel, request: TaskRequest, remote_peer: str) -> None:
         now = self.clock()
         try:
             if await self.runner.id_taken(request.task_id, request.requester):
@@ -274,29 +271,23 @@ class Provider:
         if job is not None:
             await self.serve(channel, job, from_seq=0)
 
-    async def _refuse(self, channel: TaskChannel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
+    async def _refuse(self, channel: Channel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
         log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
-        await channel.send(Reject(task_id=request.task_id, code=refusal.code, detail=refusal.detail[:1024]))
+        await channel.send_frame(channel.machine.reject(refusal.code, refusal.detail))
 
     async def _offer_and_lease(
-        self, channel: TaskChannel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float
+        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float
     ) -> Ending:
-        spec = request.spec
+        machine = channel.machine
         price = self.price(request)
         expires = now + self.settings.offer_hold
-        await channel.send(
-            Offer(
-                task_id=request.task_id, price=price, expires_at=expires, cpus=spec.cpus, memory=spec.memory, gpus=gpus
-            )
-        )
+        await channel.send_frame(machine.send_offer(price=price, gpus=gpus, expires_at=expires))
         answer = await channel.receive(timeout=max(expires - self.clock(), 0.0))
         if isinstance(answer, Cancel):
             return Ending.DECLINED
         assert isinstance(answer, Accept)
-        if self.clock() > expires:
-            await channel.send(
-                Reject(task_id=request.task_id, code=RejectCode.OFFER_EXPIRED, detail="the offer expired")
-            )
+        if machine.offer_expired(self.clock()):
+            await channel.send_frame(machine.reject(RejectCode.OFFER_EXPIRED, "the offer expired"))
             return Ending.LAPSED
         try:
             self._take(request, gpus, self.clock())
@@ -305,29 +296,25 @@ class Provider:
             return Ending.DECLINED
         ending = Ending.LAPSED
         try:
-            ending = await self._lease(channel, request, run_spec, gpus, price)
+            ending = await self._lease(channel, request, run_spec, gpus)
         finally:
             if ending is not Ending.LEASED:
                 self.ledger.release(request.task_id)
         return ending
 
     async def _lease(
-        self, channel: TaskChannel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], price: float
+        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...]
     ) -> Ending:
         """Capacity is held: propose the lease, wait for the countersignature, launch."""
-        spec = request.spec
+        machine = channel.machine
         issued = self.clock()
-        terms = LeaseTerms(
-            task_id=request.task_id, requester=request.requester, provider=self.peer_id, spec=spec,
-            price=price, gpus=gpus, issued_at=issued,
-            expires_at=issued + spec.timeout + self.settings.lease_grace,
-        )
-        await channel.send(propose(terms, Lease, self.signer, as_provider=True))
+        expires = issued + request.spec.timeout + self.settings.lease_grace
+        terms = machine.draft_lease(issued_at=issued, expires_at=expires)
+        await channel.send_frame(machine.propose_lease(terms))
         signed = await channel.receive(timeout=self.settings.io_timeout)
         if isinstance(signed, Cancel):
             return Ending.DECLINED
-        assert isinstance(signed, Lease)
-        verify_cosigned(signed, LeaseTerms)
+        assert isinstance(signed, Lease)  # the machine checked it: our terms, both signatures
         try:
             self.ledger.confirm(request.task_id)
         except ExecutorError as exc:  # the hold lapsed (a very slow stream): the job cannot start here
@@ -337,30 +324,27 @@ class Provider:
         await self.runner.launch(terms, signed, final_spec)
         return Ending.LEASED
 
-    async def _resume(self, channel: TaskChannel, resume: Resume, remote_peer: str) -> None:
+    async def _resume(self, channel: Channel, resume: Resume, remote_peer: str) -> None:
         job = self.runner.get(resume.task_id) or await self.runner.load_finished(resume.task_id)
         if job is None or job.terms.requester != remote_peer or digest(job.lease_bytes) != resume.lease_digest:
-            await channel.send(
-                Reject(task_id=resume.task_id, code=RejectCode.UNKNOWN_TASK, detail="no such lease here")
-            )
+            await channel.send_frame(channel.machine.reject(RejectCode.UNKNOWN_TASK, "no such lease here"))
             return
-        assert isinstance(channel.machine, ProviderNegotiation)
         channel.machine.attach_lease(job.lease)
         await self.serve(channel, job, from_seq=resume.log_seq)
 
     # ------------------------------------------------------------ serving a leased job
-    async def serve(self, channel: TaskChannel, job: LeasedJob, *, from_seq: int) -> None:
+    async def serve(self, channel: Channel, job: LeasedJob, *, from_seq: int) -> None:
         """Stream status, logs, result and receipt; handle cancel and the countersigned receipt."""
         countersigned = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_requester, channel, job, countersigned)
-            await channel.send(Status(task_id=job.task_id, state=job.phase, detail="leased", at=self.clock()))
+            await channel.send_frame(channel.machine.send_status(job.phase, "leased", at=self.clock()))
             await self._send_until_result(channel, job, from_seq)
             with trio.move_on_after(self.settings.io_timeout):
                 await countersigned.wait()
             nursery.cancel_scope.cancel()
 
-    async def _send_until_result(self, channel: TaskChannel, job: LeasedJob, seq: int) -> None:
+    async def _send_until_result(self, channel: Channel, job: LeasedJob, seq: int) -> None:
         while True:
             for chunk in job.chunks_from(seq):
                 await channel.send(chunk)
@@ -370,22 +354,20 @@ class Provider:
             with trio.move_on_after(self.settings.keepalive) as idle:
                 await job.wait_changed()
             if idle.cancelled_caught:
-                await channel.send(
-                    Status(task_id=job.task_id, state=job.phase, detail="heartbeat", at=self.clock())
-                )
+                await channel.send_frame(channel.machine.send_status(job.phase, "heartbeat", at=self.clock()))
         assert job.result is not None and job.receipt is not None
+        # the job made these apart from any stream; the machine checks them against the lease
         await channel.send(job.result)
         # always a proposal (our signature only), even if an earlier stream already got it countersigned
         await channel.send(dataclasses.replace(job.receipt, requester_sig=b""))
 
-    async def _read_requester(self, channel: TaskChannel, job: LeasedJob, countersigned: trio.Event) -> None:
+    async def _read_requester(self, channel: Channel, job: LeasedJob, countersigned: trio.Event) -> None:
         try:
             while True:
                 msg = await channel.receive(timeout=job.terms.expires_at - self.clock() + self.settings.io_timeout)
                 if isinstance(msg, Cancel):
                     await self.runner.cancel(job.task_id, msg.reason or "cancelled by the requester")
-                elif isinstance(msg, Receipt):
-                    verify_cosigned(msg, ReceiptTerms)
+                elif isinstance(msg, Receipt):  # the machine checked it: our terms, both signatures
                     await self.runner.store_receipt(job, msg)
                     countersigned.set()
                     return

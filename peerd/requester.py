@@ -23,13 +23,10 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol import ProtocolError
+from protocol import LocalProtocolError, ProtocolError
 from protocol.messages import (
-    Accept,
-    Cancel,
     JobSpec,
     Lease,
-    LeaseTerms,
     LogChunk,
     Message,
     Offer,
@@ -39,13 +36,12 @@ from protocol.messages import (
     RejectCode,
     Result,
     Status,
-    TaskRequest,
     TaskState,
 )
 from protocol.negotiation import RequesterNegotiation
-from protocol.signing import Signer, countersign, verify_cosigned
+from protocol.signing import Signer
 
-from .leasedjob import cosign_receipt
+from .leasedjob import countersign_receipt
 from .p2p.errors import P2PError
 from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
 from .supersede import EnderSettings, LeaseEnder, OpenStream
@@ -56,7 +52,6 @@ log = logging.getLogger(__name__)
 
 _REJECT_CODES = frozenset(code.value for code in RejectCode)
 
-TASK_PROTOCOL = "/peerd/task/1.0.0"
 PEER_POLL = 0.25  # how often an empty peer table is looked at again while waiting
 
 
@@ -87,6 +82,8 @@ class AttemptFailed(Exception):
 
 
 _ATTEMPT_ERRORS = (AttemptFailed, trio.TooSlowError, ProtocolError, TaskWireError, P2PError, OSError)
+
+Channel = TaskChannel[RequesterNegotiation]
 
 
 class Requester:
@@ -241,7 +238,7 @@ class Requester:
                     with trio.fail_after(max(deadline - self.clock(), 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
                     await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
-                    return await self._collect(channel, task_id, lease)
+                    return await self._collect(channel, task_id)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc  # handled below, outside the stream's own nursery
         except _ATTEMPT_ERRORS as exc:
@@ -272,37 +269,49 @@ class Requester:
         log.info("lost provider %s for %s (%s); trying to resume", peer[:16], task_id, failure)
         return await self._resume(task_id, candidate, lease)
 
-    def _channel(self, stream: ByteStream, peer_id: str) -> TaskChannel:
+    def _channel(self, stream: ByteStream, peer_id: str) -> Channel:
         machine = RequesterNegotiation(self.signer, peer_id)
         return TaskChannel(stream, machine, timeout=self.settings.io_timeout)
 
-    async def _negotiate(self, channel: TaskChannel, task_id: str, spec: JobSpec) -> Lease:
+    async def _negotiate(self, channel: Channel, task_id: str, spec: JobSpec) -> Lease:
         """Request → offer → accept → co-signed lease; AttemptFailed otherwise."""
         began = trio.current_time()
-        await channel.send(TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=self.clock()))
+        machine = channel.machine
+        await channel.send_frame(machine.send_request(task_id, spec, now=self.clock()))
         answer = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(answer, Reject):
-            raise AttemptFailed("rejected", answer.code.value, answer.detail, channel.machine.last_envelope)
+            raise AttemptFailed("rejected", answer.code.value, answer.detail, machine.last_envelope)
         assert isinstance(answer, Offer)
         if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
-            await channel.send(Cancel(task_id=task_id, reason="offer does not match the request"))
+            await channel.send_frame(machine.cancel("offer does not match the request"))
             raise AttemptFailed("declined", "", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
-        await channel.send(Accept(task_id=task_id, price=answer.price))
+        await channel.send_frame(await self._accept(channel))
         proposal = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(proposal, Reject):
-            raise AttemptFailed("rejected", proposal.code.value, proposal.detail, channel.machine.last_envelope)
-        assert isinstance(proposal, Lease)
-        lease = countersign(proposal, self.signer, as_provider=False)
-        terms = verify_cosigned(lease, LeaseTerms)
+            raise AttemptFailed("rejected", proposal.code.value, proposal.detail, machine.last_envelope)
+        assert isinstance(proposal, Lease)  # the machine checked it against the request, offer and price
+        countersigned = machine.countersign_lease()
+        lease, terms = machine.lease, machine.lease_terms
+        assert lease is not None and terms is not None
         # Write before act: the lease is ours once recorded, then the provider learns we signed.
         await self.store.put_lease(task_id, lease, terms.expires_at, replace=True)  # a retry re-leases
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.RUNNING,
                                      provider=terms.provider, price=terms.price)
         self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
-        await channel.send(lease)
+        await channel.send_frame(countersigned)
         if self.on_negotiated is not None:
             self.on_negotiated(trio.current_time() - began)
         return lease
+
+    async def _accept(self, channel: Channel) -> bytes:
+        """The Accept to send; an offer that expired (the machine's one rule) is declined instead."""
+        try:
+            return channel.machine.accept(now=self.clock())
+        except LocalProtocolError as exc:
+            if exc.code != RejectCode.OFFER_EXPIRED.value:
+                raise
+        await channel.send_frame(channel.machine.cancel("the offer expired before it was accepted"))
+        raise AttemptFailed("declined", "", "the offer expired before it was accepted")
 
     # ------------------------------------------------------------ after the lease
     async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
@@ -357,12 +366,11 @@ class Requester:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
-                    assert isinstance(channel.machine, RequesterNegotiation)
                     with trio.fail_at(self._monotonic_deadline(deadline)):
                         await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
                         first = await channel.receive()
                     attached.set()
-                    return await self._collect(channel, task_id, lease, first=first)
+                    return await self._collect(channel, task_id, first=first)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc
         except _ATTEMPT_ERRORS as exc:
@@ -376,7 +384,7 @@ class Requester:
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
         self.tracker.state(task_id, TaskState.PLACING, detail)
 
-    async def _collect(self, channel: TaskChannel, task_id: str, lease: Lease, *, first: Message | None = None) -> bool:
+    async def _collect(self, channel: Channel, task_id: str, *, first: Message | None = None) -> bool:
         self._cancel[task_id] = self._cancel_running(channel, task_id)
         try:
             while True:
@@ -392,24 +400,25 @@ class Requester:
                 elif isinstance(msg, Reject):
                     raise AttemptFailed("lost", msg.code.value, msg.detail, channel.machine.last_envelope)
             proposal = await channel.receive(timeout=self.settings.provider_timeout)
-            assert isinstance(proposal, Receipt)
-            receipt = cosign_receipt(proposal, lease, msg, self.signer)
-            await self._finish(task_id, msg, receipt)
-            await channel.send(receipt)
+            assert isinstance(proposal, Receipt)  # the machine checked it against the lease and the result
+            countersigned = countersign_receipt(channel.machine)
+            receipt, terms = channel.machine.receipt, channel.machine.receipt_terms
+            assert receipt is not None and terms is not None
+            await self._finish(task_id, msg, receipt, terms)  # write before act
+            await channel.send_frame(countersigned)
             return True
         finally:
             self._cancel.pop(task_id, None)
 
-    def _cancel_running(self, channel: TaskChannel, task_id: str) -> Callable[[str], Awaitable[None]]:
+    def _cancel_running(self, channel: Channel, task_id: str) -> Callable[[str], Awaitable[None]]:
         async def stop(reason: str) -> None:
-            await channel.send(Cancel(task_id=task_id, reason=reason))
+            await channel.send_frame(channel.machine.cancel(reason))
 
         return stop
 
-    async def _finish(self, task_id: str, result: Result, receipt: Receipt) -> None:
+    async def _finish(self, task_id: str, result: Result, receipt: Receipt, terms: ReceiptTerms) -> None:
         now = self.clock()
         await self.store.put_result(ResultRecord(result, finished_at=now))
-        terms = verify_cosigned(receipt, ReceiptTerms)
         await self.store.put_receipt(task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at)
         await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)
 

@@ -16,12 +16,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from protocol.messages import JobSpec
+from protocol.negotiation import TASK_PROTOCOL
 
 from .lifecycle import InFlight
 from .p2p.service import P2PService
 from .p2p.streams import Stream, StreamHandler
 from .provider import Provider
-from .requester import TASK_PROTOCOL, Candidate
+from .requester import Candidate
 from .taskwire import ByteStream
 
 

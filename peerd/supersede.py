@@ -35,7 +35,6 @@ from protocol.codec import decode_as, encode
 from protocol.messages import (
     CANCEL_SUPERSEDED,
     MAX_COUNT,
-    Cancel,
     Lease,
     LeaseTerms,
     LogChunk,
@@ -48,7 +47,7 @@ from protocol.messages import (
 from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, verify_cosigned
 
-from .leasedjob import cosign_receipt
+from .leasedjob import countersign_receipt
 from .p2p.errors import P2PError
 from .store import Attempt, Outcome, Store
 from .taskwire import ByteStream, TaskChannel, TaskWireError, single_error
@@ -183,9 +182,8 @@ class LeaseEnder:
         assert failure is not None
         raise failure
 
-    async def _tell(self, channel: TaskChannel, task_id: str, lease: Lease) -> Ended:
+    async def _tell(self, channel: TaskChannel[RequesterNegotiation], task_id: str, lease: Lease) -> Ended:
         """Resume (asking for no logs), cancel once it is running, take result and receipt."""
-        assert isinstance(channel.machine, RequesterNegotiation)
         timeout = self.settings.answer_timeout
         with trio.fail_after(timeout):
             await channel.send_frame(channel.machine.resume(lease, MAX_COUNT))
@@ -194,18 +192,20 @@ class LeaseEnder:
             return Ended(f"the provider no longer holds the lease ({first.code.value}: {first.detail})")
         cancelled = isinstance(first, Status | LogChunk)
         if cancelled:
-            await channel.send(Cancel(task_id=task_id, reason=SUPERSEDED_REASON))
+            await channel.send_frame(channel.machine.cancel(SUPERSEDED_REASON))
         msg = first
         while not isinstance(msg, Result):
             msg = await channel.receive(timeout=timeout)
         proposal = await channel.receive(timeout=timeout)
-        assert isinstance(proposal, Receipt)
-        receipt = cosign_receipt(proposal, lease, msg, self.signer)
+        assert isinstance(proposal, Receipt)  # the machine checked it against the lease and the result
+        countersigned = countersign_receipt(channel.machine)
+        receipt = channel.machine.receipt
+        assert receipt is not None
         how = "stopped on the provider" if cancelled else "had already ended on the provider"
         ended = Ended(f"{how}: {msg.state.value} after {msg.wall_time:.1f}s ({msg.detail})", receipt)
         await self._record(task_id, channel.machine.peer_id, ended)  # write before act
         try:
-            await channel.send(receipt)
+            await channel.send_frame(countersigned)
         except _TRY_ERRORS as exc:  # ended all the same; the provider keeps its own proposal
             log.info("the countersigned receipt of %s's superseded lease was not delivered: %s", task_id, exc)
         return Ended(ended.detail, receipt, recorded=True)

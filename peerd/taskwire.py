@@ -1,8 +1,11 @@
 """Pumps bytes between a p2p stream and a negotiation machine (httpcore style).
 
-``TaskChannel`` owns one stream and one ``protocol.negotiation`` machine. It
-sends messages through the machine (which signs and frames them) and reads
-until the machine yields the next message. Every read and write runs under a
+``TaskChannel`` owns one stream and one ``protocol.negotiation`` machine. The
+machine builds, checks, signs and frames every message it can build itself
+(``channel.send_frame(channel.machine.accept(now=...))``); ``send`` forwards a
+message made elsewhere (a provider's job makes its log chunks, Result and
+Receipt proposal apart from any stream) through the same checks. The channel
+reads until the machine yields the next message. Every read and write runs under a
 deadline; the stream's errors are mapped here, once, to ``PeerGone`` (the
 stream broke or closed) and ``PeerTimeout`` (nothing arrived in time).
 Protocol violations surface as ``protocol.ProtocolError`` unchanged.
@@ -17,7 +20,7 @@ edge (the provider's stream handler, the requester's per-task task), which logs 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -32,6 +35,8 @@ from .p2p.errors import StreamError, StreamTimeout
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 << 10
+
+N = TypeVar("N", bound=Negotiation)
 
 
 class ByteStream(Protocol):
@@ -103,17 +108,20 @@ async def receive_bytes(stream: ByteStream, timeout: float, max_bytes: int = REA
         raise PeerGone(f"stream failed while reading: {exc}") from exc
 
 
-class TaskChannel:
-    def __init__(self, stream: ByteStream, machine: Negotiation, *, timeout: float) -> None:
+class TaskChannel(Generic[N]):
+    """One task stream and the machine (``N``: the requester's or the provider's) that speaks on it."""
+
+    def __init__(self, stream: ByteStream, machine: N, *, timeout: float) -> None:
         self.stream = stream
         self.machine = machine
         self.timeout = timeout
 
     async def send(self, msg: Message) -> None:
+        """Forward a message made apart from the machine (it is checked, signed and framed there)."""
         await self._write(self.machine.send(msg))
 
     async def send_frame(self, data: bytes) -> None:
-        """Send bytes a machine helper already produced (e.g. ``resume``)."""
+        """Send the bytes a machine helper produced (``accept``, ``propose_lease``, ``resume``, ...)."""
         await self._write(data)
 
     async def _write(self, data: bytes) -> None:

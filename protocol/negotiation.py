@@ -36,6 +36,11 @@ the transport authenticated. The envelope's payload is one message:
                                      RESUMING        → LEASED | RESULT | REJECTED
     P→R  Receipt (provider-signed)   RESULT          → RECEIPT_PROPOSED
     R→P  Receipt (both signed)       RECEIPT_PROPOSED → DONE
+    R→P  Cancel (crossing)           RESULT          → RESULT
+    R→P  Cancel (crossing)           RECEIPT_PROPOSED → RECEIPT_PROPOSED
+
+This table is ``TRANSITIONS`` and ``CROSSING`` below, and protocol/README.md
+holds it too; tests/protocol/test_negotiation_docs.py checks both copies.
 
 DONE, REJECTED, CANCELLED and ERROR are terminal: nothing more may be sent or
 received. Closing the stream is not a message: ``next_event`` returns CLOSED
@@ -45,9 +50,10 @@ stream reconnects with Resume).
 Crossing messages: after the lease both sides may send at once, so a Cancel
 the requester sent in LEASED can reach a provider that has already sent its
 Result (RESULT or RECEIPT_PROPOSED). Such a Cancel is accepted on receipt and
-changes nothing (table ``CROSSING``); the requester cannot send one there.
+changes nothing (the rows marked crossing, table ``CROSSING``); the requester
+cannot send one there.
 
-Checks beyond the table (``Negotiation._check_*``), applied to both sides:
+Checks beyond the table (``Negotiation._check_and_record``), applied to both sides:
 
 - every message carries the task_id of the first one;
 - TaskRequest.requester is the requester's peer ID;
@@ -68,9 +74,19 @@ Checks beyond the table (``Negotiation._check_*``), applied to both sides:
   wall time and GPU seconds; the countersigned Receipt has identical terms
   bytes and both signatures verify.
 
-Time: the machine holds no clock. ``RequesterNegotiation.accept(now=...)``
-refuses an expired offer; a provider receiving Accept asks
-``offer_expired(now)`` and answers ``Reject(OFFER_EXPIRED)`` if so.
+Time: the machine holds no clock. An offer has expired once ``now >=
+expires_at`` (``offer_expired(now)``, the one rule for both sides):
+``RequesterNegotiation.accept(now=...)`` refuses an expired offer; a provider
+receiving Accept asks ``offer_expired(now)`` and answers
+``Reject(OFFER_EXPIRED)`` if so.
+
+Building: every message the machine can build has a helper that builds,
+checks, signs and frames it (``send_request``, ``accept``, ``cancel``,
+``countersign_*``, ``resume``; ``send_offer``, ``reject``, ``draft_lease`` +
+``propose_lease``, ``send_status``, ``draft_receipt`` + ``propose_receipt``).
+The terms of a lease or receipt come from ``protocol.terms`` only; ``send``
+takes a message made elsewhere (a provider's job makes its log chunks,
+Result and Receipt proposal apart from any stream).
 
 Errors carry a ``code``: ``unexpected_message`` (not in the table),
 ``invalid_message`` (a check above), ``bad_signature``, ``malformed`` or
@@ -107,7 +123,9 @@ from .messages import (
     Resume,
     Status,
     TaskRequest,
+    TaskState,
 )
+from .terms import make_lease_terms, make_receipt_terms
 
 TASK_PROTOCOL = "/peerd/task/1.0.0"
 
@@ -179,6 +197,7 @@ STREAM_MESSAGES: tuple[type[Message], ...] = (
 
 Event = Message | Sentinel
 M = TypeVar("M", bound=Message)
+D = TypeVar("D", Lease, Receipt)
 
 
 class _Violation(Exception):
@@ -208,7 +227,11 @@ def _verified_terms(doc: CoSigned, terms_type: type[M], *, require_both: bool) -
 
 
 class Negotiation:
-    """One side of one task stream. See the module docstring for the rules."""
+    """One side of one task stream. See the module docstring for the rules.
+
+    What the machine recorded (``request``, ``offer``, ``lease``, ...) is read-only from outside:
+    only a message that passed the checks is recorded.
+    """
 
     def __init__(
         self,
@@ -227,20 +250,20 @@ class Negotiation:
         self._error: RemoteProtocolError | None = None
         self._unreported = False
         self._task_id: str | None = None
-        self.last_envelope: bytes | None = None
-        self.request: TaskRequest | None = None
-        self.resumed: Resume | None = None
-        self.offer: Offer | None = None
-        self.accepted: Accept | None = None
-        self.rejection: Reject | None = None
-        self.lease_terms: LeaseTerms | None = None
-        self.proposed_lease: Lease | None = None
-        self.lease: Lease | None = None
-        self.result: Result | None = None
-        self.receipt_terms: ReceiptTerms | None = None
-        self.proposed_receipt: Receipt | None = None
-        self.receipt: Receipt | None = None
-        self.cancel_requested = False
+        self._last_envelope: bytes | None = None
+        self._request: TaskRequest | None = None
+        self._resumed: Resume | None = None
+        self._offer: Offer | None = None
+        self._accepted: Accept | None = None
+        self._rejection: Reject | None = None
+        self._lease_terms: LeaseTerms | None = None
+        self._proposed_lease: Lease | None = None
+        self._lease: Lease | None = None
+        self._result: Result | None = None
+        self._receipt_terms: ReceiptTerms | None = None
+        self._proposed_receipt: Receipt | None = None
+        self._receipt: Receipt | None = None
+        self._cancel_requested = False
 
     # ------------------------------------------------------------ properties
     @property
@@ -264,8 +287,68 @@ class Negotiation:
         return self.signer.peer_id if self.role is _P else self.peer_id
 
     def offer_expired(self, now: float) -> bool:
-        """True if there is an offer and ``now`` is at or past its expiry."""
-        return self.offer is not None and now >= self.offer.expires_at
+        """True if there is an offer and ``now`` is at or past its expiry (the one expiry rule)."""
+        return self._offer is not None and now >= self._offer.expires_at
+
+    # ------------------------------------------------------------ what was recorded
+    @property
+    def last_envelope(self) -> bytes | None:
+        """The raw envelope of the last message received (e.g. a signed Reject, kept as proof)."""
+        return self._last_envelope
+
+    @property
+    def request(self) -> TaskRequest | None:
+        return self._request
+
+    @property
+    def resumed(self) -> Resume | None:
+        return self._resumed
+
+    @property
+    def offer(self) -> Offer | None:
+        return self._offer
+
+    @property
+    def accepted(self) -> Accept | None:
+        return self._accepted
+
+    @property
+    def rejection(self) -> Reject | None:
+        return self._rejection
+
+    @property
+    def lease_terms(self) -> LeaseTerms | None:
+        return self._lease_terms
+
+    @property
+    def proposed_lease(self) -> Lease | None:
+        return self._proposed_lease
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease both parties signed (or the stored one a Resume adopted)."""
+        return self._lease
+
+    @property
+    def result(self) -> Result | None:
+        return self._result
+
+    @property
+    def receipt_terms(self) -> ReceiptTerms | None:
+        return self._receipt_terms
+
+    @property
+    def proposed_receipt(self) -> Receipt | None:
+        return self._proposed_receipt
+
+    @property
+    def receipt(self) -> Receipt | None:
+        """The receipt both parties signed."""
+        return self._receipt
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
 
     # ------------------------------------------------------------ I/O edges
     def receive_data(self, data: bytes) -> None:
@@ -302,11 +385,15 @@ class Negotiation:
             self._state = State.ERROR
             self._error = RemoteProtocolError(str(exc), code=exc.code)
             raise self._error from None
-        self.last_envelope = payload
+        self._last_envelope = payload
         return msg
 
     def send(self, msg: Message) -> bytes:
-        """Seal, check and frame ``msg``; raises LocalProtocolError if illegal now."""
+        """Seal, check and frame ``msg``; raises LocalProtocolError if illegal now.
+
+        The helpers below build each message from what the machine recorded; ``send`` itself is for
+        a message made elsewhere (a provider's job makes its log chunks, Result and Receipt proposal).
+        """
         if self._error is not None:
             raise LocalProtocolError(f"negotiation already failed: {self._error}")
         try:
@@ -340,96 +427,105 @@ class Negotiation:
                 f"{sender}'s {msg.TYPE!r} is for task {task_id!r}, not {self._task_id!r}"
             )
         try:
-            _CHECKS[type(msg)](self, msg, sender)
+            self._check_and_record(msg, sender)
         except _Violation as exc:
             raise _Violation(f"{sender}'s {msg.TYPE!r} in state {self._state}: {exc}", exc.code) from None
         self._task_id = task_id
         self._state = new_state
 
     # ------------------------------------------------------------ per-message checks
-    # Each checks first and records last, so a failed check changes nothing.
-    def _check_request(self, msg: TaskRequest, sender: Role) -> None:
-        _require(msg.requester == self.requester_id, "requester is not the requester's peer ID")
-        self.request = msg
+    def _check_and_record(self, msg: Message, sender: Role) -> None:
+        """Check first and record last, so that a failed check changes nothing."""
+        match msg:
+            case TaskRequest():
+                _require(msg.requester == self.requester_id, "requester is not the requester's peer ID")
+                self._request = msg
+            case Resume():
+                self._check_resume(msg)
+                self._resumed = msg
+            case Offer():
+                self._check_offer(msg)
+                self._offer = msg
+            case Reject():
+                self._rejection = msg
+            case Accept():
+                assert self._offer is not None
+                _require(msg.price == self._offer.price, f"price {msg.price} is not the offered {self._offer.price}")
+                self._accepted = msg
+            case Lease():
+                lease_terms = self._check_cosigned(
+                    msg, sender, LeaseTerms, self._proposed_lease, self._check_lease_terms
+                )
+                if sender is _P:
+                    self._lease_terms, self._proposed_lease = lease_terms, msg
+                else:
+                    self._lease = msg
+            case Status() | LogChunk() | Result():
+                self._check_leased_phase(msg)
+                if isinstance(msg, Result):
+                    self._result = msg
+            case Cancel():
+                _require(not self._cancel_requested, "cancel sent twice")
+                self._cancel_requested = True
+            case Receipt():
+                receipt_terms = self._check_cosigned(
+                    msg, sender, ReceiptTerms, self._proposed_receipt, self._check_receipt_terms
+                )
+                if sender is _P:
+                    self._receipt_terms, self._proposed_receipt = receipt_terms, msg
+                else:
+                    self._receipt = msg
+            case _:
+                raise _Violation(f"{msg.TYPE!r} is not a task stream message", "unexpected_message")
 
-    def _check_resume(self, msg: Resume, sender: Role) -> None:
+    def _check_resume(self, msg: Resume) -> None:
         if self.role is _R:
-            _require(self.lease is not None, "use resume(lease, log_seq), not send(Resume)")
-            assert self.lease is not None
-            _require(msg.lease_digest == signing.digest(self.lease.terms), "lease_digest mismatch")
-        self.resumed = msg
+            _require(self._lease is not None, "use resume(lease, log_seq), not send(Resume)")
+            assert self._lease is not None
+            _require(msg.lease_digest == signing.digest(self._lease.terms), "lease_digest mismatch")
 
-    def _check_offer(self, msg: Offer, sender: Role) -> None:
-        assert self.request is not None
-        spec = self.request.spec
+    def _check_offer(self, msg: Offer) -> None:
+        assert self._request is not None
+        spec = self._request.spec
         _require(len(msg.gpus) == spec.gpus, f"offers {len(msg.gpus)} GPUs, {spec.gpus} requested")
         _require(len(set(msg.gpus)) == len(msg.gpus), "offers a GPU twice")
         _require(msg.cpus >= spec.cpus, "offers fewer CPUs than requested")
         _require(msg.memory >= spec.memory, "offers less memory than requested")
-        self.offer = msg
 
-    def _check_reject(self, msg: Reject, sender: Role) -> None:
-        self.rejection = msg
-
-    def _check_accept(self, msg: Accept, sender: Role) -> None:
-        assert self.offer is not None
-        _require(msg.price == self.offer.price, f"price {msg.price} is not the offered {self.offer.price}")
-        self.accepted = msg
-
-    def _check_lease(self, msg: Lease, sender: Role) -> None:
+    def _check_cosigned(
+        self, msg: D, sender: Role, terms_type: type[M], proposed: D | None, check_terms: Callable[[M], None]
+    ) -> M:
+        """A co-signed Lease or Receipt: the provider proposes, the requester countersigns the same bytes."""
         if sender is _P:
-            _require(not msg.requester_sig, "a proposed lease carries no requester signature")
-            _require(bool(msg.provider_sig), "a proposed lease carries the provider's signature")
-            terms = _verified_terms(msg, LeaseTerms, require_both=False)
-            self._check_lease_terms(terms)
-            self.lease_terms, self.proposed_lease = terms, msg
-            return
-        proposed = self.proposed_lease
+            _require(not msg.requester_sig, f"a proposed {msg.TYPE} carries no requester signature")
+            _require(bool(msg.provider_sig), f"a proposed {msg.TYPE} carries the provider's signature")
+            terms = _verified_terms(msg, terms_type, require_both=False)
+            check_terms(terms)
+            return terms
         assert proposed is not None
-        _require(msg.terms == proposed.terms, "terms differ from the proposed lease")
+        _require(msg.terms == proposed.terms, f"terms differ from the proposed {msg.TYPE}")
         _require(msg.provider_sig == proposed.provider_sig, "provider signature differs")
-        _verified_terms(msg, LeaseTerms, require_both=True)
-        self.lease = msg
+        return _verified_terms(msg, terms_type, require_both=True)
 
     def _check_lease_terms(self, terms: LeaseTerms) -> None:
-        assert self.request is not None and self.offer is not None and self.accepted is not None
+        assert self._request is not None and self._offer is not None and self._accepted is not None
         _require(terms.task_id == self._task_id, "terms name another task")
         _require(terms.requester == self.requester_id, "terms name another requester")
         _require(terms.provider == self.provider_id, "terms name another provider")
-        _require(terms.spec == self.request.spec, "terms spec differs from the requested spec")
-        _require(terms.price == self.accepted.price, "terms price differs from the accepted price")
-        _require(terms.gpus == self.offer.gpus, "terms GPUs differ from the offered GPUs")
+        _require(terms.spec == self._request.spec, "terms spec differs from the requested spec")
+        _require(terms.price == self._accepted.price, "terms price differs from the accepted price")
+        _require(terms.gpus == self._offer.gpus, "terms GPUs differ from the offered GPUs")
         _require(terms.expires_at > terms.issued_at, "terms expire before they are issued")
 
-    def _check_leased_phase(self, msg: Status | LogChunk | Result, sender: Role) -> None:
-        _require(self.lease is not None, "no lease: a provider answering Resume calls attach_lease()")
-        if isinstance(msg, LogChunk) and self.resumed is not None:
-            _require(msg.seq >= self.resumed.log_seq, f"log seq {msg.seq} < resumed log_seq")
+    def _check_leased_phase(self, msg: Status | LogChunk | Result) -> None:
+        _require(self._lease is not None, "no lease: a provider answering Resume calls attach_lease()")
+        if isinstance(msg, LogChunk) and self._resumed is not None:
+            _require(msg.seq >= self._resumed.log_seq, f"log seq {msg.seq} < resumed log_seq")
         if isinstance(msg, Result):
             _require(msg.state in FINAL_STATES, f"result state {msg.state} is not final")
-            self.result = msg
-
-    def _check_cancel(self, msg: Cancel, sender: Role) -> None:
-        _require(not self.cancel_requested, "cancel sent twice")
-        self.cancel_requested = True
-
-    def _check_receipt(self, msg: Receipt, sender: Role) -> None:
-        if sender is _P:
-            _require(not msg.requester_sig, "a proposed receipt carries no requester signature")
-            _require(bool(msg.provider_sig), "a proposed receipt carries the provider's signature")
-            terms = _verified_terms(msg, ReceiptTerms, require_both=False)
-            self._check_receipt_terms(terms)
-            self.receipt_terms, self.proposed_receipt = terms, msg
-            return
-        proposed = self.proposed_receipt
-        assert proposed is not None
-        _require(msg.terms == proposed.terms, "terms differ from the proposed receipt")
-        _require(msg.provider_sig == proposed.provider_sig, "provider signature differs")
-        _verified_terms(msg, ReceiptTerms, require_both=True)
-        self.receipt = msg
 
     def _check_receipt_terms(self, terms: ReceiptTerms) -> None:
-        lease, lease_terms, result = self.lease, self.lease_terms, self.result
+        lease, lease_terms, result = self._lease, self._lease_terms, self._result
         assert lease is not None and lease_terms is not None and result is not None
         _require(terms.task_id == self._task_id, "terms name another task")
         _require(terms.requester == self.requester_id, "terms name another requester")
@@ -440,10 +536,6 @@ class Negotiation:
             _require(getattr(terms, name) == getattr(result, name), f"{name} differs from the result")
 
     # ------------------------------------------------------------ shared helpers
-    def _need(self, role: Role, what: str) -> None:
-        if self.role is not role:
-            raise LocalProtocolError(f"only the {role} can {what}")
-
     def _adopt_lease(self, lease: Lease) -> LeaseTerms:
         """Verify a stored, fully signed lease for this stream's parties."""
         try:
@@ -455,23 +547,8 @@ class Negotiation:
         return terms
 
 
-_CHECKS: dict[type[Message], Callable[[Negotiation, Message, Role], None]] = {
-    TaskRequest: Negotiation._check_request,  # type: ignore[dict-item]
-    Resume: Negotiation._check_resume,  # type: ignore[dict-item]
-    Offer: Negotiation._check_offer,  # type: ignore[dict-item]
-    Reject: Negotiation._check_reject,  # type: ignore[dict-item]
-    Accept: Negotiation._check_accept,  # type: ignore[dict-item]
-    Lease: Negotiation._check_lease,  # type: ignore[dict-item]
-    Status: Negotiation._check_leased_phase,  # type: ignore[dict-item]
-    LogChunk: Negotiation._check_leased_phase,  # type: ignore[dict-item]
-    Result: Negotiation._check_leased_phase,  # type: ignore[dict-item]
-    Cancel: Negotiation._check_cancel,  # type: ignore[dict-item]
-    Receipt: Negotiation._check_receipt,  # type: ignore[dict-item]
-}
-
-
 class RequesterNegotiation(Negotiation):
-    """The requester's side: opens the stream with ``request`` or ``resume``."""
+    """The requester's side: opens the stream with ``send_request`` or ``resume``."""
 
     def __init__(
         self, signer: signing.Signer, peer_id: str, *, max_frame: int = DEFAULT_MAX_FRAME
@@ -490,20 +567,20 @@ class RequesterNegotiation(Negotiation):
             raise LocalProtocolError(f"resume opens a stream; state is {self._state}")
         terms = self._adopt_lease(lease)
         msg = Resume(task_id=terms.task_id, lease_digest=signing.digest(lease.terms), log_seq=log_seq)
-        self.lease, self.lease_terms = lease, terms
+        self._lease, self._lease_terms = lease, terms
         try:
             return self.send(msg)
         except LocalProtocolError:
-            self.lease = self.lease_terms = None
+            self._lease = self._lease_terms = None
             raise
 
     def accept(self, *, now: float) -> bytes:
         """Accept the offer at its price; LocalProtocolError(code="offer_expired") if too late."""
-        if self.offer is None or self._task_id is None:
+        if self._offer is None or self._task_id is None:
             raise LocalProtocolError(f"no offer to accept in state {self._state}")
         if self.offer_expired(now):
             raise LocalProtocolError("the offer has expired", code="offer_expired")
-        return self.send(Accept(task_id=self._task_id, price=self.offer.price))
+        return self.send(Accept(task_id=self._task_id, price=self._offer.price))
 
     def cancel(self, reason: str) -> bytes:
         if self._task_id is None:
@@ -511,16 +588,16 @@ class RequesterNegotiation(Negotiation):
         return self.send(Cancel(task_id=self._task_id, reason=reason[:1024]))
 
     def countersign_lease(self) -> bytes:
-        """Sign the proposed lease (after checking it on receipt) and send it."""
-        if self.proposed_lease is None or self._state is not State.LEASE_PROPOSED:
+        """Sign the proposed lease (after checking it on receipt) and send it; then it is ``lease``."""
+        if self._proposed_lease is None or self._state is not State.LEASE_PROPOSED:
             raise LocalProtocolError(f"no lease proposal to countersign in state {self._state}")
-        return self.send(signing.countersign(self.proposed_lease, self.signer, as_provider=False))
+        return self.send(signing.countersign(self._proposed_lease, self.signer, as_provider=False))
 
     def countersign_receipt(self) -> bytes:
         """Sign the proposed receipt and send it; the signed one is then ``receipt``."""
-        if self.proposed_receipt is None or self._state is not State.RECEIPT_PROPOSED:
+        if self._proposed_receipt is None or self._state is not State.RECEIPT_PROPOSED:
             raise LocalProtocolError(f"no receipt proposal to countersign in state {self._state}")
-        return self.send(signing.countersign(self.proposed_receipt, self.signer, as_provider=False))
+        return self.send(signing.countersign(self._proposed_receipt, self.signer, as_provider=False))
 
 
 class ProviderNegotiation(Negotiation):
@@ -536,19 +613,25 @@ class ProviderNegotiation(Negotiation):
             raise LocalProtocolError("nothing to reject before the first message")
         return self.send(Reject(task_id=self._task_id, code=code, detail=detail[:1024]))
 
+    def send_offer(self, *, price: float, gpus: tuple[str, ...], expires_at: float) -> bytes:
+        """Offer the requested CPUs and memory, and ``gpus``, at ``price`` until ``expires_at``."""
+        if self._request is None:
+            raise LocalProtocolError(f"nothing to offer for in state {self._state}")
+        spec = self._request.spec
+        return self.send(
+            Offer(
+                task_id=self._request.task_id, price=price, expires_at=expires_at,
+                cpus=spec.cpus, memory=spec.memory, gpus=gpus,
+            )
+        )
+
     def draft_lease(self, *, issued_at: float, expires_at: float) -> LeaseTerms:
         """LeaseTerms matching the request, the offer and the accepted price."""
-        if self.request is None or self.offer is None or self.accepted is None:
+        if self._request is None or self._offer is None or self._accepted is None:
             raise LocalProtocolError(f"nothing to lease in state {self._state}")
-        return LeaseTerms(
-            task_id=self.request.task_id,
-            requester=self.requester_id,
-            provider=self.provider_id,
-            spec=self.request.spec,
-            price=self.accepted.price,
-            gpus=self.offer.gpus,
-            issued_at=issued_at,
-            expires_at=expires_at,
+        return make_lease_terms(
+            self._request, self._offer, self._accepted,
+            provider=self.provider_id, issued_at=issued_at, expires_at=expires_at,
         )
 
     def propose_lease(self, terms: LeaseTerms) -> bytes:
@@ -557,37 +640,30 @@ class ProviderNegotiation(Negotiation):
 
     def attach_lease(self, lease: Lease) -> None:
         """After receiving Resume: adopt the stored lease it names (or Reject instead)."""
-        resumed = self.resumed
-        if self._state is not State.RESUMING or resumed is None or self.lease is not None:
+        resumed = self._resumed
+        if self._state is not State.RESUMING or resumed is None or self._lease is not None:
             raise LocalProtocolError(f"attach_lease answers a Resume; state is {self._state}")
         terms = self._adopt_lease(lease)
         if terms.task_id != resumed.task_id or signing.digest(lease.terms) != resumed.lease_digest:
             raise LocalProtocolError("the stored lease is not the one the requester resumes")
-        self.lease, self.lease_terms = lease, terms
+        self._lease, self._lease_terms = lease, terms
+
+    def send_status(self, state: TaskState, detail: str, *, at: float) -> bytes:
+        """A Status of the leased task (also the first answer to a Resume)."""
+        if self._task_id is None:
+            raise LocalProtocolError("no task to report on before the first message")
+        return self.send(Status(task_id=self._task_id, state=state, detail=detail[:1024], at=at))
 
     def draft_receipt(
         self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float, staging_time: float = 0.0
     ) -> ReceiptTerms:
-        """ReceiptTerms matching the lease and the Result already sent."""
-        lease, lease_terms, result = self.lease, self.lease_terms, self.result
+        """ReceiptTerms matching the lease and the Result already sent (``make_receipt_terms``)."""
+        lease, lease_terms, result = self._lease, self._lease_terms, self._result
         if lease is None or lease_terms is None or result is None:
             raise LocalProtocolError(f"nothing to receipt in state {self._state}")
-        return ReceiptTerms(
-            task_id=lease_terms.task_id,
-            requester=self.requester_id,
-            provider=self.provider_id,
-            lease_digest=signing.digest(lease.terms),
-            state=result.state,
-            exit_code=result.exit_code,
-            stdout_digest=stdout_digest,
-            stderr_digest=stderr_digest,
-            output_digest=result.output_digest,
-            output_size=result.output_size,
-            wall_time=result.wall_time,
-            gpu_seconds=result.gpu_seconds,
-            price=lease_terms.price,
-            cost=cost,
-            finished_at=finished_at,
+        return make_receipt_terms(
+            lease, lease_terms, result,
+            stdout_digest=stdout_digest, stderr_digest=stderr_digest, cost=cost, finished_at=finished_at,
             staging_time=staging_time,
         )
 

@@ -184,7 +184,7 @@ def test_resume_only_opens_a_stream() -> None:
 def test_resume_must_name_the_lease_digest() -> None:
     lease = signed_lease()
     pair = MachinePair()
-    pair.requester.lease = lease  # what resume() sets before it sends
+    pair.requester._lease = lease  # forged: what resume() records before it sends (lease is read-only)
     bad = signing.digest(lease.terms + b"x")
     with pytest.raises(LocalProtocolError, match="lease_digest mismatch"):
         pair.requester.send(Resume(task_id=TASK_ID, lease_digest=bad, log_seq=0))
