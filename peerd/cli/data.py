@@ -14,6 +14,7 @@ import argparse
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.schema import Value
 
@@ -23,6 +24,9 @@ from ..errors import PeerdError
 from . import output
 from .context import EXIT_FAILED, EXIT_OK, Context
 from .query import expect_map
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 PROGRESS_AFTER = 1.0  # seconds a download runs before a bar appears
 
@@ -39,8 +43,7 @@ class _Progress:
     def __init__(self, ctx: Context) -> None:
         self.enabled = not ctx.json and ctx.err.isatty()
         self.began = time.monotonic()
-        self.bar: object | None = None
-        self.ctx = ctx
+        self.bar: tuple[Progress, TaskID] | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or time.monotonic() - self.began < PROGRESS_AFTER:
@@ -48,17 +51,14 @@ class _Progress:
         if self.bar is None:
             from rich.progress import DownloadColumn, Progress, TransferSpeedColumn  # only on a terminal
 
-            progress = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                                transient=True)
-            progress.start()
-            self.bar = (progress, progress.add_task("outputs", total=total))
-        progress, task = self.bar  # type: ignore[misc]
-        progress.update(task, completed=done)
+            bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+            bar.start()
+            self.bar = (bar, bar.add_task("outputs", total=total))
+        self.bar[0].update(self.bar[1], completed=done)
 
     def close(self) -> None:
         if self.bar is not None:
-            progress, _ = self.bar  # type: ignore[misc]
-            progress.stop()
+            self.bar[0].stop()
 
 
 def fetch_outputs(ctx: Context, client: ControlClient, task_id: str, view: dict[str, Value],
