@@ -66,7 +66,11 @@ class OutputWriter:
         self._chunk = 0  # index of the current chunk in the file
         self._hash = hashlib.sha256()
         self._in_chunk = 0
-        self._advance()
+        try:
+            self._advance()
+        except BaseException:
+            self.close()
+            raise
 
     def _advance(self) -> None:
         """Close the current file; open the next one that has bytes (creating empty ones on the way)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from peerd.client import Client
 from peerd.devnet import DevNet, NodeProc
 from peerd.unpack import expected_output_id
 
@@ -118,6 +119,13 @@ def test_inputs_reach_the_job_and_outputs_come_back(net: DevNet, inputs: tuple[P
     assert not compare.left_only and not compare.right_only and not compare.diff_files
     assert filecmp.cmpfiles(tmp_path / "out", tmp_path / "again", ["sums.txt", "nested/deeper/copy.bin"],
                             shallow=False)[0] == ["sums.txt", "nested/deeper/copy.bin"]
+
+    # the same, from Python (peerd.client)
+    with Client(home=requester.home) as client:
+        fetched = client.fetch_outputs(task_id, tmp_path / "python")
+        assert client.task(task_id)["state"] == "succeeded"
+    assert fetched["id"] == outputs["id"]
+    assert (tmp_path / "python" / "sums.txt").read_bytes() == (tmp_path / "out" / "sums.txt").read_bytes()
 
     # the same input again: its chunks are in the provider's store already
     before = counters(provider)["data.inputs_fetched_bytes"]
