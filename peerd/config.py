@@ -19,17 +19,17 @@ from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_FRAME
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+from protocol.roles import NodeRole
 
 from .errors import ConfigError
 from .units import format_size, parse_duration, parse_size
 
 CONFIG_NAME = "config.toml"
-ROLES = ("provider", "requester", "seed")
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    role: str = "provider"
+    role: NodeRole = NodeRole.PROVIDER
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     control_socket: str = ""
@@ -86,6 +86,26 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Circuit Relay v2: serving as a relay, and the reservations of a node nobody can dial.
+
+    ``serve``: "auto" (seeds relay, others do not), "on" or "off". The limits
+    are per circuit and per relay; py-libp2p's defaults (1 GiB and 1 h per
+    circuit) are ours, and its 1 MiB/s per circuit is not enforced at all
+    (docs/py-libp2p.md, defect 15).
+    """
+
+    serve: str = "auto"
+    reservations: int = 2  # relays a node that is not publicly reachable keeps reservations on
+    max_reservations: int = 32  # reservations a relay holds for others
+    circuit_bytes: int = 1 << 30  # bytes per relayed connection, both directions together
+    circuit_duration: float = 3600.0  # lifetime of a relayed connection
+
+
+RELAY_SERVE = ("auto", "on", "off")
+
+
+@dataclass(frozen=True, slots=True)
 class RequesterConfig:
     max_attempts: int = 3
     placement_deadline: float = 60.0
@@ -126,6 +146,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     requester: RequesterConfig = field(default_factory=RequesterConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -218,11 +239,19 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-def _role(value: object) -> str:
+def _role(value: object) -> NodeRole:
     role = _str(value)
-    if role not in ROLES:
-        raise ValueError(f"must be one of {', '.join(ROLES)}, got {role!r}")
-    return role
+    try:
+        return NodeRole(role)
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(NodeRole)}, got {role!r}") from None
+
+
+def _relay_serve(value: object) -> str:
+    text = _str(value)
+    if text not in RELAY_SERVE:
+        raise ValueError(f"must be one of {', '.join(RELAY_SERVE)}, got {text!r}")
+    return text
 
 
 def _log_level(value: object) -> str:
@@ -284,6 +313,9 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "requester": (RequesterConfig, {"max_attempts": _at_least_one, "placement_deadline": _timeout,
                                     "offer_hold": _timeout, "provider_timeout": _timeout,
                                     "peer_wait": _grace}),
+    "relay": (RelayConfig, {"serve": _relay_serve, "reservations": _at_least_one,
+                            "max_reservations": _at_least_one, "circuit_bytes": _size,
+                            "circuit_duration": _timeout}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
     "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
@@ -435,6 +467,20 @@ offer_hold = "15s"
 provider_timeout = "20s"
 # With no provider known yet (a node just started), wait this long for adverts.
 peer_wait = "10s"
+
+[relay]
+# Circuit Relay v2, for providers behind home routers. "auto": seeds relay for
+# others, other nodes do not; "on" lets any publicly reachable node relay.
+serve = "auto"
+# A node that peers cannot dial keeps reservations on this many relays and
+# advertises its addresses through them.
+reservations = 2
+# Limits of a relay: reservations it holds, and what one relayed connection
+# may carry (both directions together) and for how long. Large job data never
+# goes through a relay (a relayed provider is ranked after a direct one).
+max_reservations = 32
+circuit_bytes = "1G"
+circuit_duration = "1h"
 
 [metrics]
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.

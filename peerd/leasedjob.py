@@ -28,17 +28,17 @@ from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, digest, propose
 from protocol.terms import make_receipt_terms
 
-from .executor.contract import Outcome, OutcomeState
+from .executor.contract import RunOutcome, RunOutcomeState
 
 MAX_CHUNK = 60 << 10
 
-OUTCOME_STATES: dict[OutcomeState, TaskState] = {
-    OutcomeState.SUCCEEDED: TaskState.SUCCEEDED,
-    OutcomeState.FAILED: TaskState.FAILED,
-    OutcomeState.TIMEOUT: TaskState.TIMEOUT,
-    OutcomeState.OOM: TaskState.OOM,
-    OutcomeState.CANCELLED: TaskState.CANCELLED,
-    OutcomeState.LOST: TaskState.LOST,
+OUTCOME_STATES: dict[RunOutcomeState, TaskState] = {
+    RunOutcomeState.SUCCEEDED: TaskState.SUCCEEDED,
+    RunOutcomeState.FAILED: TaskState.FAILED,
+    RunOutcomeState.TIMEOUT: TaskState.TIMEOUT,
+    RunOutcomeState.OOM: TaskState.OOM,
+    RunOutcomeState.CANCELLED: TaskState.CANCELLED,
+    RunOutcomeState.LOST: TaskState.LOST,
 }
 
 
@@ -46,7 +46,7 @@ def cost_of(price_per_hour: float, wall_time: float) -> float:
     return price_per_hour * wall_time / 3600.0
 
 
-def result_from_outcome(outcome: Outcome, *, interrupted: bool = False) -> Result:
+def result_from_outcome(outcome: RunOutcome, *, interrupted: bool = False) -> Result:
     state = TaskState.INTERRUPTED if interrupted else OUTCOME_STATES[outcome.state]
     digest_text = f"sha256:{outcome.output_digest}" if outcome.output_digest else ""
     return Result(

@@ -17,6 +17,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
+from protocol.reachability import Reachability, of_addrs
 
 
 class Misfit(enum.StrEnum):
@@ -93,10 +94,12 @@ def waste(spec: JobSpec, advert: Advert) -> float:
     return max(cpu, 0.0) + max(mem, 0.0) + max(gpu, 0.0)
 
 
-def rank_key(spec: JobSpec, advert: Advert) -> tuple[float, float, int, str]:
+def rank_key(spec: JobSpec, advert: Advert) -> tuple[float, float, bool, int, str]:
+    """Cheapest, tightest fit, then direct before relayed (reachable only through a relay), least loaded."""
     return (
         price_for(spec, advert),
         round(waste(spec, advert), 6),
+        of_addrs(advert.addrs) is Reachability.RELAYED,
         advert.queue_depth + advert.running,
         advert.peer_id,
     )

@@ -31,15 +31,15 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 
 from protocol.messages import TaskState
+from protocol.roles import NodeRole, TaskRole
 
 from .errors import ConfigError, PeerdError
 from .executor.gpus import CapacityLedger
-from .peertable import Outcome
+from .peertable import AdvertVerdict
 
 log = logging.getLogger(__name__)
 
-TASK_ROLES = ("requester", "provider")
-ADVERT_OUTCOMES = frozenset(o.value for o in Outcome)
+ADVERT_OUTCOMES = frozenset(o.value for o in AdvertVerdict)
 
 NEGOTIATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OVERHEAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -110,7 +110,7 @@ class NodeSample:
     """The node's figures at one moment, taken by the node for a scrape or a status."""
 
     peer_id: str
-    role: str
+    role: NodeRole
     version: str
     peers_known: int
     peers_connected: int
@@ -150,7 +150,7 @@ class _SampleCollector:
         if sample is None:
             return
         info = GaugeMetricFamily("peerd_node_info", "This node.", labels=["peer_id", "role", "version"])
-        info.add_metric([sample.peer_id, sample.role, sample.version], 1)
+        info.add_metric([sample.peer_id, sample.role.value, sample.version], 1)
         yield info
         yield GaugeMetricFamily("peerd_peers_known", "Peers with a live advert in the peer table.",
                                 value=sample.peers_known)
@@ -159,9 +159,9 @@ class _SampleCollector:
         yield from _p2p_families(sample.p2p_counters)
         tasks = GaugeMetricFamily("peerd_tasks", "Tasks in the node's store, by side and state.",
                                   labels=["role", "state"])
-        for role in TASK_ROLES:
+        for role in TaskRole:
             for state in TaskState:
-                tasks.add_metric([role, state.value], sample.tasks.get((role, state.value), 0))
+                tasks.add_metric([role.value, state.value], sample.tasks.get((role.value, state.value), 0))
         yield tasks
         yield GaugeMetricFamily("peerd_jobs_running", "Provider jobs whose container runs here.",
                                 value=sample.jobs_running)

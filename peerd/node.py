@@ -23,6 +23,7 @@ import trio
 
 from protocol.messages import Advert
 from protocol.negotiation import TASK_PROTOCOL
+from protocol.roles import NodeRole
 
 from . import sdnotify
 from .adverts import HostFacts, offered_capacity, offered_gpus
@@ -62,7 +63,7 @@ class Node:
     """A node to run: ``await nursery.start(node.run)`` gives its started ``Services``."""
 
     def __init__(self, config: Config, *, seed: bool = False, clock: Clock = time.time) -> None:
-        self.seed = seed or config.node.role == "seed"
+        self.seed = seed or config.node.role is NodeRole.SEED
         self.clock = clock
         self.metrics_address = listen_address(config.metrics.listen)  # refuses non-loopback up front
         self.signer = load_key(config.key_path)
@@ -74,8 +75,8 @@ class Node:
         return self.state.config
 
     @property
-    def role(self) -> str:
-        return "seed" if self.seed else self.config.node.role
+    def role(self) -> NodeRole:
+        return NodeRole.SEED if self.seed else self.config.node.role
 
     async def run(self, *, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -97,7 +98,8 @@ class Node:
     async def _start_services(self, nursery: trio.Nursery, store: Store, chunks: ChunkStore) -> Services:
         """Provider services, pruner, p2p (returns once joined), the task protocol, job data, then the requester."""
         config, signer, metrics, dialer = self.config, self.signer, Metrics(), BlobDialer()
-        ours = await self._start_provider(nursery, store, metrics, chunks, dialer) if self.role == "provider" else None
+        is_provider = self.role is NodeRole.PROVIDER
+        ours = await self._start_provider(nursery, store, metrics, chunks, dialer) if is_provider else None
         pruner = pruner_from(config, store, active=lambda: ours.runner.jobs.keys() if ours else ())
         await nursery.start(pruner.run)
 
@@ -117,7 +119,7 @@ class Node:
             routes = Routes(signer.peer_id, p2p, ours.provider if ours else None)
             requester = Requester(
                 signer=signer, store=store, tracker=tracker,
-                candidates=routes.candidates, open_stream=routes.open_stream, probe=routes.providers,
+                candidates=routes.candidates, open_stream=routes.open_stream, all_providers=routes.providers,
                 on_negotiated=metrics.observe_negotiation, settings=requester_settings_from(config),
                 clock=self.clock,
             )

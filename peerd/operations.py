@@ -30,6 +30,7 @@ from .control.ops import (
     LogChunkView,
     OpError,
     PeerView,
+    ReachabilityStatus,
     ReceiptView,
     StatusView,
     TaskNotFound,
@@ -38,6 +39,7 @@ from .control.ops import (
 from .errors import PeerdError
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
+from .p2p.reachability import ReachabilityView
 from .requestdata import InputError, InputSource
 from .services import Services
 from .store import TaskRecord, TaskRole
@@ -61,7 +63,7 @@ class Operations:
         return StatusView(
             peer_id=self.services.peer_id,
             addrs=self.services.p2p.listen_addrs(),
-            role=self.services.role,
+            role=self.services.role.value,
             peers_connected=sample.peers_connected,
             peers_known=sample.peers_known,
             tasks_running=sample.jobs_running,
@@ -70,6 +72,7 @@ class Operations:
             counters={**status_counters(sample), **(self.services.data.counters() if self.services.data else {})},
             draining=self.state.draining,
             config_reload=self.state.last_reload,
+            reachability=reachability_status(self.services.p2p.reachability()),
         )
 
     async def sample(self) -> NodeSample:
@@ -211,3 +214,8 @@ class Operations:
 
     async def receipts(self, limit: int) -> list[ReceiptView]:
         return [receipt_view(r.receipt) for r in await self.services.store.list_receipts(limit)]
+
+
+def reachability_status(seen: ReachabilityView) -> ReachabilityStatus:
+    return ReachabilityStatus(reachability=str(seen.state), relay_addrs=list(seen.relay_addrs), hint=seen.hint,
+                              relays_lost=seen.relays_lost)

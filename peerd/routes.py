@@ -17,6 +17,7 @@ import trio
 
 from protocol.messages import JobSpec
 from protocol.negotiation import TASK_PROTOCOL
+from protocol.roles import NodeRole
 
 from .lifecycle import InFlight
 from .p2p.service import P2PService
@@ -47,7 +48,7 @@ class Routes:
         return [
             Candidate(peer_id=e.peer_id, addrs=list(e.addrs))
             for e in self.p2p.table.entries(now)
-            if e.peer_id != self.peer_id and e.advert.role.value == "provider" and not e.advert.draining
+            if e.peer_id != self.peer_id and e.advert.role is NodeRole.PROVIDER and not e.advert.draining
         ]
 
     @asynccontextmanager

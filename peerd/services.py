@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol.messages import Advert
+from protocol.roles import NodeRole
 from protocol.signing import Signer
 
 from .adverts import HostFacts, build_advert
@@ -55,7 +56,7 @@ class ProviderServices:
 class Services:
     """Every service of a started node."""
 
-    role: str  # provider | requester | seed
+    role: NodeRole
     signer: Signer
     clock: Clock
     store: Store

@@ -49,7 +49,7 @@ from . import store_retention
 from .store_records import (
     TASK_COLUMNS,
     Attempt,
-    Outcome,
+    AttemptOutcome,
     ReceiptRecord,
     ResultRecord,
     TaskRecord,
@@ -86,9 +86,9 @@ __all__ = [
     "DB_NAME",
     "AlreadyRecorded",
     "Attempt",
+    "AttemptOutcome",
     "LogHolding",
     "NoSuchTask",
-    "Outcome",
     "ReceiptRecord",
     "ResultRecord",
     "SchemaVersionError",
@@ -356,7 +356,7 @@ class Store:
             "SELECT 1 FROM attempts AS b WHERE b.task_id = a.task_id AND b.provider = a.provider "
             "AND b.n > a.n AND b.outcome = ?) ORDER BY a.at, a.task_id, a.n"
         )
-        params = (Outcome.LOST.value, Outcome.SUPERSEDED.value)
+        params = (AttemptOutcome.LOST.value, AttemptOutcome.SUPERSEDED.value)
         rows = await self._run(partial(_select, sql=sql, params=params))
         return [attempt_from_row(row) for row in rows]
 

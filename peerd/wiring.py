@@ -74,7 +74,7 @@ def p2p_from(
 ) -> P2PService:
     return P2PService(
         signer, listen=list(config.node.listen), bootstrap=list(config.node.bootstrap), seed=seed,
-        net=config.network, advert_source=advert_source, clock=clock,
+        net=config.network, advert_source=advert_source, clock=clock, relay=config.relay,
     )
 
 

@@ -34,6 +34,7 @@ from .limits import (
     MAX_TIMEOUT as MAX_TIMEOUT,
     MAX_TIMESTAMP as MAX_TIMESTAMP,
 )
+from .roles import NodeRole as NodeRole
 from .schema import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     Message as Message,
@@ -96,12 +97,6 @@ FINAL_STATES = frozenset(
         TaskState.LOST,
     }
 )
-
-
-class NodeRole(enum.StrEnum):
-    PROVIDER = "provider"
-    SEED = "seed"
-    REQUESTER = "requester"
 
 
 class LogStream(enum.StrEnum):

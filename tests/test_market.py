@@ -100,3 +100,13 @@ def test_rank_orders_by_price_then_fit_then_load_and_drops_misfits() -> None:
 def test_explain_counts_reasons() -> None:
     ads = [advert("a", draining=True), advert("b", draining=True), advert("c", docker=False), advert("d")]
     assert market.explain(spec(), ads) == {"draining": 2, "no_docker": 1}
+
+
+def test_a_relayed_provider_comes_after_an_equally_fitting_direct_one_but_not_after_a_worse_fit() -> None:
+    job = spec(cpus=2.0)
+    circuit = ("/ip4/10.0.0.1/tcp/4001/p2p/R1/p2p-circuit/p2p/relayed",)
+    relayed = advert("a-relayed", addrs=circuit)  # sorts first by peer ID alone
+    direct = advert("z-direct", addrs=("/ip4/10.0.0.2/tcp/4001/p2p/z-direct",))
+    assert [a.peer_id for a in market.rank(job, [relayed, direct])] == ["z-direct", "a-relayed"]
+    pricier = advert("z-direct", addrs=direct.addrs, price_cpu_hour=0.02)
+    assert [a.peer_id for a in market.rank(job, [pricier, relayed])] == ["a-relayed", "z-direct"]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from protocol.reachability import of_addrs
 from protocol.schema import Value
 
 
@@ -121,8 +122,23 @@ def status_text(view: Mapping[str, Value]) -> str:
         *(("", a) for a in addr_list[1:]),
         ("counters", counter_text or "-"),
         ("config reload", _reload_text(view.get("config_reload"))),
+        *_reach_rows(view.get("reachability")),
     ]
     return pairs(items)
+
+
+def _reach_rows(reach: Value) -> list[tuple[str, str]]:
+    """``reachability``: the state, the relayed addresses in use and the hint (P2PService.reachability())."""
+    if not isinstance(reach, dict):
+        return []
+    relays = reach.get("relay_addrs")
+    relay_list = [str(a) for a in relays] if isinstance(relays, list) else []
+    return [
+        ("reachability", str(reach.get("reachability", "-"))),
+        ("relayed via", relay_list[0] if relay_list else "-"),
+        *(("", a) for a in relay_list[1:]),
+        ("hint", str(reach.get("hint", "-"))),
+    ]
 
 
 def _reload_text(reload: Value) -> str:
@@ -155,9 +171,15 @@ def peers_text(views: Sequence[Mapping[str, Value]], now: float | None = None) -
             _num(ad.get("price_cpu_hour")),
             _num(ad.get("price_gpu_hour")),
             remaining(ad.get("expires_at"), now) if ad else "-",
+            _reach(view.get("addrs")),
         ])
-    headers = ["PEER", "ROLE", "CPUS FREE", "MEMORY FREE", "GPUS", "CPU/H", "GPU/H", "ADVERT"]
+    headers = ["PEER", "ROLE", "CPUS FREE", "MEMORY FREE", "GPUS", "CPU/H", "GPU/H", "ADVERT", "REACH"]
     return table(headers, rows) if rows else "no peers known"
+
+
+def _reach(addrs: Value) -> str:
+    """public or relayed, as the peer's advertised addresses show (protocol.reachability.of_addrs)."""
+    return str(of_addrs([str(a) for a in addrs])) if isinstance(addrs, list) else "-"
 
 
 def _command(spec: Value) -> str:

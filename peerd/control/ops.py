@@ -16,7 +16,7 @@ closed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 from protocol.messages import JobSpec
 from protocol.schema import Value
@@ -53,6 +53,13 @@ class ConfigReloadView(TypedDict):
     at: float
 
 
+class ReachabilityStatus(TypedDict):
+    reachability: str  # protocol.reachability.Reachability: public | relayed | unreachable | unknown
+    relay_addrs: list[str]  # our circuit addresses in use (relayed only)
+    hint: str  # what to do about it, if anything
+    relays_lost: int  # relays that went away and were replaced
+
+
 class StatusView(TypedDict):
     peer_id: str
     addrs: list[str]  # full multiaddrs, each ending /p2p/<peer_id>
@@ -65,6 +72,8 @@ class StatusView(TypedDict):
     counters: dict[str, int]
     draining: bool
     config_reload: ConfigReloadView | None  # None until the first SIGHUP
+    reachability: NotRequired[ReachabilityStatus]  # from P2PService.reachability()
+
 
 
 class PeerView(TypedDict):

@@ -6,6 +6,11 @@ handshake for minutes). A deliberate re-dial first evicts the peer from the
 swarm's negative dial cache (defect 7: after one failed dial a peer is refused
 for 60 s even when it is back). ``open_stream`` connects when needed, then
 opens and negotiates the stream under the same timeout.
+
+A peer behind a home router advertises circuit addresses
+(``…/p2p/<relay>/p2p-circuit/p2p/<peer>``); the swarm never dials those
+(defect 16), so ``connect`` tries the direct addresses first and then each
+circuit address through ``relay.dial_circuit``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr.exceptions import Error as MultiaddrError, ProtocolLookupError
 
+from protocol.reachability import is_circuit
+
 from .errors import BadAddress, DialError, StreamError
 from .host import Libp2pNode
+from .relay import dial_circuit
 from .streams import FOREIGN_ERRORS, Stream, short
 
 log = logging.getLogger(__name__)
@@ -57,10 +65,17 @@ def split_p2p(addr: str) -> tuple[multiaddr.Multiaddr, str | None]:
     return maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}")), str(peer)
 
 
+def circuit_addrs(peer_id: str, addrs: Sequence[str]) -> list[str]:
+    """The addresses that reach ``peer_id`` through a relay."""
+    return [a for a in addrs if is_circuit(a) and a.endswith(f"/p2p/{peer_id}")]
+
+
 def transport_addrs(peer_id: str, addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
-    """The usable addresses of ``peer_id``: those naming another peer are dropped."""
+    """The direct addresses of ``peer_id``: circuits and those naming another peer are dropped."""
     out = []
     for addr in addrs:
+        if is_circuit(addr):
+            continue
         try:
             maddr, named = split_p2p(addr)
         except BadAddress:
@@ -84,7 +99,32 @@ async def connect(
     timeout: float,
     redial: bool = False,
 ) -> None:
-    """Make sure we hold a connection to ``peer_id``; DialError if we cannot."""
+    """Make sure we hold a connection to ``peer_id``, direct or relayed; DialError if we cannot."""
+    circuits = circuit_addrs(peer_id, addrs)
+    if is_connected(node, peer_id):
+        return
+    if not circuits or transport_addrs(peer_id, addrs):
+        try:
+            await _connect_direct(node, peer_id, addrs, timeout=timeout, redial=redial or bool(circuits))
+            return
+        except DialError:
+            if not circuits:
+                raise
+    failure: DialError | None = None
+    for addr in circuits:
+        try:
+            await dial_circuit(node.host, node.relay, addr, timeout=timeout)
+            return
+        except DialError as exc:
+            failure = exc
+            log.debug("circuit %s failed: %s", addr, exc)
+    assert failure is not None
+    raise failure
+
+
+async def _connect_direct(
+    node: Libp2pNode, peer_id: str, addrs: Sequence[str], *, timeout: float, redial: bool
+) -> None:
     pid = to_id(peer_id)
     maddrs = transport_addrs(peer_id, addrs)
     if maddrs:

@@ -14,6 +14,8 @@ per-host guards of docs/py-libp2p.md:
   does, not from whole seconds (a node restarted soon after publishing reused
   seqnos and its messages were dropped as duplicates).
 * the DHT runs in server mode with strict record validation (defect 9).
+* Circuit Relay v2 (``relay.build_relay``): every node accepts relayed
+  connections (STOP); a node that relays for others also serves HOP.
 * on exit, ``host.close()`` runs first, bounded, while the library's tasks
   are still alive (defect 6: leaving ``host.run()`` alone leaks connections
   and tasks; and a connection whose close is cancelled half-way keeps its
@@ -42,10 +44,12 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID, Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from peerd.config import RelayConfig
 from protocol.signing import Signer
 
 from .errors import BadAddress, P2PError
 from .guards import apply_library_guards, check_port_free
+from .relay import RelayParts, build_relay
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ class Libp2pNode:
     pubsub: Pubsub
     gossipsub: GossipSub
     dht: KadDHT
+    relay: RelayParts
 
     @property
     def peer_id(self) -> str:
@@ -156,6 +161,8 @@ async def open_node(
     topics: frozenset[str],
     connect_timeout: float = 10.0,
     gossip: GossipParams | None = None,
+    relay: RelayConfig | None = None,
+    serve_relay: bool = False,
 ) -> AsyncIterator[Libp2pNode]:
     """Listen on ``listen`` with pubsub and the DHT running; close everything on exit.
 
@@ -175,7 +182,8 @@ async def open_node(
     host = build_host(signer, maddrs, connect_timeout)
     pubsub, router = build_pubsub(host, gossip or GossipParams(), topics)
     dht = KadDHT(host, DHTMode.SERVER, strict_validation=True)
-    node = Libp2pNode(host=host, pubsub=pubsub, gossipsub=router, dht=dht)
+    parts = build_relay(host, relay or RelayConfig(), serve=serve_relay)
+    node = Libp2pNode(host=host, pubsub=pubsub, gossipsub=router, dht=dht, relay=parts)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_node, node, maddrs, stop)
@@ -199,6 +207,7 @@ async def _run_node(
                 background_trio_service(node.pubsub),
                 background_trio_service(node.gossipsub),
                 background_trio_service(node.dht),
+                background_trio_service(node.relay.protocol),
             ):
                 await node.pubsub.wait_until_ready()
                 task_status.started()

@@ -13,12 +13,22 @@ subscribed to the advert topic. Cancel the nursery to stop it; the host is
 closed on the way out.
 
 A seed (``seed=True``) is a DHT server and gossip relay with no advert of its
-own. Its multiaddr (``listen_addrs()``) is stable across restarts when it keeps
-its key and a fixed port.
+own; by default (``[relay] serve = "auto"``) it also relays connections for
+nodes behind home routers (Circuit Relay v2, ``relay.py``).
+
+Every node checks whether peers can dial it (``reachability.Prober``, a
+dial-back through its peers); one that they cannot keeps reservations on
+``relay.reservations`` relays (``relay.Reservations``) and advertises its
+circuit addresses instead of its own. ``reachability()`` is the view
+``peerd status`` shows; ``is_relayed(peer)`` says whether our connection to a
+peer goes through a relay (large transfers must not). A seed's multiaddr
+(``listen_addrs()``) is stable across restarts when it keeps its key and a
+fixed port.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -28,18 +38,22 @@ from libp2p.abc import ISubscriptionAPI
 from libp2p.custom_types import TProtocol
 from libp2p.utils.address_validation import expand_wildcard_address
 
-from peerd.config import NetworkConfig
+from peerd.config import NetworkConfig, RelayConfig
 from peerd.peertable import PeerTable, TableLimits
+from protocol import dialback
+from protocol.messages import Advert
 from protocol.schema import Value
 from protocol.signing import Signer
 
-from .adverts import ADVERT_TOPIC, AcceptHook, AdvertPublisher, AdvertSource, Clock, gossip_validator
-from .dialing import StreamOpening, is_connected, open_stream
+from .adverts import ADVERT_TOPIC, MAX_ADDRS, AcceptHook, AdvertPublisher, AdvertSource, Clock, gossip_validator
+from .dialing import StreamOpening, connect, is_connected, open_stream, to_id
 from .discovery import TARGET_PEERS, Candidate, Discovery, parse_seeds
 from .errors import NotRunning
 from .events import ConnectionEvents
 from .host import Libp2pNode, open_node
-from .streams import Stream, StreamHandler, guard_handler
+from .reachability import Prober, ReachabilityView, ask_dialback, serve_dialback, view
+from .relay import Reservations
+from .streams import Stream, StreamHandler, guard_handler, is_relayed_conn
 from .sync import SYNC_PROTOCOL, AdvertSync
 
 log = logging.getLogger(__name__)
@@ -64,6 +78,7 @@ class P2PService:
         table_limits: TableLimits | None = None,
         target_peers: int = TARGET_PEERS,
         clock: Clock = time.time,
+        relay: RelayConfig | None = None,
     ) -> None:
         if seed and advert_source is not None:
             raise ValueError("a seed publishes no advert: pass advert_source=None")
@@ -85,6 +100,10 @@ class P2PService:
         self._discovery: Discovery | None = None
         self._events: ConnectionEvents | None = None
         self._own_counters = {"handler_errors": 0}
+        self.relay = relay or RelayConfig()
+        self.serves_relay = self.relay.serve == "on" or (self.relay.serve == "auto" and seed)
+        self._prober: Prober | None = None
+        self._reservations: Reservations | None = None
 
     # ------------------------------------------------------------ read API
     @property
@@ -108,6 +127,24 @@ class P2PService:
         # loopback last: peers elsewhere cannot use it
         return sorted(out, key=lambda a: "/ip4/127." in a or "/ip6/::1/" in a)
 
+    def reachability(self) -> ReachabilityView:
+        """Whether peers can dial us: public, relayed (with our circuit addresses), unreachable, unknown."""
+        dialable = self._prober.dialable if self._prober is not None else None
+        held = self._reservations
+        return view(dialable, held.relayed_addrs(self.peer_id) if held else [], held.moves if held else 0)
+
+    def is_relayed(self, peer_id: str) -> bool:
+        """True when every open connection to ``peer_id`` goes through a relay (False: direct or none)."""
+        if self._node is None:
+            return False
+        conns = [c for c in self._node.host.get_network().connections.get(to_id(peer_id), []) if not c.is_closed]
+        return bool(conns) and all(is_relayed_conn(c) for c in conns)
+
+    def advertised_addrs(self) -> list[str]:
+        """What our advert carries: our circuit addresses while peers cannot dial us, else listen_addrs()."""
+        reach = self.reachability()
+        return list(reach.relay_addrs) if reach.relay_addrs else self.listen_addrs()
+
     def connected_peers(self) -> list[str]:
         if self._node is None:
             return []
@@ -125,7 +162,7 @@ class P2PService:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Advert outcomes (see peertable.Outcome) and network events, by name."""
+        """Advert outcomes (see peertable.AdvertVerdict) and network events, by name."""
         out = dict(self.table.counters)
         out.update(self._own_counters)
         for kind, part in (
@@ -135,6 +172,10 @@ class P2PService:
         ):
             out.update(part.counters if part is not None else dict.fromkeys(kind.COUNTERS, 0))
         out["events_dropped"] = self._events.dropped if self._events is not None else 0
+        # reachability as figures, for status and metrics until StatusView carries reachability()
+        out["reachable"] = 1 if self._prober is not None and self._prober.dialable else 0
+        out["relays_held"] = len(self._reservations.held) if self._reservations is not None else 0
+        out["relay_moves"] = self._reservations.moves if self._reservations is not None else 0
         return out
 
     @property
@@ -156,6 +197,8 @@ class P2PService:
             "routing_table": len(self.routing_peers()),
             "peers": len(self.table.entries(now)),
             "counters": dict(self.counters),
+            "relay_serving": self.serves_relay,
+            "reachability": str(self.reachability().state),
         }
 
     # ------------------------------------------------------------ control
@@ -208,6 +251,8 @@ class P2PService:
             self._listen,
             topics=frozenset({ADVERT_TOPIC}),
             connect_timeout=self.net.connect_timeout,
+            relay=self.relay,
+            serve_relay=self.serves_relay,
         ) as node:
             try:
                 await self._serve(node, task_status)
@@ -220,11 +265,20 @@ class P2PService:
         node.host.get_network().register_notifee(self._events)
         if self._advert_source is not None:
             self._publisher = AdvertPublisher(
-                node, self._signer, self.net, self._advert_source, self.listen_addrs, self._clock
+                node, self._signer, self.net, self._relayed_source, self.advertised_addrs, self._clock
             )
             self._publisher.stamp()  # so the first syncs already carry our advert
         self._sync = AdvertSync(node, self.table, lambda: self.own_advert, self.net, self._clock, self._on_advert)
         self._install(node, SYNC_PROTOCOL, self._sync.serve)
+        self._install(node, dialback.PROTOCOL, _serve_dialback)
+        self._prober = Prober(self._ask_dialback, self._probe_peers)
+        self._reservations = Reservations(
+            node.host, self.relay.reservations, self._relay_candidates,
+            lambda relay, addrs: connect(node, relay, addrs, timeout=self.net.connect_timeout, redial=True),
+            lambda peer: is_connected(node, peer),
+            lambda: self._prober is not None and self._prober.dialable is False and not self.serves_relay,
+            self.advert_changed, self.net.connect_timeout,
+        )
         for protocol_id, handler in self._handlers.items():
             self._install(node, protocol_id, handler)
         node.pubsub.set_topic_validator(
@@ -240,6 +294,8 @@ class P2PService:
             nursery.start_soon(self._follow_connections, node, nursery)
             nursery.start_soon(self._discovery.run)
             nursery.start_soon(self._expire)
+            nursery.start_soon(self._prober.run)
+            nursery.start_soon(self._reservations.run)
             if self._publisher is not None:
                 await nursery.start(self._publisher.run)
             task_status.started()
@@ -252,6 +308,30 @@ class P2PService:
             TProtocol(protocol_id),
             guard_handler(handler, io_timeout=self.net.io_timeout, on_error=count_error),
         )
+
+    def _relayed_source(self, now: float) -> Advert:
+        """The advert source's advert, with our circuit addresses while peers cannot dial us."""
+        assert self._advert_source is not None
+        base = self._advert_source(now)
+        relayed = self.reachability().relay_addrs
+        return dataclasses.replace(base, addrs=relayed[:MAX_ADDRS]) if relayed else base
+
+    async def _ask_dialback(self, peer_id: str) -> bool:
+        ports = sorted({int(a.split("/tcp/")[1].split("/")[0]) for a in self.listen_addrs() if "/tcp/" in a})
+        return await ask_dialback(self.open_stream(peer_id, dialback.PROTOCOL), ports)
+
+    def _probe_peers(self) -> list[str]:
+        """Peers to ask for a dial-back: connected seeds first, never through a relay."""
+        connected = [p for p in self.connected_peers() if not self.is_relayed(p)]
+        seeds = {s.peer_id for s in self._seeds}
+        return sorted(connected, key=lambda p: p not in seeds)
+
+    def _relay_candidates(self) -> list[tuple[str, list[str]]]:
+        """Relays to try: the seeds, then peers we are connected to directly."""
+        out = [(s.peer_id, list(s.addrs)) for s in self._seeds]
+        known = {p for p, _ in out}
+        out += [(p, []) for p in self.connected_peers() if p not in known and not self.is_relayed(p)]
+        return out
 
     def _advert_candidates(self) -> list[Candidate]:
         return [Candidate(e.peer_id, list(e.addrs)) for e in self.table.entries(self._clock())]
@@ -288,6 +368,10 @@ class P2PService:
             await trio.sleep(EXPIRY_TICK)
             for peer_id in self.table.expire(self._clock()):
                 log.info("advert of …%s expired", peer_id[-8:])
+
+
+async def _serve_dialback(stream: Stream) -> None:
+    await serve_dialback(stream, stream.remote_address(), stream.relayed)
 
 
 async def _drain(subscription: ISubscriptionAPI) -> None:

@@ -34,6 +34,17 @@ RESET_TIMEOUT = 2.0
 FOREIGN_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+def is_relayed_conn(conn: object) -> bool:
+    """A swarm or muxed connection that runs through a relay (its transport address is a circuit)."""
+    get_addrs = getattr(conn, "get_transport_addresses", None)
+    try:
+        addrs = get_addrs() if callable(get_addrs) else []
+    except Exception:  # the library's connections raise assorted types once closed
+        log.debug("no transport addresses on a closed connection", exc_info=True)
+        return False
+    return any("/p2p-circuit" in str(a) for a in addrs or [])
+
+
 def short(peer_id: str) -> str:
     return peer_id[-8:]
 
@@ -47,6 +58,19 @@ class Stream:
         self.remote_peer: str = str(raw.muxed_conn.peer_id)
         self.protocol: str = str(raw.get_protocol() or "")
         self._finished = False
+
+    def remote_address(self) -> tuple[str, int] | None:
+        """The (ip, port) the other side's connection comes from (a relay's, when relayed)."""
+        try:
+            addr = self._raw.get_remote_address()
+        except FOREIGN_ERRORS:
+            return None
+        return (str(addr[0]), int(addr[1])) if addr else None
+
+    @property
+    def relayed(self) -> bool:
+        """True when the stream runs over a connection through a relay."""
+        return is_relayed_conn(self._raw.muxed_conn)
 
     @property
     def finished(self) -> bool:

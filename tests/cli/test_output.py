@@ -29,3 +29,14 @@ def test_receipt_line_and_table_show_the_cost_with_its_unit() -> None:
                "provider": "p", "requester": "r"}
     assert output.receipt_line(receipt).startswith("cost 0.000139 credits, succeeded")
     assert "0.000139 credits" in output.receipts_text([receipt])
+
+
+def test_status_shows_reachability_and_peers_show_relayed_providers() -> None:
+    from peerd.cli.output import peers_text, status_text
+
+    circuit = "/ip4/10.77.0.1/tcp/4001/p2p/RELAY/p2p-circuit/p2p/ME"
+    text = status_text({"peer_id": "ME", "reachability": {
+        "reachability": "relayed", "relay_addrs": [circuit], "hint": "nothing to do", "relays_lost": 0}})
+    assert "relayed" in text and circuit in text and "nothing to do" in text
+    table = peers_text([{"peer_id": "ME", "addrs": [circuit], "advert": None}])
+    assert "REACH" in table and "relayed" in table

@@ -14,6 +14,13 @@ Faults, all inside the namespaces:
                                   cable: packets vanish, nobody gets a RST)
     partition(a, b) / heal()      iptables DROP between two groups of hosts,
                                   both directions, in a chain of our own
+    add_router(name) + add_host(name, behind=router)
+                                  a home router: a namespace with one leg on
+                                  the bridge (the "public" side) and a LAN
+                                  bridge of its own (10.78.<n>.0/24) behind
+                                  MASQUERADE, with IP forwarding; hosts behind
+                                  it reach the public side, nobody there can
+                                  open a connection to them
     intercept(host, port)         NAT in the host's namespace sends all its TCP
                                   connections with the other hosts (both
                                   directions) to ``port`` in that namespace,
@@ -50,7 +57,8 @@ from typing import IO
 from peerd.devnet import DevNet, NodeProc, wait_for
 from tests.integration.faultproxy import FaultProxy, listen_socket
 
-SUBNET = "10.77.0"  # /24, private to the namespaces
+SUBNET = "10.77.0"  # /24, private to the namespaces: the "public" side
+LAN_PREFIX = "10.78"  # router n's LAN is 10.78.<n>.0/24, its own address there .1
 PREFIX_LEN = 24
 FAULT_CHAIN = "PEERD-FAULTS"
 INTERCEPT_CHAIN = "PEERD-INTERCEPT"
@@ -109,10 +117,13 @@ class Host:
     name: str  # short name, e.g. "requester"
     netns: str  # the namespace's name
     index: int
-    switch_port: str  # the bridge-side veth, in the switch namespace
+    switch_port: str  # the bridge-side veth, in the switch namespace (or its router's)
+    router: Router | None = None  # the home router this host sits behind, if any
 
     @property
     def addr(self) -> str:
+        if self.router is not None:
+            return f"{self.router.lan_prefix}.{self.index}"
         return f"{SUBNET}.{self.index}"
 
     def exec_prefix(self) -> list[str]:
@@ -138,6 +149,23 @@ class Host:
         return self.run("iptables", "-w", *args, check=check)
 
 
+@dataclass
+class Router:
+    """A home router: ``host`` is its namespace on the public side, ``lan`` its LAN number."""
+
+    host: Host
+    lan: int
+    members: int = 1  # addresses handed out on the LAN (.1 is the router)
+
+    @property
+    def lan_prefix(self) -> str:
+        return f"{LAN_PREFIX}.{self.lan}"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.lan_prefix}.1"
+
+
 class TestNetwork:
     """A bridge and host namespaces on 10.77.0.0/24; see the module docstring."""
 
@@ -147,6 +175,8 @@ class TestNetwork:
         self.tag = tag or secrets.token_hex(3)
         self.switch = f"pdsw-{self.tag}"
         self.hosts: dict[str, Host] = {}
+        self.routers: dict[str, Router] = {}
+        self._public = 0  # hosts on the bridge, routers included
         self._partitioned: set[str] = set()
         self._created: list[str] = []
         try:
@@ -164,8 +194,12 @@ class TestNetwork:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add_host(self, name: str) -> Host:
-        index = len(self.hosts) + 1
+    def add_host(self, name: str, *, behind: str | None = None) -> Host:
+        """A host on the bridge, or on the LAN of router ``behind`` (then its default route is the router)."""
+        if behind is not None:
+            return self._add_lan_host(name, self.routers[behind])
+        self._public += 1
+        index = self._public
         if index > 250:
             raise NetnsError("a test network holds at most 250 hosts")
         host = Host(name, f"pd-{self.tag}-{name}"[:60], index, f"p{index}")
@@ -174,22 +208,57 @@ class TestNetwork:
         sh("ip", "link", "add", "eth0", "netns", host.netns, "type", "veth",
            "peer", "name", host.switch_port, "netns", self.switch)
         sh("ip", "-n", self.switch, "link", "set", host.switch_port, "master", "br0", "up")
+        self._address(host)
+        self.hosts[name] = host
+        return host
+
+    def add_router(self, name: str) -> Router:
+        """A home router on the bridge: MASQUERADE out of eth0, forwarding on, a LAN bridge ``lan0``."""
+        host = self.add_host(name)
+        router = Router(host, len(self.routers) + 1)
+        sh("ip", "-n", host.netns, "link", "add", "lan0", "type", "bridge")
+        sh("ip", "-n", host.netns, "addr", "add", f"{router.gateway}/{PREFIX_LEN}", "dev", "lan0")
+        sh("ip", "-n", host.netns, "link", "set", "lan0", "up")
+        host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        host.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE")
+        self.routers[name] = router
+        return router
+
+    def _add_lan_host(self, name: str, router: Router) -> Host:
+        router.members += 1
+        if router.members > 250:
+            raise NetnsError("a router's LAN holds at most 249 hosts")
+        host = Host(name, f"pd-{self.tag}-{name}"[:60], router.members, f"l{router.members}", router)
+        sh("ip", "netns", "add", host.netns)
+        self._created.append(host.netns)
+        sh("ip", "link", "add", "eth0", "netns", host.netns, "type", "veth",
+           "peer", "name", host.switch_port, "netns", router.host.netns)
+        sh("ip", "-n", router.host.netns, "link", "set", host.switch_port, "master", "lan0", "up")
+        self._address(host)
+        sh("ip", "-n", host.netns, "route", "add", "default", "via", router.gateway)
+        self.hosts[name] = host
+        return host
+
+    def _address(self, host: Host) -> None:
         sh("ip", "-n", host.netns, "addr", "add", f"{host.addr}/{PREFIX_LEN}", "dev", "eth0")
         sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
         sh("ip", "-n", host.netns, "link", "set", "lo", "up")
         host.iptables("-N", FAULT_CHAIN)  # partition rules go in a chain of our own
         for chain in ("INPUT", "OUTPUT"):
             host.iptables("-A", chain, "-j", FAULT_CHAIN)
-        self.hosts[name] = host
-        return host
 
     # ------------------------------------------------------------ faults
     def cut(self, name: str) -> None:
         """Pull the host's cable: its switch port goes down."""
-        sh("ip", "-n", self.switch, "link", "set", self.hosts[name].switch_port, "down")
+        self._port(name, "down")
 
     def restore(self, name: str) -> None:
-        sh("ip", "-n", self.switch, "link", "set", self.hosts[name].switch_port, "up")
+        self._port(name, "up")
+
+    def _port(self, name: str, state: str) -> None:
+        host = self.hosts[name]
+        where = host.router.host.netns if host.router is not None else self.switch
+        sh("ip", "-n", where, "link", "set", host.switch_port, state)
 
     def partition(self, side_a: Sequence[str], side_b: Sequence[str]) -> None:
         """Drop every packet between the two groups (both directions, on both sides)."""
@@ -247,6 +316,7 @@ class TestNetwork:
             sh("ip", "netns", "del", netns, check=False)
         self._created.clear()
         self.hosts.clear()
+        self.routers.clear()
 
 
 def transparent_proxy(host: Host, port: int) -> FaultProxy:
@@ -309,9 +379,10 @@ class NetnsDevNet(DevNet):
         self.prices: dict[str, float] = {}
 
     def add(self, name: str, role: str, *, port: int = 0, bootstrap: list[str] | None = None,
-            price: float = DEFAULT_PRICE) -> NodeProc:
+            price: float = DEFAULT_PRICE, behind: str | None = None) -> NodeProc:
+        """Start a node in host ``name`` (created, behind router ``behind`` if given)."""
         if name not in self.network.hosts:
-            self.network.add_host(name)
+            self.network.add_host(name, behind=behind)
         self.prices[name] = price
         return super().add(name, role, port=port or NODE_PORT, bootstrap=bootstrap)
 

@@ -17,6 +17,7 @@ from functools import partial
 import pytest
 import trio
 
+from peerd.devnet import wait_for
 from tests.integration.faultproxy import FaultProxy, ProxyThread, listen_socket
 from tests.integration.netns import SUBNET, TestNetwork, netns_names, transparent_proxy
 
@@ -183,6 +184,42 @@ def test_partition_and_cut_drop_traffic_until_healed() -> None:
         assert not reachable(net, "a", "c") and not reachable(net, "c", "b")
         net.restore("c")
         assert reachable(net, "a", "c")
+
+
+def observed_source(net: TestNetwork, src: str, dst: str) -> str | None:
+    """The source address ``dst`` sees on a connection from ``src`` (None: no connection)."""
+    target = net.hosts[dst]
+    with target.socket() as server, net.hosts[src].socket() as client:
+        server.bind((target.addr, 0))
+        server.listen()
+        client.settimeout(0.5)
+        try:
+            client.connect(server.getsockname())
+        except OSError:
+            return None
+        conn, (peer, _) = server.accept()
+        conn.close()
+        return str(peer)
+
+
+def test_hosts_behind_a_router_reach_out_but_nobody_reaches_in() -> None:
+    with TestNetwork() as net:
+        net.add_host("public")
+        home, office = net.add_router("home"), net.add_router("office")
+        net.add_host("laptop", behind="home")
+        net.add_host("desktop", behind="office")
+        assert net.hosts["laptop"].addr.startswith(home.lan_prefix + ".")
+        # out through the router: the public side sees the router's address (MASQUERADE)
+        assert observed_source(net, "laptop", "public") == home.host.addr
+        assert observed_source(net, "desktop", "public") == office.host.addr
+        # in: nobody outside opens a connection to a host behind a router, not even another NAT'd one
+        assert observed_source(net, "public", "laptop") is None
+        assert observed_source(net, "desktop", "laptop") is None
+        assert observed_source(net, "laptop", "desktop") is None
+        net.cut("laptop")
+        assert observed_source(net, "laptop", "public") is None
+        net.restore("laptop")  # the gateway's failed neighbour entry takes one retry to clear
+        wait_for("the laptop to be back online", lambda: observed_source(net, "laptop", "public") == home.host.addr, 5)
 
 
 def test_intercept_sends_both_directions_through_the_transparent_proxy() -> None:

@@ -76,6 +76,12 @@ advert_ttl = "100s"
 connect_timeout = "4s"
 io_timeout = "12s"
 keepalive = "3s"
+[relay]
+serve = "on"
+reservations = 3
+max_reservations = 16
+circuit_bytes = "2G"
+circuit_duration = "2h"
 [requester]
 max_attempts = 5
 placement_deadline = "90s"
@@ -161,6 +167,11 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "network.io_timeout": lambda b: (b.p2p.net.io_timeout, b.provider.io_timeout, b.requester.io_timeout,
                                      b.drain.deliver),
     "network.keepalive": lambda b: (b.p2p.net.keepalive, b.provider.keepalive),
+    "relay.serve": lambda b: b.p2p.serves_relay,
+    "relay.reservations": lambda b: b.p2p.relay.reservations,  # Reservations(want=...) in P2PService._serve
+    "relay.max_reservations": lambda b: b.p2p.relay.max_reservations,  # relay.build_relay's RelayLimits
+    "relay.circuit_bytes": lambda b: b.p2p.relay.circuit_bytes,
+    "relay.circuit_duration": lambda b: b.p2p.relay.circuit_duration,
     "requester.max_attempts": lambda b: b.requester.max_attempts,
     "requester.placement_deadline": lambda b: b.requester.placement_deadline,
     "requester.offer_hold": lambda b: b.provider.offer_hold,
