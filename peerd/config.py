@@ -138,6 +138,7 @@ class StorageConfig:
     """The chunk store for job data (``<home>/blobs``)."""
 
     blob_quota: int = 10 << 30  # bytes of chunks kept; 0 = no limit
+    output_retention: float = 24 * 3600.0  # how long a finished task's outputs stay pinned (and served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +325,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "metrics": (MetricsConfig, {"listen": _str}),
     "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
-    "storage": (StorageConfig, {"blob_quota": _size}),
+    "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
 }
 
 
@@ -511,4 +512,7 @@ interval = "10m"
 # Job data chunks (<home>/blobs) kept at most; unreferenced chunks are
 # removed, oldest first, to make room. 0 = no limit.
 blob_quota = "10G"
+# How long a finished task's job data (its outputs) stays pinned: the
+# provider serves the outputs to the requester (peerd get) until then.
+output_retention = "24h"
 '''

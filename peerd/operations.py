@@ -9,15 +9,20 @@ store, the tracker or the peer table and answers with a view
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from pathlib import Path
 
 import trio
 
+from protocol.errors import ProtocolError
 from protocol.messages import FINAL_STATES, JobSpec, TaskState
+from protocol.schema import Value
 
 from . import __version__
 from .control.ops import (
+    BadArgs,
     CancelView,
     CapacityView,
     DoctorCheck,
@@ -25,6 +30,7 @@ from .control.ops import (
     EventView,
     GpuSlotView,
     LogChunkView,
+    OpError,
     PeerView,
     ReachabilityStatus,
     ReceiptView,
@@ -37,6 +43,7 @@ from .executor.gpus import CapacityLedger
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
 from .p2p.reachability import ReachabilityView
+from .requestdata import InputError, InputSource
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
@@ -66,7 +73,7 @@ class Operations:
             tasks_running=sample.jobs_running,
             tasks_queued=sum(sample.tasks.get((TaskRole.REQUESTER.value, state), 0) for state in waiting),
             version=__version__,
-            counters=status_counters(sample),
+            counters={**status_counters(sample), **(self.services.data.counters() if self.services.data else {})},
             draining=self.state.draining,
             config_reload=self.state.last_reload,
             reachability=reachability_status(self.services.p2p.reachability()),
@@ -106,13 +113,42 @@ class Operations:
                          detail=f"no new tasks; {running} running task(s) may finish")
 
     # ------------------------------------------------------------ tasks
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+    async def submit(self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = ()) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
         since = trio.current_time()
-        task_id = await self.services.requester.submit(spec, local=local)
+        task_id = self.services.requester.new_task_id()
+        if inputs:
+            spec = await self._with_inputs(task_id, spec, inputs)
+        task_id = await self.services.requester.submit(spec, local=local, task_id=task_id)
         self._nursery.start_soon(self._time_placement, task_id, since)
+        data = self.services.data
+        if data is not None and data.requester is not None and spec.inputs:
+            self._nursery.start_soon(data.requester.release_when_final, task_id, self.services.tracker)
         return task_id
+
+    async def _with_inputs(self, task_id: str, spec: JobSpec, inputs: Sequence[tuple[str, str]]) -> JobSpec:
+        """Job data (``peerd.requestdata``): store the inputs, name them in the spec."""
+        data = self.services.data
+        if data is None or data.requester is None:
+            raise BadArgs("this node keeps no job data")
+        try:
+            refs = await data.requester.import_inputs(task_id, [InputSource(Path(s), d) for s, d in inputs])
+            return dataclasses.replace(spec, inputs=refs)
+        except InputError as exc:
+            raise BadArgs(str(exc)) from exc
+        except ProtocolError as exc:
+            await data.chunks.release(task_id)
+            raise BadArgs(f"inputs: {exc}") from exc
+
+    async def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        """The task's outputs: a header, then the files' bytes (``requestdata.output_frames``)."""
+        await self._existing(task_id)
+        data = self.services.data
+        if data is None or data.requester is None:
+            raise OpError("this node keeps no job data")
+        async for frame in data.requester.output_frames(task_id):
+            yield frame
 
     async def _time_placement(self, task_id: str, since: float) -> None:
         """Observe submit → lease (the first RUNNING event) for the placement histogram."""

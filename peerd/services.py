@@ -23,6 +23,7 @@ from .executor.docker import DockerExecutor
 from .executor.gpus import CapacityLedger
 from .jobrun import JobRunner
 from .metrics import Metrics
+from .nodedata import JobData
 from .p2p.service import P2PService
 from .provider import Provider
 from .requester import Requester
@@ -65,6 +66,7 @@ class Services:
     pruner: Pruner
     requester: Requester | None  # None on a seed: it takes no jobs
     provider: ProviderServices | None  # the provider role only
+    data: JobData | None = None  # job data: chunk store, blob protocol, output retention (peerd.nodedata)
 
     @property
     def peer_id(self) -> str:

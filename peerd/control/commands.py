@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from protocol.errors import DecodeError
+from protocol.jobspec import MAX_INPUTS
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
@@ -71,6 +72,23 @@ class ArgReader:
         except DecodeError as exc:
             raise BadArgs(str(exc)) from exc
 
+    def inputs(self, name: str) -> list[tuple[str, str]]:
+        """``[{"source": absolute local path, "dest": container path}, ...]`` (absent: none)."""
+        value = self._take(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > MAX_INPUTS:
+            raise BadArgs(f"{name!r} must be a list of at most {MAX_INPUTS} inputs")
+        out = []
+        for item in value:
+            if not isinstance(item, dict) or set(item) != {"source", "dest"}:
+                raise BadArgs(f"each of {name!r} must be a map with 'source' and 'dest'")
+            source, dest = item["source"], item["dest"]
+            if not isinstance(source, str) or not source.startswith("/") or not isinstance(dest, str) or not dest:
+                raise BadArgs(f"an input needs an absolute 'source' path and a 'dest', got {item!r:.200}")
+            out.append((source, dest))
+        return out
+
     def done(self) -> None:
         extra = sorted(set(self._args) - self._read)
         if extra:
@@ -103,7 +121,10 @@ async def _peers(ops: NodeOps, a: ArgReader) -> object:
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
+    inputs = a.inputs("inputs")
     a.done()
+    if inputs:
+        return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}
 
 
@@ -157,6 +178,12 @@ def _logs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     return ops.logs(task_id, follow)
 
 
+def _outputs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
+    task_id = a.task_id()
+    a.done()
+    return ops.outputs(task_id)
+
+
 def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     task_id = a.task_id()
     a.done()
@@ -172,6 +199,7 @@ COMMANDS: dict[str, Command] = {
     "tasks": Command(call=_tasks),
     "logs": Command(stream=_logs),
     "events": Command(stream=_events),
+    "outputs": Command(stream=_outputs),
     "cancel": Command(call=_cancel),
     "receipts": Command(call=_receipts),
     "doctor": Command(call=_doctor),

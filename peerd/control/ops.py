@@ -15,7 +15,7 @@ closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import NotRequired, Protocol, TypedDict
 
 from protocol.messages import JobSpec
@@ -178,11 +178,20 @@ class NodeOps(Protocol):
 
     async def peers(self) -> list[PeerView]: ...
 
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
+    async def submit(self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = ()) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
-        ``local``: run it on this node's own provider, not on the network.
+        ``local``: run it on this node's own provider, not on the network. ``inputs``: (local path,
+        container path) pairs; the daemon stores each file or directory as job data first and the
+        spec names them (``BadArgs`` naming a path it cannot read).
         """
+        ...
+
+    def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        """The task's outputs, fetched from its provider if need be: first ``{manifest: bytes (the
+        output manifest), id: "sha256:…", size, files, fetched: bytes moved now}``, then ``{data:
+        bytes}`` pieces of the files in manifest order. ``failed`` saying why when there are none
+        (no receipt yet, nothing in /out, provider unreachable, no longer kept)."""
         ...
 
     async def wait(self, task_id: str) -> TaskView:

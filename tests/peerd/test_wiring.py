@@ -28,6 +28,7 @@ from peerd.requester import RequesterSettings
 from peerd.retention import Pruner
 from peerd.wiring import (
     chunk_store_from,
+    data_settings_from,
     executor_from,
     p2p_from,
     provider_settings_from,
@@ -97,6 +98,7 @@ max_size = "5M"
 interval = "30s"
 [storage]
 blob_quota = "3G"
+output_retention = "2h"
 '''
 
 GPU = GpuInfo(index=0, uuid="GPU-1", name="T4", memory_total=16 << 30, memory_free=16 << 30,
@@ -181,6 +183,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "policy.lapsed_offers": lambda b: b.provider.lapse_limit,
     "retention.max_age": lambda b: b.pruner.settings.max_age,
     "storage.blob_quota": lambda b: chunk_store_from(b.config).quota,
+    "storage.output_retention": lambda b: data_settings_from(b.config).output_retention,
     "retention.max_size": lambda b: b.pruner.settings.max_size,
     "retention.interval": lambda b: b.pruner.settings.interval,
     "metrics.listen": lambda b: b.node.metrics_address,
