@@ -120,6 +120,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    listen: str = ""  # e.g. "127.0.0.1:9470"; empty = off; loopback only, like [metrics]
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """How long finished tasks' logs and task directories are kept (receipts: forever)."""
 
@@ -133,6 +138,7 @@ class StorageConfig:
     """The chunk store for job data (``<home>/blobs``)."""
 
     blob_quota: int = 10 << 30  # bytes of chunks kept; 0 = no limit
+    output_retention: float = 24 * 3600.0  # how long a finished task's outputs stay pinned (and served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,7 @@ class Config:
     requester: RequesterConfig = field(default_factory=RequesterConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -316,8 +323,9 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                             "max_reservations": _at_least_one, "circuit_bytes": _size,
                             "circuit_duration": _timeout}),
     "metrics": (MetricsConfig, {"listen": _str}),
+    "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
-    "storage": (StorageConfig, {"blob_quota": _size}),
+    "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
 }
 
 
@@ -485,6 +493,11 @@ circuit_duration = "1h"
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.
 listen = ""
 
+[dashboard]
+# Read-only web dashboard on loopback, e.g. "127.0.0.1:9470" (then open
+# http://127.0.0.1:9470/); empty = off. Like [metrics], loopback addresses only.
+listen = ""
+
 [retention]
 # Finished tasks' stdout/stderr (in state.db) and task directories (under
 # <home>/tasks) are pruned, oldest first, once older than max_age or while
@@ -499,4 +512,7 @@ interval = "10m"
 # Job data chunks (<home>/blobs) kept at most; unreferenced chunks are
 # removed, oldest first, to make room. 0 = no limit.
 blob_quota = "10G"
+# How long a finished task's job data (its outputs) stays pinned: the
+# provider serves the outputs to the requester (peerd get) until then.
+output_retention = "24h"
 '''

@@ -59,8 +59,8 @@ class MetricsAddressError(MetricsError, ConfigError):
 
 
 # ---------------------------------------------------------------- the listen address
-def listen_address(text: str) -> tuple[str, int] | None:
-    """``metrics.listen`` as (host, port); None when empty (metrics off).
+def listen_address(text: str, setting: str = "metrics.listen") -> tuple[str, int] | None:
+    """``metrics.listen`` (or another loopback-only ``setting``) as (host, port); None when empty (off).
 
     Accepts ``127.0.0.1:9464``, ``[::1]:9464`` and ``localhost:9464`` (taken as
     127.0.0.1); port 0 picks a free port. Anything not on loopback is refused:
@@ -70,7 +70,7 @@ def listen_address(text: str) -> tuple[str, int] | None:
         return None
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise MetricsAddressError(f"metrics.listen {text!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9464")
+        raise MetricsAddressError(f"{setting} {text!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9464")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "localhost":
@@ -79,15 +79,15 @@ def listen_address(text: str) -> tuple[str, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError as exc:
         raise MetricsAddressError(
-            f"metrics.listen {text!r}: {host!r} is not an IP address; use 127.0.0.1 or ::1"
+            f"{setting} {text!r}: {host!r} is not an IP address; use 127.0.0.1 or ::1"
         ) from exc
     if not address.is_loopback:
         raise MetricsAddressError(
-            f"metrics.listen {text!r}: {host} is not a loopback address; the metrics endpoint has no "
-            "authentication, so it only listens on 127.0.0.0/8 or ::1 (scrape it through a local agent or tunnel)"
+            f"{setting} {text!r}: {host} is not a loopback address; the endpoint has no "
+            "authentication, so it only listens on 127.0.0.0/8 or ::1 (reach it through a local agent or tunnel)"
         )
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise MetricsAddressError(f"metrics.listen {text!r}: the port must be a number from 0 to 65535")
+        raise MetricsAddressError(f"{setting} {text!r}: the port must be a number from 0 to 65535")
     return str(address), int(port_text)
 
 

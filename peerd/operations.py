@@ -9,20 +9,28 @@ store, the tracker or the peer table and answers with a view
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from pathlib import Path
 
 import trio
 
+from protocol.errors import ProtocolError
 from protocol.messages import FINAL_STATES, JobSpec, TaskState
+from protocol.schema import Value
 
 from . import __version__
 from .control.ops import (
+    BadArgs,
     CancelView,
+    CapacityView,
     DoctorCheck,
     DrainView,
     EventView,
+    GpuSlotView,
     LogChunkView,
+    OpError,
     PeerHistoryView,
     PeerNotFound,
     PeerView,
@@ -33,9 +41,11 @@ from .control.ops import (
     TaskView,
 )
 from .errors import PeerdError
+from .executor.gpus import CapacityLedger
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
 from .p2p.reachability import ReachabilityView
+from .requestdata import InputError, InputSource
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
@@ -51,13 +61,14 @@ class Operations:
         self.state = state
         self.lifecycle = lifecycle
         self._nursery = nursery
+        self._started = trio.current_time()
         self._verification: Verifier | None = None  # replica groups (made on first use)
 
     # ------------------------------------------------------------ the node
     async def status(self) -> StatusView:
         sample = await self.sample()
         waiting = (TaskState.PLACING.value, TaskState.PENDING.value)
-        return StatusView(
+        view = StatusView(
             peer_id=self.services.peer_id,
             addrs=self.services.p2p.listen_addrs(),
             role=self.services.role.value,
@@ -66,11 +77,15 @@ class Operations:
             tasks_running=sample.jobs_running,
             tasks_queued=sum(sample.tasks.get((TaskRole.REQUESTER.value, state), 0) for state in waiting),
             version=__version__,
-            counters=status_counters(sample),
+            counters={**status_counters(sample), **(self.services.data.counters() if self.services.data else {})},
             draining=self.state.draining,
             config_reload=self.state.last_reload,
             reachability=reachability_status(self.services.p2p.reachability()),
+            uptime=trio.current_time() - self._started,
         )
+        if self.services.provider is not None:
+            view["capacity"] = capacity_view(self.services.provider.ledger)
+        return view
 
     async def sample(self) -> NodeSample:
         """The node's figures now, for a metrics scrape and ``status``."""
@@ -123,16 +138,50 @@ class Operations:
                          detail=f"no new tasks; {running} running task(s) may finish")
 
     # ------------------------------------------------------------ tasks
-    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
         since = trio.current_time()
         if replicas > 1:
+            if inputs or local:
+                raise BadArgs("replicas run on distinct providers, without inputs (for now)")
             task_id = await self._verifier().submit(spec, replicas=replicas)
-        else:
-            task_id = await self.services.requester.submit(spec, local=local)
+            self._nursery.start_soon(self._time_placement, task_id, since)
+            return task_id
+        task_id = self.services.requester.new_task_id()
+        if inputs:
+            spec = await self._with_inputs(task_id, spec, inputs)
+        task_id = await self.services.requester.submit(spec, local=local, task_id=task_id)
         self._nursery.start_soon(self._time_placement, task_id, since)
+        data = self.services.data
+        if data is not None and data.requester is not None and spec.inputs:
+            self._nursery.start_soon(data.requester.release_when_final, task_id, self.services.tracker)
         return task_id
+
+    async def _with_inputs(self, task_id: str, spec: JobSpec, inputs: Sequence[tuple[str, str]]) -> JobSpec:
+        """Job data (``peerd.requestdata``): store the inputs, name them in the spec."""
+        data = self.services.data
+        if data is None or data.requester is None:
+            raise BadArgs("this node keeps no job data")
+        try:
+            refs = await data.requester.import_inputs(task_id, [InputSource(Path(s), d) for s, d in inputs])
+            return dataclasses.replace(spec, inputs=refs)
+        except InputError as exc:
+            raise BadArgs(str(exc)) from exc
+        except ProtocolError as exc:
+            await data.chunks.release(task_id)
+            raise BadArgs(f"inputs: {exc}") from exc
+
+    async def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        """The task's outputs: a header, then the files' bytes (``requestdata.output_frames``)."""
+        await self._existing(task_id)
+        data = self.services.data
+        if data is None or data.requester is None:
+            raise OpError("this node keeps no job data")
+        async for frame in data.requester.output_frames(task_id):
+            yield frame
 
     async def _time_placement(self, task_id: str, since: float) -> None:
         """Observe submit → lease (the first RUNNING event) for the placement histogram."""
@@ -225,3 +274,13 @@ class Operations:
 def reachability_status(seen: ReachabilityView) -> ReachabilityStatus:
     return ReachabilityStatus(reachability=str(seen.state), relay_addrs=list(seen.relay_addrs), hint=seen.hint,
                               relays_lost=seen.relays_lost)
+
+
+def capacity_view(ledger: CapacityLedger) -> CapacityView:
+    """Totals and what is free; each GPU with the task holding it (a hold or a lease)."""
+    free = ledger.free()
+    holder = {uuid: r.task_id for r in ledger.reservations() for uuid in r.gpus}
+    gpus = [GpuSlotView(uuid=g.uuid, model=g.name, memory=g.memory_total, task_id=holder.get(g.uuid, ""))
+            for g in ledger.gpus]
+    return CapacityView(cpus=ledger.total_cpus, cpus_free=free.cpus, memory=ledger.total_memory,
+                        memory_free=free.memory, gpus=gpus)

@@ -134,10 +134,17 @@ class Requester:
             await trio.sleep_forever()
 
     # ------------------------------------------------------------ public operations
-    async def submit(self, spec: JobSpec, *, local: bool = False, exclude: frozenset[str] = frozenset()) -> str:
-        """Record a task and start placing it; never on a provider in ``exclude`` (replicas)."""
+    @staticmethod
+    def new_task_id() -> str:
+        return "t" + secrets.token_hex(8)
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """Record a task and start placing it. ``task_id``: one from ``new_task_id`` that job data
+        was already stored under; never on a provider in ``exclude`` (replicas)."""
         assert self._nursery is not None, "Requester.run() must be started first"
-        task_id = "t" + secrets.token_hex(8)
+        task_id = task_id or self.new_task_id()
         now = self.clock()
         record = TaskRecord(
             task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
@@ -395,7 +402,8 @@ class Requester:
                 if isinstance(msg, LogChunk):
                     self.tracker.log(task_id, msg)
                 elif isinstance(msg, Status):
-                    self.tracker.state(task_id, TaskState.RUNNING, msg.detail)
+                    self.tracker.state(task_id, msg.state if msg.state is TaskState.STAGING else TaskState.RUNNING,
+                                       msg.detail)
                 elif isinstance(msg, Result):
                     break
                 elif isinstance(msg, Reject):

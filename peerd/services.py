@@ -23,6 +23,7 @@ from .executor.docker import DockerExecutor
 from .executor.gpus import CapacityLedger
 from .jobrun import JobRunner
 from .metrics import Metrics
+from .nodedata import JobData
 from .p2p.service import P2PService
 from .provider import Provider
 from .reputation_book import ReputationBook
@@ -66,6 +67,7 @@ class Services:
     pruner: Pruner
     requester: Requester | None  # None on a seed: it takes no jobs
     provider: ProviderServices | None  # the provider role only
+    data: JobData | None = None  # job data: chunk store, blob protocol, output retention (peerd.nodedata)
     reputation: ReputationBook | None = None  # the requester's view of providers (None on a seed)
 
     @property

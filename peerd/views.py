@@ -27,6 +27,7 @@ def receipt_view(receipt: Receipt) -> ReceiptView:
         state=terms.state.value,
         verified=verified,
         cosigned=encode(receipt).hex(),
+        finished_at=terms.finished_at,
     )
 
 

@@ -651,7 +651,7 @@ class ProviderNegotiation(Negotiation):
         return self.send(Status(task_id=self._task_id, state=state, detail=detail[:1024], at=at))
 
     def draft_receipt(
-        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float
+        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float, staging_time: float = 0.0
     ) -> ReceiptTerms:
         """ReceiptTerms matching the lease and the Result already sent (``make_receipt_terms``)."""
         lease, lease_terms, result = self._lease, self._lease_terms, self._result
@@ -660,6 +660,7 @@ class ProviderNegotiation(Negotiation):
         return make_receipt_terms(
             lease, lease_terms, result,
             stdout_digest=stdout_digest, stderr_digest=stderr_digest, cost=cost, finished_at=finished_at,
+            staging_time=staging_time,
         )
 
     def propose_receipt(self, terms: ReceiptTerms) -> bytes:

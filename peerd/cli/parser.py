@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import local, query, submit
+from . import data, local, query, submit
 from .context import EXIT_USAGE, Context
 
 
@@ -45,6 +45,7 @@ COMMANDS: tuple[CliCommand, ...] = (
     CliCommand("tasks", "recent tasks", query.tasks, query.limit_arguments),
     CliCommand("show", "one task in full", query.show, query.task_argument),
     CliCommand("logs", "a task's output", query.logs, query.logs_arguments),
+    CliCommand("get", "download a task's outputs (/out) from its provider", data.get, data.get_arguments),
     CliCommand("cancel", "cancel a task", query.cancel, query.task_argument),
     CliCommand("receipts", "co-signed receipts", query.receipts, query.limit_arguments),
     CliCommand("doctor", "check this host (exit 1 if a check fails)", query.doctor),

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from protocol.errors import LocalProtocolError
 from protocol.jobspec import JobSpec
@@ -97,6 +98,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="run on K distinct providers and compare their outputs (default 1)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
+    parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
+                        help="a file or directory for the job, read-only at DEST (default /inputs/<name>); "
+                             "repeatable")
+    parser.add_argument("--output", metavar="DIR", type=Path,
+                        help="with --wait: download the job's /out into DIR (checked against the receipt)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
                         help="the command to run in the container")
 
@@ -123,14 +129,32 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
         raise UsageError(flagged) from exc
 
 
+def _inputs(texts: list[str]) -> list[Value]:
+    """``--input`` values as the daemon takes them; UsageError (exit 2) naming a path it could not read."""
+    from ..unpack import input_arg, unreadable  # loaded only when there are inputs
+
+    inputs: list[Value] = []
+    for text in texts:
+        source, dest = input_arg(text)
+        problem = unreadable(source)
+        if problem is not None:
+            raise UsageError(f"--input {problem}")
+        inputs.append({"source": source, "dest": dest})
+    return inputs
+
+
 def run(ctx: Context) -> int:
     args = ctx.args
     spec = build_spec(args, os.environ)
+    if args.output is not None and not (args.wait or args.follow):
+        raise UsageError("--output needs --wait (or use peerd get TASK -o DIR later)")
+    request: dict[str, Value] = {"spec": to_value(spec), "local": args.local}
+    if args.input:
+        request["inputs"] = _inputs(args.input)
     with ctx.client() as client:
-        request: dict[str, Value] = {"spec": to_value(spec), "local": args.local}
         if args.replicas > 1:
             request["replicas"] = args.replicas
-        submitted = expect_map(client.call("submit", request), "submit")
+        submitted = expect_map(client.call("submit", request, no_timeout=True), "submit")
         task_id = str(submitted.get("task_id"))
         if not (args.wait or args.follow):
             if ctx.json:
@@ -144,10 +168,16 @@ def run(ctx: Context) -> int:
                 stream_logs(ctx, client.stream("logs", {"task_id": task_id, "follow": True}),
                             {"stdout": [], "stderr": []})
         view = expect_map(client.call("wait", {"task_id": task_id}, no_timeout=True), "wait")
+        failed = False
+        if args.output is not None and view.get("state") == "succeeded":
+            from .data import fetch_outputs  # loaded only when outputs are asked for
+
+            outputs, failed = fetch_outputs(ctx, client, task_id, view, args.output)
+            view = {**view, "outputs": outputs}
     _report(ctx, view, printed_output=args.follow)
     verification = view.get("verification")
     disputed = isinstance(verification, dict) and verification.get("state") == "disputed"
-    return EXIT_OK if view.get("state") == "succeeded" and not disputed else EXIT_FAILED
+    return EXIT_OK if view.get("state") == "succeeded" and not failed and not disputed else EXIT_FAILED
 
 
 def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from protocol.errors import DecodeError
+from protocol.jobspec import MAX_INPUTS
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
@@ -73,6 +74,23 @@ class ArgReader:
         except DecodeError as exc:
             raise BadArgs(str(exc)) from exc
 
+    def inputs(self, name: str) -> list[tuple[str, str]]:
+        """``[{"source": absolute local path, "dest": container path}, ...]`` (absent: none)."""
+        value = self._take(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > MAX_INPUTS:
+            raise BadArgs(f"{name!r} must be a list of at most {MAX_INPUTS} inputs")
+        out = []
+        for item in value:
+            if not isinstance(item, dict) or set(item) != {"source", "dest"}:
+                raise BadArgs(f"each of {name!r} must be a map with 'source' and 'dest'")
+            source, dest = item["source"], item["dest"]
+            if not isinstance(source, str) or not source.startswith("/") or not isinstance(dest, str) or not dest:
+                raise BadArgs(f"an input needs an absolute 'source' path and a 'dest', got {item!r:.200}")
+            out.append((source, dest))
+        return out
+
     def done(self) -> None:
         extra = sorted(set(self._args) - self._read)
         if extra:
@@ -112,12 +130,15 @@ async def _peer(ops: NodeOps, a: ArgReader) -> object:
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
+    inputs = a.inputs("inputs")
     replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
     a.done()
-    if replicas > 1 and local:
-        raise BadArgs("'replicas' needs distinct providers: it cannot be combined with 'local'")
+    if replicas > 1 and (local or inputs):
+        raise BadArgs("'replicas' needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
     if replicas > 1:
         return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
+    if inputs:
+        return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}
 
 
@@ -171,6 +192,12 @@ def _logs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     return ops.logs(task_id, follow)
 
 
+def _outputs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
+    task_id = a.task_id()
+    a.done()
+    return ops.outputs(task_id)
+
+
 def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     task_id = a.task_id()
     a.done()
@@ -187,6 +214,7 @@ COMMANDS: dict[str, Command] = {
     "tasks": Command(call=_tasks),
     "logs": Command(stream=_logs),
     "events": Command(stream=_events),
+    "outputs": Command(stream=_outputs),
     "cancel": Command(call=_cancel),
     "receipts": Command(call=_receipts),
     "doctor": Command(call=_doctor),

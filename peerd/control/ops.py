@@ -15,7 +15,7 @@ closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import NotRequired, Protocol, TypedDict
 
 from protocol.messages import JobSpec
@@ -68,6 +68,23 @@ class ReachabilityStatus(TypedDict):
     relays_lost: int  # relays that went away and were replaced
 
 
+class GpuSlotView(TypedDict):
+    uuid: str
+    model: str
+    memory: int  # bytes
+    task_id: str  # the task holding it; "" when free
+
+
+class CapacityView(TypedDict):
+    """A provider's offered capacity now: totals and what reservations (holds or leases) take."""
+
+    cpus: float
+    cpus_free: float
+    memory: int  # bytes
+    memory_free: int
+    gpus: list[GpuSlotView]
+
+
 class StatusView(TypedDict):
     peer_id: str
     addrs: list[str]  # full multiaddrs, each ending /p2p/<peer_id>
@@ -81,6 +98,8 @@ class StatusView(TypedDict):
     draining: bool
     config_reload: ConfigReloadView | None  # None until the first SIGHUP
     reachability: NotRequired[ReachabilityStatus]  # from P2PService.reachability()
+    capacity: NotRequired[CapacityView]  # providers only
+    uptime: NotRequired[float]  # seconds since the node started
 
 
 
@@ -136,6 +155,7 @@ class ReceiptView(TypedDict):
     state: str  # TaskState value
     verified: bool  # both signatures checked against the peer IDs
     cosigned: str  # hex of the encoded co-signed protocol Receipt
+    finished_at: NotRequired[float]  # the signed terms' finished_at (unix time)
 
 
 class ReplicaView(TypedDict):
@@ -222,12 +242,23 @@ class NodeOps(Protocol):
         """One peer's advert, reputation and its ``limit`` latest reputation events."""
         ...
 
-    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
-        ``local``: run it on this node's own provider, not on the network.
+        ``local``: run it on this node's own provider, not on the network. ``inputs``: (local path,
+        container path) pairs; the daemon stores each file or directory as job data first and the
+        spec names them (``BadArgs`` naming a path it cannot read).
         ``replicas``: run it on that many distinct providers and compare (the ID is the group's).
         """
+        ...
+
+    def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        """The task's outputs, fetched from its provider if need be: first ``{manifest: bytes (the
+        output manifest), id: "sha256:…", size, files, fetched: bytes moved now}``, then ``{data:
+        bytes}`` pieces of the files in manifest order. ``failed`` saying why when there are none
+        (no receipt yet, nothing in /out, provider unreachable, no longer kept)."""
         ...
 
     async def wait(self, task_id: str) -> TaskView:

@@ -9,7 +9,7 @@ in ``calls`` as ``(operation, arguments)``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -30,6 +30,7 @@ from peerd.control.ops import (
     TaskView,
 )
 from protocol.messages import JobSpec
+from protocol.schema import Value
 
 PEER_ID = "12D3KooWStubStubStubStubStubStubStubStubStubStub"
 PROVIDER = "12D3KooWProviderProviderProviderProviderProvide"
@@ -128,8 +129,13 @@ class StubOps:
         return {"peer_id": PROVIDER, "addrs": [], "advert": None, "reputation": REPUTATION,
                 "history": history[:limit]}  # type: ignore[typeddict-item]
 
-    async def submit(self, spec: JobSpec, *, local: bool, replicas: int = 1) -> str:
-        self._record("submit", {"spec": spec, "local": local, **({"replicas": replicas} if replicas > 1 else {})})
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
+        extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}
+        if replicas > 1:
+            extra["replicas"] = replicas
+        self._record("submit", {"spec": spec, "local": local, **extra})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task
         program = spec.command[0] if spec.command else ""
@@ -157,6 +163,11 @@ class StubOps:
     async def tasks(self, limit: int) -> list[TaskView]:
         self._record("tasks", {"limit": limit})
         return [t.view() for t in reversed(list(self.tasks_by_id.values()))][:limit]
+
+    async def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        self._record("outputs", {"task_id": task_id})
+        self._get(task_id)
+        yield {"manifest": b"", "id": "", "size": 0, "files": 0, "fetched": 0}
 
     async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
         self._record("logs", {"task_id": task_id, "follow": follow})

@@ -32,6 +32,7 @@ ROUTES: dict[str, tuple[dict[str, Value], tuple[str, dict[str, object]]]] = {
     "receipts": ({}, ("receipts", {"limit": 50})),
     "doctor": ({}, ("doctor", {})),
     "drain": ({}, ("drain", {})),
+    "outputs": ({"task_id": "t0001"}, ("outputs", {"task_id": "t0001"})),
 }
 
 
@@ -52,6 +53,19 @@ async def test_command_calls_its_operation_once(daemon: Daemon, command: str) ->
 
     await trio.to_thread.run_sync(run)
     assert daemon.ops.calls == [expected]
+
+
+async def test_submit_passes_inputs_on(daemon: Daemon) -> None:
+    args: dict[str, Value] = {"spec": SPEC.to_wire(), "local": False,
+                              "inputs": [{"source": "/data/x", "dest": "/inputs/x"}]}
+    await call(daemon.path, "submit", args)
+    assert daemon.ops.calls == [("submit", {"spec": SPEC, "local": False, "inputs": [("/data/x", "/inputs/x")]})]
+
+
+@pytest.mark.parametrize("inputs", [[{"source": "relative", "dest": "/x"}], [{"source": "/x"}], "nope"])
+async def test_submit_refuses_malformed_inputs(daemon: Daemon, inputs: Value) -> None:
+    with pytest.raises(Exception, match="input"):
+        await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "inputs": inputs})
 
 
 async def test_hello_reports_versions(daemon: Daemon) -> None:
