@@ -32,6 +32,9 @@ from .reputation import (
 from .store import Store
 from .store_reputation import START
 
+STALE_AFTER = 1 / 1000  # of a half-life: how long cached ranking terms are used
+NEWCOMER = ""  # the key of a never-seen provider's terms (no peer ID is empty)
+
 
 class ReputationBook:
     """Tallies per provider, refreshed from ``store``; ``draw`` decides exploratory placements."""
@@ -45,6 +48,8 @@ class ReputationBook:
         self.tallies: dict[str, Tally] = {}
         self._mark = START
         self._lock = trio.Lock()
+        self._terms: dict[str, tuple[Trust, Trust]] | None = None  # ranking terms, cached (see _terms_at)
+        self._terms_now = 0.0
 
     async def refresh(self) -> int:
         """Fold in what was recorded since the last refresh; how many observations that was."""
@@ -52,6 +57,8 @@ class ReputationBook:
             found, self._mark = await self.store.observations(self._mark)
             for obs in found:
                 self.tallies.setdefault(obs.provider, Tally()).add(obs, self.settings.half_life)
+            if found:
+                self._terms = None
         return len(found)
 
     def standing(self, provider: str, now: float) -> Standing:
@@ -59,14 +66,22 @@ class ReputationBook:
 
     def ranking(self, now: float) -> Callable[[str], Trust]:
         """The reputation terms for one placement's ranking (exploratory or not, drawn once)."""
-        explore = exploring(self.draw(), self.settings)
-        neutral = trust(standing(None, now, self.settings), explore, self.settings)
+        explore = int(exploring(self.draw(), self.settings))
+        terms = self._terms_at(now)
+        newcomer = terms[NEWCOMER]
+        return lambda provider: terms.get(provider, newcomer)[explore]
 
-        def terms(provider: str) -> Trust:
-            tally = self.tallies.get(provider)
-            return neutral if tally is None else trust(standing(tally, now, self.settings), explore, self.settings)
-
-        return terms
+    def _terms_at(self, now: float) -> dict[str, tuple[Trust, Trust]]:
+        """Every provider's (plain, exploratory) terms, computed once per ``STALE_AFTER`` of a
+        half-life (the decay in between moves a score by < 0.1 %) and after every refresh."""
+        if self._terms is None or abs(now - self._terms_now) > self.settings.half_life * STALE_AFTER:
+            settings = self.settings
+            terms = {pid: (trust(standing(t, now, settings), False, settings),
+                           trust(standing(t, now, settings), True, settings)) for pid, t in self.tallies.items()}
+            fresh = standing(None, now, settings)
+            terms[NEWCOMER] = (trust(fresh, False, settings), trust(fresh, True, settings))
+            self._terms, self._terms_now = terms, now
+        return self._terms
 
     async def history(self, provider: str, limit: int) -> list[Observation]:
         """The provider's most recent observations, newest first (read from the store)."""
