@@ -110,3 +110,14 @@ async def test_reputation_survives_a_restart(path: Path) -> None:
         assert again.standing(OTHER, 2000.0) == before
         history = await again.history(OTHER, limit=10)
     assert [(o.event, o.task_id) for o in history] == [(Event.LOST, "t1")]
+
+
+async def test_the_ranking_terms_follow_a_refresh(path: Path) -> None:
+    async with Store.open(path) as store:
+        book = ReputationBook(store, ReputationSettings(half_life=1e9), draw=lambda: 0.99)
+        await book.refresh()
+        assert book.ranking(2000.0)(OTHER).tier == book.ranking(2000.0)("never-seen").tier  # both newcomers
+        await store.create_task(make_task("t1"))
+        await store.add_attempt(Attempt("t1", 1, OTHER, AttemptOutcome.LOST, 1001.0))
+        await book.refresh()
+        assert book.ranking(2000.0)(OTHER).tier > book.ranking(2000.0)("never-seen").tier  # now distrusted
