@@ -139,15 +139,19 @@ class Operations:
 
     # ------------------------------------------------------------ tasks
     async def submit(
-        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
+        spot_check: float = 0.0,
     ) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
         since = trio.current_time()
-        if replicas > 1:
+        if replicas > 1 or spot_check:
             if inputs or local:
-                raise BadArgs("replicas run on distinct providers, without inputs (for now)")
-            task_id = await self._verifier().submit(spec, replicas=replicas)
+                raise BadArgs("verification runs on distinct providers, without inputs (for now)")
+            if spot_check:
+                task_id = await self._verifier().spot_check(spec, probability=spot_check)
+            else:
+                task_id = await self._verifier().submit(spec, replicas=replicas)
             self._nursery.start_soon(self._time_placement, task_id, since)
             return task_id
         task_id = self.services.requester.new_task_id()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,17 @@ MAX_REPLICAS = 9
 
 class Mode(enum.StrEnum):
     REPLICAS = "replicas"
+    SPOT_CHECK = "spot-check"
+
+
+def spot_check_size(probability: float, draw: Callable[[], float]) -> int:
+    """How many providers a spot-checked job runs on: 2 with ``probability``, else 1.
+
+    ``draw`` returns a uniform number in [0, 1) (``random.random``): the expected
+    extra cost of ``--spot-check P`` is P jobs' worth. Only for deterministic
+    jobs: two honest runs must produce the same output manifest.
+    """
+    return 2 if draw() < probability else 1
 
 
 class VerificationState(enum.StrEnum):
@@ -100,21 +112,25 @@ class Verifier:
 
     def __init__(
         self, requester: Requester, store: Store, tracker: TaskTracker, reputation: ReputationBook | None,
-        nursery: trio.Nursery, clock: Callable[[], float],
+        nursery: trio.Nursery, clock: Callable[[], float], draw: Callable[[], float] = random.random,
     ) -> None:
         self.requester, self.store, self.tracker = requester, store, tracker
-        self.reputation, self._nursery, self.clock = reputation, nursery, clock
+        self.reputation, self._nursery, self.clock, self.draw = reputation, nursery, clock, draw
         self._placed: dict[str, trio.Event] = {}  # group id -> every replica submitted
 
-    async def submit(self, spec: JobSpec, *, replicas: int) -> str:
+    async def submit(self, spec: JobSpec, *, replicas: int, mode: Mode = Mode.REPLICAS) -> str:
         """Submit the first replica and return its id (the group's); the others follow."""
         group = await self.requester.submit(spec)
-        await self.store.add_replica(group, group, Mode.REPLICAS.value, replicas, 0)
+        await self.store.add_replica(group, group, mode.value, replicas, 0)
         self._placed[group] = trio.Event()
-        self._nursery.start_soon(self._place_rest, group, spec, replicas)
+        self._nursery.start_soon(self._place_rest, group, spec, replicas, mode)
         return group
 
-    async def _place_rest(self, group: str, spec: JobSpec, size: int) -> None:
+    async def spot_check(self, spec: JobSpec, *, probability: float) -> str:
+        """A group of one, or (with ``probability``) of two compared replicas: ``spot_check_size``."""
+        return await self.submit(spec, replicas=spot_check_size(probability, self.draw), mode=Mode.SPOT_CHECK)
+
+    async def _place_rest(self, group: str, spec: JobSpec, size: int, mode: Mode) -> None:
         """The per-group edge: a failure ends this group's placement (logged), never the node."""
         try:
             chosen: set[str] = set()
@@ -124,7 +140,7 @@ class Verifier:
                 if provider is not None:
                     chosen.add(provider)
                 task_id = await self.requester.submit(spec, exclude=frozenset(chosen))
-                await self.store.add_replica(task_id, group, Mode.REPLICAS.value, size, idx)
+                await self.store.add_replica(task_id, group, mode.value, size, idx)
         except Exception:  # per-group edge: the replicas placed so far are decided as they are
             log.exception("placing the replicas of %s failed", group)
         finally:

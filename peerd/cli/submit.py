@@ -59,6 +59,13 @@ def _number(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -96,6 +103,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", help="run on this node's own provider")
     parser.add_argument("--replicas", type=_count, default=1, metavar="K",
                         help="run on K distinct providers and compare their outputs (default 1)")
+    parser.add_argument("--spot-check", type=_fraction, default=0.0, metavar="P",
+                        help="with probability P also run it on a second provider and compare "
+                             "(deterministic jobs; expected extra cost P)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
     parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
@@ -154,6 +164,8 @@ def run(ctx: Context) -> int:
     with ctx.client() as client:
         if args.replicas > 1:
             request["replicas"] = args.replicas
+        if args.spot_check:
+            request["spot_check"] = args.spot_check
         submitted = expect_map(client.call("submit", request, no_timeout=True), "submit")
         task_id = str(submitted.get("task_id"))
         if not (args.wait or args.follow):

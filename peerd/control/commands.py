@@ -53,6 +53,14 @@ class ArgReader:
             raise BadArgs(f"{name!r} must be an integer in [{lo}, {hi}]")
         return value
 
+    def number(self, name: str, *, default: float, lo: float, hi: float) -> float:
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise BadArgs(f"{name!r} must be a number in [{lo:g}, {hi:g}]")
+        return float(value)
+
     def flag(self, name: str, *, default: bool = False) -> bool:
         value = self._take(name)
         if value is None:
@@ -132,11 +140,16 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
     local = a.flag("local")
     inputs = a.inputs("inputs")
     replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
+    spot_check = a.number("spot_check", default=0.0, lo=0.0, hi=1.0)
     a.done()
-    if replicas > 1 and (local or inputs):
-        raise BadArgs("'replicas' needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
+    if replicas > 1 and spot_check:
+        raise BadArgs("'replicas' and 'spot_check' are two ways to verify: give one")
+    if (replicas > 1 or spot_check) and (local or inputs):
+        raise BadArgs("verification needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
     if replicas > 1:
         return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
+    if spot_check:
+        return {"task_id": await ops.submit(spec, local=local, spot_check=spot_check)}
     if inputs:
         return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}

@@ -243,7 +243,8 @@ class NodeOps(Protocol):
         ...
 
     async def submit(
-        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
+        spot_check: float = 0.0,
     ) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
@@ -251,6 +252,7 @@ class NodeOps(Protocol):
         container path) pairs; the daemon stores each file or directory as job data first and the
         spec names them (``BadArgs`` naming a path it cannot read).
         ``replicas``: run it on that many distinct providers and compare (the ID is the group's).
+        ``spot_check``: with this probability, run it on a second provider too and compare.
         """
         ...
 

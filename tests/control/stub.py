@@ -130,11 +130,14 @@ class StubOps:
                 "history": history[:limit]}  # type: ignore[typeddict-item]
 
     async def submit(
-        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
+        spot_check: float = 0.0,
     ) -> str:
         extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}
         if replicas > 1:
             extra["replicas"] = replicas
+        if spot_check:
+            extra["spot_check"] = spot_check
         self._record("submit", {"spec": spec, "local": local, **extra})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task

@@ -68,6 +68,19 @@ async def test_submit_refuses_malformed_inputs(daemon: Daemon, inputs: Value) ->
         await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "inputs": inputs})
 
 
+async def test_submit_passes_a_spot_check_probability_on(daemon: Daemon) -> None:
+    await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "spot_check": 0.25})
+    assert daemon.ops.calls == [("submit", {"spec": SPEC, "local": False, "spot_check": 0.25})]
+
+
+@pytest.mark.parametrize("extra", [{"spot_check": 1.5}, {"spot_check": -0.1}, {"spot_check": True},
+                                   {"spot_check": 0.5, "replicas": 3}, {"spot_check": 0.5, "local": True}])
+async def test_submit_refuses_a_bad_spot_check(daemon: Daemon, extra: dict[str, Value]) -> None:
+    with pytest.raises(Exception, match="spot_check|verification|replicas"):
+        await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, **extra})
+    assert daemon.ops.calls == []
+
+
 async def test_hello_reports_versions(daemon: Daemon) -> None:
     def run() -> str:
         with ControlClient(daemon.path) as client:

@@ -74,6 +74,17 @@ def test_two_replicas_on_two_honest_providers_are_verified(net: DevNet) -> None:
     assert view["stdout"] == "same\n"
 
 
+def test_a_spot_check_that_draws_the_second_run_compares_two_providers(net: DevNet) -> None:
+    code, view = submit(net.nodes["requester"], "--spot-check", "1", "--", "echo", "checked")
+    assert code == 0, view
+    verification = view["verification"]
+    assert isinstance(verification, dict) and verification["mode"] == "spot-check", verification
+    assert verification["state"] == "verified" and verification["size"] == 2, verification
+    assert len({r["provider"] for r in verification["replicas"]}) == 2
+    code, view = submit(net.nodes["requester"], "--spot-check", "0", "--", "echo", "unchecked")
+    assert code == 0 and "verification" not in view, view  # P = 0 is a plain job
+
+
 def test_a_liar_is_out_voted_distrusted_and_then_gets_almost_no_work(net: DevNet, tmp_path: Path) -> None:
     requester = net.nodes["requester"]
     with bad_actor(tmp_path / "liar", net.seeds, lease="wrong-output") as liar:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from peerd.reputation import Event
-from peerd.verification import VerificationState, Vote, compare
+from peerd.verification import VerificationState, Vote, compare, spot_check_size
 
 GOOD, BAD = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
@@ -48,3 +50,11 @@ def test_fewer_than_two_votes_cannot_be_verified() -> None:
     assert compare(votes((GOOD, 0)), size=2).state is VerificationState.UNVERIFIED
     assert compare([], size=3) == compare([], size=3)
     assert compare([], size=3).verdicts == {}
+
+
+def test_a_spot_check_doubles_a_fraction_p_of_jobs() -> None:
+    assert spot_check_size(0.3, lambda: 0.29) == 2 and spot_check_size(0.3, lambda: 0.3) == 1
+    assert spot_check_size(0.0, lambda: 0.0) == 1 and spot_check_size(1.0, lambda: 0.999) == 2
+    rng = random.Random(7)
+    extra = sum(spot_check_size(0.2, rng.random) - 1 for _ in range(10_000)) / 10_000
+    assert 0.18 < extra < 0.22  # the expected extra cost is P
