@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.messages import Advert, GpuOffer, NodeRole
+from protocol.messages import Advert, GpuOffer
 
 from . import __version__
 from .config import Config
@@ -71,7 +71,7 @@ def build_advert(
         seq=seq,
         issued_at=now,
         expires_at=now + config.network.advert_ttl,
-        role=NodeRole(config.node.role),
+        role=config.node.role,
         addrs=tuple(addrs[:16]),
         version=__version__,
         cpus=ledger.total_cpus,

@@ -260,6 +260,24 @@ class BlockingChunkStore:
         """Drop every reference ``task_id`` holds (its chunks become collectable)."""
         self._write("DELETE FROM refs WHERE task_id = ?", [(task_id,)])
 
+    def keep_only(self, task_id: str, digests: Iterable[bytes]) -> None:
+        """``task_id`` references exactly ``digests`` from now on (one transaction: gc never sees a gap)."""
+        keep = list(dict.fromkeys(digests))
+        for digest in keep:
+            _check_digest(digest)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("DELETE FROM refs WHERE task_id = ?", (task_id,))
+                self._conn.executemany("INSERT OR IGNORE INTO refs (task_id, digest) VALUES (?, ?)",
+                                       [(task_id, d) for d in keep])
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BlobStoreError(f"chunk references ({self.root / REFS_DB}): {exc}") from exc
+
     def retain_tasks(self, task_ids: Collection[str]) -> list[str]:
         """Release every task not in ``task_ids``; returns the released ones."""
         stale = [t for t in self.tasks() if t not in task_ids]
@@ -286,6 +304,14 @@ class BlockingChunkStore:
             chunks=len(self._index), bytes=self._used, quota=self.quota,
             referenced_chunks=sum(1 for d in self._index if d in referenced), tasks=len(self.tasks()),
         )
+
+    def room(self) -> int | None:
+        """Bytes new chunks may still take: the quota less the referenced chunks (gc frees the rest);
+        None without a quota."""
+        if not self.quota:
+            return None
+        referenced = self._referenced()
+        return max(self.quota - sum(e.size for d, e in self._index.items() if d in referenced), 0)
 
     def gc(self, target: int | None = None) -> GcReport:
         """Remove unreferenced chunks, oldest first: all of them, or until at most ``target`` bytes remain."""
@@ -387,6 +413,10 @@ class ChunkStore:
     async def close(self) -> None:
         await self._run(self._files.close)
 
+    async def run_blocking(self, op: Callable[[BlockingChunkStore], T]) -> T:
+        """Run ``op`` on the blocking store in its worker thread (e.g. ``manifests.import_directory``)."""
+        return await self._run(partial(op, self._files))
+
     async def put(self, digest: bytes, data: bytes) -> bool:
         return await self._run(partial(self._files.put, digest, data))
 
@@ -402,8 +432,17 @@ class ChunkStore:
     async def release(self, task_id: str) -> None:
         await self._run(partial(self._files.release, task_id))
 
+    async def tasks(self) -> list[str]:
+        return await self._run(self._files.tasks)
+
     async def pinned(self, task_id: str) -> set[bytes]:
         return await self._run(partial(self._files.pinned, task_id))
+
+    async def keep_only(self, task_id: str, digests: Iterable[bytes]) -> None:
+        await self._run(partial(self._files.keep_only, task_id, list(digests)))
+
+    async def room(self) -> int | None:
+        return await self._run(self._files.room)
 
     async def retain_tasks(self, task_ids: Collection[str]) -> list[str]:
         return await self._run(partial(self._files.retain_tasks, frozenset(task_ids)))

@@ -19,17 +19,17 @@ from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_FRAME
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+from protocol.roles import NodeRole
 
 from .errors import ConfigError
 from .units import format_size, parse_duration, parse_size
 
 CONFIG_NAME = "config.toml"
-ROLES = ("provider", "requester", "seed")
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    role: str = "provider"
+    role: NodeRole = NodeRole.PROVIDER
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     control_socket: str = ""
@@ -121,6 +121,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    listen: str = ""  # e.g. "127.0.0.1:9470"; empty = off; loopback only, like [metrics]
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """How long finished tasks' logs and task directories are kept (receipts: forever)."""
 
@@ -134,6 +139,7 @@ class StorageConfig:
     """The chunk store for job data (``<home>/blobs``)."""
 
     blob_quota: int = 10 << 30  # bytes of chunks kept; 0 = no limit
+    output_retention: float = 24 * 3600.0  # how long a finished task's outputs stay pinned (and served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,7 @@ class Config:
     requester: RequesterConfig = field(default_factory=RequesterConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -239,11 +246,12 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-def _role(value: object) -> str:
+def _role(value: object) -> NodeRole:
     role = _str(value)
-    if role not in ROLES:
-        raise ValueError(f"must be one of {', '.join(ROLES)}, got {role!r}")
-    return role
+    try:
+        return NodeRole(role)
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(NodeRole)}, got {role!r}") from None
 
 
 def _relay_serve(value: object) -> str:
@@ -316,8 +324,9 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                             "max_reservations": _at_least_one, "circuit_bytes": _size,
                             "circuit_duration": _timeout, "allow_data": _bool}),
     "metrics": (MetricsConfig, {"listen": _str}),
+    "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
-    "storage": (StorageConfig, {"blob_quota": _size}),
+    "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
 }
 
 
@@ -488,6 +497,11 @@ allow_data = false
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.
 listen = ""
 
+[dashboard]
+# Read-only web dashboard on loopback, e.g. "127.0.0.1:9470" (then open
+# http://127.0.0.1:9470/); empty = off. Like [metrics], loopback addresses only.
+listen = ""
+
 [retention]
 # Finished tasks' stdout/stderr (in state.db) and task directories (under
 # <home>/tasks) are pruned, oldest first, once older than max_age or while
@@ -502,4 +516,7 @@ interval = "10m"
 # Job data chunks (<home>/blobs) kept at most; unreferenced chunks are
 # removed, oldest first, to make room. 0 = no limit.
 blob_quota = "10G"
+# How long a finished task's job data (its outputs) stays pinned: the
+# provider serves the outputs to the requester (peerd get) until then.
+output_retention = "24h"
 '''

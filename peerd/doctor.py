@@ -18,7 +18,7 @@ import trio
 
 from peerd.config import Config
 from peerd.control.ops import DoctorCheck
-from peerd.executor.engine import EngineInfo, probe
+from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.resources import disk_free, existing_ancestor
 from protocol.reachability import HINTS, Reachability
@@ -156,7 +156,7 @@ async def run_checks(
     docker_timeout: float = 5.0,
 ) -> list[Check]:
     """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
-    engine = await probe(docker_base_url, timeout=docker_timeout)
+    engine = await inspect_engine(docker_base_url, timeout=docker_timeout)
     gpus, problem = await diagnose_gpus(nvml)
     free = await trio.to_thread.run_sync(disk_free, home)
     findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home))

@@ -22,6 +22,7 @@ from protocol.signing import Signer
 from .executor.contract import Executor, RunSpec
 from .executor.errors import ExecutorError
 from .executor.gpus import CapacityLedger
+from .jobdata import ProviderData, StagingFailed
 from .leasedjob import LeasedJob, failed_result, result_from_outcome
 from .store import ResultRecord, Store, TaskRecord, TaskRole
 
@@ -39,6 +40,7 @@ class JobRunner:
         pids: int,
         log_limit: int,
         on_overhead: Callable[[float], None] | None = None,
+        data: ProviderData | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -49,7 +51,9 @@ class JobRunner:
         self.log_limit = log_limit
         self.clock = clock
         self.on_overhead = on_overhead  # seconds the executor added around a job (start + teardown)
+        self.data = data  # job data (inputs staged before the run, outputs kept); None: no chunk store
         self.jobs: dict[str, LeasedJob] = {}
+        self._staging: dict[str, trio.CancelScope] = {}  # jobs staging their inputs: cancel() ends it
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -109,14 +113,45 @@ class JobRunner:
         finally:
             self.ledger.release(job.task_id)
             self.jobs.pop(job.task_id, None)
-        # The output archive's digest and size are in the result and the receipt;
-        # the archive itself is not transferred (yet), so keeping it would only leak disk.
+        if self.data is not None:  # the outputs stay pinned (output_retention); inputs and copies go
+            with trio.CancelScope(shield=True):
+                await self.data.finished(job.task_id, job.result.output_digest if job.result else "")
+        # The outputs are in the chunk store; the task directory only held them on the way.
         try:
             await self.executor.discard(job.task_id)
         except ExecutorError as exc:
             log.warning("could not discard the outputs of %s: %s", job.task_id, exc)
 
+    async def _stage(self, job: LeasedJob, spec: RunSpec) -> RunSpec | Result:
+        """Fetch and write the job's inputs (state ``staging``); the RunSpec with their mounts,
+        or the Result of a job that cannot start."""
+        assert self.data is not None
+        began = self.clock()
+        job.staging = True
+        job.wake()
+        try:
+            with trio.CancelScope() as scope:
+                self._staging[job.task_id] = scope
+                staged = await self.data.stage(job.terms, spec)
+        except StagingFailed as exc:
+            log.warning("inputs of %s not staged: %s", job.task_id, exc)
+            return failed_result(job.task_id, TaskState.FAILED, f"staging: {exc}")
+        finally:
+            self._staging.pop(job.task_id, None)
+            job.staging = False
+            job.staging_time = max(self.clock() - began, 0.0)
+            job.wake()
+        if scope.cancelled_caught:
+            state = TaskState.INTERRUPTED if job.stop_reason == "interrupted" else TaskState.CANCELLED
+            return failed_result(job.task_id, state, "stopped while staging the inputs")
+        return staged
+
     async def _execute(self, job: LeasedJob, spec: RunSpec | None) -> Result:
+        if spec is not None and job.terms.spec.inputs and self.data is not None:
+            staged = await self._stage(job, spec)
+            if isinstance(staged, Result):
+                return staged
+            spec = staged
         launched = self.clock()
         if spec is not None:
             try:
@@ -162,6 +197,10 @@ class JobRunner:
         if job is None:
             return False
         job.stop_reason = "interrupted" if interrupted else "cancelled"
+        staging = self._staging.get(task_id)
+        if staging is not None:
+            staging.cancel()
+            return True
         try:
             await self.executor.stop(task_id, reason)
         except ExecutorError as exc:

@@ -28,17 +28,17 @@ from protocol.negotiation import RequesterNegotiation
 from protocol.signing import Signer, digest, propose
 from protocol.terms import make_receipt_terms
 
-from .executor.contract import Outcome, OutcomeState
+from .executor.contract import RunOutcome, RunOutcomeState
 
 MAX_CHUNK = 60 << 10
 
-OUTCOME_STATES: dict[OutcomeState, TaskState] = {
-    OutcomeState.SUCCEEDED: TaskState.SUCCEEDED,
-    OutcomeState.FAILED: TaskState.FAILED,
-    OutcomeState.TIMEOUT: TaskState.TIMEOUT,
-    OutcomeState.OOM: TaskState.OOM,
-    OutcomeState.CANCELLED: TaskState.CANCELLED,
-    OutcomeState.LOST: TaskState.LOST,
+OUTCOME_STATES: dict[RunOutcomeState, TaskState] = {
+    RunOutcomeState.SUCCEEDED: TaskState.SUCCEEDED,
+    RunOutcomeState.FAILED: TaskState.FAILED,
+    RunOutcomeState.TIMEOUT: TaskState.TIMEOUT,
+    RunOutcomeState.OOM: TaskState.OOM,
+    RunOutcomeState.CANCELLED: TaskState.CANCELLED,
+    RunOutcomeState.LOST: TaskState.LOST,
 }
 
 
@@ -46,7 +46,7 @@ def cost_of(price_per_hour: float, wall_time: float) -> float:
     return price_per_hour * wall_time / 3600.0
 
 
-def result_from_outcome(outcome: Outcome, *, interrupted: bool = False) -> Result:
+def result_from_outcome(outcome: RunOutcome, *, interrupted: bool = False) -> Result:
     state = TaskState.INTERRUPTED if interrupted else OUTCOME_STATES[outcome.state]
     digest_text = f"sha256:{outcome.output_digest}" if outcome.output_digest else ""
     return Result(
@@ -70,12 +70,14 @@ def failed_result(task_id: str, state: TaskState, detail: str) -> Result:
     )
 
 
-def receipt_terms(lease: Lease, terms: LeaseTerms, result: Result, finished_at: float) -> ReceiptTerms:
+def receipt_terms(
+    lease: Lease, terms: LeaseTerms, result: Result, finished_at: float, staging_time: float = 0.0
+) -> ReceiptTerms:
     """The receipt both parties sign; digests bind it to the exact result bytes, the cost is price × wall time."""
     return make_receipt_terms(
         lease, terms, result,
         stdout_digest=digest(result.stdout), stderr_digest=digest(result.stderr),
-        cost=cost_of(terms.price, result.wall_time), finished_at=finished_at,
+        cost=cost_of(terms.price, result.wall_time), finished_at=finished_at, staging_time=staging_time,
     )
 
 
@@ -86,7 +88,8 @@ def countersign_receipt(machine: RequesterNegotiation) -> bytes:
     offered, lease, terms, result = machine.receipt_terms, machine.lease, machine.lease_terms, machine.result
     if offered is None or lease is None or terms is None or result is None:
         raise LocalProtocolError(f"no receipt proposal to countersign in state {machine.state}")
-    if offered != receipt_terms(lease, terms, result, offered.finished_at):
+    # staging_time is the provider's own measure (as wall_time is, which the result carries)
+    if offered != receipt_terms(lease, terms, result, offered.finished_at, offered.staging_time):
         raise ProtocolError("the receipt does not match the result (digest, usage or price differ)")
     return machine.countersign_receipt()
 
@@ -105,6 +108,8 @@ class LeasedJob:
     receipt: Receipt | None = None
     persist: bool = True  # False for a --local task: the requester side owns its record
     stop_reason: str = ""  # "cancelled" or "interrupted" once a stop was asked
+    staging: bool = False  # fetching and writing the inputs (peerd.jobdata), before the container starts
+    staging_time: float = 0.0  # seconds that took; in the receipt apart from wall_time
     _changed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -123,6 +128,15 @@ class LeasedJob:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def wake(self) -> None:
+        """Tell the streams serving this job that something changed (e.g. staging ended)."""
+        self._wake()
+
+    @property
+    def phase(self) -> TaskState:
+        """What a status message says the job is doing: staging its inputs, or running."""
+        return TaskState.STAGING if self.staging else TaskState.RUNNING
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -145,7 +159,7 @@ class LeasedJob:
 
     def finish(self, result: Result, signer: Signer, finished_at: float) -> ReceiptTerms:
         """Record the result and the provider-signed receipt proposal."""
-        terms = receipt_terms(self.lease, self.terms, result, finished_at)
+        terms = receipt_terms(self.lease, self.terms, result, finished_at, self.staging_time)
         self.result = result
         self.receipt = propose(terms, Receipt, signer, as_provider=True)
         self.done.set()

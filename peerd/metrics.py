@@ -31,15 +31,15 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 
 from protocol.messages import TaskState
+from protocol.roles import NodeRole, TaskRole
 
 from .errors import ConfigError, PeerdError
 from .executor.gpus import CapacityLedger
-from .peertable import Outcome
+from .peertable import AdvertVerdict
 
 log = logging.getLogger(__name__)
 
-TASK_ROLES = ("requester", "provider")
-ADVERT_OUTCOMES = frozenset(o.value for o in Outcome)
+ADVERT_OUTCOMES = frozenset(o.value for o in AdvertVerdict)
 
 NEGOTIATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OVERHEAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -59,8 +59,8 @@ class MetricsAddressError(MetricsError, ConfigError):
 
 
 # ---------------------------------------------------------------- the listen address
-def listen_address(text: str) -> tuple[str, int] | None:
-    """``metrics.listen`` as (host, port); None when empty (metrics off).
+def listen_address(text: str, setting: str = "metrics.listen") -> tuple[str, int] | None:
+    """``metrics.listen`` (or another loopback-only ``setting``) as (host, port); None when empty (off).
 
     Accepts ``127.0.0.1:9464``, ``[::1]:9464`` and ``localhost:9464`` (taken as
     127.0.0.1); port 0 picks a free port. Anything not on loopback is refused:
@@ -70,7 +70,7 @@ def listen_address(text: str) -> tuple[str, int] | None:
         return None
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise MetricsAddressError(f"metrics.listen {text!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9464")
+        raise MetricsAddressError(f"{setting} {text!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9464")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "localhost":
@@ -79,15 +79,15 @@ def listen_address(text: str) -> tuple[str, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError as exc:
         raise MetricsAddressError(
-            f"metrics.listen {text!r}: {host!r} is not an IP address; use 127.0.0.1 or ::1"
+            f"{setting} {text!r}: {host!r} is not an IP address; use 127.0.0.1 or ::1"
         ) from exc
     if not address.is_loopback:
         raise MetricsAddressError(
-            f"metrics.listen {text!r}: {host} is not a loopback address; the metrics endpoint has no "
-            "authentication, so it only listens on 127.0.0.0/8 or ::1 (scrape it through a local agent or tunnel)"
+            f"{setting} {text!r}: {host} is not a loopback address; the endpoint has no "
+            "authentication, so it only listens on 127.0.0.0/8 or ::1 (reach it through a local agent or tunnel)"
         )
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise MetricsAddressError(f"metrics.listen {text!r}: the port must be a number from 0 to 65535")
+        raise MetricsAddressError(f"{setting} {text!r}: the port must be a number from 0 to 65535")
     return str(address), int(port_text)
 
 
@@ -110,7 +110,7 @@ class NodeSample:
     """The node's figures at one moment, taken by the node for a scrape or a status."""
 
     peer_id: str
-    role: str
+    role: NodeRole
     version: str
     peers_known: int
     peers_connected: int
@@ -150,7 +150,7 @@ class _SampleCollector:
         if sample is None:
             return
         info = GaugeMetricFamily("peerd_node_info", "This node.", labels=["peer_id", "role", "version"])
-        info.add_metric([sample.peer_id, sample.role, sample.version], 1)
+        info.add_metric([sample.peer_id, sample.role.value, sample.version], 1)
         yield info
         yield GaugeMetricFamily("peerd_peers_known", "Peers with a live advert in the peer table.",
                                 value=sample.peers_known)
@@ -159,9 +159,9 @@ class _SampleCollector:
         yield from _p2p_families(sample.p2p_counters)
         tasks = GaugeMetricFamily("peerd_tasks", "Tasks in the node's store, by side and state.",
                                   labels=["role", "state"])
-        for role in TASK_ROLES:
+        for role in TaskRole:
             for state in TaskState:
-                tasks.add_metric([role, state.value], sample.tasks.get((role, state.value), 0))
+                tasks.add_metric([role.value, state.value], sample.tasks.get((role.value, state.value), 0))
         yield tasks
         yield GaugeMetricFamily("peerd_jobs_running", "Provider jobs whose container runs here.",
                                 value=sample.jobs_running)

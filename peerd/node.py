@@ -3,7 +3,8 @@
 Start-up order: store → executor (provider role; recovers its containers) →
 job runner (re-attaches leased jobs) → retention pruner → p2p (joins through the seeds, then
 publishes adverts) → requester (resumes unfinished tasks) → signal handling →
-control socket → metrics endpoint (if ``metrics.listen``) → watchdog → READY=1.
+control socket → metrics endpoint (if ``metrics.listen``) → dashboard (if
+``dashboard.listen``) → watchdog → READY=1.
 
 The started services are one frozen ``services.Services``; signals, drain, stop
 and reload are ``lifecycle``'s, the control socket's operations
@@ -23,27 +24,40 @@ import trio
 
 from protocol.messages import Advert
 from protocol.negotiation import TASK_PROTOCOL
+from protocol.roles import NodeRole
 
 from . import sdnotify
 from .adverts import HostFacts, offered_capacity, offered_gpus
+from .blobstore import ChunkStore
 from .config import Config
 from .control.server import ControlServer
+from .dashboard import DashboardServer, dashboard_address
 from .errors import PeerdError
 from .executor.gpus import CapacityLedger
 from .identity import load_key
+from .jobdata import ProviderData
 from .jobrun import JobRunner
 from .lifecycle import Lifecycle, RunState
 from .metrics import Metrics, MetricsServer, listen_address
+from .nodedata import BlobDialer, open_chunks, start_job_data
 from .operations import Operations
 from .p2p.adverts import AdvertSource
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Requester
 from .resources import snapshot
 from .routes import Routes, task_stream_handler
 from .services import Clock, ProviderServices, Services
 from .store import Store
 from .tracking import TaskTracker
-from .wiring import executor_from, p2p_from, provider_settings_from, pruner_from, requester_settings_from
+from .wiring import (
+    data_settings_from,
+    executor_from,
+    p2p_from,
+    provider_settings_from,
+    pruner_from,
+    requester_settings_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +66,10 @@ class Node:
     """A node to run: ``await nursery.start(node.run)`` gives its started ``Services``."""
 
     def __init__(self, config: Config, *, seed: bool = False, clock: Clock = time.time) -> None:
-        self.seed = seed or config.node.role == "seed"
+        self.seed = seed or config.node.role is NodeRole.SEED
         self.clock = clock
         self.metrics_address = listen_address(config.metrics.listen)  # refuses non-loopback up front
+        self.dashboard_address = dashboard_address(config.dashboard.listen)  # the same rule
         self.signer = load_key(config.key_path)
         self.state = RunState(config)
         self.ready = trio.Event()
@@ -64,29 +79,33 @@ class Node:
         return self.state.config
 
     @property
-    def role(self) -> str:
-        return "seed" if self.seed else self.config.node.role
+    def role(self) -> NodeRole:
+        return NodeRole.SEED if self.seed else self.config.node.role
 
     async def run(self, *, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         config.home.mkdir(parents=True, exist_ok=True)
-        async with Store.open(config.db_path) as store, trio.open_nursery() as nursery:
-            services = await self._start_services(nursery, store)
+        async with Store.open(config.db_path) as store, open_chunks(config) as chunks, \
+                trio.open_nursery() as nursery:
+            services = await self._start_services(nursery, store, chunks)
             lifecycle = Lifecycle(self.state, services)
             ops = Operations(services, self.state, lifecycle, nursery)
             await nursery.start(lifecycle.signals, nursery)
             await nursery.start(ControlServer(config.control_path, ops).run)
             if self.metrics_address is not None:
                 await nursery.start(MetricsServer(services.metrics, ops.sample, self.metrics_address).run)
+            if self.dashboard_address is not None:
+                await nursery.start(DashboardServer(ops, self.dashboard_address).run)
             await nursery.start(sdnotify.Watchdog(status=lifecycle.status_line).run)
             sdnotify.notify("READY=1\nSTATUS=" + lifecycle.status_line())
             self.ready.set()
             task_status.started(services)
 
-    async def _start_services(self, nursery: trio.Nursery, store: Store) -> Services:
-        """Provider services, pruner, p2p (returns once joined), the task protocol, then the requester."""
-        config, signer, metrics = self.config, self.signer, Metrics()
-        ours = await self._start_provider(nursery, store, metrics) if self.role == "provider" else None
+    async def _start_services(self, nursery: trio.Nursery, store: Store, chunks: ChunkStore) -> Services:
+        """Provider services, pruner, p2p (returns once joined), the task protocol, job data, then the requester."""
+        config, signer, metrics, dialer = self.config, self.signer, Metrics(), BlobDialer()
+        is_provider = self.role is NodeRole.PROVIDER
+        ours = await self._start_provider(nursery, store, metrics, chunks, dialer) if is_provider else None
         pruner = pruner_from(config, store, active=lambda: ours.runner.jobs.keys() if ours else ())
         await nursery.start(pruner.run)
 
@@ -96,19 +115,26 @@ class Node:
         await nursery.start(p2p.run)
         if ours is not None:
             p2p.set_stream_handler(TASK_PROTOCOL, task_stream_handler(ours.provider, self.state.task_streams))
-        tracker, requester = TaskTracker(), None
+        data = await start_job_data(
+            nursery, config, chunks, store, p2p, dialer, clock=self.clock,
+            active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,
+            provider=ours.runner.data if ours else None,
+        )
+        tracker, requester, reputation = TaskTracker(), None, None
         if not self.seed:
-            routes = Routes(signer.peer_id, p2p, ours.provider if ours else None)
+            reputation = ReputationBook(store)
+            await reputation.refresh()  # the whole history: reputation survives a restart
+            routes = Routes(signer.peer_id, p2p, ours.provider if ours else None, reputation)
             requester = Requester(
                 signer=signer, store=store, tracker=tracker,
-                candidates=routes.candidates, open_stream=routes.open_stream, probe=routes.providers,
-                on_negotiated=metrics.observe_negotiation, settings=requester_settings_from(config),
-                clock=self.clock,
+                candidates=routes.candidates, open_stream=routes.open_stream, all_providers=routes.providers,
+                on_negotiated=metrics.observe_negotiation, on_settled=reputation.refresh,
+                settings=requester_settings_from(config), clock=self.clock,
             )
             await nursery.start(requester.run)
         return Services(
             role=self.role, signer=signer, clock=self.clock, store=store, p2p=p2p, tracker=tracker,
-            metrics=metrics, pruner=pruner, requester=requester, provider=ours,
+            metrics=metrics, pruner=pruner, requester=requester, provider=ours, data=data, reputation=reputation,
         )
 
     def _advert_source(self, ours: ProviderServices, addrs: Callable[[], list[str]]) -> AdvertSource:
@@ -119,7 +145,9 @@ class Node:
 
         return advert
 
-    async def _start_provider(self, nursery: trio.Nursery, store: Store, metrics: Metrics) -> ProviderServices:
+    async def _start_provider(
+        self, nursery: trio.Nursery, store: Store, metrics: Metrics, chunks: ChunkStore, dialer: BlobDialer,
+    ) -> ProviderServices:
         config, signer = self.config, self.signer
         inventory = await snapshot(docker_url=config.resources.docker_url or None, home=config.home)
         host = HostFacts(
@@ -127,13 +155,14 @@ class Node:
             docker=inventory.docker, gpu_runtime=inventory.nvidia_runtime, gpus=tuple(inventory.gpus),
         )
         cpus, memory = offered_capacity(config, host)
-        executor = executor_from(config, signer.peer_id)
+        executor = executor_from(config, signer.peer_id, store=chunks)
         await nursery.start(executor.run)
         ledger = CapacityLedger(cpus=cpus, memory=memory, gpus=offered_gpus(config, host.gpus))
         runner = JobRunner(
             signer=signer, executor=executor, ledger=ledger, store=store,
             pids=config.limits.pids, log_limit=config.limits.log_limit,
             on_overhead=metrics.observe_executor_overhead, clock=self.clock,
+            data=ProviderData(chunks, dialer, data_settings_from(config), clock=self.clock),
         )
         await nursery.start(runner.run)
         provider = Provider(

@@ -26,7 +26,7 @@ out of ``ingest``: a bad advert is a counted drop.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from protocol.codec import decode_as
@@ -36,11 +36,12 @@ from protocol.schema import Value
 from protocol.signing import DEFAULT_MAX_SKEW, AdvertCheck, open_advert
 
 from . import market
+from .reputation import Trust
 
 MAX_ADVERT_SIZE = 8 << 10
 
 
-class Outcome(enum.StrEnum):
+class AdvertVerdict(enum.StrEnum):
     OWN = "own"
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
@@ -56,10 +57,10 @@ class Outcome(enum.StrEnum):
 
 
 # Outcomes after which a gossip router may relay the message to others.
-RELAYABLE = frozenset({Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.OWN})
-DROPS = frozenset(Outcome) - RELAYABLE
+RELAYABLE = frozenset({AdvertVerdict.ACCEPTED, AdvertVerdict.DUPLICATE, AdvertVerdict.OWN})
+DROPS = frozenset(AdvertVerdict) - RELAYABLE
 
-_STALE_CODES = {"expired": Outcome.EXPIRED, "future": Outcome.FUTURE, "replayed": Outcome.REPLAYED}
+_STALE_CODES = {"expired": AdvertVerdict.EXPIRED, "future": AdvertVerdict.FUTURE, "replayed": AdvertVerdict.REPLAYED}
 
 
 class TokenBucket:
@@ -121,16 +122,16 @@ class PeerTable:
         self.limits = limits or TableLimits()
         self._entries: dict[str, PeerEntry] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self.counters: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.counters: dict[str, int] = {o.value: 0 for o in AdvertVerdict}
 
     # ------------------------------------------------------------ ingest
-    def ingest(self, data: bytes, *, source: str | None, now: float) -> Outcome:
+    def ingest(self, data: bytes, *, source: str | None, now: float) -> AdvertVerdict:
         """Check an advert envelope and store it; return (and count) the outcome."""
         return self.admit(data, source=source, now=now)[0]
 
     def admit(
         self, data: bytes, *, source: str | None, now: float
-    ) -> tuple[Outcome, PeerEntry | None]:
+    ) -> tuple[AdvertVerdict, PeerEntry | None]:
         """Like ``ingest``, also returning the entry stored (None unless accepted)."""
         outcome, entry = self._check(data, source, now)
         if entry is not None:
@@ -138,30 +139,30 @@ class PeerTable:
         self.counters[outcome.value] += 1
         return outcome, entry
 
-    def _check(self, data: bytes, source: str | None, now: float) -> tuple[Outcome, PeerEntry | None]:
+    def _check(self, data: bytes, source: str | None, now: float) -> tuple[AdvertVerdict, PeerEntry | None]:
         if source == self.self_id:
-            return Outcome.OWN, None
+            return AdvertVerdict.OWN, None
         if len(data) > self.limits.max_size:
-            return Outcome.TOO_LARGE, None
+            return AdvertVerdict.TOO_LARGE, None
         if source is not None and not self._bucket(source, now).take(now):
-            return Outcome.RATE_LIMITED, None
+            return AdvertVerdict.RATE_LIMITED, None
         try:
             env = decode_as(data, Envelope)
         except ProtocolError:
-            return Outcome.MALFORMED, None
+            return AdvertVerdict.MALFORMED, None
         assert isinstance(env, Envelope)
         if source is not None and env.signer != source:
-            return Outcome.WRONG_SOURCE, None
+            return AdvertVerdict.WRONG_SOURCE, None
         if env.signer == self.self_id:
-            return Outcome.OWN, None
+            return AdvertVerdict.OWN, None
         held = self.get(env.signer, now)
         if held is not None and held.envelope == data:
-            return Outcome.DUPLICATE, None
+            return AdvertVerdict.DUPLICATE, None
         return self._open(data, source, now, held)
 
     def _open(
         self, data: bytes, source: str | None, now: float, held: PeerEntry | None
-    ) -> tuple[Outcome, PeerEntry | None]:
+    ) -> tuple[AdvertVerdict, PeerEntry | None]:
         check = AdvertCheck(
             now=now,
             last_seq=held.advert.seq if held is not None else None,
@@ -170,15 +171,15 @@ class PeerTable:
         try:
             advert = open_advert(data, source_peer=source, check=check)
         except StaleError as exc:
-            return _STALE_CODES.get(exc.code, Outcome.EXPIRED), None
+            return _STALE_CODES.get(exc.code, AdvertVerdict.EXPIRED), None
         except SignatureError:
-            return Outcome.BAD_SIGNATURE, None
+            return AdvertVerdict.BAD_SIGNATURE, None
         except (DecodeError, ProtocolError):
-            return Outcome.MALFORMED, None
+            return AdvertVerdict.MALFORMED, None
         if held is None and len(self._entries) >= self.limits.max_entries:
             self.expire(now)
             if len(self._entries) >= self.limits.max_entries:
-                return Outcome.TABLE_FULL, None
+                return AdvertVerdict.TABLE_FULL, None
         entry = PeerEntry(
             peer_id=advert.peer_id,
             advert=advert,
@@ -187,7 +188,7 @@ class PeerTable:
             expires_at=min(advert.expires_at, now + self.limits.max_ttl),
             envelope=data,
         )
-        return Outcome.ACCEPTED, entry
+        return AdvertVerdict.ACCEPTED, entry
 
     def _bucket(self, source: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(source)
@@ -229,14 +230,18 @@ class PeerTable:
         return min((e.expires_at for e in self._entries.values()), default=None)
 
     def candidates(
-        self, spec: JobSpec, now: float, exclude: Iterable[str] = ()
+        self, spec: JobSpec, now: float, exclude: Iterable[str] = (),
+        trust: Callable[[str], Trust] | None = None,
     ) -> list[PeerEntry]:
-        """The live entries whose advert can run ``spec``, best first (see market.rank)."""
+        """The live entries whose advert can run ``spec``, best first (see market.rank);
+        ``trust`` gives each provider's reputation terms (none: price alone)."""
         skip = set(exclude)
         fitting = [
             e for e in self.entries(now) if e.peer_id not in skip and market.fits(spec, e.advert)
         ]
-        return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert))
+        if trust is None:
+            return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert))
+        return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert, trust(e.peer_id)))
 
     def snapshot(self, now: float) -> list[dict[str, Value]]:
         """Plain values for ``peerd peers``, sorted by peer ID."""

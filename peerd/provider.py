@@ -35,7 +35,6 @@ from protocol.messages import (
     RejectCode,
     Resume,
     TaskRequest,
-    TaskState,
 )
 from protocol.negotiation import ProviderNegotiation
 from protocol.signing import Signer, digest
@@ -161,6 +160,21 @@ class Provider:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.BAD_REQUEST), exc.detail) from exc
         return run_spec
 
+    async def _admit_inputs(self, request: TaskRequest) -> None:
+        """Job data (``peerd.jobdata``): mountable destinations, and room for the declared bytes."""
+        data = self.runner.data
+        if not request.spec.inputs:
+            return
+        if data is None:
+            raise Refusal(RejectCode.INPUTS_TOO_LARGE, "this provider keeps no job data (no chunk store)")
+        try:
+            data.check_targets(request.spec, data.task_dir(request.task_id))
+        except ExecutorError as exc:
+            raise Refusal(RejectCode.BAD_REQUEST, exc.detail) from exc
+        detail = await data.room_refusal(request.spec)
+        if detail is not None:
+            raise Refusal(RejectCode.INPUTS_TOO_LARGE, detail)
+
     def price(self, request: TaskRequest) -> float:
         # The same rule as market.price_for applies to our own advert.
         spec = request.spec
@@ -236,6 +250,7 @@ class Provider:
             if await self.runner.id_taken(request.task_id, request.requester):
                 raise Refusal(RejectCode.BAD_REQUEST, f"task {request.task_id} is already known here")
             run_spec = self.admit(request, remote_peer)
+            await self._admit_inputs(request)
             refusal = self.guard.refusal(remote_peer, now)
             if refusal is not None:
                 raise Refusal(RejectCode.BUSY, refusal)
@@ -323,7 +338,7 @@ class Provider:
         countersigned = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_requester, channel, job, countersigned)
-            await channel.send_frame(channel.machine.send_status(TaskState.RUNNING, "leased", at=self.clock()))
+            await channel.send_frame(channel.machine.send_status(job.phase, "leased", at=self.clock()))
             await self._send_until_result(channel, job, from_seq)
             with trio.move_on_after(self.settings.io_timeout):
                 await countersigned.wait()
@@ -339,7 +354,7 @@ class Provider:
             with trio.move_on_after(self.settings.keepalive) as idle:
                 await job.wait_changed()
             if idle.cancelled_caught:
-                await channel.send_frame(channel.machine.send_status(TaskState.RUNNING, "heartbeat", at=self.clock()))
+                await channel.send_frame(channel.machine.send_status(job.phase, "heartbeat", at=self.clock()))
         assert job.result is not None and job.receipt is not None
         # the job made these apart from any stream; the machine checks them against the lease
         await channel.send(job.result)

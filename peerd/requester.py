@@ -11,6 +11,10 @@ before the job moves on; the lease it leaves behind is then ended on that
 provider when it can be reached again (``peerd.supersede``), so the job does
 not run twice. After a restart, unfinished tasks are resumed (leased) or placed
 again (not yet leased), and leases still to end are taken up again.
+
+Deadlines (placement, re-attaching) are on trio's clock; the wall clock
+(``clock``) only stamps what is signed or recorded, and is compared with
+signed times (advert and offer expiry).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from protocol.signing import Signer
 
 from .leasedjob import countersign_receipt
 from .p2p.errors import P2PError
-from .store import Attempt, Outcome, ResultRecord, Store, TaskRecord, TaskRole
+from .store import Attempt, AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
 from .supersede import EnderSettings, LeaseEnder, OpenStream
 from .taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from .tracking import TaskTracker
@@ -76,7 +80,7 @@ class RequesterSettings:
 class AttemptFailed(Exception):
     """Internal: one attempt ended without a result; carries what to record."""
 
-    def __init__(self, outcome: str, code: str, detail: str, signed: bytes | None = None) -> None:
+    def __init__(self, outcome: AttemptOutcome, code: str, detail: str, signed: bytes | None = None) -> None:
         super().__init__(detail)
         self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
 
@@ -96,16 +100,18 @@ class Requester:
         candidates: CandidateSource,
         open_stream: OpenStream,
         settings: RequesterSettings,
-        probe: CandidateSource | None = None,
+        all_providers: CandidateSource | None = None,
         on_negotiated: Callable[[float], None] | None = None,
+        on_settled: Callable[[], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
         self.store = store
         self.tracker = tracker
         self.candidates = candidates
-        self.probe = probe
+        self.all_providers = all_providers
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
+        self.on_settled = on_settled  # awaited before a settled task's final state is visible
         self.open_stream = open_stream
         self.settings = settings
         self.clock = clock
@@ -128,9 +134,17 @@ class Requester:
             await trio.sleep_forever()
 
     # ------------------------------------------------------------ public operations
-    async def submit(self, spec: JobSpec, *, local: bool = False) -> str:
+    @staticmethod
+    def new_task_id() -> str:
+        return "t" + secrets.token_hex(8)
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """Record a task and start placing it. ``task_id``: one from ``new_task_id`` that job data
+        was already stored under; never on a provider in ``exclude`` (replicas)."""
         assert self._nursery is not None, "Requester.run() must be started first"
-        task_id = "t" + secrets.token_hex(8)
+        task_id = task_id or self.new_task_id()
         now = self.clock()
         record = TaskRecord(
             task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
@@ -138,7 +152,7 @@ class Requester:
         )
         await self.store.create_task(record)
         self.tracker.open(task_id)
-        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local))
+        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, exclude=exclude))
         return task_id
 
     async def _guarded(self, task_id: str, work: Awaitable[None]) -> None:
@@ -158,20 +172,22 @@ class Requester:
         return True
 
     # ------------------------------------------------------------ placement
-    async def _place(self, task_id: str, spec: JobSpec, local: bool, tried: int = 0) -> None:
-        deadline = self.clock() + self.settings.placement_deadline
-        excluded: set[str] = set()
+    async def _place(
+        self, task_id: str, spec: JobSpec, local: bool, tried: int = 0, exclude: frozenset[str] = frozenset()
+    ) -> None:
+        deadline = trio.current_time() + self.settings.placement_deadline
+        excluded: set[str] = set(exclude)
         attempts = tried
         with trio.CancelScope() as scope:
             self._cancel[task_id] = self._cancel_placing(scope)
             if not local and not self._anyone(spec):
                 await self._wait_for_peers(task_id, spec, deadline)
             source = self.candidates
-            if self.probe is not None and not self.candidates(spec, self.clock(), local):
+            if self.all_providers is not None and not self.candidates(spec, self.clock(), local):
                 # Nobody fits on paper: ask the providers themselves, so the answer is
                 # theirs and signed (and a stale advert does not hide a willing provider).
-                source = self.probe
-            while attempts < self.settings.max_attempts and self.clock() < deadline:
+                source = self.all_providers
+            while attempts < self.settings.max_attempts and trio.current_time() < deadline:
                 ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
                 if not ranked:
                     break
@@ -193,12 +209,12 @@ class Requester:
         """Is there a candidate, or at least a live provider to ask?"""
         now = self.clock()
         return bool(self.candidates(spec, now, False)) or (
-            self.probe is not None and bool(self.probe(spec, now, False))
+            self.all_providers is not None and bool(self.all_providers(spec, now, False))
         )
 
     async def _wait_for_peers(self, task_id: str, spec: JobSpec, deadline: float) -> None:
         """No provider known yet (a requester just started): wait, bounded, for adverts."""
-        wait = min(self.settings.peer_wait, deadline - self.clock())
+        wait = min(self.settings.peer_wait, deadline - trio.current_time())
         if wait <= 0:
             return
         await self._back_to_placing(task_id, f"waiting for peers: the peer table is empty (up to {wait:g}s)")
@@ -230,9 +246,9 @@ class Requester:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
-                    with trio.fail_after(max(deadline - self.clock(), 0.1)):
+                    with trio.fail_at(max(deadline, trio.current_time() + 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
-                    await self._record_attempt(task_id, n, candidate.peer_id, "accepted", "", "leased")
+                    await self._record_attempt(task_id, n, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
                     return await self._collect(channel, task_id)
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc  # handled below, outside the stream's own nursery
@@ -249,15 +265,15 @@ class Requester:
         if isinstance(failure, AttemptFailed):
             await self._record_attempt(task_id, n, peer, failure.outcome, failure.code, failure.detail, failure.signed)
         elif isinstance(failure, trio.TooSlowError):
-            await self._record_attempt(task_id, n, peer, "timeout", "", "placement deadline passed")
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.TIMEOUT, "", "placement deadline passed")
         elif isinstance(failure, ProtocolError):
-            await self._record_attempt(task_id, n, peer, "error", "", f"{failure.code}: {failure}")
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.ERROR, "", f"{failure.code}: {failure}")
             if lease is not None:
                 await self.superseded.supersede(task_id, peer, lease, "the provider broke the protocol after the lease")
                 await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
             return False
         elif lease is None:
-            outcome = "timeout" if isinstance(failure, PeerTimeout) else "unreachable"
+            outcome = AttemptOutcome.TIMEOUT if isinstance(failure, PeerTimeout) else AttemptOutcome.UNREACHABLE
             await self._record_attempt(task_id, n, peer, outcome, "", str(failure))
         if lease is None or isinstance(failure, trio.TooSlowError):
             return False
@@ -275,15 +291,16 @@ class Requester:
         await channel.send_frame(machine.send_request(task_id, spec, now=self.clock()))
         answer = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(answer, Reject):
-            raise AttemptFailed("rejected", answer.code.value, answer.detail, machine.last_envelope)
+            raise AttemptFailed(AttemptOutcome.REJECTED, answer.code.value, answer.detail, machine.last_envelope)
         assert isinstance(answer, Offer)
         if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
             await channel.send_frame(machine.cancel("offer does not match the request"))
-            raise AttemptFailed("declined", "", f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
+            raise AttemptFailed(AttemptOutcome.DECLINED, "",
+                                f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
         await channel.send_frame(await self._accept(channel))
         proposal = await channel.receive(timeout=self.settings.provider_timeout)
         if isinstance(proposal, Reject):
-            raise AttemptFailed("rejected", proposal.code.value, proposal.detail, machine.last_envelope)
+            raise AttemptFailed(AttemptOutcome.REJECTED, proposal.code.value, proposal.detail, machine.last_envelope)
         assert isinstance(proposal, Lease)  # the machine checked it against the request, offer and price
         countersigned = machine.countersign_lease()
         lease, terms = machine.lease, machine.lease_terms
@@ -306,7 +323,7 @@ class Requester:
             if exc.code != RejectCode.OFFER_EXPIRED.value:
                 raise
         await channel.send_frame(channel.machine.cancel("the offer expired before it was accepted"))
-        raise AttemptFailed("declined", "", "the offer expired before it was accepted")
+        raise AttemptFailed(AttemptOutcome.DECLINED, "", "the offer expired before it was accepted")
 
     # ------------------------------------------------------------ after the lease
     async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
@@ -316,22 +333,22 @@ class Requester:
         answers the Resume, the job may run as long as its lease allows, and a
         stream that breaks again opens a fresh re-attach window.
         """
-        deadline = self.clock() + self.settings.provider_timeout
-        while self.clock() < deadline:
+        deadline = trio.current_time() + self.settings.provider_timeout
+        while trio.current_time() < deadline:
             attached = trio.Event()
             try:
                 return await self._resume_once(task_id, candidate, lease, deadline, attached)
             except AttemptFailed as failed:
                 # The provider answered: it does not hold this lease (e.g. our countersignature
                 # never reached it). It is healthy, so it may be asked again under a new lease.
-                await self._record_attempt(task_id, 0, candidate.peer_id, "rejected", failed.code,
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.REJECTED, failed.code,
                                            f"refused to resume: {failed.detail}", failed.signed)
                 if failed.code == RejectCode.UNKNOWN_TASK:
                     self._retry_same.add(task_id)
                 await self._back_to_placing(task_id, f"the provider does not hold the lease ({failed.code})")
                 return False
             except ProtocolError as exc:
-                await self._record_attempt(task_id, 0, candidate.peer_id, "error", exc.code, str(exc))
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.ERROR, exc.code, str(exc))
                 await self.superseded.supersede(task_id, candidate.peer_id, lease,
                                                 "the provider broke the protocol while resuming")
                 await self._back_to_placing(task_id, "the provider broke the protocol while resuming")
@@ -339,17 +356,14 @@ class Requester:
             except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
                 log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
             if attached.is_set():
-                deadline = self.clock() + self.settings.provider_timeout
-            with trio.move_on_at(self._monotonic_deadline(deadline)):
+                deadline = trio.current_time() + self.settings.provider_timeout
+            with trio.move_on_at(deadline):
                 await trio.sleep(1.0)  # back off between tries, never past the window
         # the lost attempt keeps the lease, so that it is ended on the provider once it is back
         await self.superseded.supersede(task_id, candidate.peer_id, lease,
                                         "provider_lost: the provider vanished after the lease and could not be resumed")
         await self._back_to_placing(task_id, "provider lost; placing elsewhere")
         return False
-
-    def _monotonic_deadline(self, wall_deadline: float) -> float:
-        return trio.current_time() + max(wall_deadline - self.clock(), 0.0)
 
     async def _resume_once(
         self, task_id: str, candidate: Candidate, lease: Lease, deadline: float, attached: trio.Event
@@ -361,7 +375,7 @@ class Requester:
             async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
                 try:
                     channel = self._channel(stream, candidate.peer_id)
-                    with trio.fail_at(self._monotonic_deadline(deadline)):
+                    with trio.fail_at(deadline):
                         await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
                         first = await channel.receive()
                     attached.set()
@@ -388,11 +402,12 @@ class Requester:
                 if isinstance(msg, LogChunk):
                     self.tracker.log(task_id, msg)
                 elif isinstance(msg, Status):
-                    self.tracker.state(task_id, TaskState.RUNNING, msg.detail)
+                    self.tracker.state(task_id, msg.state if msg.state is TaskState.STAGING else TaskState.RUNNING,
+                                       msg.detail)
                 elif isinstance(msg, Result):
                     break
                 elif isinstance(msg, Reject):
-                    raise AttemptFailed("lost", msg.code.value, msg.detail, channel.machine.last_envelope)
+                    raise AttemptFailed(AttemptOutcome.LOST, msg.code.value, msg.detail, channel.machine.last_envelope)
             proposal = await channel.receive(timeout=self.settings.provider_timeout)
             assert isinstance(proposal, Receipt)  # the machine checked it against the lease and the result
             countersigned = countersign_receipt(channel.machine)
@@ -419,17 +434,19 @@ class Requester:
     async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
         with trio.CancelScope(shield=True):
             await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail, exit_code=exit_code)
+            if self.on_settled is not None:
+                await self.on_settled()  # e.g. reputation folds in what this task taught
         self._cancel.pop(task_id, None)
         self.tracker.finish(task_id, state, detail)
 
-    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: str, code: str,
+    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: AttemptOutcome, code: str,
                               detail: str, signed: bytes | None = None) -> None:
         """Append to the task's placement log (``n`` is advisory; the log numbers itself)."""
         reason = code if code in _REJECT_CODES else None
         if code and reason is None:
             detail = f"{code}: {detail}"
         n = len(await self.store.attempts(task_id)) + 1
-        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=Outcome(outcome),
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome,
                           reason_code=RejectCode(reason) if reason else None,
                           detail=detail[:1024], signed=signed, at=self.clock())
         with trio.CancelScope(shield=True):

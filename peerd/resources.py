@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import trio
 
-from peerd.executor.engine import EngineInfo, probe
+from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.nvml import GpuInfo, NvmlSource, read_gpus
 
 __all__ = ["GpuInfo", "Inventory", "snapshot"]
@@ -88,7 +88,7 @@ async def snapshot(
 
     async def read_engine() -> None:
         nonlocal info
-        info = await probe(docker_url, timeout=docker_timeout)
+        info = await inspect_engine(docker_url, timeout=docker_timeout)
 
     async with trio.open_nursery() as nursery:
         for reader in (read_host, read_devices, read_engine):

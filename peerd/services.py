@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol.messages import Advert
+from protocol.roles import NodeRole
 from protocol.signing import Signer
 
 from .adverts import HostFacts, build_advert
@@ -22,8 +23,10 @@ from .executor.docker import DockerExecutor
 from .executor.gpus import CapacityLedger
 from .jobrun import JobRunner
 from .metrics import Metrics
+from .nodedata import JobData
 from .p2p.service import P2PService
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Requester
 from .retention import Pruner
 from .store import Store
@@ -54,7 +57,7 @@ class ProviderServices:
 class Services:
     """Every service of a started node."""
 
-    role: str  # provider | requester | seed
+    role: NodeRole
     signer: Signer
     clock: Clock
     store: Store
@@ -64,6 +67,8 @@ class Services:
     pruner: Pruner
     requester: Requester | None  # None on a seed: it takes no jobs
     provider: ProviderServices | None  # the provider role only
+    data: JobData | None = None  # job data: chunk store, blob protocol, output retention (peerd.nodedata)
+    reputation: ReputationBook | None = None  # the requester's view of providers (None on a seed)
 
     @property
     def peer_id(self) -> str:

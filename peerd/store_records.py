@@ -21,19 +21,13 @@ import msgpack
 from protocol.codec import decode_as
 from protocol.errors import ProtocolError
 from protocol.messages import JobSpec, Receipt, RejectCode, Result, TaskState
+from protocol.roles import TaskRole
 
 from .store_schema import StoreError
 
 
 # ---------------------------------------------------------------- records
-class TaskRole(enum.StrEnum):
-    """Which side of a task this node is on."""
-
-    REQUESTER = "requester"
-    PROVIDER = "provider"
-
-
-class Outcome(enum.StrEnum):
+class AttemptOutcome(enum.StrEnum):
     """What one placement attempt (one exchange with one provider) came to."""
 
     OFFERED = "offered"  # the provider offered; not yet accepted
@@ -74,7 +68,7 @@ class Attempt:
     task_id: str
     n: int
     provider: str
-    outcome: Outcome
+    outcome: AttemptOutcome
     at: float
     reason_code: RejectCode | None = None
     detail: str = ""
@@ -176,7 +170,7 @@ def attempt_from_row(row: sqlite3.Row) -> Attempt:
     task_id: str = row["task_id"]
     code = row["reason_code"]
     try:
-        outcome, reason = Outcome(row["outcome"]), None if code is None else RejectCode(code)
+        outcome, reason = AttemptOutcome(row["outcome"]), None if code is None else RejectCode(code)
     except ValueError as exc:
         raise corrupt("attempt", task_id, exc) from exc
     return Attempt(
@@ -188,7 +182,7 @@ def attempt_row(attempt: Attempt) -> dict[str, object]:
     reason = None if attempt.reason_code is None else RejectCode(attempt.reason_code).value
     return {
         "task_id": attempt.task_id, "n": attempt.n, "provider": attempt.provider,
-        "outcome": Outcome(attempt.outcome).value, "reason_code": reason, "detail": attempt.detail,
+        "outcome": AttemptOutcome(attempt.outcome).value, "reason_code": reason, "detail": attempt.detail,
         "signed": attempt.signed, "at": attempt.at,
     }  # fmt: skip
 

@@ -49,7 +49,7 @@ from protocol.signing import Signer, verify_cosigned
 
 from .leasedjob import countersign_receipt
 from .p2p.errors import P2PError
-from .store import Attempt, Outcome, Store
+from .store import Attempt, AttemptOutcome, Store
 from .taskwire import ByteStream, TaskChannel, TaskWireError, single_error
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class LeaseEnder:
     async def supersede(self, task_id: str, provider: str, lease: Lease, detail: str) -> None:
         """Record that ``lease`` on ``provider`` is given up (write before act), then end it."""
         n = len(await self.store.attempts(task_id)) + 1
-        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=Outcome.LOST,
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=AttemptOutcome.LOST,
                           reason_code=None, detail=detail[:1024], signed=encode(lease), at=self.clock())
         with trio.CancelScope(shield=True):
             await self.store.add_attempt(attempt)
@@ -161,7 +161,7 @@ class LeaseEnder:
         with trio.CancelScope(shield=True):
             n = len(await self.store.attempts(task_id)) + 1
             await self.store.add_attempt(Attempt(
-                task_id=task_id, n=n, provider=provider, outcome=Outcome.SUPERSEDED, reason_code=None,
+                task_id=task_id, n=n, provider=provider, outcome=AttemptOutcome.SUPERSEDED, reason_code=None,
                 detail=ended.detail[:1024], signed=signed, at=self.clock(),
             ))
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from protocol.signing import Signer
 
 from .config import Config
+from .executor.contract import OutputStore
 from .executor.docker import DockerExecutor
 from .executor.plan import Limits
 from .executor.policy import ProviderPolicy
+from .jobdata import DataSettings
 from .p2p.adverts import AdvertSource, Clock
 from .p2p.service import P2PService
 from .provider import ProviderSettings
@@ -38,12 +40,12 @@ def policy_from(config: Config) -> ProviderPolicy:
     )
 
 
-def executor_from(config: Config, node_id: str) -> DockerExecutor:
+def executor_from(config: Config, node_id: str, *, store: OutputStore | None = None) -> DockerExecutor:
     limits = config.limits
     return DockerExecutor(
         node_id, config.work_dir, base_url=config.resources.docker_url or None, policy=policy_from(config),
         log_limit=limits.log_limit, output_limit=limits.output_limit, stop_grace=limits.stop_grace,
-        limits=Limits(tmp_size=limits.tmpfs),
+        limits=Limits(tmp_size=limits.tmpfs), store=store,
     )
 
 
@@ -90,3 +92,8 @@ class ChunkStorePlace:
 
 def chunk_store_from(config: Config) -> ChunkStorePlace:
     return ChunkStorePlace(root=config.home / "blobs", quota=config.storage.blob_quota)
+
+
+def data_settings_from(config: Config) -> DataSettings:
+    return DataSettings(staging_dir=config.home / "staging", output_retention=config.storage.output_retention,
+                        io_timeout=config.network.io_timeout)

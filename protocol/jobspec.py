@@ -12,6 +12,51 @@ from dataclasses import dataclass, field
 from .limits import MAX_CPUS, MAX_GPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
 from .schema import Struct, check_len, check_range, check_text, fail as _fail
 
+MAX_INPUTS = 16  # input data sets per job
+MAX_INPUT_SIZE = 1 << 40  # declared bytes of one input (the manifest format's own total limit)
+MAX_DEST = 1024  # characters of an input's container path
+_DIGEST_HEX = frozenset("0123456789abcdef")
+
+
+def is_digest_text(value: str) -> bool:
+    """``"sha256:"`` + 64 lowercase hex digits (a manifest id as text)."""
+    return len(value) == 71 and value.startswith("sha256:") and set(value[7:]) <= _DIGEST_HEX
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class InputRef(Struct):
+    """One input data set of a job: a manifest (by id), where it is mounted, and its size.
+
+    ``manifest`` is the manifest id as text (``"sha256:" + hex``); the lease
+    carries the spec, so signing the lease binds the exact data. ``dest`` is an
+    absolute, normalised container path; ``size`` is the total bytes of the
+    manifest's files, declared so that a provider can refuse data it has no
+    room for before anything moves. With ``file`` the manifest holds exactly one
+    file, mounted at ``dest`` itself; otherwise the manifest's tree is mounted
+    as the directory ``dest``.
+    """
+
+    manifest: str
+    dest: str
+    size: int
+    file: bool = False
+
+    def _check(self) -> None:
+        if not is_digest_text(self.manifest):
+            _fail(type(self), "manifest", f"must be 'sha256:' and 64 lowercase hex digits, got {self.manifest!r:.80}")
+        check_text(self, "dest", MAX_DEST, nonempty=True)
+        dest = self.dest
+        parts = dest.split("/")
+        if parts[0] or any(p in ("", ".", "..") for p in parts[1:]):
+            _fail(type(self), "dest", f"must be an absolute, normalised path other than '/', got {dest!r:.80}")
+        if any(c < " " or c == "\x7f" for c in dest):
+            _fail(type(self), "dest", "holds a control character")
+        check_range(self, "size", 0, MAX_INPUT_SIZE)
+
 
 @dataclass(frozen=True, slots=True)
 class JobSpec(Struct):
@@ -28,6 +73,7 @@ class JobSpec(Struct):
     timeout: float = 600.0
     network: bool = False
     max_price: float = MAX_PRICE
+    inputs: tuple[InputRef, ...] = ()
 
     def _check(self) -> None:
         check_text(self, "image", 256, nonempty=True)
@@ -45,3 +91,13 @@ class JobSpec(Struct):
         if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
             _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
         check_range(self, "max_price", 0, MAX_PRICE)
+        check_len(self, "inputs", MAX_INPUTS)
+        for i, one in enumerate(self.inputs):
+            for other in self.inputs[i + 1:]:
+                if _within(one.dest, other.dest) or _within(other.dest, one.dest):
+                    _fail(type(self), "inputs", f"destinations {one.dest!r:.80} and {other.dest!r:.80} overlap")
+
+    @property
+    def input_size(self) -> int:
+        """Declared bytes of all inputs together."""
+        return sum(i.size for i in self.inputs)

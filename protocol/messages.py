@@ -23,7 +23,7 @@ from .control_messages import (
     ControlRequest as ControlRequest,
     ControlResponse as ControlResponse,
 )
-from .jobspec import JobSpec as JobSpec
+from .jobspec import InputRef as InputRef, JobSpec as JobSpec
 from .limits import (
     MAX_COUNT as MAX_COUNT,
     MAX_CPUS as MAX_CPUS,
@@ -34,6 +34,7 @@ from .limits import (
     MAX_TIMEOUT as MAX_TIMEOUT,
     MAX_TIMESTAMP as MAX_TIMESTAMP,
 )
+from .roles import NodeRole as NodeRole
 from .schema import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     Message as Message,
@@ -63,6 +64,7 @@ class RejectCode(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     OFFER_EXPIRED = "offer_expired"
     UNKNOWN_TASK = "unknown_task"
+    INPUTS_TOO_LARGE = "inputs_too_large"
     INTERNAL = "internal"
 
 
@@ -71,6 +73,7 @@ class TaskState(enum.StrEnum):
 
     PENDING = "pending"
     PLACING = "placing"
+    STAGING = "staging"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -94,12 +97,6 @@ FINAL_STATES = frozenset(
         TaskState.LOST,
     }
 )
-
-
-class NodeRole(enum.StrEnum):
-    PROVIDER = "provider"
-    SEED = "seed"
-    REQUESTER = "requester"
 
 
 class LogStream(enum.StrEnum):
@@ -295,6 +292,7 @@ class ReceiptTerms(Message):
     price: float
     cost: float
     finished_at: float
+    staging_time: float = 0.0  # seconds spent fetching and writing inputs, before the run (not in wall_time)
 
     def _check(self) -> None:
         _check_task_id(self)
@@ -310,6 +308,7 @@ class ReceiptTerms(Message):
         check_range(self, "price", 0, MAX_PRICE)
         check_range(self, "cost", 0, MAX_PRICE * MAX_TIMEOUT)
         check_range(self, "finished_at", 0, MAX_TIMESTAMP)
+        check_range(self, "staging_time", 0, MAX_TIMEOUT * 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,14 +125,10 @@ from .messages import (
     TaskRequest,
     TaskState,
 )
+from .roles import TaskRole as TaskRole
 from .terms import make_lease_terms, make_receipt_terms
 
 TASK_PROTOCOL = "/peerd/task/1.0.0"
-
-
-class Role(enum.StrEnum):
-    REQUESTER = "requester"
-    PROVIDER = "provider"
 
 
 class State(enum.StrEnum):
@@ -152,11 +148,11 @@ class State(enum.StrEnum):
     ERROR = "ERROR"
 
 
-_R, _P = Role.REQUESTER, Role.PROVIDER
+_R, _P = TaskRole.REQUESTER, TaskRole.PROVIDER
 _S = State
 
 # (state, sender, message TYPE) -> next state. Anything absent is illegal.
-TRANSITIONS: dict[tuple[State, Role, str], State] = {
+TRANSITIONS: dict[tuple[State, TaskRole, str], State] = {
     (_S.IDLE, _R, TaskRequest.TYPE): _S.REQUESTED,
     (_S.IDLE, _R, Resume.TYPE): _S.RESUMING,
     (_S.REQUESTED, _P, Offer.TYPE): _S.OFFERED,
@@ -183,7 +179,7 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
 }
 
 # Legal only on receipt: sent by the peer before it saw our last message.
-CROSSING: dict[tuple[State, Role, str], State] = {
+CROSSING: dict[tuple[State, TaskRole, str], State] = {
     (_S.RESULT, _R, Cancel.TYPE): _S.RESULT,
     (_S.RECEIPT_PROPOSED, _R, Cancel.TYPE): _S.RECEIPT_PROPOSED,
 }
@@ -235,13 +231,13 @@ class Negotiation:
 
     def __init__(
         self,
-        role: Role,
+        role: TaskRole,
         signer: signing.Signer,
         peer_id: str,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
-        self.role = Role(role)
+        self.role = TaskRole(role)
         self.signer = signer
         self.peer_id = peer_id
         self.max_frame = max_frame
@@ -275,7 +271,7 @@ class Negotiation:
         return self._task_id
 
     @property
-    def their_role(self) -> Role:
+    def their_role(self) -> TaskRole:
         return _P if self.role is _R else _R
 
     @property
@@ -405,7 +401,7 @@ class Negotiation:
         return data
 
     # ------------------------------------------------------------ the table
-    def _next_state(self, msg: Message, sender: Role) -> State:
+    def _next_state(self, msg: Message, sender: TaskRole) -> State:
         key = (self._state, sender, msg.TYPE)
         new_state = TRANSITIONS.get(key)
         if new_state is None and sender is not self.role:
@@ -417,7 +413,7 @@ class Negotiation:
             )
         return new_state
 
-    def _apply(self, msg: Message, sender: Role) -> None:
+    def _apply(self, msg: Message, sender: TaskRole) -> None:
         """Check ``msg`` from ``sender``; only if it passes, record it and move."""
         new_state = self._next_state(msg, sender)
         # Lease and Receipt carry the task_id inside their terms (checked below).
@@ -434,7 +430,7 @@ class Negotiation:
         self._state = new_state
 
     # ------------------------------------------------------------ per-message checks
-    def _check_and_record(self, msg: Message, sender: Role) -> None:
+    def _check_and_record(self, msg: Message, sender: TaskRole) -> None:
         """Check first and record last, so that a failed check changes nothing."""
         match msg:
             case TaskRequest():
@@ -493,7 +489,7 @@ class Negotiation:
         _require(msg.memory >= spec.memory, "offers less memory than requested")
 
     def _check_cosigned(
-        self, msg: D, sender: Role, terms_type: type[M], proposed: D | None, check_terms: Callable[[M], None]
+        self, msg: D, sender: TaskRole, terms_type: type[M], proposed: D | None, check_terms: Callable[[M], None]
     ) -> M:
         """A co-signed Lease or Receipt: the provider proposes, the requester countersigns the same bytes."""
         if sender is _P:
@@ -553,7 +549,7 @@ class RequesterNegotiation(Negotiation):
     def __init__(
         self, signer: signing.Signer, peer_id: str, *, max_frame: int = DEFAULT_MAX_FRAME
     ) -> None:
-        super().__init__(Role.REQUESTER, signer, peer_id, max_frame=max_frame)
+        super().__init__(TaskRole.REQUESTER, signer, peer_id, max_frame=max_frame)
 
     def send_request(self, task_id: str, spec: JobSpec, *, now: float) -> bytes:
         """Send the TaskRequest for ``spec`` (``requester`` is our peer ID)."""
@@ -606,7 +602,7 @@ class ProviderNegotiation(Negotiation):
     def __init__(
         self, signer: signing.Signer, peer_id: str, *, max_frame: int = DEFAULT_MAX_FRAME
     ) -> None:
-        super().__init__(Role.PROVIDER, signer, peer_id, max_frame=max_frame)
+        super().__init__(TaskRole.PROVIDER, signer, peer_id, max_frame=max_frame)
 
     def reject(self, code: RejectCode, detail: str) -> bytes:
         if self._task_id is None:
@@ -655,7 +651,7 @@ class ProviderNegotiation(Negotiation):
         return self.send(Status(task_id=self._task_id, state=state, detail=detail[:1024], at=at))
 
     def draft_receipt(
-        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float
+        self, *, stdout_digest: str, stderr_digest: str, cost: float, finished_at: float, staging_time: float = 0.0
     ) -> ReceiptTerms:
         """ReceiptTerms matching the lease and the Result already sent (``make_receipt_terms``)."""
         lease, lease_terms, result = self._lease, self._lease_terms, self._result
@@ -664,6 +660,7 @@ class ProviderNegotiation(Negotiation):
         return make_receipt_terms(
             lease, lease_terms, result,
             stdout_digest=stdout_digest, stderr_digest=stderr_digest, cost=cost, finished_at=finished_at,
+            staging_time=staging_time,
         )
 
     def propose_receipt(self, terms: ReceiptTerms) -> bytes:

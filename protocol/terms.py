@@ -37,6 +37,7 @@ def make_receipt_terms(
     stderr_digest: str,
     cost: float,
     finished_at: float,
+    staging_time: float = 0.0,
 ) -> ReceiptTerms:
     """The one builder of ReceiptTerms: the lease's task, parties and price, and the Result's usage.
 
@@ -59,5 +60,6 @@ def make_receipt_terms(
         price=lease_terms.price,
         cost=cost,
         finished_at=finished_at,
+        staging_time=staging_time,
     )
 

@@ -18,8 +18,8 @@ import trio
 from peerd.store import (
     AlreadyRecorded,
     Attempt,
+    AttemptOutcome,
     NoSuchTask,
-    Outcome,
     ReceiptRecord,
     ResultRecord,
     SchemaVersionError,
@@ -31,6 +31,7 @@ from peerd.store import (
 )
 from peerd.store_schema import LATEST_VERSION, MIGRATIONS, Migration
 from protocol.messages import (
+    FINAL_STATES,
     JobSpec,
     Lease,
     LeaseTerms,
@@ -217,7 +218,9 @@ async def test_unfinished_tasks_are_the_non_final_ones_of_a_role(path: Path) -> 
         await store.create_task(full_task("p-running"))
         unfinished = await store.unfinished_tasks(TaskRole.REQUESTER)
         # oldest first: created_at decreases along TaskState's order
-        assert [t.task_id for t in unfinished] == ["r-running", "r-placing", "r-pending"]
+        expected = [f"r-{s}" for s in reversed(TaskState) if s not in FINAL_STATES]
+        assert [t.task_id for t in unfinished] == expected
+        assert "r-staging" in expected and "r-running" in expected and "r-succeeded" not in expected
         provider = await store.unfinished_tasks(TaskRole.PROVIDER)
         assert [t.task_id for t in provider] == ["p-running"]
 
@@ -225,10 +228,10 @@ async def test_unfinished_tasks_are_the_non_final_ones_of_a_role(path: Path) -> 
 async def test_attempts_keep_order_reasons_and_signed_rejects(path: Path) -> None:
     signed = seal_bytes(Reject("t1", RejectCode.NO_MATCHING_GPU, "no H100 here"), PROVIDER)
     log = [
-        Attempt("t1", 1, "peerA", Outcome.UNREACHABLE, 1001.0, detail="dial timed out"),
-        Attempt("t1", 2, PROVIDER.peer_id, Outcome.REJECTED, 1002.0, RejectCode.NO_MATCHING_GPU,
+        Attempt("t1", 1, "peerA", AttemptOutcome.UNREACHABLE, 1001.0, detail="dial timed out"),
+        Attempt("t1", 2, PROVIDER.peer_id, AttemptOutcome.REJECTED, 1002.0, RejectCode.NO_MATCHING_GPU,
                 "no H100 here", signed),
-        Attempt("t1", 3, "peerC", Outcome.OFFERED, 1003.0),
+        Attempt("t1", 3, "peerC", AttemptOutcome.OFFERED, 1003.0),
     ]  # fmt: skip
     async with Store.open(path) as store:
         await store.create_task(make_task())
@@ -237,7 +240,7 @@ async def test_attempts_keep_order_reasons_and_signed_rejects(path: Path) -> Non
         assert await store.attempts("t1") == log
         assert await store.attempts("other") == []
         with pytest.raises(AlreadyRecorded, match="attempt 2"):
-            await store.add_attempt(dataclasses.replace(log[1], outcome=Outcome.ERROR))
+            await store.add_attempt(dataclasses.replace(log[1], outcome=AttemptOutcome.ERROR))
         with pytest.raises(NoSuchTask, match="'ghost'"):
             await store.add_attempt(dataclasses.replace(log[0], task_id="ghost"))
 
@@ -303,7 +306,7 @@ async def test_receipts_round_trip_and_list_newest_first(path: Path) -> None:
 # ---------------------------------------------------------------- restarts
 async def fill(store: Store) -> None:
     await store.create_task(full_task())
-    await store.add_attempt(Attempt("t-full", 1, PROVIDER.peer_id, Outcome.ACCEPTED, 1000.5))
+    await store.add_attempt(Attempt("t-full", 1, PROVIDER.peer_id, AttemptOutcome.ACCEPTED, 1000.5))
     await store.put_lease("t-full", make_lease("t-full"), 1060.0)
     await store.put_result(with_result(RESULT, task_id="t-full"))
     await store.put_receipt(
@@ -314,7 +317,7 @@ async def fill(store: Store) -> None:
 async def check_filled(store: Store) -> None:
     assert await store.get_task("t-full") == full_task()
     assert await store.attempts("t-full") == [
-        Attempt("t-full", 1, PROVIDER.peer_id, Outcome.ACCEPTED, 1000.5)
+        Attempt("t-full", 1, PROVIDER.peer_id, AttemptOutcome.ACCEPTED, 1000.5)
     ]
     assert await store.get_lease("t-full") == make_lease("t-full")
     assert await store.get_result("t-full") == with_result(RESULT, task_id="t-full")
@@ -395,7 +398,7 @@ async def test_concurrent_writers_from_many_tasks(path: Path) -> None:
             for i in range(10):
                 task_id = f"w{w}-{i}"
                 await store.create_task(make_task(task_id, float(w * 100 + i)))
-                await store.add_attempt(Attempt(task_id, 1, "peer", Outcome.OFFERED, 1.0))
+                await store.add_attempt(Attempt(task_id, 1, "peer", AttemptOutcome.OFFERED, 1.0))
                 await store.update_task(task_id, now=2.0, state=TaskState.RUNNING)
 
         async with trio.open_nursery() as nursery:

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from peerd.localpipe import PipeEnd, pipe_pair
-from peerd.store import Attempt, Outcome, Store, TaskRecord, TaskRole
+from peerd.store import Attempt, AttemptOutcome, Store, TaskRecord, TaskRole
 from peerd.supersede import EnderSettings, LeaseEnder, OpenStream
 from protocol.codec import NEED_DATA, encode
 from protocol.messages import JobSpec, Lease, LeaseTerms, RejectCode, Resume, TaskState
@@ -71,7 +71,7 @@ def refusing(provider: Signer, requester: Signer) -> OpenStream:
 
 async def wait_superseded(store: Store, task_id: str) -> Attempt:
     with trio.fail_after(10):
-        while not (done := [a for a in await store.attempts(task_id) if a.outcome is Outcome.SUPERSEDED]):
+        while not (done := [a for a in await store.attempts(task_id) if a.outcome is AttemptOutcome.SUPERSEDED]):
             await trio.sleep(0.05)  # the store has no change event; poll it, bounded
     return done[0]
 
@@ -82,13 +82,13 @@ async def test_only_lost_leases_not_yet_superseded_are_pending(tmp_path: Path) -
         await add_task(store, "t1", requester)
         lease = encode(cosigned_lease("t1", requester, provider, time.time() + 60))
         now = time.time()
-        await store.add_attempt(Attempt("t1", 1, provider.peer_id, Outcome.LOST, now, None, "lost", None))
+        await store.add_attempt(Attempt("t1", 1, provider.peer_id, AttemptOutcome.LOST, now, None, "lost", None))
         assert await store.superseded_leases() == []  # a lost attempt without a lease is nothing to end
-        await store.add_attempt(Attempt("t1", 2, provider.peer_id, Outcome.LOST, now, None, "lost", lease))
+        await store.add_attempt(Attempt("t1", 2, provider.peer_id, AttemptOutcome.LOST, now, None, "lost", lease))
         assert [a.n for a in await store.superseded_leases()] == [2]
-        await store.add_attempt(Attempt("t1", 3, other.peer_id, Outcome.SUPERSEDED, now, None, "other", None))
+        await store.add_attempt(Attempt("t1", 3, other.peer_id, AttemptOutcome.SUPERSEDED, now, None, "other", None))
         assert [a.n for a in await store.superseded_leases()] == [2]  # another provider's entry ends nothing
-        await store.add_attempt(Attempt("t1", 4, provider.peer_id, Outcome.SUPERSEDED, now, None, "ended", None))
+        await store.add_attempt(Attempt("t1", 4, provider.peer_id, AttemptOutcome.SUPERSEDED, now, None, "ended", None))
         assert await store.superseded_leases() == []
 
 
@@ -117,7 +117,7 @@ async def test_a_restarted_requester_ends_the_leases_it_had_not_ended(tmp_path: 
             await nursery.start(first.run)
             await first.supersede("t1", provider.peer_id, lease, "provider_lost: gone")
             nursery.cancel_scope.cancel()
-        assert [a.outcome for a in await store.superseded_leases()] == [Outcome.LOST]
+        assert [a.outcome for a in await store.superseded_leases()] == [AttemptOutcome.LOST]
         # after the restart the provider is back, and no longer holds the lease
         async with trio.open_nursery() as nursery:
             second = LeaseEnder(signer=requester, store=store, open_stream=refusing(provider, requester),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..config import ROLES, Config, with_overrides
+from protocol.roles import NodeRole
+
+from ..config import Config, with_overrides
 from . import output
 from .context import Context, UsageError
 
@@ -34,7 +36,7 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
                         help="seed to join through, with /p2p/<id> (repeatable; adds to node.bootstrap)")
     parser.add_argument("--seed", action="store_true", help="run as a bootstrap seed")
-    parser.add_argument("--role", choices=[r for r in ROLES if r != "seed"],
+    parser.add_argument("--role", choices=[r.value for r in NodeRole if r is not NodeRole.SEED],
                         help="override node.role")
 
 
@@ -51,7 +53,7 @@ def daemon_config(config: Config, *, listen: Sequence[str], bootstrap: Sequence[
         config, "node",
         listen=tuple(listen) if listen else config.node.listen,
         bootstrap=config.node.bootstrap + tuple(a for a in bootstrap if a not in config.node.bootstrap),
-        role=role or config.node.role,
+        role=NodeRole(role) if role else config.node.role,
         control_socket=control_socket or config.node.control_socket,
     )
 

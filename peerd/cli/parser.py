@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import local, query, submit
+from . import data, local, query, submit
 from .context import EXIT_USAGE, Context
 
 
@@ -40,10 +40,12 @@ COMMANDS: tuple[CliCommand, ...] = (
     CliCommand("run", "run the daemon in the foreground", local.run, local.run_arguments),
     CliCommand("status", "the daemon's identity, peers and tasks", query.status),
     CliCommand("peers", "known peers and what they offer", query.peers),
+    CliCommand("peer", "one peer: its advert, reputation and history", query.peer, query.peer_arguments),
     CliCommand("submit", "submit a job: peerd submit [OPTIONS] -- CMD [ARG ...]", submit.run, submit.arguments),
     CliCommand("tasks", "recent tasks", query.tasks, query.limit_arguments),
     CliCommand("show", "one task in full", query.show, query.task_argument),
     CliCommand("logs", "a task's output", query.logs, query.logs_arguments),
+    CliCommand("get", "download a task's outputs (/out) from its provider", data.get, data.get_arguments),
     CliCommand("cancel", "cancel a task", query.cancel, query.task_argument),
     CliCommand("receipts", "co-signed receipts", query.receipts, query.limit_arguments),
     CliCommand("doctor", "check this host (exit 1 if a check fails)", query.doctor),

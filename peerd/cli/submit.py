@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from protocol.errors import LocalProtocolError
 from protocol.jobspec import JobSpec
@@ -58,6 +59,13 @@ def _number(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -93,8 +101,18 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment variable for the job (repeatable)")
     parser.add_argument("--network", action="store_true", help="ask for network access")
     parser.add_argument("--local", action="store_true", help="run on this node's own provider")
+    parser.add_argument("--replicas", type=_count, default=1, metavar="K",
+                        help="run on K distinct providers and compare their outputs (default 1)")
+    parser.add_argument("--spot-check", type=_fraction, default=0.0, metavar="P",
+                        help="with probability P also run it on a second provider and compare "
+                             "(deterministic jobs; expected extra cost P)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
+    parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
+                        help="a file or directory for the job, read-only at DEST (default /inputs/<name>); "
+                             "repeatable")
+    parser.add_argument("--output", metavar="DIR", type=Path,
+                        help="with --wait: download the job's /out into DIR (checked against the receipt)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
                         help="the command to run in the container")
 
@@ -121,11 +139,34 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
         raise UsageError(flagged) from exc
 
 
+def _inputs(texts: list[str]) -> list[Value]:
+    """``--input`` values as the daemon takes them; UsageError (exit 2) naming a path it could not read."""
+    from ..unpack import input_arg, unreadable  # loaded only when there are inputs
+
+    inputs: list[Value] = []
+    for text in texts:
+        source, dest = input_arg(text)
+        problem = unreadable(source)
+        if problem is not None:
+            raise UsageError(f"--input {problem}")
+        inputs.append({"source": source, "dest": dest})
+    return inputs
+
+
 def run(ctx: Context) -> int:
     args = ctx.args
     spec = build_spec(args, os.environ)
+    if args.output is not None and not (args.wait or args.follow):
+        raise UsageError("--output needs --wait (or use peerd get TASK -o DIR later)")
+    request: dict[str, Value] = {"spec": to_value(spec), "local": args.local}
+    if args.input:
+        request["inputs"] = _inputs(args.input)
     with ctx.client() as client:
-        submitted = expect_map(client.call("submit", {"spec": to_value(spec), "local": args.local}), "submit")
+        if args.replicas > 1:
+            request["replicas"] = args.replicas
+        if args.spot_check:
+            request["spot_check"] = args.spot_check
+        submitted = expect_map(client.call("submit", request, no_timeout=True), "submit")
         task_id = str(submitted.get("task_id"))
         if not (args.wait or args.follow):
             if ctx.json:
@@ -139,8 +180,16 @@ def run(ctx: Context) -> int:
                 stream_logs(ctx, client.stream("logs", {"task_id": task_id, "follow": True}),
                             {"stdout": [], "stderr": []})
         view = expect_map(client.call("wait", {"task_id": task_id}, no_timeout=True), "wait")
+        failed = False
+        if args.output is not None and view.get("state") == "succeeded":
+            from .data import fetch_outputs  # loaded only when outputs are asked for
+
+            outputs, failed = fetch_outputs(ctx, client, task_id, view, args.output)
+            view = {**view, "outputs": outputs}
     _report(ctx, view, printed_output=args.follow)
-    return EXIT_OK if view.get("state") == "succeeded" else EXIT_FAILED
+    verification = view.get("verification")
+    disputed = isinstance(verification, dict) and verification.get("state") == "disputed"
+    return EXIT_OK if view.get("state") == "succeeded" and not failed and not disputed else EXIT_FAILED
 
 
 def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> None:
@@ -154,5 +203,8 @@ def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> No
                 stream.write(text)
                 stream.flush()
     ctx.note(output.outcome_line(view))
+    verification = view.get("verification")
+    if isinstance(verification, dict):
+        ctx.note(output.verification_text(verification))
     if view.get("state") != "succeeded" and view.get("attempts"):
         ctx.note("attempts:\n" + output.attempts_text(view.get("attempts")))

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from protocol.errors import DecodeError
+from protocol.jobspec import MAX_INPUTS
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
@@ -21,6 +22,8 @@ from .ops import BadArgs, NodeOps, TaskNotFound
 MAX_LIMIT = 1000  # a list result must stay under the codec's 1024 items
 DEFAULT_LIMIT = 50
 MAX_TASK_ID = 64
+MAX_PEER_ID = 128
+MAX_REPLICAS = 9
 
 
 class ArgReader:
@@ -50,6 +53,14 @@ class ArgReader:
             raise BadArgs(f"{name!r} must be an integer in [{lo}, {hi}]")
         return value
 
+    def number(self, name: str, *, default: float, lo: float, hi: float) -> float:
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise BadArgs(f"{name!r} must be a number in [{lo:g}, {hi:g}]")
+        return float(value)
+
     def flag(self, name: str, *, default: bool = False) -> bool:
         value = self._take(name)
         if value is None:
@@ -70,6 +81,23 @@ class ArgReader:
             return JobSpec.from_wire(value, name)
         except DecodeError as exc:
             raise BadArgs(str(exc)) from exc
+
+    def inputs(self, name: str) -> list[tuple[str, str]]:
+        """``[{"source": absolute local path, "dest": container path}, ...]`` (absent: none)."""
+        value = self._take(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > MAX_INPUTS:
+            raise BadArgs(f"{name!r} must be a list of at most {MAX_INPUTS} inputs")
+        out = []
+        for item in value:
+            if not isinstance(item, dict) or set(item) != {"source", "dest"}:
+                raise BadArgs(f"each of {name!r} must be a map with 'source' and 'dest'")
+            source, dest = item["source"], item["dest"]
+            if not isinstance(source, str) or not source.startswith("/") or not isinstance(dest, str) or not dest:
+                raise BadArgs(f"an input needs an absolute 'source' path and a 'dest', got {item!r:.200}")
+            out.append((source, dest))
+        return out
 
     def done(self) -> None:
         extra = sorted(set(self._args) - self._read)
@@ -100,10 +128,30 @@ async def _peers(ops: NodeOps, a: ArgReader) -> object:
     return await ops.peers()
 
 
+async def _peer(ops: NodeOps, a: ArgReader) -> object:
+    peer_id = a.text("peer_id", max_len=MAX_PEER_ID)
+    limit = a.limit()
+    a.done()
+    return await ops.peer(peer_id, limit)
+
+
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
+    inputs = a.inputs("inputs")
+    replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
+    spot_check = a.number("spot_check", default=0.0, lo=0.0, hi=1.0)
     a.done()
+    if replicas > 1 and spot_check:
+        raise BadArgs("'replicas' and 'spot_check' are two ways to verify: give one")
+    if (replicas > 1 or spot_check) and (local or inputs):
+        raise BadArgs("verification needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
+    if replicas > 1:
+        return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
+    if spot_check:
+        return {"task_id": await ops.submit(spec, local=local, spot_check=spot_check)}
+    if inputs:
+        return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}
 
 
@@ -157,6 +205,12 @@ def _logs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     return ops.logs(task_id, follow)
 
 
+def _outputs(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
+    task_id = a.task_id()
+    a.done()
+    return ops.outputs(task_id)
+
+
 def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
     task_id = a.task_id()
     a.done()
@@ -166,12 +220,14 @@ def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
 COMMANDS: dict[str, Command] = {
     "status": Command(call=_status),
     "peers": Command(call=_peers),
+    "peer": Command(call=_peer),
     "submit": Command(call=_submit),
     "wait": Command(call=_wait),
     "task": Command(call=_task),
     "tasks": Command(call=_tasks),
     "logs": Command(stream=_logs),
     "events": Command(stream=_events),
+    "outputs": Command(stream=_outputs),
     "cancel": Command(call=_cancel),
     "receipts": Command(call=_receipts),
     "doctor": Command(call=_doctor),

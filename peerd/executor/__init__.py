@@ -1,6 +1,6 @@
 """Running leased jobs in Docker containers on this host.
 
-  contract   RunSpec, Outcome, the Executor protocol
+  contract   RunSpec, RunOutcome, the Executor protocol
   errors     ExecutorError and its reason codes
   policy     ProviderPolicy: which jobs this host accepts
   gpus       CapacityLedger: exclusive GPUs + CPU/memory holds (pure)
@@ -18,15 +18,15 @@ from peerd.executor.contract import (
     Executor,
     InputMount,
     LogChunk,
-    Outcome,
-    OutcomeState,
     OutputStore,
     PullProgress,
     RecoveryReport,
+    RunOutcome,
+    RunOutcomeState,
     RunSpec,
 )
 from peerd.executor.docker import DockerExecutor
-from peerd.executor.engine import EngineInfo, probe
+from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.executor.errors import (
     CapacityError,
     EngineError,
@@ -56,8 +56,6 @@ __all__ = [
     "InvalidSpec",
     "Limits",
     "LogChunk",
-    "Outcome",
-    "OutcomeState",
     "OutputStore",
     "PolicyError",
     "ProviderPolicy",
@@ -65,7 +63,9 @@ __all__ = [
     "Reason",
     "RecoveryReport",
     "Reservation",
+    "RunOutcome",
+    "RunOutcomeState",
     "RunSpec",
     "UnknownTask",
-    "probe",
+    "inspect_engine",
 ]

@@ -1,12 +1,12 @@
 """The executor contract: what a job is, what comes back, and the operations.
 
 ``RunSpec`` is a job exactly as leased (image, command, limits, the GPU UUIDs
-leased to it). ``Outcome`` is what happened. ``Executor`` is the protocol the
+leased to it). ``RunOutcome`` is what happened. ``Executor`` is the protocol the
 provider programs against; ``DockerExecutor`` is the implementation.
 
 Rules every implementation keeps:
   * a task id names at most one container per node; a second start is refused;
-  * ``wait`` returns exactly one Outcome per started task; the container is gone
+  * ``wait`` returns exactly one RunOutcome per started task; the container is gone
     by then and its GPUs may be released by the caller;
   * ``recover`` touches only containers labelled with this node's id;
   * inputs are mounted read-only; /out is bounded while the job runs, and a job
@@ -159,7 +159,7 @@ class RunSpec:
         return dict(pairs)
 
 
-class OutcomeState(StrEnum):
+class RunOutcomeState(StrEnum):
     SUCCEEDED = "succeeded"  # exit code 0
     FAILED = "failed"  # non-zero exit code, or stopped at the output limit (reason OUTPUT_LIMIT)
     TIMEOUT = "timeout"  # killed at the wall-clock limit
@@ -169,9 +169,9 @@ class OutcomeState(StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Outcome:
+class RunOutcome:
     task_id: str
-    state: OutcomeState
+    state: RunOutcomeState
     exit_code: int | None
     stdout: bytes  # last log_limit bytes
     stderr: bytes  # last log_limit bytes
@@ -211,7 +211,7 @@ class ContainerInfo:
 @dataclass(frozen=True)
 class RecoveryReport:
     reattached: tuple[str, ...] = ()  # tracked task ids whose container runs on; wait() works
-    finished: tuple[Outcome, ...] = ()  # tracked tasks that ended meanwhile (state lost if no container)
+    finished: tuple[RunOutcome, ...] = ()  # tracked tasks that ended meanwhile (state lost if no container)
     removed: tuple[str, ...] = ()  # task ids of untracked containers, stopped and removed
 
 
@@ -238,7 +238,7 @@ class OutputStore(Protocol):
 class Executor(Protocol):
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None: ...
 
-    async def wait(self, task_id: str) -> Outcome: ...
+    async def wait(self, task_id: str) -> RunOutcome: ...
 
     async def stop(self, task_id: str, reason: str) -> None: ...
 
@@ -254,18 +254,18 @@ class Executor(Protocol):
 
 
 __all__ = [
+    "NOBODY",
     "ContainerInfo",
     "EnvPairs",
     "Executor",
     "InputMount",
     "LogChunk",
-    "NOBODY",
-    "Outcome",
-    "OutcomeState",
     "OutputStore",
     "PullListener",
     "PullProgress",
     "RecoveryReport",
+    "RunOutcome",
+    "RunOutcomeState",
     "RunSpec",
     "check_name",
     "is_valid_name",

@@ -6,7 +6,7 @@ tail, waits for the exit under the wall-clock limit (stop with a short grace,
 then kill) while watching /out (a tmpfs of the output limit: a job that fills
 it is stopped, reason OUTPUT_LIMIT), classifies the end, removes the container
 and turns /out into a manifest whose chunks go into the injected OutputStore,
-pinned for the task; then ``wait`` returns the Outcome. Cancelling the service (or a crash) leaves the
+pinned for the task; then ``wait`` returns the RunOutcome. Cancelling the service (or a crash) leaves the
 containers running: ``recover`` re-attaches them on the next start.
 
 Flow of one job: start -> [pull if missing] -> create+attach+start (one thread
@@ -29,11 +29,11 @@ from peerd.config import DEFAULT_LIMITS
 from peerd.executor.contract import (
     ContainerInfo,
     LogChunk,
-    Outcome,
-    OutcomeState,
     OutputStore,
     PullListener,
     RecoveryReport,
+    RunOutcome,
+    RunOutcomeState,
     RunSpec,
     check_name,
     is_valid_name,
@@ -71,14 +71,14 @@ class _Task:
     bounded: bool  # out_dir is a tmpfs of the output limit
     tail: LogTail
     launched_at: float = field(default_factory=time.time)
-    stopping: OutcomeState | None = None  # CANCELLED, TIMEOUT or FAILED (output limit), first one wins
+    stopping: RunOutcomeState | None = None  # CANCELLED, TIMEOUT or FAILED (output limit), first one wins
     stop_detail: str = ""
     stop_reason: Reason | None = None
     exited: bool = False
     done: trio.Event = field(default_factory=trio.Event)
-    outcome: Outcome | None = None
+    outcome: RunOutcome | None = None
 
-    def mark(self, state: OutcomeState, detail: str, reason: Reason | None = None) -> None:
+    def mark(self, state: RunOutcomeState, detail: str, reason: Reason | None = None) -> None:
         if self.stopping is None:
             self.stopping, self.stop_detail, self.stop_reason = state, detail, reason
 
@@ -86,17 +86,17 @@ class _Task:
 SIGKILL_EXIT = 128 + 9
 
 
-def classify(task_stop: OutcomeState | None, exit_state: ExitState | None) -> OutcomeState:
+def classify(task_stop: RunOutcomeState | None, exit_state: ExitState | None) -> RunOutcomeState:
     """How the job ended. We stopped it: cancelled/timeout. Otherwise docker's OOMKilled, or a
     SIGKILL nobody here sent (dockerd's OOM watcher is racy and misses fast OOMs on some hosts;
     the kernel's OOM killer is what sends SIGKILL to a job at its memory limit)."""
     if task_stop is not None:
         return task_stop
     if exit_state is None or exit_state.status == "created":
-        return OutcomeState.LOST
+        return RunOutcomeState.LOST
     if exit_state.oom_killed or exit_state.exit_code == SIGKILL_EXIT:
-        return OutcomeState.OOM
-    return OutcomeState.SUCCEEDED if exit_state.exit_code == 0 else OutcomeState.FAILED
+        return RunOutcomeState.OOM
+    return RunOutcomeState.SUCCEEDED if exit_state.exit_code == 0 else RunOutcomeState.FAILED
 
 
 class DockerExecutor:
@@ -268,7 +268,7 @@ class DockerExecutor:
         except OSError as exc:
             log.warning("/out of task %s cannot be watched: %s", task.task_id, exc)
             return
-        task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
+        task.mark(RunOutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
                   f"{self.output_limit} bytes; stopped", Reason.OUTPUT_LIMIT)
         try:
             await engine.stop(task.container_id, 0)
@@ -281,15 +281,15 @@ class DockerExecutor:
             task.exited = True
             return
         limit = f" of {task.timeout:g}s" if task.timeout else ""
-        task.mark(OutcomeState.TIMEOUT, f"time limit{limit} reached")
+        task.mark(RunOutcomeState.TIMEOUT, f"time limit{limit} reached")
         await engine.stop(task.container_id, self.stop_grace)
         await engine.wait_exit(task.container_id)
         task.exited = True
 
-    async def _outcome(self, task: _Task, exit_state: ExitState | None) -> Outcome:
+    async def _outcome(self, task: _Task, exit_state: ExitState | None) -> RunOutcome:
         outputs = await self._collect(task)
         if outputs.over_limit:  # it filled /out and ended before the watcher saw it
-            task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
+            task.mark(RunOutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
                       f"{self.output_limit} bytes", Reason.OUTPUT_LIMIT)
         state = classify(task.stopping, exit_state)
         reason = task.stop_reason if state is task.stopping else None
@@ -297,7 +297,7 @@ class DockerExecutor:
         finished = exit_state.finished_at if exit_state and exit_state.finished_at else time.time()
         finished = max(finished, started)  # dockerd stamps a very short job's start after its end
         wall = finished - started
-        return Outcome(
+        return RunOutcome(
             task_id=task.task_id, state=state,
             exit_code=exit_state.exit_code if exit_state and exit_state.status != "created" else None,
             stdout=task.tail.tail("stdout"), stderr=task.tail.tail("stderr"),
@@ -315,16 +315,16 @@ class DockerExecutor:
             return OutputManifest(None, 0, (), False, f"unreadable: {exc}")
 
     @staticmethod
-    def _detail(task: _Task, state: OutcomeState, exit_state: ExitState | None, outputs: OutputManifest) -> str:
-        if state in (OutcomeState.CANCELLED, OutcomeState.TIMEOUT) or (
+    def _detail(task: _Task, state: RunOutcomeState, exit_state: ExitState | None, outputs: OutputManifest) -> str:
+        if state in (RunOutcomeState.CANCELLED, RunOutcomeState.TIMEOUT) or (
             state is task.stopping and task.stop_reason is not None
         ):
             text = task.stop_detail
-        elif state is OutcomeState.OOM and exit_state is not None and exit_state.oom_killed:
+        elif state is RunOutcomeState.OOM and exit_state is not None and exit_state.oom_killed:
             text = f"out of memory: limit of {task.memory} bytes exceeded"
-        elif state is OutcomeState.OOM:
+        elif state is RunOutcomeState.OOM:
             text = f"killed by SIGKILL, taken as out of memory (limit {task.memory} bytes)"
-        elif state is OutcomeState.LOST:
+        elif state is RunOutcomeState.LOST:
             text = "the container never ran" if exit_state else "the container disappeared"
         else:
             text = f"exit code {exit_state.exit_code if exit_state else None}"
@@ -336,16 +336,16 @@ class DockerExecutor:
             text += f"; no outputs: {outputs.problem}"
         return text
 
-    async def _lose(self, engine: Engine, task: _Task, detail: str) -> Outcome:
+    async def _lose(self, engine: Engine, task: _Task, detail: str) -> RunOutcome:
         try:
             await engine.remove(task.container_id)
         except EngineError as exc:
             log.warning("could not remove the container of lost task %s: %s", task.task_id, exc)
-        task.mark(OutcomeState.LOST, detail)
+        task.mark(RunOutcomeState.LOST, detail)
         return await self._outcome(task, None)
 
     # ---- the rest of the contract ------------------------------------------------------
-    async def wait(self, task_id: str) -> Outcome:
+    async def wait(self, task_id: str) -> RunOutcome:
         task = self._tasks.get(task_id)
         if task is None:
             raise UnknownTask(task_id)
@@ -354,7 +354,7 @@ class DockerExecutor:
         assert task.outcome is not None
         return task.outcome
 
-    async def run_job(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> Outcome:
+    async def run_job(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> RunOutcome:
         """start + wait: the container is gone when this returns."""
         await self.start(spec, on_pull=on_pull)
         return await self.wait(spec.task_id)
@@ -370,7 +370,7 @@ class DockerExecutor:
             raise UnknownTask(task_id)
         if task.exited:  # too late: it ended by itself
             return
-        task.mark(OutcomeState.CANCELLED, f"cancelled: {reason}")
+        task.mark(RunOutcomeState.CANCELLED, f"cancelled: {reason}")
         await engine.stop(task.container_id, self.stop_grace)
 
     async def stop_all(self, reason: str) -> None:
@@ -456,7 +456,7 @@ class DockerExecutor:
             tail=LogTail(self.log_limit),
         )
 
-    async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> Outcome:
+    async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> RunOutcome:
         task = self._adopt(info)
         stdout, stderr = await engine.output_tails(info.container_id, self.log_limit)
         task.tail.append("stdout", stdout)

@@ -330,7 +330,7 @@ class Engine:
             raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}") from exc
 
 
-async def probe(base_url: str | None = None, *, timeout: float = 5.0) -> EngineInfo:
+async def inspect_engine(base_url: str | None = None, *, timeout: float = 5.0) -> EngineInfo:
     """EngineInfo of the dockerd at ``base_url``; never raises (unreachable is an answer)."""
     try:
         engine = await Engine.connect(base_url, timeout=timeout)

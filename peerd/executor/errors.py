@@ -39,7 +39,7 @@ class Reason(StrEnum):
     START_FAILED = "start_failed"
     ENGINE_ERROR = "engine_error"
     OUTPUT_ERROR = "output_error"
-    # how a job ended (Outcome.reason), where its state alone does not say it
+    # how a job ended (RunOutcome.reason), where its state alone does not say it
     OUTPUT_LIMIT = "output_limit"  # /out filled up while it ran: it was stopped
 
 

@@ -180,7 +180,7 @@ class P2PService:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Advert outcomes (see peertable.Outcome) and network events, by name."""
+        """Advert outcomes (see peertable.AdvertVerdict) and network events, by name."""
         out = dict(self.table.counters)
         out.update(self._own_counters)
         for kind, part in (

@@ -42,7 +42,7 @@ from job_e2e import BenchNet, percentile
 
 from peerd.control.client import ControlClient
 from peerd.devnet import NodeProc
-from peerd.peertable import Outcome
+from peerd.peertable import AdvertVerdict
 
 GIB = 1 << 30
 PER_HOST_RATE = 40.0  # stay under gossipsub's 50 msg/s per forwarding peer
@@ -204,12 +204,12 @@ def row(name: str, samples: list[float], cpu: float) -> str:
 
 def outcomes(delta: Counter[str], seconds: float) -> str:
     """What the node's advert validator made of the flood, per second."""
-    reached = sum(delta[o.value] for o in Outcome)
-    others = [f"{o.value} {delta[o.value]} in all" for o in Outcome
-              if delta[o.value] and o not in (Outcome.ACCEPTED, Outcome.RATE_LIMITED)]
+    reached = sum(delta[o.value] for o in AdvertVerdict)
+    others = [f"{o.value} {delta[o.value]} in all" for o in AdvertVerdict
+              if delta[o.value] and o not in (AdvertVerdict.ACCEPTED, AdvertVerdict.RATE_LIMITED)]
     return (f"At the node {reached / seconds:.0f}/s reached the advert validator: "
-            f"{delta[Outcome.ACCEPTED.value] / seconds:.0f}/s accepted, "
-            f"{delta[Outcome.RATE_LIMITED.value] / seconds:.0f}/s dropped as rate_limited"
+            f"{delta[AdvertVerdict.ACCEPTED.value] / seconds:.0f}/s accepted, "
+            f"{delta[AdvertVerdict.RATE_LIMITED.value] / seconds:.0f}/s dropped as rate_limited"
             + (f", {', '.join(others)}" if others else "") + ".")
 
 
@@ -248,7 +248,7 @@ def main(rate: float, duration: float) -> int:
     print("| phase | calls | p50 ms | p99 ms | max ms | node CPU % of a core |\n|---|---:|---:|---:|---:|---:|")
     print(row("no load", quiet, quiet_cpu))
     print(row(f"flood ({total['published'] / flood:.0f} adverts/s offered)", loaded, loaded_cpu))
-    reached = sum(delta[o.value] for o in Outcome)
+    reached = sum(delta[o.value] for o in AdvertVerdict)
     print(f"\nflood, per second over its {flood:.0f} s: offered {total['published'] / flood:.0f} (the load processes "
           f"used {100 * total['cpu'] / flood:.0f} % of a core). {outcomes(delta, flood)} "
           f"The other {max(0, total['published'] - reached) / flood:.0f}/s never reached the node: the senders' "

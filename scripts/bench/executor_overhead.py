@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from peerd.executor import DockerExecutor, OutcomeState, RunSpec
+from peerd.executor import DockerExecutor, RunOutcomeState, RunSpec
 
 
 def spec(image: str, i: int) -> RunSpec:
@@ -32,7 +32,7 @@ async def via_executor(executor: DockerExecutor, image: str, i: int) -> float:
     begun = time.perf_counter()
     outcome = await executor.run_job(spec(image, i))
     elapsed = time.perf_counter() - begun
-    if outcome.state is not OutcomeState.SUCCEEDED:
+    if outcome.state is not RunOutcomeState.SUCCEEDED:
         raise SystemExit(f"executor job failed: {outcome}")
     return elapsed
 

@@ -9,7 +9,7 @@ in ``calls`` as ``(operation, arguments)``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -20,16 +20,22 @@ from peerd.control.ops import (
     EventView,
     LogChunkView,
     OpError,
+    PeerHistoryView,
+    PeerNotFound,
     PeerView,
     ReceiptView,
+    ReputationView,
     StatusView,
     TaskNotFound,
     TaskView,
 )
 from protocol.messages import JobSpec
+from protocol.schema import Value
 
 PEER_ID = "12D3KooWStubStubStubStubStubStubStubStubStubStub"
 PROVIDER = "12D3KooWProviderProviderProviderProviderProvide"
+REPUTATION: ReputationView = {"score": 0.75, "newcomer": False, "distrusted": False,
+                              "counts": {"completed": 2, "leased": 2}, "latency": 0.25, "last_at": 1700000100.0}
 
 
 class _Task:
@@ -111,10 +117,28 @@ class StubOps:
                             "compute_capability": "9.0"}],
                   "cpus": 8.0, "free_cpus": 6.0, "price_cpu_hour": 0.01, "price_gpu_hour": 0.5,
                   "expires_at": 1700000300.0}
-        return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert}]
+        return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert,
+                 "reputation": REPUTATION}]
 
-    async def submit(self, spec: JobSpec, *, local: bool) -> str:
-        self._record("submit", {"spec": spec, "local": local})
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        self._record("peer", {"peer_id": peer_id, "limit": limit})
+        if peer_id != PROVIDER:
+            raise PeerNotFound(peer_id)
+        history = [{"event": "completed", "task_id": "t0123456789abcdef", "at": 1700000100.0, "latency": None},
+                   {"event": "leased", "task_id": "t0123456789abcdef", "at": 1700000000.0, "latency": 0.25}]
+        return {"peer_id": PROVIDER, "addrs": [], "advert": None, "reputation": REPUTATION,
+                "history": history[:limit]}  # type: ignore[typeddict-item]
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
+        spot_check: float = 0.0,
+    ) -> str:
+        extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}
+        if replicas > 1:
+            extra["replicas"] = replicas
+        if spot_check:
+            extra["spot_check"] = spot_check
+        self._record("submit", {"spec": spec, "local": local, **extra})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task
         program = spec.command[0] if spec.command else ""
@@ -142,6 +166,11 @@ class StubOps:
     async def tasks(self, limit: int) -> list[TaskView]:
         self._record("tasks", {"limit": limit})
         return [t.view() for t in reversed(list(self.tasks_by_id.values()))][:limit]
+
+    async def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
+        self._record("outputs", {"task_id": task_id})
+        self._get(task_id)
+        yield {"manifest": b"", "id": "", "size": 0, "files": 0, "fetched": 0}
 
     async def logs(self, task_id: str, follow: bool) -> AsyncIterator[LogChunkView]:
         self._record("logs", {"task_id": task_id, "follow": follow})

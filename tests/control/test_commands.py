@@ -13,6 +13,7 @@ from protocol.messages import JobSpec
 from protocol.schema import Value
 
 from .harness import Daemon, call
+from .stub import PROVIDER
 
 SPEC = JobSpec(image="peerd-test/busybox:1", command=("echo", "hi"), memory=64 << 20)
 
@@ -20,6 +21,7 @@ SPEC = JobSpec(image="peerd-test/busybox:1", command=("echo", "hi"), memory=64 <
 ROUTES: dict[str, tuple[dict[str, Value], tuple[str, dict[str, object]]]] = {
     "status": ({}, ("status", {})),
     "peers": ({}, ("peers", {})),
+    "peer": ({"peer_id": PROVIDER, "limit": 3}, ("peer", {"peer_id": PROVIDER, "limit": 3})),
     "submit": ({"spec": SPEC.to_wire(), "local": True}, ("submit", {"spec": SPEC, "local": True})),
     "wait": ({"task_id": "t0001"}, ("wait", {"task_id": "t0001"})),
     "task": ({"task_id": "t0001"}, ("task", {"task_id": "t0001"})),
@@ -30,6 +32,7 @@ ROUTES: dict[str, tuple[dict[str, Value], tuple[str, dict[str, object]]]] = {
     "receipts": ({}, ("receipts", {"limit": 50})),
     "doctor": ({}, ("doctor", {})),
     "drain": ({}, ("drain", {})),
+    "outputs": ({"task_id": "t0001"}, ("outputs", {"task_id": "t0001"})),
 }
 
 
@@ -50,6 +53,32 @@ async def test_command_calls_its_operation_once(daemon: Daemon, command: str) ->
 
     await trio.to_thread.run_sync(run)
     assert daemon.ops.calls == [expected]
+
+
+async def test_submit_passes_inputs_on(daemon: Daemon) -> None:
+    args: dict[str, Value] = {"spec": SPEC.to_wire(), "local": False,
+                              "inputs": [{"source": "/data/x", "dest": "/inputs/x"}]}
+    await call(daemon.path, "submit", args)
+    assert daemon.ops.calls == [("submit", {"spec": SPEC, "local": False, "inputs": [("/data/x", "/inputs/x")]})]
+
+
+@pytest.mark.parametrize("inputs", [[{"source": "relative", "dest": "/x"}], [{"source": "/x"}], "nope"])
+async def test_submit_refuses_malformed_inputs(daemon: Daemon, inputs: Value) -> None:
+    with pytest.raises(Exception, match="input"):
+        await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "inputs": inputs})
+
+
+async def test_submit_passes_a_spot_check_probability_on(daemon: Daemon) -> None:
+    await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "spot_check": 0.25})
+    assert daemon.ops.calls == [("submit", {"spec": SPEC, "local": False, "spot_check": 0.25})]
+
+
+@pytest.mark.parametrize("extra", [{"spot_check": 1.5}, {"spot_check": -0.1}, {"spot_check": True},
+                                   {"spot_check": 0.5, "replicas": 3}, {"spot_check": 0.5, "local": True}])
+async def test_submit_refuses_a_bad_spot_check(daemon: Daemon, extra: dict[str, Value]) -> None:
+    with pytest.raises(Exception, match="spot_check|verification|replicas"):
+        await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, **extra})
+    assert daemon.ops.calls == []
 
 
 async def test_hello_reports_versions(daemon: Daemon) -> None:

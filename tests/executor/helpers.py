@@ -9,7 +9,7 @@ import uuid
 import docker
 
 from peerd.blobstore import BlockingChunkStore
-from peerd.executor import Outcome, RunSpec
+from peerd.executor import RunOutcome, RunSpec
 from peerd.executor.plan import LABEL_NODE
 from protocol.manifest import decode_manifest
 
@@ -64,7 +64,7 @@ def wait_exit_raw(container: str) -> int:
         api.close()
 
 
-def output_files(files: BlockingChunkStore, outcome: Outcome) -> dict[str, bytes]:
+def output_files(files: BlockingChunkStore, outcome: RunOutcome) -> dict[str, bytes]:
     """The files of an outcome's /out manifest, read back from the chunk store ({} when none)."""
     if outcome.output_manifest is None:
         return {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerd.executor.contract import Executor, LogChunk, OutcomeState, RunSpec
+from peerd.executor.contract import Executor, LogChunk, RunOutcomeState, RunSpec
 from peerd.executor.errors import ExecutorError, Reason, UnknownTask
 from tests.fakes.executor import FakeExecutor, FakeHost, Script
 
@@ -106,7 +106,7 @@ async def test_one_outcome_per_task_with_its_output_and_exit_code(driver: Driver
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_collect_logs, executor, "c-exit", chunks)
                 outcome = await executor.wait("c-exit")
-        assert (outcome.state, outcome.exit_code) == (OutcomeState.FAILED, 3)
+        assert (outcome.state, outcome.exit_code) == (RunOutcomeState.FAILED, 3)
         assert (outcome.stdout, outcome.stderr) == (b"hello", b"oops")
         assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"hello"
         assert outcome.finished_at >= outcome.started_at and outcome.gpu_seconds == 0
@@ -131,7 +131,7 @@ async def test_a_second_start_is_refused_and_stop_cancels(driver: Driver) -> Non
             assert busy.value.reason is Reason.TASK_EXISTS
             await executor.stop("c-hold", "enough")
             outcome = await executor.wait("c-hold")
-        assert outcome.state is OutcomeState.CANCELLED and "enough" in outcome.detail
+        assert outcome.state is RunOutcomeState.CANCELLED and "enough" in outcome.detail
 
 
 async def test_the_time_limit_ends_a_job_as_timeout(driver: Driver) -> None:
@@ -139,7 +139,7 @@ async def test_the_time_limit_ends_a_job_as_timeout(driver: Driver) -> None:
         with trio.fail_after(30):
             await executor.start(driver.job("c-slow", hold=True, timeout=1.0))
             outcome = await executor.wait("c-slow")
-        assert outcome.state is OutcomeState.TIMEOUT and "time limit" in outcome.detail
+        assert outcome.state is RunOutcomeState.TIMEOUT and "time limit" in outcome.detail
 
 
 async def test_unknown_tasks_are_a_typed_error(driver: Driver) -> None:
@@ -162,11 +162,11 @@ async def test_recover_reattaches_tracked_removes_untracked_and_reports_missing_
         async with driver.open() as after:
             report = await after.recover({"c-kept", "c-missing"})
             assert report.reattached == ("c-kept",) and report.removed == ("c-orphan",)
-            assert [(o.task_id, o.state) for o in report.finished] == [("c-missing", OutcomeState.LOST)]
+            assert [(o.task_id, o.state) for o in report.finished] == [("c-missing", RunOutcomeState.LOST)]
             assert [i.task_id for i in await after.list_owned()] == ["c-kept"]
             await after.stop("c-kept", "done")
             outcome = await after.wait("c-kept")
-    assert outcome.state is OutcomeState.CANCELLED
+    assert outcome.state is RunOutcomeState.CANCELLED
 
 
 async def test_a_job_that_fills_out_is_stopped_at_the_output_limit(driver: Driver) -> None:
@@ -176,6 +176,6 @@ async def test_a_job_that_fills_out_is_stopped_at_the_output_limit(driver: Drive
         with trio.fail_after(30):
             await executor.start(driver.filling("c-fill"))
             outcome = await executor.wait("c-fill")
-        assert outcome.state is OutcomeState.FAILED and outcome.reason is Reason.OUTPUT_LIMIT
+        assert outcome.state is RunOutcomeState.FAILED and outcome.reason is Reason.OUTPUT_LIMIT
         assert outcome.detail.startswith("output_limit")
         assert await executor.list_owned() == []

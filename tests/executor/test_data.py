@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from peerd.blobstore import BlockingChunkStore, ChunkStore
-from peerd.executor import DockerExecutor, InputMount, OutcomeState, Reason
+from peerd.executor import DockerExecutor, InputMount, Reason, RunOutcomeState
 from peerd.executor.outmount import used_bytes
 from peerd.manifests import import_directory
 from peerd.staging import materialize
@@ -43,7 +43,7 @@ async def test_a_job_reads_its_read_only_input_and_writes_a_checksum(
     spec = job("sum-1", "sha256sum /data/in.bin | cut -d' ' -f1 > /out/sum", inputs=(InputMount(staged, "/data"),))
     with trio.fail_after(30):
         outcome = await executor.run_job(spec)
-    assert outcome.state is OutcomeState.SUCCEEDED, outcome.detail
+    assert outcome.state is RunOutcomeState.SUCCEEDED, outcome.detail
     assert output_files(files, outcome) == {"sum": hashlib.sha256(data).hexdigest().encode() + b"\n"}
 
 
@@ -55,7 +55,7 @@ async def test_writing_into_an_input_mount_fails(
                inputs=(InputMount(staged, "/data"),))
     with trio.fail_after(30):
         outcome = await executor.run_job(spec)
-    assert outcome.state is OutcomeState.FAILED and b"Read-only file system" in outcome.stderr
+    assert outcome.state is RunOutcomeState.FAILED and b"Read-only file system" in outcome.stderr
     assert sorted(p.name for p in staged.iterdir()) == ["in.bin"] and (staged / "in.bin").read_bytes() == b"original"
 
 
@@ -89,7 +89,7 @@ async def test_a_job_writing_past_its_output_limit_is_stopped_and_bounded(
             outcome = await ex.wait("fill-1")
             watch.cancel_scope.cancel()
     assert capacity.f_blocks * capacity.f_frsize == limit  # the kernel's bound, set before the job ran
-    assert outcome.state is OutcomeState.FAILED and outcome.reason is Reason.OUTPUT_LIMIT
+    assert outcome.state is RunOutcomeState.FAILED and outcome.reason is Reason.OUTPUT_LIMIT
     assert outcome.detail.startswith("output_limit") and outcome.wall_time < 20
     assert limit - MiB <= peak <= limit + MiB
     written = output_files(files, outcome)

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from peerd.config import load
-from peerd.executor import DockerExecutor, OutcomeState
+from peerd.executor import DockerExecutor, RunOutcomeState
 from peerd.executor.plan import container_name
 from peerd.wiring import executor_from
 from tests.executor.helpers import MiB, inspect_raw, job
@@ -46,7 +46,7 @@ async def test_running_container_has_the_isolation_defaults(executor: DockerExec
     ]
     assert details["Name"] == "/" + container_name(executor.node_id, "iso-1")
     await executor.stop("iso-1", "test over")
-    assert (await executor.wait("iso-1")).state is OutcomeState.CANCELLED
+    assert (await executor.wait("iso-1")).state is RunOutcomeState.CANCELLED
 
 
 async def test_inside_the_job_cannot_write_outside_out_or_escalate(executor: DockerExecutor) -> None:

@@ -15,11 +15,11 @@ from peerd.executor import (
     DockerExecutor,
     ExecutorError,
     ImageUnavailable,
-    OutcomeState,
     PolicyError,
     ProviderPolicy,
     PullProgress,
     Reason,
+    RunOutcomeState,
     UnknownTask,
 )
 from tests.executor.helpers import MiB, closed_loopback_port, job, output_files
@@ -39,7 +39,7 @@ async def test_output_files_logs_and_exit_code_come_back(
     )
     outcome = await executor.run_job(spec)
 
-    assert outcome.state is OutcomeState.FAILED and outcome.exit_code == 3
+    assert outcome.state is RunOutcomeState.FAILED and outcome.exit_code == 3
     assert outcome.stdout == b"hello\n65534\n" and outcome.stderr == b"oops\n"
     assert output_files(files, outcome) == {"sub/r.txt": b"data\n", "top": b"x"}
     assert outcome.output_manifest is not None and outcome.output_digest == outcome.output_manifest.hex()
@@ -52,7 +52,7 @@ async def test_output_files_logs_and_exit_code_come_back(
 
 async def test_success_without_outputs(executor: DockerExecutor) -> None:
     outcome = await executor.run_job(job("ok-1", "echo fine"))
-    assert (outcome.state, outcome.exit_code, outcome.stdout) == (OutcomeState.SUCCEEDED, 0, b"fine\n")
+    assert (outcome.state, outcome.exit_code, outcome.stdout) == (RunOutcomeState.SUCCEEDED, 0, b"fine\n")
     assert (outcome.output_manifest, outcome.output_digest, outcome.output_size) == (None, "", 0)
 
 
@@ -60,7 +60,7 @@ async def test_over_the_time_limit_is_killed_and_reported_timeout(executor: Dock
     with trio.fail_after(10):
         begun = trio.current_time()
         outcome = await executor.run_job(job("slow-1", "echo started; sleep 60", timeout=0.5))
-    assert outcome.state is OutcomeState.TIMEOUT
+    assert outcome.state is RunOutcomeState.TIMEOUT
     assert outcome.stdout == b"started\n"
     assert "time limit" in outcome.detail
     assert trio.current_time() - begun < 5  # limit + grace (1 s), not 60 s
@@ -72,7 +72,7 @@ async def test_cancel_stops_within_seconds(executor: DockerExecutor) -> None:
     with trio.fail_after(5):
         await executor.stop("cancel-1", "requester changed their mind")
         outcome = await executor.wait("cancel-1")
-    assert outcome.state is OutcomeState.CANCELLED
+    assert outcome.state is RunOutcomeState.CANCELLED
     assert "requester changed their mind" in outcome.detail
     assert await executor.list_owned() == []
 
@@ -84,7 +84,7 @@ async def test_a_cancel_that_arrives_during_start_is_honoured(executor: DockerEx
         await executor.stop("early-1", "changed my mind early")
     with trio.fail_after(5):
         outcome = await executor.wait("early-1")
-    assert outcome.state is OutcomeState.CANCELLED and "early" in outcome.detail
+    assert outcome.state is RunOutcomeState.CANCELLED and "early" in outcome.detail
 
 
 async def test_discard_deletes_the_task_dir(executor: DockerExecutor, workdir: Path) -> None:
@@ -97,7 +97,7 @@ async def test_discard_deletes_the_task_dir(executor: DockerExecutor, workdir: P
 async def test_exceeding_the_memory_limit_is_reported_oom(executor: DockerExecutor) -> None:
     spec = job("oom-1", 'x=$(head -c 64000000 /dev/zero | tr "\\0" a)', "echo survived", memory=8 * MiB)
     outcome = await executor.run_job(spec)
-    assert outcome.state is OutcomeState.OOM, outcome
+    assert outcome.state is RunOutcomeState.OOM, outcome
     assert b"survived" not in outcome.stdout
 
 
@@ -113,7 +113,7 @@ async def test_logs_stream_while_the_job_runs(executor: DockerExecutor, workdir:
                 (workdir / "stream-1" / "out" / "go").touch()
         outcome = await executor.wait("stream-1")
     assert seen == [("stdout", b"first\n"), ("stderr", b"second\n")]
-    assert outcome.state is OutcomeState.SUCCEEDED
+    assert outcome.state is RunOutcomeState.SUCCEEDED
 
 
 async def test_log_tails_are_bounded(nursery: trio.Nursery, node_id: str, workdir: Path) -> None:
@@ -126,7 +126,7 @@ async def test_log_tails_are_bounded(nursery: trio.Nursery, node_id: str, workdi
 
 async def test_links_in_out_are_left_out_and_flagged(executor: DockerExecutor, files: BlockingChunkStore) -> None:
     outcome = await executor.run_job(job("link-1", "head -c 6000 /dev/zero > /out/a", "ln -s /etc/passwd /out/link"))
-    assert outcome.state is OutcomeState.SUCCEEDED and outcome.reason is None
+    assert outcome.state is RunOutcomeState.SUCCEEDED and outcome.reason is None
     assert outcome.output_truncated and "outputs truncated" in outcome.detail
     assert output_files(files, outcome) == {"a": bytes(6000)}
 
@@ -164,7 +164,7 @@ async def test_network_needs_the_job_to_ask_and_the_policy_to_allow(
     await open_ex.start(job("net-2", "cat /proc/net/dev", network=True))
     info = await open_ex.inspect("net-2")
     outcome = await open_ex.wait("net-2")
-    assert info is not None and outcome.state is OutcomeState.SUCCEEDED
+    assert info is not None and outcome.state is RunOutcomeState.SUCCEEDED
     assert b"eth0" in outcome.stdout  # the default bridge, nothing more
 
 
@@ -183,7 +183,7 @@ async def test_a_task_id_runs_once(executor: DockerExecutor) -> None:
         await executor.start(job("twice-1", "true"))
     assert raised.value.reason is Reason.TASK_EXISTS
     await executor.stop("twice-1", "done")
-    assert (await executor.wait("twice-1")).state is OutcomeState.CANCELLED
+    assert (await executor.wait("twice-1")).state is RunOutcomeState.CANCELLED
 
 
 async def test_a_job_that_cannot_start_leaves_no_container(executor: DockerExecutor) -> None:
@@ -228,7 +228,7 @@ async def test_a_missing_image_is_pulled_with_progress_events(
     try:
         with trio.fail_after(30):
             outcome = await executor.run_job(job("pull-1", "echo pulled", image=image), on_pull=events.append)
-        assert outcome.state is OutcomeState.SUCCEEDED and outcome.stdout == b"pulled\n"
+        assert outcome.state is RunOutcomeState.SUCCEEDED and outcome.stdout == b"pulled\n"
         assert any(e.status == "Download complete" for e in events), events
         assert all(e.image == image for e in events)
         assert any(r.startswith("GET /v2/" + registry.name + "/blobs/") for r in registry.requests)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerd.executor import CapacityLedger, DockerExecutor, OutcomeState, RunSpec
+from peerd.executor import CapacityLedger, DockerExecutor, RunOutcomeState, RunSpec
 from peerd.nvml import FakeNvml
 from tests.executor.helpers import MiB, inspect_raw, job, new_node_id, sweep, wait_exit_raw
 
@@ -49,7 +49,7 @@ async def test_tracked_job_is_reattached_and_the_ledger_rebuilt(
     (workdir / "long-1" / "out" / "go").touch()
     with trio.fail_after(10):
         outcome = await reborn.wait("long-1")
-    assert outcome.state is OutcomeState.SUCCEEDED
+    assert outcome.state is RunOutcomeState.SUCCEEDED
     assert outcome.stdout == b"before\nafter\n"  # output from before the crash too
     assert await reborn.list_owned() == []
     after.release("long-1")
@@ -77,7 +77,7 @@ async def test_untracked_containers_are_removed_and_other_nodes_untouched(
         assert theirs is not None and theirs.state == "running"
         assert [i.task_id for i in await neighbour.list_owned()] == ["theirs-1"]
         await neighbour.stop("theirs-1", "test over")
-        assert (await neighbour.wait("theirs-1")).state is OutcomeState.CANCELLED
+        assert (await neighbour.wait("theirs-1")).state is RunOutcomeState.CANCELLED
     finally:
         sweep(neighbour_id)
 
@@ -95,9 +95,9 @@ async def test_jobs_that_ended_while_down_are_finished_and_missing_ones_lost(
     assert report.reattached == () and report.removed == ()
     outcomes = {o.task_id: o for o in report.finished}
     quick, vanished = outcomes["quick-1"], outcomes["vanished-1"]
-    assert (quick.state, quick.exit_code, quick.stdout, quick.stderr) == (OutcomeState.FAILED, 4, b"hi\n", b"bye\n")
+    assert (quick.state, quick.exit_code, quick.stdout, quick.stderr) == (RunOutcomeState.FAILED, 4, b"hi\n", b"bye\n")
     assert quick.output_manifest is not None and quick.output_size == 2
-    assert vanished.state is OutcomeState.LOST and vanished.exit_code is None
+    assert vanished.state is RunOutcomeState.LOST and vanished.exit_code is None
     assert await reborn.list_owned() == []
 
 
@@ -110,4 +110,4 @@ async def test_a_reattached_job_past_its_deadline_times_out(
     await reborn.recover({"late-1"})
     with trio.fail_after(10):
         outcome = await reborn.wait("late-1")
-    assert outcome.state is OutcomeState.TIMEOUT
+    assert outcome.state is RunOutcomeState.TIMEOUT

@@ -1,7 +1,7 @@
 """A scripted ``Executor`` for fast tests of the provider's and requester's failure paths.
 
 ``FakeExecutor`` keeps every rule of ``peerd.executor.contract`` (one task per
-id, exactly one ``Outcome`` per started task, the "container" gone once
+id, exactly one ``RunOutcome`` per started task, the "container" gone once
 ``wait`` returned, ``recover`` touching only this node's containers, typed
 ``ExecutorError``s with the same reasons as ``DockerExecutor``); what a job
 does is scripted instead of run. tests/executor/test_contract.py runs the same
@@ -28,11 +28,11 @@ from peerd.executor.contract import (
     ContainerInfo,
     Executor,
     LogChunk,
-    Outcome,
-    OutcomeState,
     PullListener,
     PullProgress,
     RecoveryReport,
+    RunOutcome,
+    RunOutcomeState,
     RunSpec,
     check_name,
 )
@@ -147,14 +147,14 @@ class FakeHost:
 class _Task:
     container: Container
     tail: LogTail
-    stopping: OutcomeState | None = None
+    stopping: RunOutcomeState | None = None
     stop_detail: str = ""
     stop_reason: Reason | None = None
     sent: int = 0  # how much of the container's output reached the tail
     done: trio.Event = field(default_factory=trio.Event)
-    outcome: Outcome | None = None
+    outcome: RunOutcome | None = None
 
-    def mark(self, state: OutcomeState, detail: str, reason: Reason | None = None) -> None:
+    def mark(self, state: RunOutcomeState, detail: str, reason: Reason | None = None) -> None:
         if self.stopping is None:
             self.stopping, self.stop_detail, self.stop_reason = state, detail, reason
 
@@ -249,13 +249,13 @@ class FakeExecutor:
             with trio.move_on_at(container.deadline) as limit:
                 await self._exit_or_gone(container)
             if limit.cancelled_caught:
-                task.mark(OutcomeState.TIMEOUT, f"time limit of {container.spec.timeout:g}s reached")
+                task.mark(RunOutcomeState.TIMEOUT, f"time limit of {container.spec.timeout:g}s reached")
                 container.exit(KILLED)
             await trio.lowlevel.checkpoint()  # the pump takes the last output (the engine's drain)
             inner.cancel_scope.cancel()
         self._pump_now(task)
         if container.gone.is_set():
-            task.mark(OutcomeState.LOST, "the container disappeared")
+            task.mark(RunOutcomeState.LOST, "the container disappeared")
         task.outcome = self._outcome(task)
         self.host.containers.pop(container.task_id, None)  # the executor removes the container
         container.gone.set()
@@ -285,25 +285,25 @@ class FakeExecutor:
             task.tail.append(stream, data)
         task.sent = len(task.container.output)
 
-    def _outcome(self, task: _Task) -> Outcome:
+    def _outcome(self, task: _Task) -> RunOutcome:
         container = task.container
         finished = max(self._clock(), container.started_at)
         if task.stopping is None and container.script.output_limit:
-            task.mark(OutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit; stopped",
+            task.mark(RunOutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit; stopped",
                       Reason.OUTPUT_LIMIT)
         if task.stopping is not None:
             state = task.stopping
         elif container.oom_killed:
-            state = OutcomeState.OOM
+            state = RunOutcomeState.OOM
         else:
-            state = OutcomeState.SUCCEEDED if container.exit_code == 0 else OutcomeState.FAILED
+            state = RunOutcomeState.SUCCEEDED if container.exit_code == 0 else RunOutcomeState.FAILED
         detail = task.stop_detail if task.stopping is not None else {
-            OutcomeState.OOM: f"out of memory: limit of {container.spec.memory} bytes exceeded",
+            RunOutcomeState.OOM: f"out of memory: limit of {container.spec.memory} bytes exceeded",
         }.get(state, f"exit code {container.exit_code}")
         wall = finished - container.started_at
-        lost = state is OutcomeState.LOST
+        lost = state is RunOutcomeState.LOST
         manifest = None if lost else container.script.output_manifest
-        return Outcome(
+        return RunOutcome(
             task_id=container.task_id, state=state, exit_code=None if lost else container.exit_code,
             stdout=task.tail.tail("stdout"), stderr=task.tail.tail("stderr"),
             output_manifest=manifest, output_digest=manifest.hex() if manifest else "",
@@ -314,7 +314,7 @@ class FakeExecutor:
         )
 
     # ---- the rest of the contract -----------------------------------------------------
-    async def wait(self, task_id: str) -> Outcome:
+    async def wait(self, task_id: str) -> RunOutcome:
         task = self._tasks.get(task_id)
         if task is None:
             raise UnknownTask(task_id)
@@ -334,7 +334,7 @@ class FakeExecutor:
         await trio.lowlevel.checkpoint()
         if task.container.exited.is_set():
             return
-        task.mark(OutcomeState.CANCELLED, f"cancelled: {reason}")
+        task.mark(RunOutcomeState.CANCELLED, f"cancelled: {reason}")
         task.container.exit(KILLED)
         self.host.changed()  # like dockerd's stop, it returns once the container stopped
 
@@ -389,7 +389,7 @@ class FakeExecutor:
             container.gone.set()
         for info in plan.reattach:
             self._supervise(nursery, self.host.containers[info.task_id])
-        finished: list[Outcome] = []
+        finished: list[RunOutcome] = []
         for info in plan.collect:
             task = _Task(container=self.host.containers.pop(info.task_id), tail=LogTail(self._log_limit))
             self._pump_now(task)
@@ -409,7 +409,7 @@ class FakeExecutor:
         now = self._clock()
         container = Container(spec=spec, node_id=self.node_id, script=Script(), deadline=0.0, started_at=now)
         task = _Task(container=container, tail=LogTail(self._log_limit))
-        task.mark(OutcomeState.LOST, "no container after restart")
+        task.mark(RunOutcomeState.LOST, "no container after restart")
         return task
 
 

@@ -21,7 +21,7 @@ import trio.testing
 from peerd.executor.errors import ExecutorError, Reason
 from peerd.localpipe import pipe_pair
 from peerd.provider import ProviderSettings
-from peerd.store import Outcome
+from peerd.store import AttemptOutcome
 from protocol.codec import NEED_DATA
 from protocol.messages import (
     JobSpec,
@@ -98,7 +98,7 @@ async def test_each_refusal_reaches_the_requester_signed_and_nothing_runs(
         record = await r.store.get_task(task_id)
         assert record is not None and record.state is TaskState.NOT_PLACED and code.value in record.detail
         attempts = await r.store.attempts(task_id)
-        assert [(a.outcome, a.reason_code) for a in attempts] == [(Outcome.REJECTED, code)]
+        assert [(a.outcome, a.reason_code) for a in attempts] == [(AttemptOutcome.REJECTED, code)]
         assert attempts[0].signed  # the provider's signed Reject, kept as proof
         assert p.host.started == [] and p.ledger.free().cpus == CPUS and len(p.ledger.free().gpus) == 1
 

@@ -29,7 +29,7 @@ from peerd.jobrun import JobRunner
 from peerd.localpipe import PipeEnd, pipe_pair
 from peerd.provider import Provider, ProviderSettings
 from peerd.requester import Candidate, Requester, RequesterSettings
-from peerd.store import Outcome, Store
+from peerd.store import AttemptOutcome, Store
 from peerd.tracking import TaskTracker
 from protocol.codec import decode_as
 from protocol.messages import JobSpec, Receipt, ReceiptTerms, TaskState
@@ -141,12 +141,12 @@ async def test_a_lease_moved_to_another_provider_is_ended_on_the_first_one(tmp_p
         assert result is not None and result.result.stdout == b"done\n"
 
         async def superseded() -> bool:
-            return any(x.outcome is Outcome.SUPERSEDED for x in await rstore.attempts(task_id))
+            return any(x.outcome is AttemptOutcome.SUPERSEDED for x in await rstore.attempts(task_id))
 
         await wait_until("the requester to record the superseded lease", superseded, 20)
         attempts = await rstore.attempts(task_id)
-        lost = [x for x in attempts if x.outcome is Outcome.LOST]
-        ended = [x for x in attempts if x.outcome is Outcome.SUPERSEDED]
+        lost = [x for x in attempts if x.outcome is AttemptOutcome.LOST]
+        ended = [x for x in attempts if x.outcome is AttemptOutcome.SUPERSEDED]
         assert [x.provider for x in lost] == [a.peer_id] and lost[0].signed, attempts
         assert [x.provider for x in ended] == [a.peer_id], attempts
         assert ended[0].detail.startswith("stopped on the provider: cancelled"), ended[0].detail

@@ -23,11 +23,12 @@ from peerd.metrics import (
     status_counters,
 )
 from peerd.nvml import GpuInfo
+from protocol.roles import NodeRole
 
 
 def sample(**changes: object) -> NodeSample:
     base: dict[str, object] = dict(
-        peer_id="12D3KooWtest", role="provider", version="0.1.0", peers_known=2, peers_connected=3,
+        peer_id="12D3KooWtest", role=NodeRole.PROVIDER, version="0.1.0", peers_known=2, peers_connected=3,
         p2p_counters={"accepted": 4, "malformed": 1, "published": 7}, tasks={("provider", "succeeded"): 2},
         jobs_running=1, gpu_leases=GpuLeases(1, 2), draining=False, config_reloads=0, config_reload_errors=0,
     )

@@ -28,6 +28,7 @@ from peerd.requester import RequesterSettings
 from peerd.retention import Pruner
 from peerd.wiring import (
     chunk_store_from,
+    data_settings_from,
     executor_from,
     p2p_from,
     provider_settings_from,
@@ -90,12 +91,15 @@ provider_timeout = "11s"
 peer_wait = "3s"
 [metrics]
 listen = "127.0.0.1:9999"
+[dashboard]
+listen = "127.0.0.1:9998"
 [retention]
 max_age = "2d"
 max_size = "5M"
 interval = "30s"
 [storage]
 blob_quota = "3G"
+output_retention = "2h"
 '''
 
 GPU = GpuInfo(index=0, uuid="GPU-1", name="T4", memory_total=16 << 30, memory_free=16 << 30,
@@ -181,9 +185,11 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "policy.lapsed_offers": lambda b: b.provider.lapse_limit,
     "retention.max_age": lambda b: b.pruner.settings.max_age,
     "storage.blob_quota": lambda b: chunk_store_from(b.config).quota,
+    "storage.output_retention": lambda b: data_settings_from(b.config).output_retention,
     "retention.max_size": lambda b: b.pruner.settings.max_size,
     "retention.interval": lambda b: b.pruner.settings.interval,
     "metrics.listen": lambda b: b.node.metrics_address,
+    "dashboard.listen": lambda b: b.node.dashboard_address,
 }
 
 

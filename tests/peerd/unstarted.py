@@ -24,6 +24,7 @@ from peerd.services import ProviderServices, Services
 from peerd.store import Store
 from peerd.tracking import TaskTracker
 from peerd.wiring import executor_from, p2p_from, provider_settings_from, pruner_from
+from protocol.roles import NodeRole
 
 HOST = HostFacts(cpus=4.0, memory=8 << 30, disk_free=1 << 40, docker=True, gpu_runtime=False, gpus=())
 
@@ -44,7 +45,7 @@ async def unstarted_lifecycle(home: Path, *, provider: bool) -> AsyncIterator[Li
             ours = ProviderServices(host=HOST, executor=executor, ledger=ledger, runner=runner,
                                     provider=Provider(signer=signer, ledger=ledger, runner=runner, settings=settings))
         services = Services(
-            role="provider" if provider else "requester", signer=signer, clock=time.time, store=store,
+            role=NodeRole.PROVIDER if provider else NodeRole.REQUESTER, signer=signer, clock=time.time, store=store,
             p2p=p2p_from(config, signer, seed=False, advert_source=None), tracker=TaskTracker(), metrics=Metrics(),
             pruner=pruner_from(config, store, active=frozenset), requester=None, provider=ours,
         )

@@ -38,8 +38,8 @@ from protocol.negotiation import (
     Negotiation,
     ProviderNegotiation,
     RequesterNegotiation,
-    Role,
     State,
+    TaskRole,
 )
 
 REQUESTER_SEED = bytes(range(32))
@@ -117,13 +117,13 @@ class MachinePair:
         self.requester = RequesterNegotiation(self.requester_signer, self.provider_signer.peer_id)
         self.provider = ProviderNegotiation(self.provider_signer, self.requester_signer.peer_id)
 
-    def machine(self, role: Role) -> Negotiation:
-        return self.requester if role is Role.REQUESTER else self.provider
+    def machine(self, role: TaskRole) -> Negotiation:
+        return self.requester if role is TaskRole.REQUESTER else self.provider
 
-    def other(self, role: Role) -> Negotiation:
-        return self.provider if role is Role.REQUESTER else self.requester
+    def other(self, role: TaskRole) -> Negotiation:
+        return self.provider if role is TaskRole.REQUESTER else self.requester
 
-    def deliver(self, to: Role, data: bytes) -> list[Event]:
+    def deliver(self, to: TaskRole, data: bytes) -> list[Event]:
         """Feed ``data`` to ``to`` and collect its events up to NEED_DATA."""
         machine = self.machine(to)
         machine.receive_data(data)
@@ -134,14 +134,14 @@ class MachinePair:
                 break
         return events
 
-    def send(self, sender: Role, msg: Message | bytes) -> list[Event]:
+    def send(self, sender: TaskRole, msg: Message | bytes) -> list[Event]:
         """``sender`` sends ``msg`` (or bytes its machine produced); the other side receives."""
         data = msg if isinstance(msg, bytes) else self.machine(sender).send(msg)
-        return self.deliver(Role.PROVIDER if sender is Role.REQUESTER else Role.REQUESTER, data)
+        return self.deliver(TaskRole.PROVIDER if sender is TaskRole.REQUESTER else TaskRole.REQUESTER, data)
 
-    def raw(self, sender: Role, msg: Message) -> bytes:
+    def raw(self, sender: TaskRole, msg: Message) -> bytes:
         """A correctly signed frame of ``msg`` that bypasses the sender's machine."""
-        signer = self.requester_signer if sender is Role.REQUESTER else self.provider_signer
+        signer = self.requester_signer if sender is TaskRole.REQUESTER else self.provider_signer
         return frame(signing.seal_bytes(msg, signer))
 
     def states(self) -> tuple[State, State]:
@@ -149,42 +149,42 @@ class MachinePair:
 
     # ------------------------------------------------------------ the happy path, step by step
     def request(self) -> None:
-        self.send(Role.REQUESTER, self.requester.send_request(TASK_ID, sample_spec(), now=NOW))
+        self.send(TaskRole.REQUESTER, self.requester.send_request(TASK_ID, sample_spec(), now=NOW))
 
     def offer(self) -> None:
-        self.send(Role.PROVIDER, sample_offer())
+        self.send(TaskRole.PROVIDER, sample_offer())
 
     def accept(self) -> None:
-        self.send(Role.REQUESTER, self.requester.accept(now=NOW))
+        self.send(TaskRole.REQUESTER, self.requester.accept(now=NOW))
 
     def propose_lease(self) -> None:
         terms = self.provider.draft_lease(issued_at=NOW + 1, expires_at=NOW + 3600)
-        self.send(Role.PROVIDER, self.provider.propose_lease(terms))
+        self.send(TaskRole.PROVIDER, self.provider.propose_lease(terms))
 
     def countersign_lease(self) -> None:
-        self.send(Role.REQUESTER, self.requester.countersign_lease())
+        self.send(TaskRole.REQUESTER, self.requester.countersign_lease())
 
     def result(self, state: TaskState = TaskState.SUCCEEDED) -> None:
-        self.send(Role.PROVIDER, sample_result(state=state))
+        self.send(TaskRole.PROVIDER, sample_result(state=state))
 
     def propose_receipt(self) -> None:
         terms = self.provider.draft_receipt(
             stdout_digest=signing.digest(b"hi\n"), stderr_digest=signing.digest(b""),
             cost=0.01, finished_at=NOW + 10,
         )
-        self.send(Role.PROVIDER, self.provider.propose_receipt(terms))
+        self.send(TaskRole.PROVIDER, self.provider.propose_receipt(terms))
 
     def countersign_receipt(self) -> None:
-        self.send(Role.REQUESTER, self.requester.countersign_receipt())
+        self.send(TaskRole.REQUESTER, self.requester.countersign_receipt())
 
     def cancel(self) -> None:
-        self.send(Role.REQUESTER, self.requester.cancel("changed my mind"))
+        self.send(TaskRole.REQUESTER, self.requester.cancel("changed my mind"))
 
     def reject(self) -> None:
-        self.send(Role.PROVIDER, self.provider.reject(RejectCode.BUSY, "try later"))
+        self.send(TaskRole.PROVIDER, self.provider.reject(RejectCode.BUSY, "try later"))
 
     def resume(self, lease: Lease, log_seq: int = 0) -> None:
-        self.send(Role.REQUESTER, self.requester.resume(lease, log_seq))
+        self.send(TaskRole.REQUESTER, self.requester.resume(lease, log_seq))
         self.provider.attach_lease(lease)
 
 

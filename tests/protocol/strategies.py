@@ -65,6 +65,16 @@ def adverts(draw: st.DrawFn) -> m.Advert:
 
 env_names = text(32, 1).filter(lambda k: "=" not in k and "\0" not in k)
 
+input_dest_parts = st.text(st.characters(min_codepoint=0x30, max_codepoint=0x7A, exclude_characters="/"),
+                           min_size=1, max_size=8)
+input_refs = st.builds(
+    m.InputRef,
+    manifest=st.binary(min_size=32, max_size=32).map(lambda d: "sha256:" + d.hex()),
+    dest=st.lists(input_dest_parts, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts)),
+    size=st.integers(0, 1 << 40),
+    file=st.booleans(),
+)
+
 job_specs = st.builds(
     m.JobSpec,
     image=text(256, 1),
@@ -78,6 +88,7 @@ job_specs = st.builds(
     timeout=floats(0.001, MAX_TIMEOUT),
     network=st.booleans(),
     max_price=prices,
+    inputs=st.lists(input_refs, max_size=2, unique_by=lambda r: r.dest.split("/")[1]).map(tuple),
 )
 
 gpu_uuids = st.lists(text(64, 1), max_size=4).map(tuple)
@@ -99,6 +110,7 @@ receipt_terms = st.builds(
     stderr_digest=digests, output_digest=digests, output_size=memories,
     wall_time=floats(0, MAX_TIMEOUT * 2), gpu_seconds=floats(0, MAX_TIMEOUT * 2 * MAX_GPUS),
     price=prices, cost=floats(0, MAX_PRICE * MAX_TIMEOUT), finished_at=timestamps,
+    staging_time=floats(0, MAX_TIMEOUT * 2),
 )
 signatures = st.just(b"") | st.binary(min_size=64, max_size=64)
 leases = st.builds(m.Lease, terms=small_bytes, provider_sig=signatures, requester_sig=signatures)

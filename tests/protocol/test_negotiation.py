@@ -29,8 +29,8 @@ from protocol.negotiation import (
     TRANSITIONS,
     ProviderNegotiation,
     RequesterNegotiation,
-    Role,
     State,
+    TaskRole,
 )
 
 from .helpers import (
@@ -48,7 +48,7 @@ from .helpers import (
     signed_lease,
 )
 
-R, P = Role.REQUESTER, Role.PROVIDER
+R, P = TaskRole.REQUESTER, TaskRole.PROVIDER
 
 
 # ---------------------------------------------------------------- paths
@@ -222,7 +222,7 @@ def test_resume_needs_a_lease_between_these_peers() -> None:
 
 
 # ---------------------------------------------------------------- the table, exhaustively
-def legal_step(pair: MachinePair, state: State, sender: Role, msg_type: str) -> None:
+def legal_step(pair: MachinePair, state: State, sender: TaskRole, msg_type: str) -> None:
     """Perform the table entry (state, sender, msg_type) with a valid message."""
     steps = {
         (R, "cancel"): pair.cancel,
@@ -243,7 +243,7 @@ def legal_step(pair: MachinePair, state: State, sender: Role, msg_type: str) -> 
 
 
 @pytest.mark.parametrize(("state", "sender", "msg_type"), sorted(TRANSITIONS))
-def test_every_transition_in_the_table(state: State, sender: Role, msg_type: str) -> None:
+def test_every_transition_in_the_table(state: State, sender: TaskRole, msg_type: str) -> None:
     pair = pair_in(state)
     legal_step(pair, state, sender, msg_type)
     expected = TRANSITIONS[state, sender, msg_type]
@@ -254,10 +254,10 @@ STATES = [s for s in State if s is not State.ERROR]
 ILLEGAL = [
     (state, sender, cls.TYPE)
     for state in STATES
-    for sender in Role
+    for sender in TaskRole
     for cls in STREAM_MESSAGES
     if (state, sender, cls.TYPE) not in TRANSITIONS
-] + [(state, sender, "advert") for state in STATES for sender in Role]
+] + [(state, sender, "advert") for state in STATES for sender in TaskRole]
 
 
 def test_paths_reach_every_state() -> None:
@@ -266,7 +266,7 @@ def test_paths_reach_every_state() -> None:
 
 
 @pytest.mark.parametrize(("state", "sender", "msg_type"), ILLEGAL)
-def test_every_illegal_transition(state: State, sender: Role, msg_type: str) -> None:
+def test_every_illegal_transition(state: State, sender: TaskRole, msg_type: str) -> None:
     pair = pair_in(state)
     msg = sample_message(pair, msg_type)
     with pytest.raises(LocalProtocolError, match=f"{sender} may not send '{msg_type}' in state {state}"):
@@ -287,7 +287,7 @@ def test_every_illegal_transition(state: State, sender: Role, msg_type: str) -> 
 
 # ---------------------------------------------------------------- checks beyond the table
 def expect_both(
-    pair: MachinePair, sender: Role, msg: Message, match: str, code: str = "invalid_message"
+    pair: MachinePair, sender: TaskRole, msg: Message, match: str, code: str = "invalid_message"
 ) -> None:
     """``msg`` is refused when sent (LocalProtocolError) and when received (Remote), with ``code``."""
     before = pair.states()

@@ -9,7 +9,7 @@ import pytest
 
 from protocol import LocalProtocolError, signing
 from protocol.messages import Lease, Offer, Receipt, Status, TaskState
-from protocol.negotiation import ProviderNegotiation, Role, State
+from protocol.negotiation import ProviderNegotiation, State, TaskRole
 from protocol.terms import make_lease_terms, make_receipt_terms
 
 from .helpers import NOW, TASK_ID, MachinePair, leased_pair, provider_signer, requester_signer, sample_spec
@@ -18,7 +18,7 @@ from .helpers import NOW, TASK_ID, MachinePair, leased_pair, provider_signer, re
 def test_send_offer_offers_the_requested_cpus_and_memory_for_the_request_s_task() -> None:
     pair = MachinePair()
     pair.request()
-    [offer] = pair.send(Role.PROVIDER, pair.provider.send_offer(price=2.5, gpus=("GPU-1",), expires_at=NOW + 30))
+    [offer] = pair.send(TaskRole.PROVIDER, pair.provider.send_offer(price=2.5, gpus=("GPU-1",), expires_at=NOW + 30))
     spec = sample_spec()
     assert offer == Offer(task_id=TASK_ID, price=2.5, expires_at=NOW + 30, cpus=spec.cpus, memory=spec.memory,
                           gpus=("GPU-1",))
@@ -48,7 +48,7 @@ def test_send_status_needs_a_lease_and_reports_the_task() -> None:
     with pytest.raises(LocalProtocolError, match="may not send 'status'"):
         pair.provider.send_status(TaskState.RUNNING, "too early", at=NOW)
     pair = leased_pair()
-    [status] = pair.send(Role.PROVIDER, pair.provider.send_status(TaskState.RUNNING, "x" * 2000, at=NOW + 5))
+    [status] = pair.send(TaskRole.PROVIDER, pair.provider.send_status(TaskState.RUNNING, "x" * 2000, at=NOW + 5))
     assert status == Status(task_id=TASK_ID, state=TaskState.RUNNING, detail="x" * 1024, at=NOW + 5)
 
 
@@ -76,7 +76,7 @@ def test_a_receipt_made_apart_from_the_stream_is_the_one_both_machines_take() ->
                                                 stderr_digest=signing.digest(result.stderr), cost=0.25,
                                                 finished_at=NOW + 9)
     proposal = signing.propose(terms, Receipt, pair.provider_signer, as_provider=True)
-    pair.send(Role.PROVIDER, proposal)
+    pair.send(TaskRole.PROVIDER, proposal)
     pair.countersign_receipt()
     assert pair.states() == (State.DONE, State.DONE)
     assert pair.requester.receipt_terms == terms

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from protocol import negotiation
-from protocol.negotiation import CROSSING, STREAM_MESSAGES, TRANSITIONS, Role, State
+from protocol.negotiation import CROSSING, STREAM_MESSAGES, TRANSITIONS, State, TaskRole
 
 README = Path(negotiation.__file__).resolve().parent / "README.md"
 
-Key = tuple[State, Role, str]
+Key = tuple[State, TaskRole, str]
 Table = dict[Key, State]
 
 NAMES = {cls.__name__: cls.TYPE for cls in STREAM_MESSAGES} | {cls.TYPE: cls.TYPE for cls in STREAM_MESSAGES}
-SENDERS = {"R→P": Role.REQUESTER, "P→R": Role.PROVIDER}
+SENDERS = {"R→P": TaskRole.REQUESTER, "P→R": TaskRole.PROVIDER}
 STATES = r"[A-Z_]+(?:,\s*[A-Z_]+)*"
 ROW = re.compile(rf"^(?P<sender>R→P|P→R)\s+(?P<messages>.+?)\s{{2,}}(?P<sources>{STATES})\s*→\s*(?P<targets>.+)$")
 REMARK = re.compile(r"\(([^)]*)\)")

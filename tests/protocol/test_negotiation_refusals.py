@@ -13,7 +13,7 @@ import pytest
 from protocol import codec, signing
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.messages import Cancel, Lease, LeaseTerms, Receipt, RejectCode, Resume
-from protocol.negotiation import ProviderNegotiation, RequesterNegotiation, Role, State
+from protocol.negotiation import ProviderNegotiation, RequesterNegotiation, State, TaskRole
 
 from .helpers import (
     NOW,
@@ -28,7 +28,7 @@ from .helpers import (
 )
 from .test_negotiation import expect_both
 
-R, P = Role.REQUESTER, Role.PROVIDER
+R, P = TaskRole.REQUESTER, TaskRole.PROVIDER
 
 
 # ---------------------------------------------------------------- the requester's co-signature
@@ -271,8 +271,8 @@ def test_received_message_is_recorded_as_last_envelope() -> None:
     assert pair.requester.last_envelope == data[codec.HEADER_SIZE:]
 
 
-@pytest.mark.parametrize("role", list(Role))
-def test_a_fresh_machine_holds_nothing(role: Role) -> None:
+@pytest.mark.parametrize("role", list(TaskRole))
+def test_a_fresh_machine_holds_nothing(role: TaskRole) -> None:
     machine = MachinePair().machine(role)
     assert machine.state is State.IDLE and machine.task_id is None and machine.cancel_requested is False
     for name in (
