@@ -487,6 +487,7 @@ def blob_opener(p2p: P2PService, addrs: dict[str, list[str]] | None = None) -> O
         for last_try in (False, True):
             stream = await p2p.open_stream(peer, BLOB_PROTOCOL, (addrs or {}).get(peer))
             if p2p.relay.allow_data or not stream.relayed:
+                p2p.note_data_stream(stream.relayed)
                 return stream
             await _close(stream, clean=False)
             if last_try or not await p2p.try_direct(peer):

@@ -101,7 +101,7 @@ class P2PService:
         self._sync: AdvertSync | None = None
         self._discovery: Discovery | None = None
         self._events: ConnectionEvents | None = None
-        self._own_counters = {"handler_errors": 0}
+        self._own_counters = {"handler_errors": 0, "data_streams_direct": 0, "data_streams_relayed": 0}
         self.relay = relay or RelayConfig()
         self.serves_relay = self.relay.serve == "on" or (self.relay.serve == "auto" and seed)
         self._prober: Prober | None = None
@@ -157,6 +157,10 @@ class P2PService:
         if self._direct is None:
             return self.has_direct(peer_id)
         return await self._direct.attempt(peer_id)
+
+    def note_data_stream(self, relayed: bool) -> None:
+        """Count a job-data stream by the path it took (``transfer.blob_opener``), for status and tests."""
+        self._own_counters["data_streams_relayed" if relayed else "data_streams_direct"] += 1
 
     def advertised_addrs(self) -> list[str]:
         """What our advert carries: our circuit addresses while peers cannot dial us, else listen_addrs()."""

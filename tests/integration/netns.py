@@ -409,7 +409,9 @@ class NetnsDevNet(DevNet):
         )
 
     def command(self, node: NodeProc) -> list[str]:
-        return [*self.host(node.name).exec_prefix(), *super().command(node)]
+        # nsenter --net, not ip netns exec: that also gives the process a mount namespace of its own, so the
+        # tmpfs a provider mounts on a job's /out would be invisible to dockerd (the job could not write it)
+        return ["nsenter", f"--net=/run/netns/{self.host(node.name).netns}", *super().command(node)]
 
 
 @contextmanager
@@ -435,10 +437,9 @@ def cli_json(node: NodeProc, *args: str) -> object:
     return json.loads(out.stdout)
 
 
-def submit(node: NodeProc, script: str, *, wait: bool) -> dict[str, object]:
-    """``peerd submit`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
-    flags = ["--wait"] if wait else []
-    view = cli_json(node, "submit", "--image", IMAGE, *flags, "--", "sh", "-c", script)
+def submit(node: NodeProc, script: str, *, wait: bool, flags: Sequence[str] = ()) -> dict[str, object]:
+    """``peerd submit [flags]`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
+    view = cli_json(node, "submit", "--image", IMAGE, *(["--wait"] if wait else []), *flags, "--", "sh", "-c", script)
     assert isinstance(view, dict)
     return view
 

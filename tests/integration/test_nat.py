@@ -14,12 +14,15 @@ allow_data``; each test says which path the streams took.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +153,29 @@ def test_provider_moves_when_its_relays_link_dies_silently(net: NetnsDevNet) -> 
     wait_for("the provider's advert to name two live relays again", moved, SILENT_MOVE_WITHIN)
     print(f"moved to another relay {time.monotonic() - cut:.1f}s after the relay's cable was pulled")
     assert counters(net, "home-provider")["relay_moves"] == moves_before + 1
+
+
+def test_a_jobs_inputs_and_outputs_move_directly_between_two_nats(net: NetnsDevNet, tmp_path: Path) -> None:
+    seeds = [net.nodes["seed-1"].addr, net.nodes["seed-2"].addr]
+    net.add("home-provider", "provider", bootstrap=seeds, behind="home")
+    net.add("office-requester", "requester", bootstrap=seeds, behind="office")
+    wait_relayed(net, "home-provider", "office-requester")
+    data = os.urandom(3 << 20)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.bin").write_bytes(data)
+    view = submit(net.nodes["office-requester"], "sha256sum /inputs/in/a.bin > /out/sum.txt && "
+                  "cp /inputs/in/a.bin /out/copy.bin", wait=True,
+                  flags=["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert view["state"] == "succeeded", json.dumps(view)
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == data
+    assert hashlib.sha256(data).hexdigest() in (tmp_path / "out" / "sum.txt").read_text()
+    paths = {name: {k: counters(net, name)[k] for k in ("data_streams_direct", "data_streams_relayed",
+                                                         "direct_upgrades", "direct_upgrade_failures")}
+             for name in ("home-provider", "office-requester")}
+    print(f"job data paths: inputs (provider's fetch) {paths['home-provider']}, "
+          f"outputs (requester's fetch) {paths['office-requester']}")
+    for name, seen in paths.items():
+        assert seen["data_streams_direct"] >= 1 and seen["data_streams_relayed"] == 0, (name, seen)
 
 
 # ---------------------------------------------------------------- job data: blobpeer processes
