@@ -290,24 +290,30 @@ class DirectUpgrade:
     async def attempt(self, peer: str) -> bool:
         if self._has_direct(peer):
             return True
-        async with self._locks.setdefault(peer, trio.Lock()):
-            if self._has_direct(peer):
-                return True
-            if trio.current_time() - self._failed.get(peer, -DIRECT_RETRY) < DIRECT_RETRY:
-                return False
-            started = trio.current_time()
-            with trio.move_on_after(self._timeout):
-                try:
-                    await self._dcutr.initiate_hole_punch(ID.from_base58(peer))
-                except FOREIGN_ERRORS as exc:  # it catches most itself; a closing host raises the rest
-                    log.debug("hole punching to …%s failed: %s", short(peer), exc)
-            took = trio.current_time() - started
-            if self._has_direct(peer):
-                self.counters["direct_upgrades"] += 1
-                self._failed.pop(peer, None)
-                log.info("direct connection to …%s after %.1fs (hole punching)", short(peer), took)
-                return True
-            self.counters["direct_upgrade_failures"] += 1
-            self._failed[peer] = trio.current_time()
-            log.info("no direct connection to …%s after %.1fs: it stays relayed", short(peer), took)
+        lock = self._locks.setdefault(peer, trio.Lock())
+        try:
+            async with lock:
+                return self._has_direct(peer) or await self._try(peer)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(peer, None)  # kept only while someone uses it
+
+    async def _try(self, peer: str) -> bool:
+        now = trio.current_time()
+        self._failed = {p: t for p, t in self._failed.items() if now - t < DIRECT_RETRY}  # bounded by recent tries
+        if peer in self._failed:
             return False
+        with trio.move_on_after(self._timeout):
+            try:
+                await self._dcutr.initiate_hole_punch(ID.from_base58(peer))
+            except FOREIGN_ERRORS as exc:  # it catches most itself; a closing host raises the rest
+                log.debug("hole punching to …%s failed: %s", short(peer), exc)
+        took = trio.current_time() - now
+        if self._has_direct(peer):
+            self.counters["direct_upgrades"] += 1
+            log.info("direct connection to …%s after %.1fs (hole punching)", short(peer), took)
+            return True
+        self.counters["direct_upgrade_failures"] += 1
+        self._failed[peer] = trio.current_time()
+        log.info("no direct connection to …%s after %.1fs: it stays relayed", short(peer), took)
+        return False
