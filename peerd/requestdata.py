@@ -138,17 +138,25 @@ class RequesterData:
         await tracker.wait_final(task_id)
         await self.chunks.keep_only(task_id, await self._output_pins(task_id))
 
-    async def recover(self, tracker: TaskTracker) -> None:
-        """After a restart: drop the input pins of this node's requester tasks once final."""
+    async def recover(self, tracker: TaskTracker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                      ) -> None:
+        """After a restart: drop the input pins of this node's requester tasks once final.
+
+        Started once the final tasks' pins are dropped; runs on until the others are final.
+        """
+        waiting = []
+        for task_id in await self.chunks.tasks():
+            record = await self.store.get_task(task_id)
+            if record is None or record.role is not TaskRole.REQUESTER:
+                continue  # a provider task's pins are the job runner's (or output retention's)
+            if record.state in FINAL_STATES:
+                await self.chunks.keep_only(task_id, await self._output_pins(task_id))
+            else:
+                waiting.append(task_id)
+        task_status.started()
         async with trio.open_nursery() as nursery:
-            for task_id in await self.chunks.tasks():
-                record = await self.store.get_task(task_id)
-                if record is None or record.role is not TaskRole.REQUESTER:
-                    continue  # a provider task's pins are the job runner's (or output retention's)
-                if record.state in FINAL_STATES:
-                    await self.chunks.keep_only(task_id, await self._output_pins(task_id))
-                else:
-                    nursery.start_soon(self.release_when_final, task_id, tracker)
+            for task_id in waiting:
+                nursery.start_soon(self.release_when_final, task_id, tracker)
 
     async def _output_pins(self, task_id: str) -> list[bytes]:
         terms = await self._receipt_terms(task_id)

@@ -19,6 +19,7 @@ import os
 import signal
 import sqlite3
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,13 @@ def pins(home: Path, task_id: str) -> int:
     return int(count)
 
 
+def unpinned(home: Path, task_id: str) -> bool:
+    return pins(home, task_id) == 0
+
+
 def assert_clean(net: DevNet, task_id: str) -> None:
     for node in (net.nodes["provider"], net.nodes["requester"]):
-        wait_for(f"{node.name} to drop the pins of {task_id}", lambda n=node: pins(n.home, task_id) == 0, 30)
+        wait_for(f"{node.name} to drop the pins of {task_id}", partial(unpinned, node.home, task_id), 30)
         assert corrupt_chunks(node.home) == [], node.name
         assert not (node.home / "staging" / task_id).exists()
 
