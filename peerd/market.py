@@ -4,7 +4,10 @@ Nothing here does I/O or reads a clock. ``misfit`` says why a provider cannot
 take a spec (or None when it can), ``price_for`` is the hourly price a provider
 would charge for a spec, and ``rank`` orders the providers that fit: cheapest
 first, then the tightest fit (least capacity left idle), then the least loaded,
-then by peer ID so the order is deterministic.
+then by peer ID so the order is deterministic. With reputation (a ``Trust``
+per provider, from ``peerd.reputation``) a tier comes first (distrusted
+providers last; newcomers first in an exploratory placement) and the price is
+multiplied by the provider's reputation factor.
 
 A GPU matches a spec when it is free, its memory is at least ``gpu_memory`` and,
 if the spec names a ``gpu_model``, the model contains that text (case is
@@ -18,6 +21,8 @@ from collections.abc import Callable, Iterable
 
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
 from protocol.reachability import Reachability, of_addrs
+
+from .reputation import NO_REPUTATION, Trust
 
 
 class Misfit(enum.StrEnum):
@@ -94,10 +99,15 @@ def waste(spec: JobSpec, advert: Advert) -> float:
     return max(cpu, 0.0) + max(mem, 0.0) + max(gpu, 0.0)
 
 
-def rank_key(spec: JobSpec, advert: Advert) -> tuple[float, float, bool, int, str]:
-    """Cheapest, tightest fit, then direct before relayed (reachable only through a relay), least loaded."""
+def rank_key(
+    spec: JobSpec, advert: Advert, trust: Trust = NO_REPUTATION
+) -> tuple[int, float, float, bool, int, str]:
+    """By reputation tier, then cheapest (the price times the reputation factor: see
+    ``peerd.reputation``), tightest fit, direct before relayed (reachable only through a
+    relay), least loaded."""
     return (
-        price_for(spec, advert),
+        trust.tier,
+        price_for(spec, advert) * trust.price_factor,
         round(waste(spec, advert), 6),
         of_addrs(advert.addrs) is Reachability.RELAYED,
         advert.queue_depth + advert.running,
@@ -105,10 +115,12 @@ def rank_key(spec: JobSpec, advert: Advert) -> tuple[float, float, bool, int, st
     )
 
 
-def rank(spec: JobSpec, adverts: Iterable[Advert]) -> list[Advert]:
-    """The adverts that fit ``spec``, best first."""
+def rank(
+    spec: JobSpec, adverts: Iterable[Advert], trust: Callable[[str], Trust] = lambda _peer: NO_REPUTATION
+) -> list[Advert]:
+    """The adverts that fit ``spec``, best first; ``trust`` gives a provider's reputation terms."""
     fitting = [a for a in adverts if fits(spec, a)]
-    return sorted(fitting, key=lambda a: rank_key(spec, a))
+    return sorted(fitting, key=lambda a: rank_key(spec, a, trust(a.peer_id)))
 
 
 def explain(spec: JobSpec, adverts: Iterable[Advert]) -> dict[str, int]:

@@ -43,6 +43,7 @@ from .nodedata import BlobDialer, open_chunks, start_job_data
 from .operations import Operations
 from .p2p.adverts import AdvertSource
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Requester
 from .resources import snapshot
 from .routes import Routes, task_stream_handler
@@ -119,21 +120,23 @@ class Node:
             active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,
             provider=ours.runner.data if ours else None,
         )
-        tracker, requester = TaskTracker(), None
+        tracker, requester, reputation = TaskTracker(), None, None
         if not self.seed:
-            routes = Routes(signer.peer_id, p2p, ours.provider if ours else None)
+            reputation = ReputationBook(store)
+            await reputation.refresh()  # the whole history: reputation survives a restart
+            routes = Routes(signer.peer_id, p2p, ours.provider if ours else None, reputation)
             requester = Requester(
                 signer=signer, store=store, tracker=tracker,
                 candidates=routes.candidates, open_stream=routes.open_stream, all_providers=routes.providers,
-                on_negotiated=metrics.observe_negotiation, settings=requester_settings_from(config),
-                clock=self.clock,
+                on_negotiated=metrics.observe_negotiation, on_settled=reputation.refresh,
+                settings=requester_settings_from(config), clock=self.clock,
             )
             await nursery.start(requester.run)
             if data.requester is not None:  # input pins a crash left behind go once their task is final
                 nursery.start_soon(data.requester.recover, tracker)
         return Services(
             role=self.role, signer=signer, clock=self.clock, store=store, p2p=p2p, tracker=tracker,
-            metrics=metrics, pruner=pruner, requester=requester, provider=ours, data=data,
+            metrics=metrics, pruner=pruner, requester=requester, provider=ours, data=data, reputation=reputation,
         )
 
     def _advert_source(self, ours: ProviderServices, addrs: Callable[[], list[str]]) -> AdvertSource:

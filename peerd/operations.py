@@ -1,6 +1,6 @@
 """The control socket's operations (``control.ops.NodeOps``) over a started node's services.
 
-One method per request the control server takes: status, peers, submit, task,
+One method per request the control server takes: status, peers, peer, submit, task,
 wait, tasks, logs, events, cancel, receipts, doctor, drain. Each reads the
 store, the tracker or the peer table and answers with a view
 (``peerd.views``); ``drain`` is the lifecycle's first step, without the stop.
@@ -31,6 +31,8 @@ from .control.ops import (
     GpuSlotView,
     LogChunkView,
     OpError,
+    PeerHistoryView,
+    PeerNotFound,
     PeerView,
     ReachabilityStatus,
     ReceiptView,
@@ -47,7 +49,8 @@ from .requestdata import InputError, InputSource
 from .services import Services
 from .store import TaskRecord, TaskRole
 from .tracking import LogGap
-from .views import peer_view, receipt_view, task_view
+from .verification import Verifier
+from .views import observation_view, peer_view, receipt_view, reputation_view, task_view
 
 
 class Operations:
@@ -59,6 +62,7 @@ class Operations:
         self.lifecycle = lifecycle
         self._nursery = nursery
         self._started = trio.current_time()
+        self._verification: Verifier | None = None  # replica groups (made on first use)
 
     # ------------------------------------------------------------ the node
     async def status(self) -> StatusView:
@@ -100,7 +104,28 @@ class Operations:
         )
 
     async def peers(self) -> list[PeerView]:
-        return [peer_view(e.advert, list(e.addrs)) for e in self.services.p2p.table.entries(self.services.clock())]
+        now, book = self.services.clock(), self.services.reputation
+        views = [peer_view(e.advert, list(e.addrs)) for e in self.services.p2p.table.entries(now)]
+        if book is not None:
+            for view in views:
+                pid = view["peer_id"]
+                view["reputation"] = reputation_view(book.standing(pid, now), book.tallies.get(pid))
+        return views
+
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        now, book = self.services.clock(), self.services.reputation
+        if book is None:
+            raise PeerdError("a seed node keeps no reputation")
+        entry = self.services.p2p.table.get(peer_id, now)
+        known = peer_view(entry.advert, list(entry.addrs)) if entry is not None else None
+        history = await book.history(peer_id, limit)
+        if known is None and not history:
+            raise PeerNotFound(peer_id)
+        return PeerHistoryView(
+            peer_id=peer_id, addrs=known["addrs"] if known else [], advert=known["advert"] if known else None,
+            reputation=reputation_view(book.standing(peer_id, now), book.tallies.get(peer_id)),
+            history=[observation_view(o) for o in history],
+        )
 
     async def doctor(self) -> list[DoctorCheck]:
         from .doctor import doctor_views  # docker and NVML probes: loaded when asked for
@@ -113,10 +138,18 @@ class Operations:
                          detail=f"no new tasks; {running} running task(s) may finish")
 
     # ------------------------------------------------------------ tasks
-    async def submit(self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = ()) -> str:
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
         since = trio.current_time()
+        if replicas > 1:
+            if inputs or local:
+                raise BadArgs("replicas run on distinct providers, without inputs (for now)")
+            task_id = await self._verifier().submit(spec, replicas=replicas)
+            self._nursery.start_soon(self._time_placement, task_id, since)
+            return task_id
         task_id = self.services.requester.new_task_id()
         if inputs:
             spec = await self._with_inputs(task_id, spec, inputs)
@@ -180,9 +213,23 @@ class Operations:
 
     async def wait(self, task_id: str) -> TaskView:
         view = await self._existing(task_id)
+        if self.services.requester is not None:
+            verified = await self._verifier().wait(task_id)
+            if verified is not None:
+                stands, verification = verified
+                view = await self._existing(stands)
+                view["verification"] = verification
+                return view
         if TaskState(view["state"]) not in FINAL_STATES:
             await self.services.tracker.wait_final(task_id)
         return await self._existing(task_id)
+
+    def _verifier(self) -> Verifier:
+        if self._verification is None:
+            s = self.services
+            assert s.requester is not None
+            self._verification = Verifier(s.requester, s.store, s.tracker, s.reputation, self._nursery, s.clock)
+        return self._verification
 
     async def tasks(self, limit: int) -> list[TaskView]:
         """Recent tasks without their output (``show`` has it): a listing stays small."""

@@ -26,7 +26,7 @@ out of ``ingest``: a bad advert is a counted drop.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from protocol.codec import decode_as
@@ -36,6 +36,7 @@ from protocol.schema import Value
 from protocol.signing import DEFAULT_MAX_SKEW, AdvertCheck, open_advert
 
 from . import market
+from .reputation import Trust
 
 MAX_ADVERT_SIZE = 8 << 10
 
@@ -229,14 +230,18 @@ class PeerTable:
         return min((e.expires_at for e in self._entries.values()), default=None)
 
     def candidates(
-        self, spec: JobSpec, now: float, exclude: Iterable[str] = ()
+        self, spec: JobSpec, now: float, exclude: Iterable[str] = (),
+        trust: Callable[[str], Trust] | None = None,
     ) -> list[PeerEntry]:
-        """The live entries whose advert can run ``spec``, best first (see market.rank)."""
+        """The live entries whose advert can run ``spec``, best first (see market.rank);
+        ``trust`` gives each provider's reputation terms (none: price alone)."""
         skip = set(exclude)
         fitting = [
             e for e in self.entries(now) if e.peer_id not in skip and market.fits(spec, e.advert)
         ]
-        return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert))
+        if trust is None:
+            return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert))
+        return sorted(fitting, key=lambda e: market.rank_key(spec, e.advert, trust(e.peer_id)))
 
     def snapshot(self, now: float) -> list[dict[str, Value]]:
         """Plain values for ``peerd peers``, sorted by peer ID."""

@@ -102,6 +102,7 @@ class Requester:
         settings: RequesterSettings,
         all_providers: CandidateSource | None = None,
         on_negotiated: Callable[[float], None] | None = None,
+        on_settled: Callable[[], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -110,6 +111,7 @@ class Requester:
         self.candidates = candidates
         self.all_providers = all_providers
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
+        self.on_settled = on_settled  # awaited before a settled task's final state is visible
         self.open_stream = open_stream
         self.settings = settings
         self.clock = clock
@@ -136,8 +138,11 @@ class Requester:
     def new_task_id() -> str:
         return "t" + secrets.token_hex(8)
 
-    async def submit(self, spec: JobSpec, *, local: bool = False, task_id: str | None = None) -> str:
-        """``task_id``: one from ``new_task_id`` that job data was already stored under."""
+    async def submit(
+        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """Record a task and start placing it. ``task_id``: one from ``new_task_id`` that job data
+        was already stored under; never on a provider in ``exclude`` (replicas)."""
         assert self._nursery is not None, "Requester.run() must be started first"
         task_id = task_id or self.new_task_id()
         now = self.clock()
@@ -147,7 +152,7 @@ class Requester:
         )
         await self.store.create_task(record)
         self.tracker.open(task_id)
-        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local))
+        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, exclude=exclude))
         return task_id
 
     async def _guarded(self, task_id: str, work: Awaitable[None]) -> None:
@@ -167,9 +172,11 @@ class Requester:
         return True
 
     # ------------------------------------------------------------ placement
-    async def _place(self, task_id: str, spec: JobSpec, local: bool, tried: int = 0) -> None:
+    async def _place(
+        self, task_id: str, spec: JobSpec, local: bool, tried: int = 0, exclude: frozenset[str] = frozenset()
+    ) -> None:
         deadline = trio.current_time() + self.settings.placement_deadline
-        excluded: set[str] = set()
+        excluded: set[str] = set(exclude)
         attempts = tried
         with trio.CancelScope() as scope:
             self._cancel[task_id] = self._cancel_placing(scope)
@@ -427,6 +434,8 @@ class Requester:
     async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
         with trio.CancelScope(shield=True):
             await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail, exit_code=exit_code)
+            if self.on_settled is not None:
+                await self.on_settled()  # e.g. reputation folds in what this task taught
         self._cancel.pop(task_id, None)
         self.tracker.finish(task_id, state, detail)
 

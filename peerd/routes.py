@@ -23,6 +23,7 @@ from .lifecycle import InFlight
 from .p2p.service import P2PService
 from .p2p.streams import Stream, StreamHandler
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Candidate
 from .taskwire import ByteStream
 
@@ -30,15 +31,20 @@ from .taskwire import ByteStream
 class Routes:
     """The network as the requester sees it; ``provider`` is this node's own, if it is one."""
 
-    def __init__(self, peer_id: str, p2p: P2PService, provider: Provider | None) -> None:
+    def __init__(
+        self, peer_id: str, p2p: P2PService, provider: Provider | None, reputation: ReputationBook | None = None
+    ) -> None:
         self.peer_id = peer_id
         self.p2p = p2p
         self.provider = provider
+        self.reputation = reputation
 
     def candidates(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:
+        """Fitting providers, best first: fit, then price adjusted by reputation (``peerd.reputation``)."""
         if local:
             return [Candidate(peer_id=self.peer_id, addrs=[])] if self.provider else []
-        entries = self.p2p.table.candidates(spec, now, exclude={self.peer_id})
+        trust = self.reputation.ranking(now) if self.reputation is not None else None
+        entries = self.p2p.table.candidates(spec, now, exclude={self.peer_id}, trust=trust)
         return [Candidate(peer_id=e.peer_id, addrs=list(e.addrs)) for e in entries]
 
     def providers(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:

@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .nodedata import JobData
 from .p2p.service import P2PService
 from .provider import Provider
+from .reputation_book import ReputationBook
 from .requester import Requester
 from .retention import Pruner
 from .store import Store
@@ -67,6 +68,7 @@ class Services:
     requester: Requester | None  # None on a seed: it takes no jobs
     provider: ProviderServices | None  # the provider role only
     data: JobData | None = None  # job data: chunk store, blob protocol, output retention (peerd.nodedata)
+    reputation: ReputationBook | None = None  # the requester's view of providers (None on a seed)
 
     @property
     def peer_id(self) -> str:

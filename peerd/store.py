@@ -45,7 +45,8 @@ from protocol.codec import encode
 from protocol.errors import ProtocolError
 from protocol.messages import FINAL_STATES, Lease, Receipt, TaskState
 
-from . import store_retention
+from . import store_reputation, store_retention
+from .reputation import Event, Observation
 from .store_records import (
     TASK_COLUMNS,
     Attempt,
@@ -63,6 +64,7 @@ from .store_records import (
     task_from_row,
     task_row,
 )
+from .store_reputation import START, VERDICTS, Watermark
 from .store_retention import LogHolding, TaskAge
 from .store_schema import (
     MIGRATIONS,
@@ -98,6 +100,7 @@ __all__ = [
     "TaskAge",
     "TaskRecord",
     "TaskRole",
+    "Watermark",
     "db_path",
 ]
 
@@ -430,6 +433,46 @@ class Store:
         sql = "SELECT * FROM receipts ORDER BY finished_at DESC, rowid DESC LIMIT ?"
         rows = await self._run(partial(_select, sql=sql, params=(max(limit, 0),)))
         return [receipt_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ reputation and verification
+    async def observations(
+        self, after: Watermark = START, provider: str | None = None
+    ) -> tuple[list[Observation], Watermark]:
+        """Reputation events derived from the records (see ``peerd.store_reputation``)
+        after ``after``, about ``provider`` only if given; and the next watermark."""
+        return await self._run(partial(store_reputation.observations, after=after, provider=provider))
+
+    async def add_replica(self, task_id: str, group_id: str, mode: str, size: int, idx: int) -> None:
+        """Record that ``task_id`` is replica ``idx`` of ``size`` in ``group_id``."""
+        sql = "INSERT INTO replicas (task_id, group_id, mode, size, idx) VALUES (?, ?, ?, ?, ?)"
+        params = (task_id, group_id, mode, size, idx)
+        await self._run(partial(_insert, sql=sql, params=params, task_id=task_id, what="replica"))
+
+    async def replica_group(self, task_id: str) -> tuple[str, str, int, list[str]] | None:
+        """For a task in a replica group: (group id, mode, size, its replicas' task ids in order)."""
+        sql = (
+            "SELECT r.group_id, r.mode, r.size, r.task_id FROM replicas AS r WHERE r.group_id = "
+            "(SELECT group_id FROM replicas WHERE task_id = ?) ORDER BY r.idx"
+        )
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        if not rows:
+            return None
+        return rows[0]["group_id"], rows[0]["mode"], rows[0]["size"], [row["task_id"] for row in rows]
+
+    async def put_verdict(self, task_id: str, provider: str, verdict: Event, at: float) -> None:
+        """Record (durably, write-once) what comparing replicas found about one replica's provider."""
+        if verdict not in VERDICTS:
+            raise StoreError(f"{verdict!r} is not a verdict")
+        row: dict[str, object] = {"task_id": task_id, "provider": provider, "verdict": Event(verdict).value, "at": at}
+        await self._run(partial(_put_once, table="verdicts", row=row, what="verdict"))
+
+    async def verdicts(self, task_ids: Sequence[str]) -> dict[str, Event]:
+        """The verdicts recorded for these tasks."""
+        if not task_ids:
+            return {}
+        sql = f"SELECT task_id, verdict FROM verdicts WHERE task_id IN ({', '.join('?' * len(task_ids))})"
+        rows = await self._run(partial(_select, sql=sql, params=tuple(task_ids)))
+        return {row["task_id"]: Event(row["verdict"]) for row in rows}
 
     # ------------------------------------------------------------ retention (peerd.store_retention)
     async def log_holdings(self, now: float) -> list[LogHolding]:

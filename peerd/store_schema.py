@@ -150,7 +150,35 @@ _V3_RETENTION = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION)
+_V4_VERIFICATION = Migration(
+    "redundant execution: replica groups and their verdicts (reputation reads them)",
+    (
+        # one row per replica task: the group it belongs to (the group's id is its first
+        # replica's task id), how the group was asked for, and its place in the group
+        """
+        CREATE TABLE replicas (
+            task_id  TEXT PRIMARY KEY NOT NULL REFERENCES tasks (task_id),
+            group_id TEXT NOT NULL,
+            mode     TEXT NOT NULL,
+            size     INTEGER NOT NULL CHECK (size >= 1),
+            idx      INTEGER NOT NULL CHECK (idx >= 0)
+        ) STRICT
+        """,
+        "CREATE INDEX replicas_by_group ON replicas (group_id, idx)",
+        # write-once: what comparing the group's outputs found about this replica's provider
+        """
+        CREATE TABLE verdicts (
+            task_id  TEXT PRIMARY KEY NOT NULL REFERENCES tasks (task_id),
+            provider TEXT NOT NULL,
+            verdict  TEXT NOT NULL,
+            at       REAL NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX verdicts_by_provider ON verdicts (provider)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION, _V4_VERIFICATION)
 LATEST_VERSION = len(MIGRATIONS)
 
 

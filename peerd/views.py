@@ -7,7 +7,8 @@ from protocol.messages import Advert, Receipt, ReceiptTerms
 from protocol.schema import Value
 from protocol.signing import verify_cosigned
 
-from .control.ops import AttemptView, PeerView, ReceiptView, TaskView
+from .control.ops import AttemptView, ObservationView, PeerView, ReceiptView, ReputationView, TaskView
+from .reputation import Observation, Standing, Tally
 from .store import Attempt, ResultRecord, TaskRecord
 
 
@@ -78,3 +79,18 @@ def peer_view(advert: Advert, addrs: list[str]) -> PeerView:
     wire.pop("v", None)
     wire.pop("t", None)
     return PeerView(peer_id=advert.peer_id, addrs=addrs, advert=wire)
+
+
+def reputation_view(standing: Standing, tally: Tally | None) -> ReputationView:
+    return ReputationView(
+        score=round(standing.score, 4),
+        newcomer=standing.newcomer,
+        distrusted=standing.distrusted,
+        counts={event.value: n for event, n in sorted(tally.counts.items())} if tally else {},
+        latency=None if tally is None or tally.latency is None else round(tally.latency, 3),
+        last_at=tally.last_at if tally else None,
+    )
+
+
+def observation_view(obs: Observation) -> ObservationView:
+    return ObservationView(event=obs.event.value, task_id=obs.task_id, at=obs.at, latency=obs.latency)

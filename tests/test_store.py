@@ -31,6 +31,7 @@ from peerd.store import (
 )
 from peerd.store_schema import LATEST_VERSION, MIGRATIONS, Migration
 from protocol.messages import (
+    FINAL_STATES,
     JobSpec,
     Lease,
     LeaseTerms,
@@ -217,7 +218,9 @@ async def test_unfinished_tasks_are_the_non_final_ones_of_a_role(path: Path) -> 
         await store.create_task(full_task("p-running"))
         unfinished = await store.unfinished_tasks(TaskRole.REQUESTER)
         # oldest first: created_at decreases along TaskState's order
-        assert [t.task_id for t in unfinished] == ["r-running", "r-placing", "r-pending"]
+        expected = [f"r-{s}" for s in reversed(TaskState) if s not in FINAL_STATES]
+        assert [t.task_id for t in unfinished] == expected
+        assert "r-staging" in expected and "r-running" in expected and "r-succeeded" not in expected
         provider = await store.unfinished_tasks(TaskRole.PROVIDER)
         assert [t.task_id for t in provider] == ["p-running"]
 

@@ -172,9 +172,43 @@ def peers_text(views: Sequence[Mapping[str, Value]], now: float | None = None) -
             _num(ad.get("price_gpu_hour")),
             remaining(ad.get("expires_at"), now) if ad else "-",
             _reach(view.get("addrs")),
+            _score(view.get("reputation")),
         ])
-    headers = ["PEER", "ROLE", "CPUS FREE", "MEMORY FREE", "GPUS", "CPU/H", "GPU/H", "ADVERT", "REACH"]
+    headers = ["PEER", "ROLE", "CPUS FREE", "MEMORY FREE", "GPUS", "CPU/H", "GPU/H", "ADVERT", "REACH", "SCORE"]
     return table(headers, rows) if rows else "no peers known"
+
+
+def _score(reputation: Value) -> str:
+    """The reputation score, marked ``new`` (little evidence yet) or ``!`` (distrusted)."""
+    if not isinstance(reputation, dict):
+        return "-"
+    mark = " !" if reputation.get("distrusted") else " new" if reputation.get("newcomer") else ""
+    return f"{_num(reputation.get('score'))}{mark}"
+
+
+def peer_text(view: Mapping[str, Value]) -> str:
+    """``peerd peer ID``: the reputation summary, then the history, newest first."""
+    rep = view.get("reputation")
+    rep = rep if isinstance(rep, dict) else {}
+    counts = rep.get("counts")
+    tallies = ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, dict) and counts else "none"
+    latency = rep.get("latency")
+    lines = [
+        f"peer:     {view.get('peer_id')}",
+        f"advert:   {'live' if view.get('advert') else 'none (not in the peer table)'}",
+        f"score:    {_score(rep)}",
+        f"events:   {tallies}",
+        f"latency:  {_num(latency) + 's' if isinstance(latency, (int, float)) else '-'} (asking to lease, mean)",
+    ]
+    history = view.get("history")
+    rows = [
+        [str(h.get("event")), str(h.get("task_id")), when(h.get("at")),
+         _num(h.get("latency")) if h.get("latency") is not None else "-"]
+        for h in (history if isinstance(history, list) else []) if isinstance(h, dict)
+    ]
+    lines.append("")
+    lines.append(table(["EVENT", "TASK", "AT", "LATENCY"], rows) if rows else "no dealings with this peer")
+    return "\n".join(lines)
 
 
 def _reach(addrs: Value) -> str:
@@ -273,3 +307,15 @@ def receipts_text(views: Sequence[Mapping[str, Value]]) -> str:
 def doctor_text(checks: Sequence[Mapping[str, Value]]) -> str:
     rows = [["ok" if c.get("ok") else "FAIL", str(c.get("name")), str(c.get("detail") or "")] for c in checks]
     return table(["", "CHECK", "DETAIL"], rows) if rows else "no checks"
+
+
+def verification_text(verification: Mapping[str, Value]) -> str:
+    """A replica group's comparison: its state, then one row per replica."""
+    replicas = verification.get("replicas")
+    rows = [
+        [str(r.get("task_id")), short_id(r.get("provider")) if r.get("provider") else "-", str(r.get("state")),
+         str(r.get("output_id") or "-")[:23], _num(r.get("exit_code")), str(r.get("verdict") or "-")]
+        for r in (replicas if isinstance(replicas, list) else []) if isinstance(r, dict)
+    ]
+    head = f"verification: {verification.get('state')} ({verification.get('mode')}, {len(rows)} replicas)"
+    return head + "\n" + table(["TASK", "PROVIDER", "STATE", "OUTPUT", "EXIT", "VERDICT"], rows)

@@ -40,6 +40,7 @@ COMMANDS: tuple[CliCommand, ...] = (
     CliCommand("run", "run the daemon in the foreground", local.run, local.run_arguments),
     CliCommand("status", "the daemon's identity, peers and tasks", query.status),
     CliCommand("peers", "known peers and what they offer", query.peers),
+    CliCommand("peer", "one peer: its advert, reputation and history", query.peer, query.peer_arguments),
     CliCommand("submit", "submit a job: peerd submit [OPTIONS] -- CMD [ARG ...]", submit.run, submit.arguments),
     CliCommand("tasks", "recent tasks", query.tasks, query.limit_arguments),
     CliCommand("show", "one task in full", query.show, query.task_argument),

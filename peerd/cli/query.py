@@ -1,4 +1,4 @@
-"""Commands that ask the running daemon something: status, peers, tasks,
+"""Commands that ask the running daemon something: status, peers, peer, tasks,
 show, logs, cancel, receipts, doctor, drain.
 
 Each makes one control call (``logs`` one stream) and prints the result:
@@ -57,6 +57,17 @@ def status(ctx: Context) -> int:
 def peers(ctx: Context) -> int:
     views = _many(ctx, "peers")
     emit(ctx, views, lambda: output.peers_text(views))
+    return EXIT_OK
+
+
+def peer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("peer_id", metavar="PEER", help="peer ID (from peers)")
+    limit_arguments(parser)
+
+
+def peer(ctx: Context) -> int:
+    view = _one(ctx, "peer", {"peer_id": ctx.args.peer_id, "limit": ctx.args.limit})
+    emit(ctx, view, lambda: output.peer_text(view))
     return EXIT_OK
 
 

@@ -94,6 +94,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment variable for the job (repeatable)")
     parser.add_argument("--network", action="store_true", help="ask for network access")
     parser.add_argument("--local", action="store_true", help="run on this node's own provider")
+    parser.add_argument("--replicas", type=_count, default=1, metavar="K",
+                        help="run on K distinct providers and compare their outputs (default 1)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
     parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
@@ -150,6 +152,8 @@ def run(ctx: Context) -> int:
     if args.input:
         request["inputs"] = _inputs(args.input)
     with ctx.client() as client:
+        if args.replicas > 1:
+            request["replicas"] = args.replicas
         submitted = expect_map(client.call("submit", request, no_timeout=True), "submit")
         task_id = str(submitted.get("task_id"))
         if not (args.wait or args.follow):
@@ -171,7 +175,9 @@ def run(ctx: Context) -> int:
             outputs, failed = fetch_outputs(ctx, client, task_id, view, args.output)
             view = {**view, "outputs": outputs}
     _report(ctx, view, printed_output=args.follow)
-    return EXIT_OK if view.get("state") == "succeeded" and not failed else EXIT_FAILED
+    verification = view.get("verification")
+    disputed = isinstance(verification, dict) and verification.get("state") == "disputed"
+    return EXIT_OK if view.get("state") == "succeeded" and not failed and not disputed else EXIT_FAILED
 
 
 def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> None:
@@ -185,5 +191,8 @@ def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> No
                 stream.write(text)
                 stream.flush()
     ctx.note(output.outcome_line(view))
+    verification = view.get("verification")
+    if isinstance(verification, dict):
+        ctx.note(output.verification_text(verification))
     if view.get("state") != "succeeded" and view.get("attempts"):
         ctx.note("attempts:\n" + output.attempts_text(view.get("attempts")))

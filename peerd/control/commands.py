@@ -22,6 +22,8 @@ from .ops import BadArgs, NodeOps, TaskNotFound
 MAX_LIMIT = 1000  # a list result must stay under the codec's 1024 items
 DEFAULT_LIMIT = 50
 MAX_TASK_ID = 64
+MAX_PEER_ID = 128
+MAX_REPLICAS = 9
 
 
 class ArgReader:
@@ -118,11 +120,23 @@ async def _peers(ops: NodeOps, a: ArgReader) -> object:
     return await ops.peers()
 
 
+async def _peer(ops: NodeOps, a: ArgReader) -> object:
+    peer_id = a.text("peer_id", max_len=MAX_PEER_ID)
+    limit = a.limit()
+    a.done()
+    return await ops.peer(peer_id, limit)
+
+
 async def _submit(ops: NodeOps, a: ArgReader) -> object:
     spec = a.job_spec("spec")
     local = a.flag("local")
     inputs = a.inputs("inputs")
+    replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
     a.done()
+    if replicas > 1 and (local or inputs):
+        raise BadArgs("'replicas' needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
+    if replicas > 1:
+        return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
     if inputs:
         return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}
@@ -193,6 +207,7 @@ def _events(ops: NodeOps, a: ArgReader) -> AsyncIterator[object]:
 COMMANDS: dict[str, Command] = {
     "status": Command(call=_status),
     "peers": Command(call=_peers),
+    "peer": Command(call=_peer),
     "submit": Command(call=_submit),
     "wait": Command(call=_wait),
     "task": Command(call=_task),

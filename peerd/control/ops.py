@@ -44,6 +44,14 @@ class TaskNotFound(OpError):
         self.task_id = task_id
 
 
+class PeerNotFound(OpError):
+    code = NOT_FOUND
+
+    def __init__(self, peer_id: str) -> None:
+        super().__init__(f"no peer {peer_id!r}: no live advert and no dealings with it")
+        self.peer_id = peer_id
+
+
 # ---------------------------------------------------------------- views
 class ConfigReloadView(TypedDict):
     """The last SIGHUP reload: applied (``ok``) or refused, with why and when (unix time)."""
@@ -95,12 +103,41 @@ class StatusView(TypedDict):
 
 
 
+class ReputationView(TypedDict):
+    """What this node's dealings with a provider came to (``peerd.reputation``)."""
+
+    score: float  # in [0, 1]; a provider never dealt with has the neutral prior (0.5)
+    newcomer: bool  # too little evidence yet: favoured in exploratory placements
+    distrusted: bool  # ranked after every other fitting provider
+    counts: dict[str, int]  # reputation.Event value -> how many (not decayed)
+    latency: float | None  # mean seconds from asking to the lease; None if never leased
+    last_at: float | None  # the latest event (unix time); None if none
+
+
 class PeerView(TypedDict):
     peer_id: str
     addrs: list[str]
     # The peer's latest advert, protocol.messages.Advert fields (gpus as a list
     # of {uuid, model, memory, compute_capability}); None if none seen yet.
     advert: dict[str, Value] | None
+    reputation: NotRequired[ReputationView]  # on a node that places jobs
+
+
+class ObservationView(TypedDict):
+    event: str  # reputation.Event value
+    task_id: str
+    at: float
+    latency: float | None  # seconds from asking to the lease (leased events only)
+
+
+class PeerHistoryView(TypedDict):
+    """``peerd peer ID``: one provider, its advert if live, its reputation and history."""
+
+    peer_id: str
+    addrs: list[str]
+    advert: dict[str, Value] | None
+    reputation: ReputationView
+    history: list[ObservationView]  # newest first
 
 
 class AttemptView(TypedDict):
@@ -121,6 +158,28 @@ class ReceiptView(TypedDict):
     finished_at: NotRequired[float]  # the signed terms' finished_at (unix time)
 
 
+class ReplicaView(TypedDict):
+    """One replica of a verified job: what its provider returned and signed."""
+
+    task_id: str
+    provider: str | None  # None if it was never placed
+    state: str  # TaskState value
+    output_id: str | None  # the output manifest id it returned; None without a result
+    exit_code: int | None
+    verdict: str | None  # verified | disputed | inconclusive (reputation.Event); None: none recorded
+    receipt: ReceiptView | None  # the co-signed receipt, as evidence
+
+
+class VerificationView(TypedDict):
+    """``submit --replicas K``: how the replicas compared (``peerd.verification``)."""
+
+    mode: str  # replicas
+    state: str  # pending | verified | majority | disputed | unverified
+    group_id: str  # the group's id: its first replica's task id
+    size: int  # K
+    replicas: list[ReplicaView]
+
+
 class TaskView(TypedDict):
     task_id: str
     state: str  # TaskState value
@@ -135,6 +194,7 @@ class TaskView(TypedDict):
     spec: dict[str, Value]  # JobSpec.to_wire()
     role: str  # requester | provider: which side of the task this node is
     detail: str
+    verification: NotRequired[VerificationView]  # a replica group's (submit --replicas K)
 
 
 class LogChunkView(TypedDict):
@@ -178,12 +238,19 @@ class NodeOps(Protocol):
 
     async def peers(self) -> list[PeerView]: ...
 
-    async def submit(self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = ()) -> str:
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        """One peer's advert, reputation and its ``limit`` latest reputation events."""
+        ...
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
         ``local``: run it on this node's own provider, not on the network. ``inputs``: (local path,
         container path) pairs; the daemon stores each file or directory as job data first and the
         spec names them (``BadArgs`` naming a path it cannot read).
+        ``replicas``: run it on that many distinct providers and compare (the ID is the group's).
         """
         ...
 
@@ -195,7 +262,8 @@ class NodeOps(Protocol):
         ...
 
     async def wait(self, task_id: str) -> TaskView:
-        """Return the task's view once it reaches a final state."""
+        """Return the task's view once it reaches a final state (a replica group's: once every
+        replica did, the result that stands for the group, with ``verification``)."""
         ...
 
     async def task(self, task_id: str) -> TaskView | None: ...

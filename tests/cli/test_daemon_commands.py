@@ -48,6 +48,21 @@ async def test_peers_json_is_an_array(daemon: Daemon) -> None:
     assert peers[0]["advert"]["gpus"][0]["model"] == "H100"
     text = await peerd(daemon.path.parent, "peers")
     assert "1x H100" in text.stdout and "6/8" in text.stdout
+    assert "SCORE" in text.stdout and "0.75" in text.stdout
+
+
+async def test_peer_shows_reputation_and_history_newest_first(daemon: Daemon) -> None:
+    provider = "12D3KooWProviderProviderProviderProviderProvide"
+    ran = await peerd(daemon.path.parent, "peer", provider, "--json")
+    assert ran.code == 0, ran.stderr
+    doc = ran.json()
+    assert doc["reputation"]["score"] == 0.75  # type: ignore[index]
+    assert [h["event"] for h in doc["history"]] == ["completed", "leased"]  # type: ignore[index]
+    text = await peerd(daemon.path.parent, "peer", provider)
+    assert "completed 2" in text.stdout and "0.25s" in text.stdout
+    assert text.stdout.index("completed  ") < text.stdout.index("leased  ")
+    missing = await peerd(daemon.path.parent, "peer", "12D3KooWnobody")
+    assert missing.code != 0 and "no peer" in missing.stderr
 
 
 async def test_submit_prints_the_task_id_and_sends_the_spec(daemon: Daemon) -> None:

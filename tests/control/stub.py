@@ -20,8 +20,11 @@ from peerd.control.ops import (
     EventView,
     LogChunkView,
     OpError,
+    PeerHistoryView,
+    PeerNotFound,
     PeerView,
     ReceiptView,
+    ReputationView,
     StatusView,
     TaskNotFound,
     TaskView,
@@ -31,6 +34,8 @@ from protocol.schema import Value
 
 PEER_ID = "12D3KooWStubStubStubStubStubStubStubStubStubStub"
 PROVIDER = "12D3KooWProviderProviderProviderProviderProvide"
+REPUTATION: ReputationView = {"score": 0.75, "newcomer": False, "distrusted": False,
+                              "counts": {"completed": 2, "leased": 2}, "latency": 0.25, "last_at": 1700000100.0}
 
 
 class _Task:
@@ -112,10 +117,25 @@ class StubOps:
                             "compute_capability": "9.0"}],
                   "cpus": 8.0, "free_cpus": 6.0, "price_cpu_hour": 0.01, "price_gpu_hour": 0.5,
                   "expires_at": 1700000300.0}
-        return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert}]
+        return [{"peer_id": PROVIDER, "addrs": ["/ip4/127.0.0.1/tcp/4002"], "advert": advert,
+                 "reputation": REPUTATION}]
 
-    async def submit(self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = ()) -> str:
-        self._record("submit", {"spec": spec, "local": local, **({"inputs": list(inputs)} if inputs else {})})
+    async def peer(self, peer_id: str, limit: int) -> PeerHistoryView:
+        self._record("peer", {"peer_id": peer_id, "limit": limit})
+        if peer_id != PROVIDER:
+            raise PeerNotFound(peer_id)
+        history = [{"event": "completed", "task_id": "t0123456789abcdef", "at": 1700000100.0, "latency": None},
+                   {"event": "leased", "task_id": "t0123456789abcdef", "at": 1700000000.0, "latency": 0.25}]
+        return {"peer_id": PROVIDER, "addrs": [], "advert": None, "reputation": REPUTATION,
+                "history": history[:limit]}  # type: ignore[typeddict-item]
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1
+    ) -> str:
+        extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}
+        if replicas > 1:
+            extra["replicas"] = replicas
+        self._record("submit", {"spec": spec, "local": local, **extra})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task
         program = spec.command[0] if spec.command else ""

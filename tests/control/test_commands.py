@@ -13,6 +13,7 @@ from protocol.messages import JobSpec
 from protocol.schema import Value
 
 from .harness import Daemon, call
+from .stub import PROVIDER
 
 SPEC = JobSpec(image="peerd-test/busybox:1", command=("echo", "hi"), memory=64 << 20)
 
@@ -20,6 +21,7 @@ SPEC = JobSpec(image="peerd-test/busybox:1", command=("echo", "hi"), memory=64 <
 ROUTES: dict[str, tuple[dict[str, Value], tuple[str, dict[str, object]]]] = {
     "status": ({}, ("status", {})),
     "peers": ({}, ("peers", {})),
+    "peer": ({"peer_id": PROVIDER, "limit": 3}, ("peer", {"peer_id": PROVIDER, "limit": 3})),
     "submit": ({"spec": SPEC.to_wire(), "local": True}, ("submit", {"spec": SPEC, "local": True})),
     "wait": ({"task_id": "t0001"}, ("wait", {"task_id": "t0001"})),
     "task": ({"task_id": "t0001"}, ("task", {"task_id": "t0001"})),

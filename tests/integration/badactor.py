@@ -17,6 +17,10 @@ free of charge), so honest requesters try it first. Then it misbehaves:
     --lease wrong-digest
                      gets the lease, then returns a Result whose receipt's
                      stdout digest does not match it (and Reject on Resume)
+    --lease wrong-output
+                     gets the lease, then returns a plausible but wrong result
+                     (another output manifest id and stdout, exit 0) with a
+                     matching receipt, as if it had run the job
     --squat N        a requester instead: publishes no advert, and for every
                      provider whose advert it hears keeps N streams asking for
                      that provider's whole capacity at the maximum price,
@@ -31,6 +35,7 @@ It runs until SIGTERM/SIGINT. Tests start one with ``bad_actor(...)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -87,7 +92,7 @@ IO_TIMEOUT = 30.0
 ADVERT_TTL = 30.0
 ROUND = 1.5  # seconds between two rounds: one advert and at most one attack (peers allow 2/s)
 SILENCE = 3600.0
-LEASE_MODES = ("hang", "wrong-digest")
+LEASE_MODES = ("hang", "wrong-digest", "wrong-output")
 
 
 def attractive_advert(signer: Signer, seq: int, addrs: tuple[str, ...], now: float) -> Advert:
@@ -207,6 +212,8 @@ class BadActor:
         self.save()
         if self.lease_mode == "hang":
             await _silence(channel)
+        elif self.lease_mode == "wrong-output":
+            await self._wrong_output(channel, request)
         else:
             await self._wrong_digest(channel, request)
 
@@ -223,6 +230,28 @@ class BadActor:
         terms = machine.draft_receipt(stdout_digest=genuine, stderr_digest=empty, cost=0.0, finished_at=time.time())
         await channel.send_frame(machine.propose_receipt(terms))
         await _silence(channel)
+
+
+    async def _wrong_output(self, channel: TaskChannel, request: TaskRequest) -> None:
+        """A plausible lie: a well-formed result and a matching co-signable receipt, for output that
+        was never computed (another output manifest id and stdout than the job's)."""
+        machine = channel.machine
+        assert isinstance(machine, ProviderNegotiation)
+        task_id = request.task_id
+        await channel.send(Status(task_id=task_id, state=TaskState.RUNNING, detail="leased", at=time.time()))
+        stdout = b"forged output\n"
+        forged_manifest = "sha256:" + hashlib.sha256(b"forged manifest " + task_id.encode()).hexdigest()
+        result = Result(task_id=task_id, state=TaskState.SUCCEEDED, exit_code=0, stdout=stdout, stderr=b"",
+                        output_digest=forged_manifest, output_size=0, wall_time=0.5, gpu_seconds=0.0, detail="")
+        await channel.send(result)
+        terms = machine.draft_receipt(stdout_digest="sha256:" + hashlib.sha256(stdout).hexdigest(),
+                                      stderr_digest="sha256:" + hashlib.sha256(b"").hexdigest(),
+                                      cost=0.0, finished_at=time.time())
+        await channel.send_frame(machine.propose_receipt(terms))
+        with contextlib.suppress(PeerGone, PeerTimeout, ProtocolError, StreamError):
+            await channel.receive()  # the requester's countersignature
+        self.sent["wrong_output"] = self.sent.get("wrong_output", 0) + 1
+        self.save()
 
 
 class Squatter:
