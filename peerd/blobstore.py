@@ -6,16 +6,19 @@ Layout::
     blobs/tmp/                 chunks being written (emptied at every open)
     blobs/refs.db              which task references which digest (SQLite)
 
-Writing: ``put`` checks that the data hashes to the digest, writes it to a
+Writing: ``put`` checks that the data hashes to the digest (``put_verified``
+takes a ``protocol.blobxfer.VerifiedChunk``, hashed when it was made, e.g. by
+the fetcher's machine on arrival, and does not hash again), writes it to a
 new file in ``tmp/`` (same file system), fsyncs it, checks its length and
 renames it into place. A chunk file therefore either does not exist or is
 complete: a SIGKILL or crash mid-write leaves at most a temp file, removed at
 the next open. The rename is not followed by a directory fsync: after a
 power loss a chunk may be missing (fetched again), never partial.
 
-Reading: ``get`` re-hashes every chunk it reads; one that does not match (disk
-corruption, an outside edit) is deleted and reported missing, so a corrupt
-chunk is never served.
+Reading: ``get`` (bytes) and ``get_verified`` (a ``VerifiedChunk``, which the
+server's machine sends without hashing again) re-hash every chunk they read;
+one that does not match (disk corruption, an outside edit) is deleted and
+reported missing, so a corrupt chunk is never served.
 
 References: a task pins the digests it needs (``pin``: its manifest id and
 every chunk digest) before fetching them and releases them when it is done;
@@ -39,7 +42,6 @@ Everything in ``BlockingChunkStore`` blocks (file I/O, fsync, SQLite);
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -51,6 +53,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import trio
+
+from protocol.blobxfer import VerifiedChunk
+from protocol.errors import LocalProtocolError
 
 from .errors import PeerdError
 
@@ -110,6 +115,17 @@ class _Entry:
 
 def blobs_path(home: Path) -> Path:
     return home / BLOBS_DIR
+
+
+def verify(digest: bytes, data: bytes) -> VerifiedChunk:
+    """Hash ``data``: the VerifiedChunk, or ChunkMismatch (BlobStoreError for a bad digest or size)."""
+    _check_digest(digest)
+    try:
+        return VerifiedChunk(digest=digest, data=data)
+    except LocalProtocolError as exc:
+        if exc.code == "bad_chunk":
+            raise ChunkMismatch(f"data does not hash to {digest.hex()}") from None
+        raise BlobStoreError(f"chunk {digest.hex()}: {exc}") from None
 
 
 def _check_digest(digest: bytes) -> None:
@@ -191,9 +207,13 @@ class BlockingChunkStore:
 
     def put(self, digest: bytes, data: bytes) -> bool:
         """Store a chunk; False if it was already there. ChunkMismatch, QuotaExceeded."""
-        _check_digest(digest)
-        if hashlib.sha256(data).digest() != digest:
-            raise ChunkMismatch(f"data does not hash to {digest.hex()}")
+        return self.put_verified(verify(digest, data))
+
+    def put_verified(self, chunk: VerifiedChunk) -> bool:
+        """Store a chunk hashed when it was made (no second hash); False if it was already there."""
+        if not isinstance(chunk, VerifiedChunk):
+            raise BlobStoreError(f"put_verified takes a VerifiedChunk, not {type(chunk).__name__}")
+        digest, data = chunk.digest, chunk.data
         if digest in self._index:
             return False
         self._make_room(len(data))
@@ -223,6 +243,11 @@ class BlockingChunkStore:
 
     def get(self, digest: bytes) -> bytes | None:
         """The chunk's bytes, re-verified; None if absent (or found corrupt, and then deleted)."""
+        chunk = self.get_verified(digest)
+        return None if chunk is None else chunk.data
+
+    def get_verified(self, digest: bytes) -> VerifiedChunk | None:
+        """The chunk, re-hashed as it is read; None if absent (or found corrupt, and then deleted)."""
         _check_digest(digest)
         if digest not in self._index:
             return None
@@ -234,12 +259,13 @@ class BlockingChunkStore:
             return None
         except OSError as exc:
             raise BlobStoreError(f"cannot read chunk {digest.hex()}: {exc}") from exc
-        if hashlib.sha256(data).digest() != digest:
+        try:
+            return verify(digest, data)
+        except ChunkMismatch:
             log.warning("chunk %s is corrupt on disk; deleted", digest.hex())
             self.corrupt_removed += 1
             self._remove(digest)
             return None
-        return data
 
     def scrub(self) -> int:
         """Re-hash every chunk, deleting corrupt ones; returns how many were deleted."""
@@ -422,6 +448,12 @@ class ChunkStore:
 
     async def get(self, digest: bytes) -> bytes | None:
         return await self._run(partial(self._files.get, digest))
+
+    async def put_verified(self, chunk: VerifiedChunk) -> bool:
+        return await self._run(partial(self._files.put_verified, chunk))
+
+    async def get_verified(self, digest: bytes) -> VerifiedChunk | None:
+        return await self._run(partial(self._files.get_verified, digest))
 
     async def missing(self, digests: Iterable[bytes]) -> list[bytes]:
         return await self._run(partial(self._files.missing, list(digests)))

@@ -16,7 +16,12 @@
   up (``expires_at - timeout``), so a job still gets its full run time;
 - ``finished(task_id, output_digest)`` once the result is recorded: the task's
   pins shrink to its output manifest and chunks (one transaction), and the
-  staged copies are deleted.
+  staged copies are deleted;
+- ``recover(live)`` when the job runner starts: a job SIGKILLed while staging
+  is settled by the runner (no container: ``interrupted``), which then calls
+  ``finished`` for it; ``recover`` removes every ``<staging_dir>/<task>`` of
+  a task that is not ``live`` (a re-attached container still mounts its
+  copies), so no half-staged copy outlives a crash.
 
 ``OutputRetention`` (both roles) releases a finished task's pins once it
 finished more than ``output_retention`` seconds ago; until then the node
@@ -188,6 +193,24 @@ class ProviderData:
                 log.warning("outputs of %s cannot be kept: %s", task_id, exc)
         await self.store.keep_only(task_id, keep)
         await trio.to_thread.run_sync(discard_task_dir, self.task_dir(task_id))
+
+
+    async def recover(self, live: Collection[str]) -> list[str]:
+        """Remove the staged copies of every task not in ``live``; returns their task ids."""
+        root = self.settings.staging_dir
+        leftovers = await trio.to_thread.run_sync(_leftover_dirs, root, frozenset(live))
+        for task_dir in leftovers:
+            await trio.to_thread.run_sync(discard_task_dir, task_dir)
+        if leftovers:
+            log.info("removed %d staged input cop(ies) left by a restart", len(leftovers))
+        return [d.name for d in leftovers]
+
+
+def _leftover_dirs(root: Path, live: frozenset[str]) -> list[Path]:
+    try:
+        return sorted(p for p in root.iterdir() if p.name not in live and p.is_dir() and not p.is_symlink())
+    except FileNotFoundError:
+        return []
 
 
 class OutputRetention:

@@ -264,6 +264,8 @@ class JobRunner:
             )
         if report.removed:
             log.info("removed %d orphan container(s): %s", len(report.removed), ", ".join(report.removed))
+        if self.data is not None:  # copies staged before a crash, of jobs that will not run now
+            await self.data.recover(self.jobs.keys())
 
     async def _settle_offline(self, task_id: str, result: Result) -> None:
         lease = await self.store.get_lease(task_id)
@@ -275,3 +277,5 @@ class JobRunner:
             await self._finish(job, result)
         else:
             await self.store.update_task(task_id, now=now, state=result.state, detail=result.detail)
+        if self.data is not None:  # inputs pinned before the crash go; outputs (if any) stay
+            await self.data.finished(task_id, result.output_digest)

@@ -132,6 +132,8 @@ class Node:
                 settings=requester_settings_from(config), clock=self.clock,
             )
             await nursery.start(requester.run)
+            if data.requester is not None:  # input pins a crash left behind go once their task is final
+                nursery.start_soon(data.requester.recover, tracker)
         return Services(
             role=self.role, signer=signer, clock=self.clock, store=store, p2p=p2p, tracker=tracker,
             metrics=metrics, pruner=pruner, requester=requester, provider=ours, data=data, reputation=reputation,

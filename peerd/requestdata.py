@@ -5,7 +5,9 @@
   task, *before* the task is submitted; the JobSpec then names the manifest ids
   (``InputRef``), so the lease binds the exact data. The node serves those
   chunks to the lease's provider (``/peerd/blob/1.0.0``, ``lease_access``).
-  Once the task is final its input pins are dropped (``release_when_final``).
+  Once the task is final its input pins are dropped (``release_when_final``);
+  after a restart (SIGKILL included) ``recover`` does the same for every task
+  that still pins chunks: at once for a final one, when final for the others.
 - ``outputs``: the receipt's ``output_digest`` is the output manifest's id;
   the manifest and its chunks are fetched from the provider (only what the
   store lacks), every chunk re-hashed on the way in and pinned for the task.
@@ -28,9 +30,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import trio
+
 from protocol import decode_as
 from protocol.manifest import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, encode_manifest, manifest_id
-from protocol.messages import InputRef, ReceiptTerms, TaskState
+from protocol.messages import FINAL_STATES, InputRef, ReceiptTerms, TaskState
 from protocol.schema import Value
 
 from .blobstore import BlobStoreError, BlockingChunkStore, ChunkStore
@@ -133,6 +137,26 @@ class RequesterData:
         """Drop the task's input pins once it is final (outputs fetched later pin again)."""
         await tracker.wait_final(task_id)
         await self.chunks.keep_only(task_id, await self._output_pins(task_id))
+
+    async def recover(self, tracker: TaskTracker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                      ) -> None:
+        """After a restart: drop the input pins of this node's requester tasks once final.
+
+        Started once the final tasks' pins are dropped; runs on until the others are final.
+        """
+        waiting = []
+        for task_id in await self.chunks.tasks():
+            record = await self.store.get_task(task_id)
+            if record is None or record.role is not TaskRole.REQUESTER:
+                continue  # a provider task's pins are the job runner's (or output retention's)
+            if record.state in FINAL_STATES:
+                await self.chunks.keep_only(task_id, await self._output_pins(task_id))
+            else:
+                waiting.append(task_id)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for task_id in waiting:
+                nursery.start_soon(self.release_when_final, task_id, tracker)
 
     async def _output_pins(self, task_id: str) -> list[bytes]:
         terms = await self._receipt_terms(task_id)

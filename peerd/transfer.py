@@ -6,13 +6,15 @@ must be a party of that task's lease (``Access``, which the node answers from
 its store: ``lease_access``), else the answer is ``blob_error not_authorized``.
 Only digests the task pins in the chunk store are served (any other is
 answered ``missing``, so a party of one task learns nothing about another's
-chunks); every chunk is re-hashed as it is read (``ChunkStore.get``). A peer
+chunks); every chunk is re-hashed as it is read (``ChunkStore.get_verified``)
+and sent as that ``VerifiedChunk``, not hashed again. A peer
 holds at most ``max_streams_per_peer`` blob streams at once (``busy`` beyond).
 
 Fetching (``fetch``): the digests the store lacks are pinned for the task
 first, then split over ``streams`` streams opened at once, spread over the
-peers that hold them. Every chunk is checked by the machine (its data must
-hash to its digest) and again by ``ChunkStore.put`` before it is stored. A
+peers that hold them. Every chunk is hashed once, by the machine as it
+arrives (its data must hash to its digest); the ``VerifiedChunk`` it hands
+out is stored as is (``ChunkStore.put_verified``). A
 stream that breaks or times out is opened again (after a short back-off)
 asking only for what is still missing; a peer that fails ``retries`` times in
 a row without delivering a chunk is dropped as unreachable. A peer that sends
@@ -44,9 +46,9 @@ from protocol.blobxfer import (
     BlobFetcher,
     BlobServer,
     BlobTransfer,
-    Chunk,
     Done,
     Missing,
+    VerifiedChunk,
     Want,
 )
 from protocol.codec import NEED_DATA, decode_as
@@ -269,8 +271,8 @@ class _Fetch:
                 bad = exc.code == "bad_chunk"
                 what = "sent a chunk that does not match its digest" if bad else "broke the protocol"
                 raise _Misbehaved(f"{what}: {exc}") from exc
-            if isinstance(event, Chunk):
-                await self.store.put(event.digest, event.data)  # hashed again; raises on a mismatch
+            if isinstance(event, VerifiedChunk):  # the machine hashed it on arrival: stored without a second hash
+                await self.store.put_verified(event)
                 self.remaining.pop(event.digest, None)
                 self.report.fetched += 1
                 self.report.chunk_bytes += len(event.data)
@@ -432,18 +434,18 @@ async def _answer(
 ) -> None:
     """Answer the oldest pending digest: its chunk, or missing (absent, corrupt, or not this task's)."""
     digest = machine.pending[0]
-    data = await store.get(digest) if digest in allowed else None
-    if data is not None:
+    chunk = await store.get_verified(digest) if digest in allowed else None  # re-hashed as it is read
+    if chunk is not None:
         try:
-            out = machine.send_chunk(digest, data)
+            out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
         except LocalProtocolError:  # larger than this machine sends: serve it as missing
-            data = None
-    if data is None:
+            chunk = None
+    if chunk is None:
         out = machine.send_missing([digest])
         counters.missing += 1
     else:
         counters.chunks += 1
-        counters.bytes += len(data)
+        counters.bytes += len(chunk.data)
     await send_bytes(stream, out, timeout)
 
 

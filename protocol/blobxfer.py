@@ -24,7 +24,11 @@ Checks beyond the table, applied to what each side sends and receives:
   ``too_many_in_flight``);
 - ``blob_chunk`` and ``blob_missing`` answer only digests asked and not yet
   answered; a chunk's data hashes to its digest (code ``bad_chunk``: the
-  fetcher drops and records the peer) and is at most ``max_chunk`` bytes;
+  fetcher drops and records the peer) and is at most ``max_chunk`` bytes.
+  Each chunk is hashed once per side: a received one on arrival (the fetcher's
+  ``next_event`` returns it as a ``VerifiedChunk``), a sent one when the
+  ``VerifiedChunk`` given to ``send_chunk`` was made (the server's chunk store
+  makes it as it reads and re-hashes the chunk);
 - ``blob_done`` only when nothing asked is unanswered.
 
 Other codes: ``unexpected_message`` (not in the table), ``invalid_message``,
@@ -105,6 +109,23 @@ class Chunk(Message):
             fail(type(self), "digest", f"must be {DIGEST_SIZE} bytes")
         if len(self.data) > MAX_CHUNK_SIZE:
             fail(type(self), "data", f"is larger than {MAX_CHUNK_SIZE} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedChunk(Chunk):
+    """A ``blob_chunk`` whose data was hashed and found to match its digest when it was made.
+
+    Making one is the check (``LocalProtocolError(code="bad_chunk")`` otherwise),
+    so holding one is proof: the chunk store stores and serves these without
+    hashing again, the fetcher's machine hands them out for each chunk it
+    received (hashed once, on arrival), and the server's machine sends them
+    without hashing again. A plain ``Chunk`` is always hashed.
+    """
+
+    def _check(self) -> None:
+        Chunk._check(self)
+        if hashlib.sha256(self.data).digest() != self.digest:
+            raise LocalProtocolError(f"chunk data does not hash to {self.digest.hex()[:16]}", code="bad_chunk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +224,7 @@ class BlobTransfer:
         self._pending: dict[bytes, None] = {}  # asked, not yet answered, in asking order
         self._asked: set[bytes] = set()  # everything asked on this stream
         self.error: BlobError | None = None  # the blob_error that ended the transfer, either way
+        self._verified: VerifiedChunk | None = None  # the chunk just checked, as next_event returns it
 
     @property
     def state(self) -> State:
@@ -247,7 +269,11 @@ class BlobTransfer:
             if payload is None:
                 return CLOSED if self._frames.closed else NEED_DATA
             msg = decode(payload, BLOB_MESSAGES)
+            self._verified = None
             self._apply(msg, self.their_role)
+            if isinstance(msg, Chunk):  # handed out as checked: a VerifiedChunk, hashed once on arrival
+                assert self._verified is not None and self._verified.digest == msg.digest
+                msg, self._verified = self._verified, None
         except ProtocolError as exc:
             error = self._fail(exc)
             self._unreported = False
@@ -315,8 +341,12 @@ class BlobTransfer:
     def _check_chunk(self, msg: Chunk) -> None:
         _require(msg.digest in self._pending, f"chunk {msg.digest.hex()[:16]} was not asked for")
         _require(len(msg.data) <= self.max_chunk, f"chunk of {len(msg.data)} bytes over {self.max_chunk}")
-        _require(hashlib.sha256(msg.data).digest() == msg.digest,
-                 f"chunk data does not hash to {msg.digest.hex()[:16]}", "bad_chunk")
+        if isinstance(msg, VerifiedChunk):
+            return  # hashed when it was made; only our own sends can be one (decode makes plain Chunks)
+        try:
+            self._verified = VerifiedChunk(digest=msg.digest, data=msg.data)  # the one hash of this chunk
+        except LocalProtocolError:
+            raise _Violation(f"chunk data does not hash to {msg.digest.hex()[:16]}", "bad_chunk") from None
 
     def _check_missing(self, msg: Missing) -> None:
         _require(all(d in self._pending for d in msg.digests), "names a digest that was not asked for")
@@ -347,6 +377,7 @@ class BlobTransfer:
 _CHECKS: dict[type[Message], Callable[[BlobTransfer, Message], None]] = {
     Want: BlobTransfer._check_want,  # type: ignore[dict-item]
     Chunk: BlobTransfer._check_chunk,  # type: ignore[dict-item]
+    VerifiedChunk: BlobTransfer._check_chunk,  # type: ignore[dict-item]
     Missing: BlobTransfer._check_missing,  # type: ignore[dict-item]
     Done: BlobTransfer._check_done,  # type: ignore[dict-item]
     BlobError: BlobTransfer._check_error,  # type: ignore[dict-item]
@@ -354,6 +385,7 @@ _CHECKS: dict[type[Message], Callable[[BlobTransfer, Message], None]] = {
 _RECORDS: dict[type[Message], Callable[[BlobTransfer, Message], None]] = {
     Want: BlobTransfer._record_want,  # type: ignore[dict-item]
     Chunk: BlobTransfer._record_answer,  # type: ignore[dict-item]
+    VerifiedChunk: BlobTransfer._record_answer,  # type: ignore[dict-item]
     Missing: BlobTransfer._record_answer,  # type: ignore[dict-item]
     Done: BlobTransfer._record_nothing,
     BlobError: BlobTransfer._record_error,  # type: ignore[dict-item]
@@ -364,7 +396,7 @@ class BlobFetcher(BlobTransfer):
     """Fetches ``wanted`` digests of one task, at most ``window`` in flight.
 
     Loop: write ``next_want()`` while it returns bytes; feed what arrives with
-    ``receive_data``; each ``Chunk`` from ``next_event`` is verified (store it),
+    ``receive_data``; each ``Chunk`` from ``next_event`` is a ``VerifiedChunk`` (store it),
     each ``Missing`` names digests this server will not send (try another);
     when ``complete`` (or nothing more can come), write ``finish()``.
     """
@@ -441,9 +473,11 @@ class BlobServer(BlobTransfer):
     def __init__(self, *, max_chunk: int = MAX_CHUNK_SIZE) -> None:
         super().__init__(max_frame=SERVER_MAX_FRAME, max_chunk=max_chunk)
 
-    def send_chunk(self, digest: bytes, data: bytes) -> bytes:
-        """Frame one asked chunk; LocalProtocolError(code="bad_chunk") if the data does not match."""
-        return self.send(Chunk(digest=digest, data=data))
+    def send_chunk(self, chunk: VerifiedChunk) -> bytes:
+        """Frame one asked chunk (verified when it was made: ``VerifiedChunk``, e.g. from the chunk store)."""
+        if not isinstance(chunk, VerifiedChunk):
+            raise LocalProtocolError("send_chunk takes a VerifiedChunk", code="bad_chunk")
+        return self.send(chunk)
 
     def send_missing(self, digests: Iterable[bytes]) -> bytes:
         return self.send(Missing(digests=tuple(digests)))

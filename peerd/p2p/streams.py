@@ -23,6 +23,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.peerstore import PeerStoreError
 
 from .errors import StreamError, StreamTimeout
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_READ_SIZE = 64 << 10
 RESET_TIMEOUT = 2.0
 # Errors a stream operation may raise besides our own; translated to StreamError.
-FOREIGN_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+# PeerStoreError is a KeyError, not a BaseLibp2pError: the peerstore raises it for a peer it never saw.
+FOREIGN_ERRORS = (BaseLibp2pError, PeerStoreError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def is_relayed_conn(conn: object) -> bool:

@@ -33,7 +33,7 @@ from peerd.transfer import (
     fetch,
     register_blob_protocol,
 )
-from protocol.blobxfer import BLOB_MESSAGES, CHUNK_FRAME_OVERHEAD, SERVER_MAX_FRAME, Chunk, Want
+from protocol.blobxfer import BLOB_MESSAGES, CHUNK_FRAME_OVERHEAD, SERVER_MAX_FRAME, Chunk, VerifiedChunk, Want
 from protocol.codec import FrameDecoder, decode, encode, frame
 from protocol.manifest import Manifest
 from tests.integration.faultproxy import FaultProxy, listen_socket
@@ -183,8 +183,8 @@ class ResettingStore(ChunkStore):
         super().__init__(files)
         self.proxy, self.after, self.forget, self.stored, self.resets = proxy, after, forget, 0, 0
 
-    async def put(self, digest: bytes, data: bytes) -> bool:
-        stored = await super().put(digest, data)
+    async def put_verified(self, chunk: VerifiedChunk) -> bool:
+        stored = await super().put_verified(chunk)
         self.stored += 1
         if self.stored == self.after:
             self.forget()

@@ -13,6 +13,8 @@ import pytest
 import trio
 
 from peerd.p2p.adverts import ADVERT_TOPIC
+from peerd.p2p.dialing import connect
+from peerd.p2p.errors import DialError
 from protocol.codec import decode_as, encode
 from protocol.messages import Advert, Envelope
 from protocol.signing import Signer, open_envelope, seal_bytes
@@ -218,3 +220,14 @@ async def test_advert_changes_are_paced_and_coalesced() -> None:
             timeout=5, what="the flushed advert arrives",
         )
         assert cluster.seed is not None and not await cluster.seed.service.flush_advert()
+
+
+async def test_dialling_a_peer_the_peerstore_never_saw_is_a_dial_error() -> None:
+    # libp2p's peerstore raises PeerStoreError (a KeyError, not a BaseLibp2pError) for an unknown peer:
+    # it must come out as DialError, or discovery's dial loop would die with it.
+    async with p2p_cluster() as cluster:
+        node = await cluster.start_node()
+        libp2p_node = node.service._node
+        assert libp2p_node is not None
+        with pytest.raises(DialError):
+            await connect(libp2p_node, Signer.generate().peer_id, [], timeout=2)

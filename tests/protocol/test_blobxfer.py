@@ -23,6 +23,7 @@ from protocol.blobxfer import (
     Missing,
     Role,
     State,
+    VerifiedChunk,
     Want,
 )
 from protocol.codec import CLOSED, NEED_DATA
@@ -51,7 +52,7 @@ def serve(server: BlobServer, store: dict[bytes, bytes]) -> bytes:
     absent = [d for d in server.pending if d not in store]
     for digest in server.pending:
         if digest in store:
-            out += server.send_chunk(digest, store[digest])
+            out += server.send_chunk(VerifiedChunk(digest=digest, data=store[digest]))
     if absent:
         out += server.send_missing(absent)
     return out
@@ -146,7 +147,7 @@ def test_a_resumed_transfer_asks_only_for_what_is_missing() -> None:
     server.receive_data(first.next_want() or b"")
     events(server)
     # Half the window arrives, then the stream is reset.
-    answer = b"".join(server.send_chunk(d, CHUNKS[d]) for d in server.pending[:4])
+    answer = b"".join(server.send_chunk(VerifiedChunk(digest=d, data=CHUNKS[d])) for d in server.pending[:4])
     first.receive_data(answer)
     assert len(events(first)) == 4
     got = set(CHUNKS) - set(first.missing)
@@ -265,12 +266,41 @@ def test_the_server_never_sends_data_that_does_not_match() -> None:
     server.receive_data(want_frame([digest]))
     events(server)
     with pytest.raises(LocalProtocolError) as info:
-        server.send_chunk(digest, data + b"x")
+        server.send_chunk(VerifiedChunk(digest=digest, data=data + b"x"))  # no such thing can be made
+    assert info.value.code == "bad_chunk"
+    with pytest.raises(LocalProtocolError) as info:
+        server.send_chunk(Chunk(digest=digest, data=data + b"x"))  # type: ignore[arg-type]
+    assert info.value.code == "bad_chunk"
+    with pytest.raises(LocalProtocolError) as info:
+        server.send(Chunk(digest=digest, data=data + b"x"))  # a plain Chunk is always hashed
     assert info.value.code == "bad_chunk"
     assert server.pending == (digest,)  # unchanged: the real data can still go
-    assert server.send_chunk(digest, data)
+    assert server.send_chunk(VerifiedChunk(digest=digest, data=data))
     with pytest.raises(LocalProtocolError):
-        server.send_chunk(digest, data)  # answered once only
+        server.send_chunk(VerifiedChunk(digest=digest, data=data))  # answered once only
+
+
+def test_the_fetcher_hands_out_each_received_chunk_as_verified_hashing_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    digest, data = blob(2)
+    fetcher = BlobFetcher("t", [digest])
+    server = BlobServer()
+    server.receive_data(fetcher.next_want() or b"")
+    events(server)
+    wire = server.send_chunk(VerifiedChunk(digest=digest, data=data))
+    calls: list[int] = []
+    real = hashlib.sha256
+
+    def counting(data: bytes) -> hashlib._Hash:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    fetcher.receive_data(wire)
+    [event] = events(fetcher)
+    assert type(event) is VerifiedChunk and (event.digest, event.data) == (digest, data)
+    assert calls == [len(data)]
 
 
 def test_messages_outside_the_table_are_unexpected() -> None:
