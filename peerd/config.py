@@ -100,6 +100,7 @@ class RelayConfig:
     max_reservations: int = 32  # reservations a relay holds for others
     circuit_bytes: int = 1 << 30  # bytes per relayed connection, both directions together
     circuit_duration: float = 3600.0  # lifetime of a relayed connection
+    allow_data: bool = False  # job data (blob streams) may go over a connection that runs only through a relay
 
 
 RELAY_SERVE = ("auto", "on", "off")
@@ -321,7 +322,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                     "peer_wait": _grace}),
     "relay": (RelayConfig, {"serve": _relay_serve, "reservations": _at_least_one,
                             "max_reservations": _at_least_one, "circuit_bytes": _size,
-                            "circuit_duration": _timeout}),
+                            "circuit_duration": _timeout, "allow_data": _bool}),
     "metrics": (MetricsConfig, {"listen": _str}),
     "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
@@ -488,6 +489,9 @@ reservations = 2
 max_reservations = 32
 circuit_bytes = "1G"
 circuit_duration = "1h"
+# Job data (inputs, outputs, images) goes only over a direct connection (after
+# trying hole punching); true lets it go through a relay, within the limits above.
+allow_data = false
 
 [metrics]
 # Prometheus endpoint on loopback, e.g. "127.0.0.1:9464"; empty = off.

@@ -1,8 +1,11 @@
 """`peerd doctor`: can this host provide? Each check says what it found and, when it
 fails, what to do about it in plain words. The CLI prints them; nothing here prints.
 
-Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk.
-A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup.
+Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk, then
+reachability: whether peers can dial this node, which only a running daemon knows
+(its dial-back check, ``peerd.p2p.reachability``); without one it says "unknown".
+A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup. A relayed
+node passes too (it takes small jobs through its relays); an unreachable one fails.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.resources import disk_free, existing_ancestor
+from protocol.reachability import HINTS, Reachability
 
 MIN_API_VERSION = (1, 40)  # DeviceRequests (GPUs by UUID) arrived with API 1.40 / Docker 19.03
 GiB = 1 << 30
@@ -126,6 +130,23 @@ CHECKS: tuple[Callable[[Findings], Check], ...] = (
 )
 
 
+NO_DAEMON = "unknown: start the daemon (peerd run); only a running node can ask its peers to dial it back"
+
+
+def check_reachability(state: Reachability | None, relays: int = 0) -> Check:
+    """Whether peers can dial this node, as the daemon's dial-back check found (None: no daemon)."""
+    if state is None:
+        return Check("reachability", True, NO_DAEMON)
+    hint = HINTS[state]
+    if state is Reachability.PUBLIC:
+        return Check("reachability", True, f"public: {hint}")
+    if state is Reachability.RELAYED:
+        return Check("reachability", True, f"relayed through {relays} relay(s): {hint}")
+    if state is Reachability.UNKNOWN:
+        return Check("reachability", True, f"unknown: the daemon is still checking ({hint})")
+    return Check("reachability", False, "unreachable: no peer could dial this node and no relay holds it", hint)
+
+
 async def run_checks(
     docker_base_url: str | None,
     home: Path,
@@ -148,9 +169,12 @@ def check_view(check: Check) -> DoctorCheck:
                        detail=check.detail if check.ok else f"{check.detail} — {check.fix}")
 
 
-async def doctor_views(config: Config) -> list[DoctorCheck]:
-    """Every check for the node ``config`` describes, as views."""
-    return [check_view(c) for c in await run_checks(config.resources.docker_url or None, config.home)]
+async def doctor_views(
+    config: Config, reachability: Reachability | None = None, relays: int = 0,
+) -> list[DoctorCheck]:
+    """Every check for the node ``config`` describes, as views; ``reachability`` is the daemon's (None: none)."""
+    checks = await run_checks(config.resources.docker_url or None, config.home)
+    return [check_view(c) for c in [*checks, check_reachability(reachability, relays)]]
 
 
 def run_in_process(config: Config) -> list[DoctorCheck]:

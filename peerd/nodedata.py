@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol.blobxfer import BLOB_PROTOCOL
-
 from .blobstore import ChunkStore
 from .config import Config
 from .jobdata import OutputRetention, ProviderData
@@ -26,7 +24,7 @@ from .p2p.service import P2PService
 from .requestdata import RequesterData
 from .store import Store
 from .taskwire import ByteStream
-from .transfer import BlobService, lease_access, register_blob_protocol
+from .transfer import BlobService, blob_opener, lease_access, register_blob_protocol
 from .wiring import chunk_store_from, data_settings_from
 
 
@@ -50,7 +48,7 @@ class BlobDialer:
 
     async def __call__(self, peer: str) -> ByteStream:
         assert self.p2p is not None, "BlobDialer used before p2p started"
-        return await self.p2p.open_stream(peer, BLOB_PROTOCOL)
+        return await blob_opener(self.p2p)(peer)  # direct only, unless [relay] allow_data
 
 
 @dataclass(frozen=True, slots=True)

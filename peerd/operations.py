@@ -45,6 +45,7 @@ from .executor.gpus import CapacityLedger
 from .lifecycle import Lifecycle, RunState
 from .metrics import NodeSample, gpu_leases, status_counters
 from .p2p.reachability import ReachabilityView
+from .p2p.relay import relay_of
 from .requestdata import InputError, InputSource
 from .services import Services
 from .store import TaskRecord, TaskRole
@@ -130,7 +131,8 @@ class Operations:
     async def doctor(self) -> list[DoctorCheck]:
         from .doctor import doctor_views  # docker and NVML probes: loaded when asked for
 
-        return await doctor_views(self.state.config)
+        seen = self.services.p2p.reachability()
+        return await doctor_views(self.state.config, seen.state, len({relay_of(a) for a in seen.relay_addrs}))
 
     async def drain(self) -> DrainView:
         running = self.lifecycle.drain()

@@ -104,6 +104,17 @@ class TransferIncomplete(TransferError):
         self.report = report
 
 
+class RelayedTransfer(TransferError):
+    """The peer is reachable only through a relay, hole punching failed, and ``[relay] allow_data`` is off."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(
+            f"peer …{peer[-8:]} is reachable only through a relay and hole punching found no direct path; "
+            "job data does not go through relays unless [relay] allow_data = true"
+        )
+        self.peer = peer
+
+
 class _Misbehaved(Exception):
     """The peer broke the protocol (a bad chunk above all): drop it."""
 
@@ -220,6 +231,9 @@ class _Fetch:
         """One stream to ``peer`` for ``ask``; why it failed if it may be tried again. Drops a peer that earned it."""
         try:
             await self.session(peer, ask, progress)
+        except RelayedTransfer as exc:  # trying again would find the same path
+            self.report.dropped.setdefault(peer, str(exc))
+            log.info("blob peer …%s for task %s: %s", peer[-8:], self.task_id, exc)
         except (PeerGone, PeerTimeout, P2PError) as exc:
             return f"unreachable: {exc}"
         except _Refused as exc:
@@ -460,15 +474,33 @@ def register_blob_protocol(
 
 
 def blob_opener(p2p: P2PService, addrs: dict[str, list[str]] | None = None) -> OpenStream:
-    """``open_stream`` for ``fetch`` over ``p2p`` (dialling with ``addrs[peer]`` when given)."""
+    """``open_stream`` for ``fetch`` over ``p2p`` (dialling with ``addrs[peer]`` when given).
+
+    Job data never goes through a relay unless ``[relay] allow_data``: a
+    stream that opened on a relayed connection is reset, ``p2p.try_direct``
+    tries hole punching (bounded), and the stream is opened again on the
+    direct connection; when there is none, ``RelayedTransfer`` (the fetch
+    drops the peer at once with that reason).
+    """
 
     async def open_stream(peer: str) -> ByteStream:
-        return await p2p.open_stream(peer, BLOB_PROTOCOL, (addrs or {}).get(peer))
+        if not p2p.relay.allow_data and p2p.is_relayed(peer):
+            await p2p.try_direct(peer)  # one try per peer at a time: the other streams wait for it
+        for last_try in (False, True):
+            stream = await p2p.open_stream(peer, BLOB_PROTOCOL, (addrs or {}).get(peer))
+            if p2p.relay.allow_data or not stream.relayed:
+                p2p.note_data_stream(stream.relayed)
+                return stream
+            await _close(stream, clean=False)
+            if last_try or not await p2p.try_direct(peer):
+                break
+        raise RelayedTransfer(peer)
 
     return open_stream
 
 
 __all__ = [
-    "BLOB_PROTOCOL", "Access", "BlobService", "FetchReport", "OpenStream", "ServeCounters", "TransferError",
+    "BLOB_PROTOCOL", "Access", "BlobService", "FetchReport", "OpenStream", "RelayedTransfer", "ServeCounters",
+    "TransferError",
     "TransferIncomplete", "blob_opener", "fetch", "lease_access", "register_blob_protocol", "serve_blobs",
 ]

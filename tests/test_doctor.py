@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from peerd.doctor import Check, run_checks
+from peerd.doctor import Check, check_reachability, check_view, run_checks
 from peerd.nvml import FakeNvml
+from protocol.reachability import HINTS, Reachability
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
@@ -41,3 +42,18 @@ async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: P
 async def test_low_disk_fails(tmp_path: Path) -> None:
     checks = by_name(await run_checks(None, tmp_path, min_disk_free=1 << 60))
     assert not checks["disk"].ok and checks["disk"].fix
+
+
+def test_reachability_passes_public_and_relayed_and_fails_unreachable_with_the_hint() -> None:
+    assert check_reachability(Reachability.PUBLIC).ok
+    relayed = check_reachability(Reachability.RELAYED, relays=2)
+    assert relayed.ok and "2 relay(s)" in relayed.detail and HINTS[Reachability.RELAYED] in relayed.detail
+    unreachable = check_reachability(Reachability.UNREACHABLE)
+    assert not unreachable.ok and unreachable.fix == HINTS[Reachability.UNREACHABLE]
+    assert "forward the listen port" in check_view(unreachable)["detail"]  # the fix follows the failure
+    assert check_reachability(Reachability.UNKNOWN).detail.startswith("unknown: the daemon is still checking")
+
+
+def test_without_a_daemon_reachability_is_unknown() -> None:
+    check = check_reachability(None)
+    assert check.ok and check.detail.startswith("unknown: start the daemon")

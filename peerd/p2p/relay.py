@@ -12,7 +12,20 @@ dials such an address itself (defect 16 in docs/py-libp2p.md), so
 ``want`` relays (seeds first, then any peer that answers the HOP protocol),
 refreshes each before it expires, notices within ``CHECK`` seconds that a
 relay's connection is gone and moves to another, and calls ``changed`` so the
-advert is re-published with the new relayed addresses.
+advert is re-published with the new relayed addresses. A link that dies
+silently (a pulled cable, a router that forgets the mapping: no reset, the
+connection looks open for many minutes) is found by a liveness check: each
+relay held is pinged (``/ipfs/ping/1.0.0``) every ``LIVENESS`` seconds, and
+one that does not answer within ``PING_TIMEOUT`` is disconnected and left.
+
+``DirectUpgrade`` turns a relayed connection into a direct one before job data
+moves (``P2PService.try_direct``): the library's DCUtR (``dcutr.py``), whose
+``initiate_hole_punch`` first dials the peer's direct addresses, then
+exchanges observed addresses through the relay and dials both ways at once
+(TCP simultaneous open from the listen port). Its service loop is not run:
+that would hole-punch every relayed peer every 2 s; only its stream handler
+is installed (so peers can punch to us) and tries are made on demand,
+bounded, one per peer at a time, and not repeated within ``DIRECT_RETRY``.
 """
 
 from __future__ import annotations
@@ -26,8 +39,10 @@ import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL, perform_ping_roundtrip
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig as LibRelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL, DCUtRProtocol
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId as CircuitPeerId
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL, CircuitV2Protocol
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
@@ -47,6 +62,11 @@ CHECK = 1.0  # how often reservations are checked: a lost relay is replaced with
 REFRESH_AT = 0.5  # refresh a reservation once half its lifetime is gone
 RETRY_AFTER = 10.0  # a relay that refused or failed is left alone this long
 MAX_CIRCUITS_PER_PEER = 8
+LIVENESS = 10.0  # a relay held is pinged this often ...
+PING_TIMEOUT = 5.0  # ... and left when it does not answer within this (a silent death: moved within ~17 s)
+DIRECT_TIMEOUT = 20.0  # one try_direct at most: a dial of direct addresses, then up to 3 hole-punch rounds
+DIRECT_RETRY = 30.0  # after a failed try, the same peer is not tried again for this long
+DIRECT_DIAL_TIMEOUT = 5  # each dial of a hole-punch round (the library's default is 10 s)
 
 
 def relay_of(addr: str) -> str | None:
@@ -148,6 +168,7 @@ class Reservations:
     timeout: float
     held: dict[str, Reservation] = field(default_factory=dict)
     _failed: dict[str, float] = field(default_factory=dict)
+    _alive: dict[str, float] = field(default_factory=dict)  # relay -> trio time it last answered (or was reserved)
     moves: int = 0
 
     def _known_addrs(self, relay: str, given: Sequence[str]) -> list[str]:
@@ -185,10 +206,43 @@ class Reservations:
                 self._failed[relay] = trio.current_time()
                 self.moves += 1
         if self.needed():
+            await self._check_alive()
             await self._refresh(now)
             await self._fill()
         if set(self.held) != before:
             self.changed()
+
+    async def _check_alive(self) -> None:
+        """Ping every relay held whose last answer is ``LIVENESS`` old, at once; leave those that do not answer."""
+        due = [r for r in self.held if trio.current_time() - self._alive.get(r, -LIVENESS) >= LIVENESS]
+        silent: list[str] = []
+        async with trio.open_nursery() as nursery:
+            for relay in due:
+                nursery.start_soon(self._ping, relay, silent)
+        for relay in silent:
+            log.warning("relay …%s does not answer pings; moving to another", short(relay))
+            self.held.pop(relay, None)
+            self._failed[relay] = trio.current_time()
+            self.moves += 1
+            with trio.move_on_after(PING_TIMEOUT):  # closing a dead link must not hang us
+                try:
+                    await self.host.disconnect(ID.from_base58(relay))
+                except FOREIGN_ERRORS as exc:
+                    log.debug("closing the connection to relay …%s: %s", short(relay), exc)
+
+    async def _ping(self, relay: str, silent: list[str]) -> None:
+        try:
+            with trio.fail_after(PING_TIMEOUT):
+                stream = await self.host.new_stream(ID.from_base58(relay), [PING_PROTOCOL])
+                try:
+                    await perform_ping_roundtrip(stream)
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await stream.reset()
+            self._alive[relay] = trio.current_time()
+        except (trio.TooSlowError, ValueError, *FOREIGN_ERRORS) as exc:
+            log.debug("ping to relay …%s failed: %r", short(relay), exc)
+            silent.append(relay)
 
     async def _refresh(self, now: float) -> None:
         for relay, res in list(self.held.items()):
@@ -211,7 +265,55 @@ class Reservations:
                 if not res.addrs:  # the relay did not say: the addresses we know it by
                     res.addrs = tuple(self._known_addrs(relay, addrs))
                 self.held[relay] = res
+                self._alive[relay] = trio.current_time()
                 log.info("reserved on relay …%s (%s)", short(relay), ", ".join(res.addrs))
             except DialError as exc:
                 log.debug("no reservation on …%s: %s", short(relay), exc)
                 self._failed[relay] = trio.current_time()
+
+
+class DirectUpgrade:
+    """On-demand DCUtR: ``attempt(peer)`` answers whether a direct connection is open afterwards."""
+
+    COUNTERS = ("direct_upgrades", "direct_upgrade_failures")
+
+    def __init__(self, host: IHost, has_direct: Callable[[str], bool], *, timeout: float = DIRECT_TIMEOUT) -> None:
+        self._dcutr = DCUtRProtocol(host, dial_timeout=DIRECT_DIAL_TIMEOUT)
+        # the library's handler catches everything itself and closes its stream (like the relay's, defect 16)
+        host.set_stream_handler(DCUTR_PROTOCOL, self._dcutr._handle_dcutr_stream)
+        self._has_direct = has_direct
+        self._timeout = timeout
+        self._locks: dict[str, trio.Lock] = {}
+        self._failed: dict[str, float] = {}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
+
+    async def attempt(self, peer: str) -> bool:
+        if self._has_direct(peer):
+            return True
+        lock = self._locks.setdefault(peer, trio.Lock())
+        try:
+            async with lock:
+                return self._has_direct(peer) or await self._try(peer)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(peer, None)  # kept only while someone uses it
+
+    async def _try(self, peer: str) -> bool:
+        now = trio.current_time()
+        self._failed = {p: t for p, t in self._failed.items() if now - t < DIRECT_RETRY}  # bounded by recent tries
+        if peer in self._failed:
+            return False
+        with trio.move_on_after(self._timeout):
+            try:
+                await self._dcutr.initiate_hole_punch(ID.from_base58(peer))
+            except FOREIGN_ERRORS as exc:  # it catches most itself; a closing host raises the rest
+                log.debug("hole punching to …%s failed: %s", short(peer), exc)
+        took = trio.current_time() - now
+        if self._has_direct(peer):
+            self.counters["direct_upgrades"] += 1
+            log.info("direct connection to …%s after %.1fs (hole punching)", short(peer), took)
+            return True
+        self.counters["direct_upgrade_failures"] += 1
+        self._failed[peer] = trio.current_time()
+        log.info("no direct connection to …%s after %.1fs: it stays relayed", short(peer), took)
+        return False

@@ -21,7 +21,9 @@ dial-back through its peers); one that they cannot keeps reservations on
 ``relay.reservations`` relays (``relay.Reservations``) and advertises its
 circuit addresses instead of its own. ``reachability()`` is the view
 ``peerd status`` shows; ``is_relayed(peer)`` says whether our connection to a
-peer goes through a relay (large transfers must not). A seed's multiaddr
+peer goes through a relay (large transfers must not), and ``try_direct(peer)``
+tries to replace such a connection by a direct one (``relay.DirectUpgrade``:
+DCUtR hole punching, bounded) before job data moves. A seed's multiaddr
 (``listen_addrs()``) is stable across restarts when it keeps its key and a
 fixed port.
 """
@@ -34,7 +36,7 @@ import time
 from collections.abc import Sequence
 
 import trio
-from libp2p.abc import ISubscriptionAPI
+from libp2p.abc import INetConn, ISubscriptionAPI
 from libp2p.custom_types import TProtocol
 from libp2p.utils.address_validation import expand_wildcard_address
 
@@ -52,7 +54,7 @@ from .errors import NotRunning
 from .events import ConnectionEvents
 from .host import Libp2pNode, open_node
 from .reachability import Prober, ReachabilityView, ask_dialback, serve_dialback, view
-from .relay import Reservations
+from .relay import DirectUpgrade, Reservations
 from .streams import Stream, StreamHandler, guard_handler, is_relayed_conn
 from .sync import SYNC_PROTOCOL, AdvertSync
 
@@ -99,11 +101,12 @@ class P2PService:
         self._sync: AdvertSync | None = None
         self._discovery: Discovery | None = None
         self._events: ConnectionEvents | None = None
-        self._own_counters = {"handler_errors": 0}
+        self._own_counters = {"handler_errors": 0, "data_streams_direct": 0, "data_streams_relayed": 0}
         self.relay = relay or RelayConfig()
         self.serves_relay = self.relay.serve == "on" or (self.relay.serve == "auto" and seed)
         self._prober: Prober | None = None
         self._reservations: Reservations | None = None
+        self._direct: DirectUpgrade | None = None
 
     # ------------------------------------------------------------ read API
     @property
@@ -135,10 +138,29 @@ class P2PService:
 
     def is_relayed(self, peer_id: str) -> bool:
         """True when every open connection to ``peer_id`` goes through a relay (False: direct or none)."""
-        if self._node is None:
-            return False
-        conns = [c for c in self._node.host.get_network().connections.get(to_id(peer_id), []) if not c.is_closed]
+        conns = self._open_conns(peer_id)
         return bool(conns) and all(is_relayed_conn(c) for c in conns)
+
+    def has_direct(self, peer_id: str) -> bool:
+        """True when some open connection to ``peer_id`` does not go through a relay."""
+        return any(not is_relayed_conn(c) for c in self._open_conns(peer_id))
+
+    def _open_conns(self, peer_id: str) -> list[INetConn]:
+        if self._node is None:
+            return []
+        return [c for c in self._node.host.get_network().connections.get(to_id(peer_id), []) if not c.is_closed]
+
+    async def try_direct(self, peer_id: str) -> bool:
+        """Best effort, bounded (``relay.DIRECT_TIMEOUT``): a direct connection to a peer we reach through a
+        relay, by DCUtR hole punching. True when one is open afterwards (at once when one already is)."""
+        self._require()
+        if self._direct is None:
+            return self.has_direct(peer_id)
+        return await self._direct.attempt(peer_id)
+
+    def note_data_stream(self, relayed: bool) -> None:
+        """Count a job-data stream by the path it took (``transfer.blob_opener``), for status and tests."""
+        self._own_counters["data_streams_relayed" if relayed else "data_streams_direct"] += 1
 
     def advertised_addrs(self) -> list[str]:
         """What our advert carries: our circuit addresses while peers cannot dial us, else listen_addrs()."""
@@ -176,6 +198,7 @@ class P2PService:
         out["reachable"] = 1 if self._prober is not None and self._prober.dialable else 0
         out["relays_held"] = len(self._reservations.held) if self._reservations is not None else 0
         out["relay_moves"] = self._reservations.moves if self._reservations is not None else 0
+        out.update(self._direct.counters if self._direct is not None else dict.fromkeys(DirectUpgrade.COUNTERS, 0))
         return out
 
     @property
@@ -279,6 +302,7 @@ class P2PService:
             lambda: self._prober is not None and self._prober.dialable is False and not self.serves_relay,
             self.advert_changed, self.net.connect_timeout,
         )
+        self._direct = DirectUpgrade(node.host, self.has_direct)
         for protocol_id, handler in self._handlers.items():
             self._install(node, protocol_id, handler)
         node.pubsub.set_topic_validator(

@@ -20,7 +20,8 @@ Faults, all inside the namespaces:
                                   bridge of its own (10.78.<n>.0/24) behind
                                   MASQUERADE, with IP forwarding; hosts behind
                                   it reach the public side, nobody there can
-                                  open a connection to them
+                                  open a connection to them (dropped, as home
+                                  routers do; TCP hole punching gets through)
     intercept(host, port)         NAT in the host's namespace sends all its TCP
                                   connections with the other hosts (both
                                   directions) to ``port`` in that namespace,
@@ -212,15 +213,25 @@ class TestNetwork:
         self.hosts[name] = host
         return host
 
-    def add_router(self, name: str) -> Router:
-        """A home router on the bridge: MASQUERADE out of eth0, forwarding on, a LAN bridge ``lan0``."""
+    def add_router(self, name: str, *, drop_unsolicited: bool = True, symmetric: bool = False) -> Router:
+        """A home router on the bridge: MASQUERADE out of eth0, forwarding on, a LAN bridge ``lan0``.
+
+        Like most home routers it silently drops TCP connections nobody inside
+        asked for (``drop_unsolicited``); without that its kernel answers them
+        with a reset, which also tears down the mapping a hole punch is opening.
+        ``symmetric``: every connection out gets a random public port (a
+        carrier-grade or "symmetric" NAT), which no hole punch gets through.
+        """
         host = self.add_host(name)
         router = Router(host, len(self.routers) + 1)
         sh("ip", "-n", host.netns, "link", "add", "lan0", "type", "bridge")
         sh("ip", "-n", host.netns, "addr", "add", f"{router.gateway}/{PREFIX_LEN}", "dev", "lan0")
         sh("ip", "-n", host.netns, "link", "set", "lan0", "up")
         host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        host.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE")
+        host.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE",
+                      *(["--random-fully"] if symmetric else []))
+        if drop_unsolicited:
+            host.iptables("-A", "INPUT", "-i", "eth0", "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
         self.routers[name] = router
         return router
 
@@ -398,7 +409,9 @@ class NetnsDevNet(DevNet):
         )
 
     def command(self, node: NodeProc) -> list[str]:
-        return [*self.host(node.name).exec_prefix(), *super().command(node)]
+        # nsenter --net, not ip netns exec: that also gives the process a mount namespace of its own, so the
+        # tmpfs a provider mounts on a job's /out would be invisible to dockerd (the job could not write it)
+        return ["nsenter", f"--net=/run/netns/{self.host(node.name).netns}", *super().command(node)]
 
 
 @contextmanager
@@ -424,10 +437,9 @@ def cli_json(node: NodeProc, *args: str) -> object:
     return json.loads(out.stdout)
 
 
-def submit(node: NodeProc, script: str, *, wait: bool) -> dict[str, object]:
-    """``peerd submit`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
-    flags = ["--wait"] if wait else []
-    view = cli_json(node, "submit", "--image", IMAGE, *flags, "--", "sh", "-c", script)
+def submit(node: NodeProc, script: str, *, wait: bool, flags: Sequence[str] = ()) -> dict[str, object]:
+    """``peerd submit [flags]`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
+    view = cli_json(node, "submit", "--image", IMAGE, *(["--wait"] if wait else []), *flags, "--", "sh", "-c", script)
     assert isinstance(view, dict)
     return view
 

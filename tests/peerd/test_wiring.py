@@ -82,6 +82,7 @@ reservations = 3
 max_reservations = 16
 circuit_bytes = "2G"
 circuit_duration = "2h"
+allow_data = true
 [requester]
 max_attempts = 5
 placement_deadline = "90s"
@@ -174,6 +175,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "relay.max_reservations": lambda b: b.p2p.relay.max_reservations,  # relay.build_relay's RelayLimits
     "relay.circuit_bytes": lambda b: b.p2p.relay.circuit_bytes,
     "relay.circuit_duration": lambda b: b.p2p.relay.circuit_duration,
+    "relay.allow_data": lambda b: b.p2p.relay.allow_data,  # read by transfer.blob_opener
     "requester.max_attempts": lambda b: b.requester.max_attempts,
     "requester.placement_deadline": lambda b: b.requester.placement_deadline,
     "requester.offer_hold": lambda b: b.provider.offer_hold,
