@@ -83,6 +83,7 @@ async def test_the_page_renders_escapes_job_output_and_shows_an_unreachable_daem
         wait_for(driver, "the capacity panel", lambda d: "2.00 leased / 8.00" in text_of(d, "capacity-body"))
         wait_for(driver, "both tasks", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-rows tr")) == 2)
         assert text_of(driver, "peer-rows").count("0.0100") == 1  # the peer's CPU-hour price
+        assert "0.75" in text_of(driver, "peer-rows")  # its reputation score (the stub's)
         driver.find_element(By.CSS_SELECTOR, f'#task-rows tr[data-task-id="{evil.task_id}"]').click()  # type: ignore[attr-defined]
         wait_for(driver, "the job's output", lambda d: "second line" in text_of(d, "log"))
         wait_for(driver, "the attempts", lambda d: "succeeded" in text_of(d, "attempt-rows"))

@@ -135,7 +135,10 @@ function renderPeers() {
     const a = p.advert || {};
     const gpus = Array.isArray(a.gpus) ? a.gpus : [];
     const models = gpus.map((g) => g.model).join(", ");
-    const score = typeof p.score === "number" ? p.score.toFixed(2) : (typeof a.score === "number" ? a.score.toFixed(2) : "—");
+    const rep = p.reputation || {};
+    const score = typeof rep.score === "number"
+      ? rep.score.toFixed(2) + (rep.distrusted ? " !" : rep.newcomer ? " new" : "")
+      : "—";
     return el("tr", null,
       el("td", { cls: "mono", title: p.peer_id }, short(p.peer_id)),
       el("td", null, (typeof a.free_cpus === "number" ? a.free_cpus : "—") + " / " + (typeof a.cpus === "number" ? a.cpus : "—")),
