@@ -29,10 +29,7 @@ import trio
 from protocol.manifest import FileEntry, Manifest, chunk_count
 
 from .errors import PeerdError
-
-DIR_MODE = 0o755
-FILE_MODE = 0o644
-EXEC_MODE = 0o755
+from .safefiles import create
 
 
 class StagingError(PeerdError):
@@ -43,36 +40,6 @@ class ChunkSource(Protocol):
     """What staging reads from: ``peerd.blobstore.ChunkStore`` fits."""
 
     async def get(self, digest: bytes) -> bytes | None: ...
-
-
-def file_mode(mode: int) -> int:
-    return EXEC_MODE if mode & 0o111 else FILE_MODE
-
-
-def _open_dir(parent: int, name: str) -> int:
-    """Blocking: the directory ``name`` below ``parent`` (created if missing), never through a link."""
-    try:
-        os.mkdir(name, DIR_MODE, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-
-
-def _create(root: int, entry: FileEntry) -> int:
-    """Blocking: a new file for ``entry`` below the directory ``root``; its descriptor."""
-    *dirs, name = entry.path.split("/")
-    fd = os.dup(root)
-    try:
-        for part in dirs:
-            inner = _open_dir(fd, part)
-            os.close(fd)
-            fd = inner
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        out = os.open(name, flags, file_mode(entry.mode), dir_fd=fd)
-        os.fchmod(out, file_mode(entry.mode))  # the umask may have taken bits away
-        return out
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -89,7 +56,7 @@ async def _write_file(root: int, entry: FileEntry, chunk_size: int, store: Chunk
     if len(entry.chunks) != chunk_count(entry.size, chunk_size):
         raise StagingError(f"{entry.path}: {len(entry.chunks)} chunks for {entry.size} bytes")
     try:
-        fd = await trio.to_thread.run_sync(_create, root, entry)
+        fd = await trio.to_thread.run_sync(create, root, entry)
     except OSError as exc:
         raise StagingError(f"{entry.path}: cannot create: {exc}") from exc
     try:

@@ -28,20 +28,11 @@ from protocol.manifest import FileEntry, Manifest, decode_manifest, manifest_id
 from protocol.messages import Receipt, ReceiptTerms
 
 from .errors import PeerdError
-
-DIR_MODE = 0o755
+from .safefiles import create
 
 
 class UnpackError(PeerdError):
     """The outputs do not match what the receipt and the manifest promise, or cannot be written."""
-
-
-def _open_dir(parent: int, name: str) -> int:
-    try:
-        os.mkdir(name, DIR_MODE, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
 
 
 class OutputWriter:
@@ -83,20 +74,10 @@ class OutputWriter:
         self._entry = None
 
     def _open_file(self, entry: FileEntry) -> None:
-        *dirs, name = entry.path.split("/")
-        fd = os.dup(self._root)
         try:
-            for part in dirs:
-                inner = _open_dir(fd, part)
-                os.close(fd)
-                fd = inner
-            mode = 0o755 if entry.mode & 0o111 else 0o644
-            self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                               dir_fd=fd)
+            self._fd = create(self._root, entry)
         except OSError as exc:
             raise UnpackError(f"{self.dest / entry.path}: cannot create: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
         self._entry, self._left, self._chunk, self._in_chunk = entry, entry.size, 0, 0
         self._hash = hashlib.sha256()
 
