@@ -27,7 +27,7 @@ from peerd.unpack import expected_output_id
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-INPUT_BYTES = 24 << 20
+INPUT_BYTES = 50 << 20  # the 50 MiB
 PROVIDER_QUOTA = "200M"
 SCRIPT = (
     "cd /inputs/data && find . -type f | sort | xargs sha256sum > /out/sums.txt && "
