@@ -227,7 +227,10 @@ class TestNetwork:
         sh("ip", "-n", host.netns, "link", "add", "lan0", "type", "bridge")
         sh("ip", "-n", host.netns, "addr", "add", f"{router.gateway}/{PREFIX_LEN}", "dev", "lan0")
         sh("ip", "-n", host.netns, "link", "set", "lan0", "up")
-        host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # A new namespace inherits init_net's IPv4 settings, and dockerd has set ip_forward there; write it only
+        # if it is off (inside a container /proc/sys is read-only, so the write would fail for nothing).
+        if host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() != "1":
+            host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         host.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE",
                       *(["--random-fully"] if symmetric else []))
         if drop_unsolicited:
