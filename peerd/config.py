@@ -59,7 +59,7 @@ class PolicyConfig:
     max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
     max_memory: int = 0
     max_concurrent: int = 8
-    offers_per_peer: int = 2
+    offers_per_peer: int = 16  # open negotiations per requester peer (an offer holds no capacity)
     lapsed_offers: int = 3
 
 
@@ -444,7 +444,7 @@ max_cpus = 0
 max_memory = 0
 max_concurrent = 8
 # Per requester peer: offers open at once, and offers let lapse unaccepted (decaying) before "busy".
-offers_per_peer = 2
+offers_per_peer = 16
 lapsed_offers = 3
 
 [limits]

@@ -23,7 +23,7 @@ _FORGET_BELOW = 0.05  # a score this small is dropped
 
 @dataclass(frozen=True)
 class GuardLimits:
-    offers_per_peer: int = 2
+    offers_per_peer: int = 16
     lapse_limit: int = 3
     half_life: float = 600.0  # seconds
     max_peers: int = 4096

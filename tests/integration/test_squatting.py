@@ -36,7 +36,8 @@ class PatientNet(DevNet):
     """Providers that never tire of the squatter (a high ``lapsed_offers``), so it holds offers throughout."""
 
     def config_text(self, node: NodeProc) -> str:
-        return super().config_text(node).replace("[policy]\n", "[policy]\nlapsed_offers = 1000\n", 1)
+        bounds = "[policy]\nlapsed_offers = 1000\noffers_per_peer = 2\n"
+        return super().config_text(node).replace("[policy]\n", bounds, 1)
 
 
 @pytest.fixture

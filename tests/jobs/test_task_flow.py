@@ -77,7 +77,8 @@ async def task_pair(
             provider = Provider(
                 signer=psigner, ledger=ledger, runner=runner,
                 settings=ProviderSettings(price_cpu_hour=0.01, price_gpu_hour=1.0, policy=policy,
-                                          gpu_runtime=gpus > 0, keepalive=1.0, io_timeout=10),
+                                          gpu_runtime=gpus > 0, keepalive=1.0, io_timeout=10,
+                                          offers_per_peer=2),  # the squatter test's bound
             )
 
             @asynccontextmanager
