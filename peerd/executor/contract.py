@@ -108,6 +108,31 @@ def _check_inputs(inputs: tuple[InputMount, ...]) -> None:
                 raise InvalidSpec(f"input targets {one.target!r:.80} and {other.target!r:.80} overlap")
 
 
+@dataclass(frozen=True)
+class OverlayPeer:
+    """Another member of this job's gang, as WireGuard sees it."""
+
+    public_key: str  # WireGuard's base64 text form of a 32-byte X25519 public key
+    endpoint: str  # "host:port": the UDP underlay address of that member's provider
+    address: str  # that member's overlay IPv4 address, e.g. "10.99.0.2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OverlaySpec:
+    """The gang's private network, as this rank's container gets it: one WireGuard interface
+    and nothing else (no bridge, no host network). Built by the provider from the signed lease;
+    realised by the executor (``peerd.overlay``)."""
+
+    interface: str = "peerd0"  # the name inside the container
+    address: str  # this rank's overlay address with prefix, e.g. "10.99.0.1/24"
+    private_key: str  # base64 X25519 private key; never logged
+    listen_port: int  # UDP port on the provider's host (the endpoint this provider signed)
+    peers: tuple[OverlayPeer, ...]
+
+    def __repr__(self) -> str:
+        return f"OverlaySpec(interface={self.interface!r}, address={self.address!r}, peers={len(self.peers)})"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """One job, exactly as leased. ``env`` may be given as a mapping; it is stored as sorted pairs."""
@@ -124,6 +149,7 @@ class RunSpec:
     timeout: float  # wall-clock seconds
     user: str | None = NOBODY
     inputs: tuple[InputMount, ...] = ()  # read-only host directories
+    overlay: OverlaySpec | None = None  # a gang member: its only network (``network`` must be False)
 
     def __post_init__(self) -> None:
         check_name("task id", self.task_id)
@@ -151,6 +177,8 @@ class RunSpec:
             raise InvalidSpec(f"bad user {self.user!r}")
         object.__setattr__(self, "inputs", tuple(self.inputs))
         _check_inputs(self.inputs)
+        if self.overlay is not None and self.network:
+            raise InvalidSpec("a gang member's only network is its overlay: network must be False")
 
     @property
     def environment(self) -> dict[str, str]:
