@@ -17,9 +17,9 @@ from importlib import resources
 import h11
 import trio
 
-from ..control.ops import LogChunkView, NodeOps, OpError, TaskNotFound
-from ..errors import PeerdError
-from .routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan, refused
+from peerd.control.ops import LogChunkView, NodeOps, OpError, TaskNotFound
+from peerd.dashboard.routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan, refused
+from peerd.errors import PeerdError
 
 log = logging.getLogger(__name__)
 

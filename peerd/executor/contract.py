@@ -78,7 +78,7 @@ def _within(path: str, top: str) -> bool:
 
 @dataclass(frozen=True)
 class InputMount:
-    """A host directory the caller prepared (``peerd.staging.materialize``), mounted read-only at
+    """A host directory the caller prepared (``peerd.data.staging.materialize``), mounted read-only at
     ``target`` in the container. ``target`` is absolute and normalised, and neither inside nor
     above a reserved path (``RESERVED_PATHS``)."""
 
@@ -256,7 +256,7 @@ PullListener = Callable[[PullProgress], None]
 
 
 class OutputStore(Protocol):
-    """Where a job's outputs go: ``peerd.blobstore.ChunkStore`` fits. ``pin`` before ``put``."""
+    """Where a job's outputs go: ``peerd.data.blobstore.ChunkStore`` fits. ``pin`` before ``put``."""
 
     async def pin(self, task_id: str, digests: Iterable[bytes]) -> None: ...
 

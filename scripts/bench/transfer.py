@@ -3,7 +3,7 @@
 
 Two child processes of this script, each a real P2PService on 127.0.0.1: the
 *requester* holds the input in its chunk store (random 1 MiB chunks pinned for
-a task) and serves it; the *provider* fetches it with ``peerd.transfer.fetch``
+a task) and serves it; the *provider* fetches it with ``peerd.data.transfer.fetch``
 (4 streams) into its own chunk store. The baseline is one raw libp2p stream
 between the same two processes carrying the same number of bytes (the
 requester writes a 1 MiB buffer over and over, the provider reads to the end),
@@ -40,11 +40,11 @@ import trio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore  # noqa: E402
 from peerd.config import NetworkConfig  # noqa: E402
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore  # noqa: E402
+from peerd.data.transfer import blob_opener, fetch, register_blob_protocol  # noqa: E402
 from peerd.p2p.service import P2PService  # noqa: E402
 from peerd.p2p.streams import Stream  # noqa: E402
-from peerd.transfer import blob_opener, fetch, register_blob_protocol  # noqa: E402
 from protocol.signing import Signer  # noqa: E402
 
 MIB = 1 << 20

@@ -12,7 +12,7 @@ dial it (and, when they cannot, holds its relay reservations) it writes
 addresses its advert would carry) and runs until it is killed.
 
 ``fetch``: a real P2PService that reads that file, fetches every digest with
-``peerd.transfer.blob_opener`` (4 streams) ``--rounds`` times, each into an
+``peerd.data.transfer.blob_opener`` (4 streams) ``--rounds`` times, each into an
 empty store, and writes ``{"complete", "error", "seconds", "bytes"}`` of the
 first round, ``rounds`` (the same for each), ``paths`` (for each blob stream:
 did it run through a relay) and ``direct_upgrades`` /
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import trio
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
 from peerd.config import NetworkConfig, RelayConfig
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.transfer import OpenStream, TransferError, blob_opener, fetch, register_blob_protocol
+from peerd.jobs.taskwire import ByteStream
 from peerd.p2p.service import P2PService
-from peerd.taskwire import ByteStream
-from peerd.transfer import OpenStream, TransferError, blob_opener, fetch, register_blob_protocol
 from protocol.reachability import Reachability
 from protocol.signing import Signer
 
