@@ -16,7 +16,7 @@ It does what the CLI does, over the same control socket (``peerd.control.client`
 as ``peerd submit --input``; a path the daemon could not read raises
 ``InputError`` naming it before anything is sent. Outputs are checked against
 the task's co-signed receipt and written below the directory only
-(``peerd.unpack``). Errors are ``peerd.errors.PeerdError`` subclasses
+(``peerd.data.unpack``). Errors are ``peerd.errors.PeerdError`` subclasses
 (``ControlCallError`` carries the daemon's ``code``).
 """
 
@@ -27,14 +27,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from peerd.config import load, resolve_home
+from peerd.control.client import ControlClient
+from peerd.control.wire import to_value
+from peerd.data.unpack import download, expected_output_id, input_arg, unreadable
+from peerd.errors import PeerdError
 from protocol.jobspec import JobSpec
 from protocol.schema import Value
-
-from .config import load, resolve_home
-from .control.client import ControlClient
-from .control.wire import to_value
-from .errors import PeerdError
-from .unpack import download, expected_output_id, input_arg, unreadable
 
 
 class InputError(PeerdError):

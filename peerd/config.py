@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peerd.errors import ConfigError
+from peerd.market.offerguard import GuardLimits
+from peerd.units import format_size, parse_duration, parse_size
 from protocol.codec import DEFAULT_MAX_FRAME
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
 from protocol.roles import NodeRole
-
-from .errors import ConfigError
-from .offerguard import GuardLimits
-from .units import format_size, parse_duration, parse_size
 
 CONFIG_NAME = "config.toml"
 

@@ -32,7 +32,7 @@ manifest has one id. Rules (each failure a ``ManifestError`` with a code):
 
 Building one locally with values that break a rule raises
 ``LocalProtocolError`` with the same code. Directories are implied by paths;
-an empty directory cannot be listed. No I/O here: ``peerd.manifests`` builds a
+an empty directory cannot be listed. No I/O here: ``peerd.data.manifests`` builds a
 manifest from a directory.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from peerd.config import Config
-from peerd.drainplan import EXIT_MARGIN, drain_budget, stop_timeout
+from peerd.daemon.drainplan import EXIT_MARGIN, drain_budget, stop_timeout
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("peerd.service", "peerd-seed.service")

@@ -12,10 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..control.errors import ControlCallError, DaemonUnreachable
-from ..control.wire import BAD_ARGS
-from ..errors import PeerdError
-from .context import (
+from peerd.cli.context import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_UNREACHABLE,
@@ -23,7 +20,10 @@ from .context import (
     Context,
     UsageError,
 )
-from .parser import build_parser
+from peerd.cli.parser import build_parser
+from peerd.control.errors import ControlCallError, DaemonUnreachable
+from peerd.control.wire import BAD_ARGS
+from peerd.errors import PeerdError
 
 __all__ = ["main"]
 

@@ -1,5 +1,5 @@
 """``python -m peerd.cli``: the same as the ``peerd`` console script."""
 
-from . import main
+from peerd.cli import main
 
 raise SystemExit(main())

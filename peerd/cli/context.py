@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..config import Config, load, resolve_home
-from ..control.client import ControlClient
-from ..errors import ConfigError, PeerdError
+from peerd.config import Config, load, resolve_home
+from peerd.control.client import ControlClient
+from peerd.errors import ConfigError, PeerdError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed: job failed, not placed, unknown task…

@@ -1,7 +1,7 @@
 """Job outputs for the CLI: ``peerd get TASK [-o DIR]`` and ``peerd submit --wait --output DIR``.
 
 The daemon streams the output manifest and the files' bytes (control command
-``outputs``); ``peerd.unpack`` checks the manifest against the task's co-signed
+``outputs``); ``peerd.data.unpack`` checks the manifest against the task's co-signed
 receipt, every chunk against the manifest, and writes below DIR only. A
 progress bar (rich) shows on a terminal when a download takes longer than a
 second, never with ``--json``. The ``--json`` document carries ``outputs``:
@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peerd.cli import output
+from peerd.cli.context import EXIT_FAILED, EXIT_OK, Context
+from peerd.cli.query import expect_map
+from peerd.control.client import ControlClient
+from peerd.control.errors import ControlCallError
+from peerd.errors import PeerdError
 from protocol.schema import Value
-
-from ..control.client import ControlClient
-from ..control.errors import ControlCallError
-from ..errors import PeerdError
-from . import output
-from .context import EXIT_FAILED, EXIT_OK, Context
-from .query import expect_map
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -64,7 +63,7 @@ class _Progress:
 def fetch_outputs(ctx: Context, client: ControlClient, task_id: str, view: dict[str, Value],
                   dest: Path) -> tuple[dict[str, Value], bool]:
     """Download into ``dest``; (the ``outputs`` summary, failed). A failure is said on stderr."""
-    from ..unpack import download, expected_output_id
+    from peerd.data.unpack import download, expected_output_id
 
     progress = _Progress(ctx)
     try:

@@ -1,6 +1,6 @@
 """Commands that work without a running daemon: ``init`` and ``run``.
 
-``run`` imports ``peerd.node`` (and with it trio and libp2p) only when it
+``run`` imports ``peerd.daemon.node`` (and with it trio and libp2p) only when it
 runs, so no other command pays for those imports.
 """
 
@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from peerd.cli import output
+from peerd.cli.context import Context, UsageError
+from peerd.config import Config, with_overrides
 from protocol.roles import NodeRole
-
-from ..config import Config, with_overrides
-from . import output
-from .context import Context, UsageError
 
 
 def init(ctx: Context) -> int:
-    from ..identity import init_home  # cryptography: only this command needs it
+    from peerd.host.identity import init_home  # cryptography: only this command needs it
 
     home = ctx.home
     signer, created = init_home(home)
@@ -62,6 +61,6 @@ def run(ctx: Context) -> int:
     args = ctx.args
     config = daemon_config(ctx.config(), listen=args.listen, bootstrap=args.bootstrap, role=args.role,
                            control_socket=args.socket)
-    from ..node import run_daemon  # trio and libp2p: only the daemon needs them
+    from peerd.daemon.node import run_daemon  # trio and libp2p: only the daemon needs them
 
     return run_daemon(config, seed=args.seed)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import data, local, query, submit
-from .context import EXIT_USAGE, Context
+from peerd.cli import data, local, query, submit
+from peerd.cli.context import EXIT_USAGE, Context
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,11 +11,10 @@ import argparse
 from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
+from peerd.cli import output
+from peerd.cli.context import EXIT_FAILED, EXIT_OK, Context
+from peerd.control.errors import ControlProtocolError, DaemonUnreachable
 from protocol.schema import Value
-
-from ..control.errors import ControlProtocolError, DaemonUnreachable
-from . import output
-from .context import EXIT_FAILED, EXIT_OK, Context
 
 
 def expect_map(value: Value, what: str) -> dict[str, Value]:
@@ -160,7 +159,7 @@ def doctor(ctx: Context) -> int:
     except DaemonUnreachable as exc:
         # Whoever's daemon will not start needs the checks most. They import
         # docker, trio and NVML: only this path pays for that.
-        from ..doctor import run_in_process
+        from peerd.host.doctor import run_in_process
 
         ctx.note(f"peerd doctor: no daemon answers ({exc}); running the checks in this process")
         checks = [{"name": c["name"], "ok": c["ok"], "detail": c["detail"]} for c in run_in_process(ctx.config())]

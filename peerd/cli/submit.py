@@ -17,15 +17,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from peerd.cli import output
+from peerd.cli.context import EXIT_FAILED, EXIT_OK, Context, UsageError
+from peerd.cli.query import expect_map, stream_logs
+from peerd.control.wire import to_value
+from peerd.units import parse_duration, parse_size
 from protocol.errors import LocalProtocolError
 from protocol.jobspec import JobSpec
 from protocol.schema import Value
-
-from ..control.wire import to_value
-from ..units import parse_duration, parse_size
-from . import output
-from .context import EXIT_FAILED, EXIT_OK, Context, UsageError
-from .query import expect_map, stream_logs
 
 IMAGE_ENV = "PEERD_IMAGE"
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING}
@@ -141,7 +140,7 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
 
 def _inputs(texts: list[str]) -> list[Value]:
     """``--input`` values as the daemon takes them; UsageError (exit 2) naming a path it could not read."""
-    from ..unpack import input_arg, unreadable  # loaded only when there are inputs
+    from peerd.data.unpack import input_arg, unreadable  # loaded only when there are inputs
 
     inputs: list[Value] = []
     for text in texts:
@@ -182,7 +181,7 @@ def run(ctx: Context) -> int:
         view = expect_map(client.call("wait", {"task_id": task_id}, no_timeout=True), "wait")
         failed = False
         if args.output is not None and view.get("state") == "succeeded":
-            from .data import fetch_outputs  # loaded only when outputs are asked for
+            from peerd.cli.data import fetch_outputs  # loaded only when outputs are asked for
 
             outputs, failed = fetch_outputs(ctx, client, task_id, view, args.output)
             view = {**view, "outputs": outputs}

@@ -16,14 +16,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
+from peerd import __version__
+from peerd.control.errors import ControlCallError, ControlProtocolError, DaemonUnreachable
+from peerd.control.wire import RESPONSE_MAX_FRAME
 from protocol.control import NEED_DATA, ControlClientConnection
 from protocol.control_messages import ControlResponse
 from protocol.errors import ProtocolError
 from protocol.schema import Value
-
-from .. import __version__
-from .errors import ControlCallError, ControlProtocolError, DaemonUnreachable
-from .wire import RESPONSE_MAX_FRAME
 
 READ_CHUNK = 64 << 10
 DEFAULT_TIMEOUT = 10.0

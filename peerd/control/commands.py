@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from peerd.control.ops import BadArgs, NodeOps, TaskNotFound
 from protocol.errors import DecodeError
 from protocol.jobspec import MAX_INPUTS
 from protocol.messages import JobSpec
 from protocol.schema import Value
-
-from .ops import BadArgs, NodeOps, TaskNotFound
 
 MAX_LIMIT = 1000  # a list result must stay under the codec's 1024 items
 DEFAULT_LIMIT = 50

@@ -8,7 +8,7 @@ when what came back was not the control protocol.
 
 from __future__ import annotations
 
-from ..errors import PeerdError
+from peerd.errors import PeerdError
 
 
 class ControlSocketError(PeerdError):

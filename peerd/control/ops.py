@@ -1,6 +1,6 @@
 """``NodeOps``: what the control socket asks of the node, and its views.
 
-``peerd.operations`` implements ``NodeOps`` over the daemon's services; the control server calls
+``peerd.daemon.operations`` implements ``NodeOps`` over the daemon's services; the control server calls
 exactly one operation per request. Every view is a ``TypedDict`` — a plain
 dict at run time, JSON-able except ``LogChunkView.data`` (bytes) — so the
 server sends it as is and the CLI prints it as is.
@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import NotRequired, Protocol, TypedDict
 
+from peerd.control.wire import BAD_ARGS, FAILED, NOT_FOUND
+from peerd.errors import PeerdError
 from protocol.messages import JobSpec
 from protocol.schema import Value
-
-from ..errors import PeerdError
-from .wire import BAD_ARGS, FAILED, NOT_FOUND
 
 
 # ---------------------------------------------------------------- errors
@@ -104,7 +103,7 @@ class StatusView(TypedDict):
 
 
 class ReputationView(TypedDict):
-    """What this node's dealings with a provider came to (``peerd.reputation``)."""
+    """What this node's dealings with a provider came to (``peerd.market.reputation``)."""
 
     score: float  # in [0, 1]; a provider never dealt with has the neutral prior (0.5)
     newcomer: bool  # too little evidence yet: favoured in exploratory placements
@@ -171,7 +170,7 @@ class ReplicaView(TypedDict):
 
 
 class VerificationView(TypedDict):
-    """``submit --replicas K``: how the replicas compared (``peerd.verification``)."""
+    """``submit --replicas K``: how the replicas compared (``peerd.jobs.verification``)."""
 
     mode: str  # replicas
     state: str  # pending | verified | majority | disputed | unverified

@@ -25,6 +25,22 @@ from pathlib import Path
 
 import trio
 
+from peerd import __version__
+from peerd.control.commands import COMMANDS, ArgReader
+from peerd.control.errors import SocketPathError
+from peerd.control.ops import NodeOps, OpError
+from peerd.control.wire import (
+    FAILED,
+    HELLO,
+    INTERNAL,
+    MAX_MESSAGE,
+    REQUEST_MAX_FRAME,
+    RESPONSE_MAX_FRAME,
+    RESPONSE_TOO_LARGE,
+    UNKNOWN_COMMAND,
+    to_value,
+)
+from peerd.errors import PeerdError
 from protocol.codec import encode, frame
 from protocol.control import (
     CLOSED,
@@ -36,23 +52,6 @@ from protocol.control import (
 )
 from protocol.messages import ControlRequest, ControlResponse
 from protocol.schema import Value
-
-from .. import __version__
-from ..errors import PeerdError
-from .commands import COMMANDS, ArgReader
-from .errors import SocketPathError
-from .ops import NodeOps, OpError
-from .wire import (
-    FAILED,
-    HELLO,
-    INTERNAL,
-    MAX_MESSAGE,
-    REQUEST_MAX_FRAME,
-    RESPONSE_MAX_FRAME,
-    RESPONSE_TOO_LARGE,
-    UNKNOWN_COMMAND,
-    to_value,
-)
 
 log = logging.getLogger(__name__)
 

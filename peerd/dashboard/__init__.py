@@ -6,7 +6,7 @@ figure through ``control.ops.NodeOps`` — the same views ``peerd status`` print
 ``static/`` holds the page (plain HTML, CSS and JS, no build step).
 """
 
-from .routing import DashboardAddressError, dashboard_address
-from .server import DashboardServer
+from peerd.dashboard.routing import DashboardAddressError, dashboard_address
+from peerd.dashboard.server import DashboardServer
 
 __all__ = ["DashboardAddressError", "DashboardServer", "dashboard_address"]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigError
-from ..metrics import MetricsAddressError, listen_address
+from peerd.daemon.metrics import MetricsAddressError, listen_address
+from peerd.errors import ConfigError
 
 SETTING = "dashboard.listen"
 

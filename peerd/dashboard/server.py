@@ -15,10 +15,10 @@ from importlib import resources
 
 import trio
 
-from ..control.ops import LogChunkView, NodeOps, OpError, TaskNotFound
-from ..errors import PeerdError
-from ..httpserve import Sender, http_url, new_connection, open_listeners, read_request, serve_connections
-from .routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan
+from peerd.control.ops import LogChunkView, NodeOps, OpError, TaskNotFound
+from peerd.daemon.httpserve import Sender, http_url, new_connection, open_listeners, read_request, serve_connections
+from peerd.dashboard.routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan
+from peerd.errors import PeerdError
 
 REQUEST_TIMEOUT = 10.0  # to read a request and send a plain answer; streams are not bound by it
 MAX_CONNECTIONS = 32

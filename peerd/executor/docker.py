@@ -100,7 +100,7 @@ def classify(task_stop: RunOutcomeState | None, exit_state: ExitState | None) ->
 
 
 class DockerExecutor:
-    """The Executor on a real dockerd. Every container carries ``peerd.node=<node_id>``."""
+    """The Executor on a real dockerd. Every container carries ``peerd.daemon.node=<node_id>``."""
 
     def __init__(
         self,

@@ -286,7 +286,7 @@ class Engine:
         return await self._call(f"inspect {name_or_id}", work)
 
     async def list_owned(self, node_id: str) -> list[ContainerInfo]:
-        """Every container (any state) labelled ``peerd.node=<node_id>``: one request."""
+        """Every container (any state) labelled ``peerd.daemon.node=<node_id>``: one request."""
         api = self._api
         summaries = await self._call(
             "list containers",

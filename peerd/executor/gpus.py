@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from peerd.executor.errors import CapacityError, Reason
-from peerd.nvml import GpuInfo
+from peerd.host.nvml import GpuInfo
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import trio
 
+from peerd.data.manifests import ManifestBuildError, TreeTooLarge, build_manifest, read_chunks
 from peerd.errors import PeerdError
 from peerd.executor.contract import OutputStore
 from peerd.executor.outmount import is_full, mount_bounded, unmount
-from peerd.manifests import ManifestBuildError, TreeTooLarge, build_manifest, read_chunks
 from protocol.manifest import MAX_FILES, Manifest, ManifestLimits, encode_manifest, manifest_id
 
 log = logging.getLogger(__name__)

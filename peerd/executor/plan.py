@@ -16,7 +16,7 @@ from pathlib import Path
 from peerd.config import DEFAULT_LIMITS
 from peerd.executor.contract import OUT_MOUNT, ContainerInfo, InputMount, RunSpec
 
-LABEL_NODE = "peerd.node"
+LABEL_NODE = "peerd.daemon.node"
 LABEL_TASK = "peerd.task"
 LABEL_GPUS = "peerd.gpus"
 LABEL_CPUS = "peerd.cpus"
@@ -113,7 +113,7 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
 def input_mount(mount: InputMount) -> JsonObject:
     """Read-only, and not recursive: a mount that appears below the source later stays out. Docker
     offers no nosuid/nodev for binds; no-new-privileges voids setuid, and staged inputs hold only
-    regular files (peerd.staging)."""
+    regular files (peerd.data.staging)."""
     return {
         "Type": "bind", "Source": str(mount.source), "Target": mount.target, "ReadOnly": True,
         "BindOptions": {"NonRecursive": True},

@@ -30,13 +30,12 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
 from peerd.config import NetworkConfig
-from peerd.peertable import RELAYABLE, PeerEntry, PeerTable
+from peerd.market.peertable import RELAYABLE, PeerEntry, PeerTable
+from peerd.p2p.host import Libp2pNode
+from peerd.p2p.streams import FOREIGN_ERRORS
 from protocol.errors import ProtocolError
 from protocol.messages import Advert
 from protocol.signing import Signer, seal_bytes
-
-from .host import Libp2pNode
-from .streams import FOREIGN_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr.exceptions import Error as MultiaddrError, ProtocolLookupError
 
+from peerd.p2p.errors import BadAddress, DialError, StreamError
+from peerd.p2p.host import Libp2pNode
+from peerd.p2p.relay import dial_circuit
+from peerd.p2p.streams import FOREIGN_ERRORS, Stream, short
 from protocol.reachability import is_circuit
-
-from .errors import BadAddress, DialError, StreamError
-from .host import Libp2pNode
-from .relay import dial_circuit
-from .streams import FOREIGN_ERRORS, Stream, short
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,10 @@ from typing import ClassVar
 import trio
 
 from peerd.config import NetworkConfig
-
-from .dialing import connect, is_connected, split_p2p, to_id
-from .errors import BadAddress, DialError
-from .host import Libp2pNode
-from .streams import FOREIGN_ERRORS, short
+from peerd.p2p.dialing import connect, is_connected, split_p2p, to_id
+from peerd.p2p.errors import BadAddress, DialError
+from peerd.p2p.host import Libp2pNode
+from peerd.p2p.streams import FOREIGN_ERRORS, short
 
 log = logging.getLogger(__name__)
 

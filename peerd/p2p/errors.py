@@ -7,7 +7,7 @@ catch libp2p types.
 
 from __future__ import annotations
 
-from ..errors import PeerdError
+from peerd.errors import PeerdError
 
 
 class P2PError(PeerdError):

@@ -27,7 +27,7 @@ import libp2p.network.swarm as _swarm
 import multiaddr
 from multiaddr.exceptions import ProtocolLookupError
 
-from .errors import BadAddress, LibraryChanged, PortInUse
+from peerd.p2p.errors import BadAddress, LibraryChanged, PortInUse
 
 # What 0.8.1 ships: a 250 ms head start for the first address of every dial.
 UPSTREAM_HAPPY_EYEBALLS_DELAY = 0.250

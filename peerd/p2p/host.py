@@ -45,11 +45,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID, Tr
 from libp2p.tools.anyio_service import background_trio_service
 
 from peerd.config import RelayConfig
+from peerd.p2p.errors import BadAddress, P2PError
+from peerd.p2p.guards import apply_library_guards, check_port_free
+from peerd.p2p.relay import RelayParts, build_relay
 from protocol.signing import Signer
-
-from .errors import BadAddress, P2PError
-from .guards import apply_library_guards, check_port_free
-from .relay import RelayParts, build_relay
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import trio
 
+from peerd.p2p.dialing import StreamOpening
+from peerd.p2p.errors import P2PError
+from peerd.p2p.streams import Stream, short
 from protocol import dialback
 from protocol.errors import DecodeError
 from protocol.reachability import HINTS, Reachability
-
-from .dialing import StreamOpening
-from .errors import P2PError
-from .streams import Stream, short
 
 log = logging.getLogger(__name__)
 

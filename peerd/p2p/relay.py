@@ -51,10 +51,9 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from peerd.config import RelayConfig
+from peerd.p2p.errors import DialError
+from peerd.p2p.streams import FOREIGN_ERRORS, short
 from protocol.reachability import CIRCUIT
-
-from .errors import DialError
-from .streams import FOREIGN_ERRORS, short
 
 log = logging.getLogger(__name__)
 

@@ -41,22 +41,29 @@ from libp2p.custom_types import TProtocol
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from peerd.config import NetworkConfig, RelayConfig
-from peerd.peertable import PeerEntry, PeerTable, TableLimits
+from peerd.market.peertable import PeerEntry, PeerTable, TableLimits
+from peerd.p2p.adverts import (
+    ADVERT_TOPIC,
+    MAX_ADDRS,
+    AcceptHook,
+    AdvertPublisher,
+    AdvertSource,
+    Clock,
+    gossip_validator,
+)
+from peerd.p2p.dialing import StreamOpening, connect, is_connected, open_stream, to_id
+from peerd.p2p.discovery import TARGET_PEERS, Candidate, Discovery, parse_seeds
+from peerd.p2p.errors import NotRunning
+from peerd.p2p.events import ConnectionEvents
+from peerd.p2p.host import Libp2pNode, open_node
+from peerd.p2p.reachability import Prober, ReachabilityView, ask_dialback, serve_dialback, view
+from peerd.p2p.relay import DirectUpgrade, Reservations
+from peerd.p2p.streams import Stream, StreamHandler, guard_handler, is_relayed_conn
+from peerd.p2p.sync import SYNC_PROTOCOL, AdvertSync
 from protocol import dialback
 from protocol.messages import Advert
 from protocol.schema import Value
 from protocol.signing import Signer
-
-from .adverts import ADVERT_TOPIC, MAX_ADDRS, AcceptHook, AdvertPublisher, AdvertSource, Clock, gossip_validator
-from .dialing import StreamOpening, connect, is_connected, open_stream, to_id
-from .discovery import TARGET_PEERS, Candidate, Discovery, parse_seeds
-from .errors import NotRunning
-from .events import ConnectionEvents
-from .host import Libp2pNode, open_node
-from .reachability import Prober, ReachabilityView, ask_dialback, serve_dialback, view
-from .relay import DirectUpgrade, Reservations
-from .streams import Stream, StreamHandler, guard_handler, is_relayed_conn
-from .sync import SYNC_PROTOCOL, AdvertSync
 
 log = logging.getLogger(__name__)
 

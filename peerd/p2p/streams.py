@@ -25,7 +25,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerstore import PeerStoreError
 
-from .errors import StreamError, StreamTimeout
+from peerd.p2p.errors import StreamError, StreamTimeout
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,14 @@ from typing import ClassVar
 import trio
 
 from peerd.config import NetworkConfig
-from peerd.peertable import MAX_ADVERT_SIZE, PeerTable
+from peerd.market.peertable import MAX_ADVERT_SIZE, PeerTable
+from peerd.p2p.adverts import AcceptHook, Clock, notify_accept
+from peerd.p2p.dialing import open_raw_stream
+from peerd.p2p.errors import StreamError
+from peerd.p2p.host import Libp2pNode
+from peerd.p2p.streams import Stream, short
 from protocol.codec import FrameDecoder, frame
 from protocol.errors import ProtocolError
-
-from .adverts import AcceptHook, Clock, notify_accept
-from .dialing import open_raw_stream
-from .errors import StreamError
-from .host import Libp2pNode
-from .streams import Stream, short
 
 log = logging.getLogger(__name__)
 

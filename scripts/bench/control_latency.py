@@ -42,7 +42,7 @@ from job_e2e import BenchNet, percentile
 
 from peerd.control.client import ControlClient
 from peerd.devnet import NodeProc
-from peerd.peertable import AdvertVerdict
+from peerd.market.peertable import AdvertVerdict
 
 GIB = 1 << 30
 PER_HOST_RATE = 40.0  # stay under gossipsub's 50 msg/s per forwarding peer

@@ -8,7 +8,7 @@ waits until every provider holds the advert of every other, lets them settle,
 then samples each process with psutil over W seconds (default 30): CPU as % of
 one core (cpu_times delta / wall), RSS at the end and its peak over the window.
 Baseline in the same window: a process that has imported the daemon
-(``peerd.node``, libp2p, docker SDK) and sleeps. Targets: <= 120 MB RSS,
+(``peerd.daemon.node``, libp2p, docker SDK) and sleeps. Targets: <= 120 MB RSS,
 <= 2 % of a core per node.
 
     .venv/bin/python scripts/bench/idle_nodes.py [-p 9] [-w 30] [--fast] [--quick]
@@ -29,7 +29,7 @@ from peerd.devnet import wait_for
 
 MB = 1 << 20
 SETTLE = 5.0
-BASELINE = "import peerd.node, peerd.cli.local, time; print('ready', flush=True); time.sleep(3600)"
+BASELINE = "import peerd.daemon.node, peerd.cli.local, time; print('ready', flush=True); time.sleep(3600)"
 
 
 def cpu_seconds(proc: psutil.Process) -> float:

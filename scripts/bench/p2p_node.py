@@ -28,8 +28,8 @@ import time
 import trio
 
 from peerd.config import NetworkConfig
+from peerd.market.peertable import PeerEntry
 from peerd.p2p.service import P2PService
-from peerd.peertable import PeerEntry
 from protocol.messages import Advert, NodeRole
 from protocol.signing import Signer
 

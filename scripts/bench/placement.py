@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from peerd.peertable import PeerTable, TableLimits  # noqa: E402
-from peerd.reputation import Event, Observation, tally  # noqa: E402
-from peerd.reputation_book import ReputationBook  # noqa: E402
-from peerd.store import Store  # noqa: E402
+from peerd.market.peertable import PeerTable, TableLimits  # noqa: E402
+from peerd.market.reputation import Event, Observation, tally  # noqa: E402
+from peerd.market.reputation_book import ReputationBook  # noqa: E402
+from peerd.state.store import Store  # noqa: E402
 from protocol import messages as m, signing  # noqa: E402
 
 NOW = 1_700_000_000.0

@@ -40,11 +40,11 @@ import trio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore  # noqa: E402
 from peerd.config import NetworkConfig  # noqa: E402
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore  # noqa: E402
+from peerd.data.transfer import blob_opener, fetch, register_blob_protocol  # noqa: E402
 from peerd.p2p.service import P2PService  # noqa: E402
 from peerd.p2p.streams import Stream  # noqa: E402
-from peerd.transfer import blob_opener, fetch, register_blob_protocol  # noqa: E402
 from protocol.signing import Signer  # noqa: E402
 
 MIB = 1 << 20

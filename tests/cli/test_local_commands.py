@@ -102,6 +102,6 @@ def test_the_cli_import_path_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
     heavy_roots = {"trio", "libp2p", "docker", "cryptography", "hypothesis", "psutil", "pynvml", "sqlite3"}
-    heavy_modules = {"protocol.messages", "protocol.signing", "peerd.node", "peerd.doctor", "json"}
+    heavy_modules = {"protocol.messages", "protocol.signing", "peerd.daemon.node", "peerd.host.doctor", "json"}
     assert "peerd.cli.submit" in loaded  # the probe did import the commands
     assert {m for m in loaded if m in heavy_modules or m.split(".")[0] in heavy_roots} == set()

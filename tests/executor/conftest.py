@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
 from peerd.executor import DockerExecutor
 from tests.executor.helpers import new_node_id, sweep
 

@@ -8,7 +8,7 @@ import uuid
 
 import docker
 
-from peerd.blobstore import BlockingChunkStore
+from peerd.data.blobstore import BlockingChunkStore
 from peerd.executor import RunOutcome, RunSpec
 from peerd.executor.plan import LABEL_NODE
 from protocol.manifest import decode_manifest

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.manifests import import_directory
+from peerd.data.staging import materialize
 from peerd.executor import DockerExecutor, InputMount, Reason, RunOutcomeState
-from peerd.manifests import import_directory
-from peerd.staging import materialize
 from tests.executor.helpers import MiB, job, output_files
 
 pytestmark = [

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from peerd.config import load
+from peerd.daemon.wiring import executor_from
 from peerd.executor import DockerExecutor, RunOutcomeState
 from peerd.executor.plan import container_name
-from peerd.wiring import executor_from
 from tests.executor.helpers import MiB, inspect_raw, job
 
 pytestmark = pytest.mark.docker  # needs a real dockerd

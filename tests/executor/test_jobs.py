@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from peerd.blobstore import BlockingChunkStore
+from peerd.data.blobstore import BlockingChunkStore
 from peerd.executor import (
     DockerExecutor,
     ExecutorError,

@@ -9,7 +9,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from peerd.executor import CapacityError, CapacityLedger, Reason
-from peerd.nvml import H100, FakeNvml, GpuInfo
+from peerd.host.nvml import H100, FakeNvml, GpuInfo
 
 GiB = 1 << 30
 A100 = GpuInfo(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
 from peerd.executor.outmount import is_full, used_bytes
 from peerd.executor.outputs import collect_outputs, discard_task_dir, parse_user, prepare_out_dir
 from protocol.manifest import decode_manifest, manifest_id

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from peerd.executor import CapacityLedger, DockerExecutor, RunOutcomeState, RunSpec
-from peerd.nvml import FakeNvml
+from peerd.host.nvml import FakeNvml
 from tests.executor.helpers import MiB, inspect_raw, job, new_node_id, sweep, wait_exit_raw
 
 pytestmark = pytest.mark.docker  # needs a real dockerd

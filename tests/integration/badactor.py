@@ -55,12 +55,12 @@ from libp2p.custom_types import TProtocol
 from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from libp2p.utils.address_validation import expand_wildcard_address
 
+from peerd.jobs.taskwire import PeerGone, PeerTimeout, TaskChannel
 from peerd.p2p.adverts import ADVERT_TOPIC
 from peerd.p2p.dialing import connect, open_stream, split_p2p
 from peerd.p2p.errors import StreamError
 from peerd.p2p.host import Libp2pNode, open_node
 from peerd.p2p.streams import Stream, guard_handler
-from peerd.taskwire import PeerGone, PeerTimeout, TaskChannel
 from protocol import ProtocolError
 from protocol.codec import decode_as, encode
 from protocol.messages import (

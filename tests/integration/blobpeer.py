@@ -32,11 +32,11 @@ from pathlib import Path
 
 import trio
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
 from peerd.config import NetworkConfig, RelayConfig
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.transfer import OpenStream, TransferError, blob_opener, fetch, register_blob_protocol
+from peerd.jobs.taskwire import ByteStream
 from peerd.p2p.service import P2PService
-from peerd.taskwire import ByteStream
-from peerd.transfer import OpenStream, TransferError, blob_opener, fetch, register_blob_protocol
 from protocol.reachability import Reachability
 from protocol.signing import Signer
 from tests.waiting import eventually

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import trio
 
 from peerd.config import NetworkConfig
+from peerd.market.peertable import PeerEntry
 from peerd.p2p.adverts import ADVERT_TOPIC
 from peerd.p2p.dialing import connect
 from peerd.p2p.host import Libp2pNode, open_node
 from peerd.p2p.service import P2PService
-from peerd.peertable import PeerEntry
 from protocol.messages import Advert, NodeRole
 from protocol.signing import Signer
 from tests.waiting import eventually

@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from peerd.blobstore import BlockingChunkStore, ChunkStore
-from peerd.manifests import import_directory
-from peerd.p2p.dialing import to_id
-from peerd.p2p.streams import Stream
-from peerd.transfer import (
+from peerd.data.blobstore import BlockingChunkStore, ChunkStore
+from peerd.data.manifests import import_directory
+from peerd.data.transfer import (
     BLOB_PROTOCOL,
     BlobService,
     FetchReport,
@@ -33,6 +31,8 @@ from peerd.transfer import (
     fetch,
     register_blob_protocol,
 )
+from peerd.p2p.dialing import to_id
+from peerd.p2p.streams import Stream
 from protocol.blobxfer import BLOB_MESSAGES, CHUNK_FRAME_OVERHEAD, SERVER_MAX_FRAME, Chunk, VerifiedChunk, Want
 from protocol.codec import FrameDecoder, decode, encode, frame
 from protocol.manifest import Manifest

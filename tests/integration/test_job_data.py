@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from peerd.client import Client
+from peerd.data.unpack import expected_output_id
 from peerd.devnet import DevNet, NodeProc
-from peerd.unpack import expected_output_id
 from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from peerd.blobstore import ChunkStore
+from peerd.data.blobstore import ChunkStore
+from peerd.data.transfer import OpenStream, blob_opener, fetch, register_blob_protocol
+from peerd.jobs.taskwire import ByteStream
 from peerd.p2p.relay import reserve
-from peerd.taskwire import ByteStream
-from peerd.transfer import OpenStream, blob_opener, fetch, register_blob_protocol
 from tests.integration.harness_p2p import Node, p2p_cluster
 from tests.integration.test_blob_transfer import NET, TASK, Dataset, assert_holds, copy_store, dataset, parties
 

@@ -19,9 +19,9 @@ import trio
 import trio.testing
 
 from peerd.executor.errors import ExecutorError, Reason
-from peerd.localpipe import pipe_pair
-from peerd.provider import ProviderSettings
-from peerd.store import AttemptOutcome
+from peerd.jobs.localpipe import pipe_pair
+from peerd.jobs.provider import ProviderSettings
+from peerd.state.store import AttemptOutcome
 from protocol.codec import NEED_DATA
 from protocol.messages import (
     JobSpec,

@@ -14,10 +14,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from peerd.localpipe import PipeEnd
-from peerd.requester import Candidate, Requester, RequesterSettings
-from peerd.store import Store
-from peerd.tracking import TaskTracker
+from peerd.jobs.localpipe import PipeEnd
+from peerd.jobs.requester import Candidate, Requester, RequesterSettings
+from peerd.jobs.tracking import TaskTracker
+from peerd.state.store import Store
 from protocol.messages import JobSpec, TaskState
 from protocol.signing import Signer
 

@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from peerd.localpipe import PipeEnd, pipe_pair
-from peerd.requester import Candidate, OpenStream, Requester, RequesterSettings
-from peerd.store import AttemptOutcome, Store
-from peerd.tracking import TaskTracker
+from peerd.jobs.localpipe import PipeEnd, pipe_pair
+from peerd.jobs.requester import Candidate, OpenStream, Requester, RequesterSettings
+from peerd.jobs.tracking import TaskTracker
+from peerd.state.store import AttemptOutcome, Store
 from protocol.messages import JobSpec, TaskState
 from protocol.signing import Signer
 

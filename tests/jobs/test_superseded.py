@@ -25,12 +25,12 @@ from peerd.executor.docker import DockerExecutor
 from peerd.executor.gpus import CapacityLedger
 from peerd.executor.plan import LABEL_NODE
 from peerd.executor.policy import ProviderPolicy
-from peerd.jobrun import JobRunner
-from peerd.localpipe import PipeEnd, pipe_pair
-from peerd.provider import Provider, ProviderSettings
-from peerd.requester import Candidate, Requester, RequesterSettings
-from peerd.store import AttemptOutcome, Store
-from peerd.tracking import TaskTracker
+from peerd.jobs.jobrun import JobRunner
+from peerd.jobs.localpipe import PipeEnd, pipe_pair
+from peerd.jobs.provider import Provider, ProviderSettings
+from peerd.jobs.requester import Candidate, Requester, RequesterSettings
+from peerd.jobs.tracking import TaskTracker
+from peerd.state.store import AttemptOutcome, Store
 from protocol.codec import decode_as
 from protocol.messages import JobSpec, Receipt, ReceiptTerms, TaskState
 from protocol.signing import Signer, verify_cosigned

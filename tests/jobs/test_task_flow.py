@@ -18,13 +18,13 @@ import trio
 from peerd.executor.docker import DockerExecutor
 from peerd.executor.gpus import CapacityLedger
 from peerd.executor.policy import ProviderPolicy
-from peerd.jobrun import JobRunner
-from peerd.localpipe import PipeEnd, pipe_pair
-from peerd.nvml import FakeNvml
-from peerd.provider import Provider, ProviderSettings
-from peerd.requester import Candidate, Requester, RequesterSettings
-from peerd.store import Store
-from peerd.tracking import TaskTracker
+from peerd.host.nvml import FakeNvml
+from peerd.jobs.jobrun import JobRunner
+from peerd.jobs.localpipe import PipeEnd, pipe_pair
+from peerd.jobs.provider import Provider, ProviderSettings
+from peerd.jobs.requester import Candidate, Requester, RequesterSettings
+from peerd.jobs.tracking import TaskTracker
+from peerd.state.store import Store
 from protocol.codec import NEED_DATA, frame
 from protocol.messages import (
     Accept,

@@ -1,4 +1,4 @@
-"""peerd.metrics: the loopback-only address check, the exposition, the trio HTTP responder."""
+"""peerd.daemon.metrics: the loopback-only address check, the exposition, the trio HTTP responder."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import prometheus_client
 import pytest
 import trio
 
-from peerd.errors import ConfigError
-from peerd.executor.gpus import CapacityLedger
-from peerd.metrics import (
+from peerd.daemon.metrics import (
     GpuLeases,
     Metrics,
     MetricsAddressError,
@@ -22,7 +20,9 @@ from peerd.metrics import (
     listen_address,
     status_counters,
 )
-from peerd.nvml import GpuInfo
+from peerd.errors import ConfigError
+from peerd.executor.gpus import CapacityLedger
+from peerd.host.nvml import GpuInfo
 from protocol.roles import NodeRole
 
 

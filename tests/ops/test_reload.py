@@ -13,8 +13,8 @@ import pytest
 
 from peerd.cli.context import EXIT_FAILED
 from peerd.devnet import NodeProc, wait_for
-from peerd.identity import init_home
-from tests.peerd.unstarted import unstarted_lifecycle
+from peerd.host.identity import init_home
+from tests.daemon.unstarted import unstarted_lifecycle
 
 from .harness import IMAGE, OpsNet, provider_network, with_settings
 

@@ -14,11 +14,11 @@ from libp2p.custom_types import TProtocol
 from libp2p.pubsub.pb import rpc_pb2
 
 from peerd.config import NetworkConfig
+from peerd.market.peertable import PeerEntry, PeerTable
 from peerd.p2p.adverts import AdvertPublisher, gossip_validator, next_seq
 from peerd.p2p.host import open_node
 from peerd.p2p.streams import Stream, guard_handler
 from peerd.p2p.sync import SYNC_LIMIT, SYNC_PROTOCOL
-from peerd.peertable import PeerEntry, PeerTable
 from protocol.codec import frame
 from protocol.errors import LocalProtocolError
 from protocol.messages import Advert

@@ -1,0 +1,1 @@
+"""The daemon: composition root, services, lifecycle, control operations, views, metrics."""

@@ -1,0 +1,1 @@
+"""The data plane: chunk store, manifests, blob transfer, job inputs and outputs."""

@@ -1,0 +1,505 @@
+"""Chunks over ``/peerd/blob/1.0.0``: pumps stream bytes into the ``protocol.blobxfer`` machines.
+
+Serving (``BlobService``, one per node; ``register_blob_protocol`` installs it
+on the p2p service): the first ``blob_want`` names a task; the stream's peer
+must be a party of that task's lease (``Access``, which the node answers from
+its store: ``lease_access``), else the answer is ``blob_error not_authorized``.
+Only digests the task pins in the chunk store are served (any other is
+answered ``missing``, so a party of one task learns nothing about another's
+chunks); every chunk is re-hashed as it is read (``ChunkStore.get_verified``)
+and sent as that ``VerifiedChunk``, not hashed again. A peer
+holds at most ``max_streams_per_peer`` blob streams at once (``busy`` beyond).
+
+Fetching (``fetch``): the digests the store lacks are pinned for the task
+first, then split over ``streams`` streams opened at once, spread over the
+peers that hold them. Every chunk is hashed once, by the machine as it
+arrives (its data must hash to its digest); the ``VerifiedChunk`` it hands
+out is stored as is (``ChunkStore.put_verified``). A
+stream that breaks or times out is opened again (after a short back-off)
+asking only for what is still missing; a peer that fails ``retries`` times in
+a row without delivering a chunk is dropped as unreachable. A peer that sends
+a chunk that does not match its digest, or otherwise breaks the protocol, is
+dropped from the transfer at once and recorded in ``FetchReport.bad_peers``;
+its chunks come from the other peers. What no peer could deliver ends the
+fetch with ``TransferIncomplete``, whose report says why for each peer.
+
+Everything runs in the caller's nurseries; every read and write has a
+deadline on trio's clock; stream errors are mapped once, in ``taskwire``.
+This module imports no libp2p: the p2p layer hands it streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from peerd.data.blobstore import ChunkStore
+from peerd.errors import PeerdError
+from peerd.jobs.taskwire import ByteStream, PeerGone, PeerTimeout, receive_bytes, send_bytes, single_error
+from peerd.p2p.errors import P2PError
+from protocol.blobxfer import (
+    BLOB_PROTOCOL,
+    DEFAULT_WINDOW,
+    BlobError,
+    BlobErrorCode,
+    BlobFetcher,
+    BlobServer,
+    BlobTransfer,
+    Done,
+    Missing,
+    VerifiedChunk,
+    Want,
+)
+from protocol.codec import NEED_DATA, decode_as
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.manifest import MAX_CHUNK_SIZE
+from protocol.messages import LeaseTerms
+from protocol.schema import Message
+
+if TYPE_CHECKING:
+    from peerd.p2p.service import P2PService
+    from peerd.state.store import Store
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20  # per read from a blob stream: chunks are large
+DEFAULT_STREAMS = 4
+DEFAULT_RETRIES = 3  # failures in a row, without a chunk delivered, before a peer is dropped
+DEFAULT_TIMEOUT = 30.0  # seconds for any one read or write (the node passes network.io_timeout)
+BACKOFF = (0.05, 0.2, 0.5, 1.0)  # seconds before re-opening a stream, by failures in a row
+MAX_STREAMS_PER_PEER = 8
+
+Access = Callable[[str, str], Awaitable[bool]]
+"""``access(remote_peer, task_id)``: may this peer have this task's chunks?"""
+
+OpenStream = Callable[[str], Awaitable[ByteStream]]
+"""``open_stream(peer_id)``: a new ``/peerd/blob/1.0.0`` stream to that peer (raises P2PError)."""
+
+
+class ServedStream(ByteStream, Protocol):
+    """An inbound stream: bytes plus the authenticated peer that opened it."""
+
+    remote_peer: str
+
+
+class TransferError(PeerdError):
+    """A chunk transfer failed."""
+
+
+class TransferIncomplete(TransferError):
+    """Some chunks could be had from no peer; ``report`` says what happened with each."""
+
+    def __init__(self, report: FetchReport) -> None:
+        reasons = "; ".join(f"…{p[-8:]}: {why}" for p, why in {**report.dropped, **report.bad_peers}.items())
+        super().__init__(
+            f"task {report.task_id}: {len(report.missing)} of {report.wanted} chunks could not be fetched"
+            + (f" ({reasons})" if reasons else " (no peer holds them)")
+        )
+        self.report = report
+
+
+class RelayedTransfer(TransferError):
+    """The peer is reachable only through a relay, hole punching failed, and ``[relay] allow_data`` is off."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(
+            f"peer …{peer[-8:]} is reachable only through a relay and hole punching found no direct path; "
+            "job data does not go through relays unless [relay] allow_data = true"
+        )
+        self.peer = peer
+
+
+class _Misbehaved(Exception):
+    """The peer broke the protocol (a bad chunk above all): drop it."""
+
+
+class _Refused(Exception):
+    """The peer ended the transfer with a blob_error."""
+
+    def __init__(self, error: BlobError) -> None:
+        super().__init__(f"refused: {error.code} {error.detail}".rstrip())
+        self.code = error.code
+
+
+@dataclass
+class FetchReport:
+    """What one ``fetch`` did."""
+
+    task_id: str
+    wanted: int = 0  # distinct digests asked of fetch
+    present: int = 0  # already in the store
+    fetched: int = 0  # received, verified and stored
+    chunk_bytes: int = 0  # bytes of the chunks stored
+    wire_bytes: int = 0  # every byte read from blob streams, all attempts (frames, lost partial chunks)
+    streams: int = 0  # streams opened
+    retries: int = 0  # streams that broke and were opened again
+    bad_peers: dict[str, str] = field(default_factory=dict)  # sent bad data: dropped, and why
+    dropped: dict[str, str] = field(default_factory=dict)  # refused or unreachable: dropped, and why
+    missing: tuple[bytes, ...] = ()  # still missing at the end
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+async def _next_event(stream: ByteStream, machine: BlobTransfer, timeout: float) -> Message:
+    """The machine's next message, reading as needed; PeerGone when the stream ended first.
+
+    An end of stream is never fed to the machine: every complete frame was
+    taken before reading, so it cut the transfer (a reset reads as an end of
+    stream on libp2p), which is the network's doing, not a protocol violation.
+    """
+    while True:
+        event = machine.next_event()
+        if event is NEED_DATA:
+            data = await receive_bytes(stream, timeout, READ_SIZE)
+            if not data:
+                raise PeerGone("the blob stream ended before the transfer did")
+            machine.receive_data(data)
+            continue
+        assert isinstance(event, Message), event  # CLOSED needs an end of stream fed
+        return event
+
+
+async def _close(stream: ByteStream, *, clean: bool) -> None:
+    """Close (or reset) a stream; bounded and shielded, never raises."""
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        try:
+            await (stream.close() if clean else stream.reset())
+        except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("closing a blob stream failed: %r", exc)
+
+
+# ---------------------------------------------------------------- fetching
+class _Fetch:
+    """One fetch: the shared state of its stream workers."""
+
+    def __init__(
+        self, open_stream: OpenStream, peers: Sequence[str], task_id: str, store: ChunkStore, *,
+        window: int, max_chunk: int, retries: int, timeout: float, report: FetchReport,
+    ) -> None:
+        self.open_stream = open_stream
+        self.peers = list(dict.fromkeys(peers))
+        self.task_id = task_id
+        self.store = store
+        self.window, self.max_chunk, self.retries, self.timeout = window, max_chunk, retries, timeout
+        self.report = report
+        self.remaining: dict[bytes, None] = {}
+        self.unavailable: dict[str, set[bytes]] = defaultdict(set)  # peer -> digests it answered missing
+
+    def usable(self, peer: str) -> bool:
+        return peer not in self.report.bad_peers and peer not in self.report.dropped
+
+    def choose(self, todo: list[bytes], start: int) -> tuple[str, list[bytes]] | None:
+        """The first usable peer from ``start`` on that may hold some of ``todo``, and what to ask it."""
+        for k in range(len(self.peers)):
+            peer = self.peers[(start + k) % len(self.peers)]
+            if self.usable(peer):
+                ask = [d for d in todo if d not in self.unavailable[peer]]
+                if ask:
+                    return peer, ask
+        return None
+
+    async def worker(self, index: int, part: list[bytes]) -> None:
+        """Fetch ``part`` (its digests are this worker's alone) until done or no peer can help."""
+        failures: dict[str, int] = defaultdict(int)  # peer -> this worker's failures in a row without a chunk
+        while True:
+            todo = [d for d in part if d in self.remaining]
+            choice = self.choose(todo, index) if todo else None
+            if choice is None:
+                return
+            peer, ask = choice
+            if failures[peer]:
+                await trio.sleep(BACKOFF[min(failures[peer], len(BACKOFF)) - 1])
+            progress = [0]
+            why = await self.attempt(peer, ask, progress)
+            failures[peer] = 0 if progress[0] else failures[peer]
+            if why is not None:
+                failures[peer] += 1
+                self.report.retries += 1
+                if failures[peer] > self.retries:
+                    self.report.dropped.setdefault(peer, why)
+                    log.info("gave up on blob peer …%s for task %s: %s", peer[-8:], self.task_id, why)
+
+    async def attempt(self, peer: str, ask: list[bytes], progress: list[int]) -> str | None:
+        """One stream to ``peer`` for ``ask``; why it failed if it may be tried again. Drops a peer that earned it."""
+        try:
+            await self.session(peer, ask, progress)
+        except RelayedTransfer as exc:  # trying again would find the same path
+            self.report.dropped.setdefault(peer, str(exc))
+            log.info("blob peer …%s for task %s: %s", peer[-8:], self.task_id, exc)
+        except (PeerGone, PeerTimeout, P2PError) as exc:
+            return f"unreachable: {exc}"
+        except _Refused as exc:
+            if exc.code == BlobErrorCode.BUSY:
+                return str(exc)
+            self.report.dropped.setdefault(peer, str(exc))
+            log.info("blob peer …%s refused task %s: %s", peer[-8:], self.task_id, exc)
+        except _Misbehaved as exc:
+            self.report.bad_peers.setdefault(peer, str(exc))
+            log.warning("dropped blob peer …%s from task %s: %s", peer[-8:], self.task_id, exc)
+        return None
+
+    async def session(self, peer: str, ask: list[bytes], progress: list[int]) -> None:
+        machine = BlobFetcher(self.task_id, ask, window=self.window, max_chunk=self.max_chunk)
+        stream = await self.open_stream(peer)
+        self.report.streams += 1
+        clean = False
+        try:
+            await self.pump(stream, peer, machine, progress)
+            clean = True
+        finally:
+            await _close(stream, clean=clean)
+
+    async def pump(self, stream: ByteStream, peer: str, machine: BlobFetcher, progress: list[int]) -> None:
+        counted = _CountingStream(stream, self.report)
+        while True:
+            while (want := machine.next_want()) is not None:
+                await send_bytes(stream, want, self.timeout)
+            if machine.complete or machine.exhausted:
+                await send_bytes(stream, machine.finish(), self.timeout)
+                return
+            try:
+                event = await _next_event(counted, machine, self.timeout)
+            except RemoteProtocolError as exc:
+                bad = exc.code == "bad_chunk"
+                what = "sent a chunk that does not match its digest" if bad else "broke the protocol"
+                raise _Misbehaved(f"{what}: {exc}") from exc
+            if isinstance(event, VerifiedChunk):  # the machine hashed it on arrival: stored without a second hash
+                await self.store.put_verified(event)
+                self.remaining.pop(event.digest, None)
+                self.report.fetched += 1
+                self.report.chunk_bytes += len(event.data)
+                progress[0] += 1
+            elif isinstance(event, Missing):
+                self.unavailable[peer].update(event.digests)
+            elif isinstance(event, BlobError):
+                raise _Refused(event)
+
+
+class _CountingStream:
+    """Counts the bytes read from a fetcher's stream into the report."""
+
+    def __init__(self, stream: ByteStream, report: FetchReport) -> None:
+        self._stream, self._report = stream, report
+
+    async def read(self, max_bytes: int, *, timeout: float | None = None) -> bytes:
+        data = await self._stream.read(max_bytes, timeout=timeout)
+        self._report.wire_bytes += len(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def reset(self) -> None:
+        await self._stream.reset()
+
+
+async def fetch(
+    open_stream: OpenStream, peers: Sequence[str], task_id: str, digests: Sequence[bytes], store: ChunkStore, *,
+    streams: int = DEFAULT_STREAMS, window: int = DEFAULT_WINDOW, max_chunk: int = MAX_CHUNK_SIZE,
+    retries: int = DEFAULT_RETRIES, timeout: float = DEFAULT_TIMEOUT,
+) -> FetchReport:
+    """Make ``store`` hold every one of ``digests`` for ``task_id``, fetching what it lacks from ``peers``.
+
+    Pins all of ``digests`` for the task first (the caller releases them when
+    the task is done). Returns the report; raises TransferIncomplete (with the
+    report) when some chunk could be had from no peer, BlobStoreError when the
+    store refuses one (quota), LocalProtocolError for a bad argument.
+    """
+    if streams < 1:
+        raise LocalProtocolError(f"streams must be at least 1, got {streams}")
+    BlobFetcher(task_id, (), window=window, max_chunk=max_chunk)  # checks task id, window, max_chunk now
+    wanted = list(dict.fromkeys(digests))
+    report = FetchReport(task_id, wanted=len(wanted))
+    await store.pin(task_id, wanted)
+    missing = await store.missing(wanted)
+    report.present = len(wanted) - len(missing)
+    state = _Fetch(open_stream, peers, task_id, store, window=window, max_chunk=max_chunk, retries=retries,
+                   timeout=timeout, report=report)
+    state.remaining = dict.fromkeys(missing)
+    if missing and state.peers:
+        parts = [missing[i::streams] for i in range(min(streams, len(missing)))]
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, part in enumerate(parts):
+                    nursery.start_soon(state.worker, index, part)
+        except BaseExceptionGroup as group:  # a store error (quota) ends every worker
+            raise single_error(group, (PeerdError,)) from None
+    report.missing = tuple(state.remaining)
+    if report.missing:
+        raise TransferIncomplete(report)
+    return report
+
+
+# ---------------------------------------------------------------- serving
+@dataclass
+class ServeCounters:
+    streams: int = 0
+    refused: int = 0  # not a party of the task's lease
+    busy: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    missing: int = 0
+    broken: int = 0  # streams that ended in a protocol violation, a timeout or a reset
+
+
+class BlobService:
+    """Serves the chunk store on ``/peerd/blob/1.0.0`` to the parties of each task's lease."""
+
+    def __init__(
+        self, store: ChunkStore, access: Access, *, timeout: float = DEFAULT_TIMEOUT,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+    ) -> None:
+        self.store = store
+        self.access = access
+        self.timeout = timeout
+        self.max_streams_per_peer = max_streams_per_peer
+        self.counters = ServeCounters()
+        self._open: dict[str, int] = defaultdict(int)
+
+    async def serve(self, stream: ServedStream) -> None:
+        """The stream handler: one fetcher, until it says done (or breaks)."""
+        peer = stream.remote_peer
+        self.counters.streams += 1
+        self._open[peer] += 1
+        try:
+            await serve_blobs(stream, peer, self.store, self.access, timeout=self.timeout,
+                              counters=self.counters, busy=self._open[peer] > self.max_streams_per_peer)
+        finally:
+            self._open[peer] -= 1
+            if not self._open[peer]:
+                del self._open[peer]
+
+
+async def serve_blobs(
+    stream: ByteStream, remote_peer: str, store: ChunkStore, access: Access, *, timeout: float = DEFAULT_TIMEOUT,
+    counters: ServeCounters | None = None, busy: bool = False,
+) -> None:
+    """Answer one fetcher's wants from ``store``; returns when the transfer ends, never raises for the peer."""
+    counters = counters if counters is not None else ServeCounters()
+    machine = BlobServer()
+    try:
+        await _serve(stream, remote_peer, store, access, machine, timeout, counters, busy)
+    except (PeerGone, PeerTimeout, RemoteProtocolError) as exc:
+        counters.broken += 1
+        log.info("blob stream from …%s ended: %s", remote_peer[-8:], exc)
+
+
+async def _serve(
+    stream: ByteStream, peer: str, store: ChunkStore, access: Access, machine: BlobServer, timeout: float,
+    counters: ServeCounters, busy: bool,
+) -> None:
+    allowed: set[bytes] | None = None
+    while True:
+        if allowed is not None and machine.pending:
+            await _answer(stream, store, machine, allowed, timeout, counters)
+            continue
+        event = await _next_event(stream, machine, timeout)
+        if isinstance(event, Want) and allowed is None:
+            refusal = await _refusal(peer, event.task_id, access, busy)
+            if refusal is not None:
+                code, detail = refusal
+                if code is BlobErrorCode.BUSY:
+                    counters.busy += 1
+                else:
+                    counters.refused += 1
+                await send_bytes(stream, machine.abort(code, detail), timeout)
+                return
+            allowed = await store.pinned(event.task_id)
+        elif isinstance(event, Done | BlobError):
+            return
+
+
+async def _refusal(peer: str, task_id: str, access: Access, busy: bool) -> tuple[BlobErrorCode, str] | None:
+    if not await access(peer, task_id):
+        return BlobErrorCode.NOT_AUTHORIZED, f"not a party of the lease of task {task_id}"
+    if busy:
+        return BlobErrorCode.BUSY, "too many blob streams from this peer"
+    return None
+
+
+async def _answer(
+    stream: ByteStream, store: ChunkStore, machine: BlobServer, allowed: set[bytes], timeout: float,
+    counters: ServeCounters,
+) -> None:
+    """Answer the oldest pending digest: its chunk, or missing (absent, corrupt, or not this task's)."""
+    digest = machine.pending[0]
+    chunk = await store.get_verified(digest) if digest in allowed else None  # re-hashed as it is read
+    if chunk is not None:
+        try:
+            out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
+        except LocalProtocolError:  # larger than this machine sends: serve it as missing
+            chunk = None
+    if chunk is None:
+        out = machine.send_missing([digest])
+        counters.missing += 1
+    else:
+        counters.chunks += 1
+        counters.bytes += len(chunk.data)
+    await send_bytes(stream, out, timeout)
+
+
+# ---------------------------------------------------------------- wiring
+def lease_access(store: Store) -> Access:
+    """Access from the node's store: the peer is the requester or the provider of the task's lease."""
+
+    async def access(remote_peer: str, task_id: str) -> bool:
+        lease = await store.get_lease(task_id)
+        if lease is None:
+            return False
+        terms = decode_as(lease.terms, LeaseTerms)
+        assert isinstance(terms, LeaseTerms)
+        return remote_peer in (terms.requester, terms.provider)
+
+    return access
+
+
+def register_blob_protocol(
+    p2p: P2PService, store: ChunkStore, access: Access, *, timeout: float = DEFAULT_TIMEOUT,
+) -> BlobService:
+    """Serve ``store`` on ``/peerd/blob/1.0.0`` (before or after the service starts)."""
+    service = BlobService(store, access, timeout=timeout)
+    p2p.set_stream_handler(BLOB_PROTOCOL, service.serve)
+    return service
+
+
+def blob_opener(p2p: P2PService, addrs: dict[str, list[str]] | None = None) -> OpenStream:
+    """``open_stream`` for ``fetch`` over ``p2p`` (dialling with ``addrs[peer]`` when given).
+
+    Job data never goes through a relay unless ``[relay] allow_data``: a
+    stream that opened on a relayed connection is reset, ``p2p.try_direct``
+    tries hole punching (bounded), and the stream is opened again on the
+    direct connection; when there is none, ``RelayedTransfer`` (the fetch
+    drops the peer at once with that reason).
+    """
+
+    async def open_stream(peer: str) -> ByteStream:
+        if not p2p.relay.allow_data and p2p.is_relayed(peer):
+            await p2p.try_direct(peer)  # one try per peer at a time: the other streams wait for it
+        for last_try in (False, True):
+            stream = await p2p.open_stream(peer, BLOB_PROTOCOL, (addrs or {}).get(peer))
+            if p2p.relay.allow_data or not stream.relayed:
+                p2p.note_data_stream(stream.relayed)
+                return stream
+            await _close(stream, clean=False)
+            if last_try or not await p2p.try_direct(peer):
+                break
+        raise RelayedTransfer(peer)
+
+    return open_stream
+
+
+__all__ = [
+    "BLOB_PROTOCOL", "Access", "BlobService", "FetchReport", "OpenStream", "RelayedTransfer", "ServeCounters",
+    "TransferError",
+    "TransferIncomplete", "blob_opener", "fetch", "lease_access", "register_blob_protocol", "serve_blobs",
+]

@@ -1,0 +1,1 @@
+"""This host: identity, inventory (CPUs, memory, disk, GPUs), diagnosis, systemd."""

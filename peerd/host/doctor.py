@@ -1,0 +1,182 @@
+"""`peerd doctor`: can this host provide? Each check says what it found and, when it
+fails, what to do about it in plain words. The CLI prints them; nothing here prints.
+
+Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk, then
+reachability: whether peers can dial this node, which only a running daemon knows
+(its dial-back check, ``peerd.p2p.reachability``); without one it says "unknown".
+A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup. A relayed
+node passes too (it takes small jobs through its relays); an unreachable one fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from peerd.config import Config
+from peerd.control.ops import DoctorCheck
+from peerd.executor.engine import EngineInfo, inspect_engine
+from peerd.host.nvml import GpuInfo, NvmlSource, diagnose_gpus
+from peerd.host.resources import disk_free, existing_ancestor
+from protocol.reachability import HINTS, Reachability
+
+MIN_API_VERSION = (1, 40)  # DeviceRequests (GPUs by UUID) arrived with API 1.40 / Docker 19.03
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # plain-language remedy; "" when ok
+
+
+@dataclass(frozen=True)
+class Findings:
+    engine: EngineInfo
+    gpus: tuple[GpuInfo, ...]
+    nvml_problem: str | None
+    disk_free: int
+    min_disk_free: int
+    home: Path
+
+
+def _api_tuple(version: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in (version or "0").split("."))
+    except ValueError:
+        return (0,)
+
+
+def check_docker(f: Findings) -> Check:
+    e = f.engine
+    if not e.reachable:
+        return Check(
+            "docker", False, f"dockerd is not reachable: {e.detail}",
+            "Install Docker and start it (sudo systemctl enable --now docker); if it runs, let this "
+            "user use it (sudo usermod -aG docker $USER, then log in again) or set resources.docker_url.",
+        )
+    if _api_tuple(e.api_version) < MIN_API_VERSION:
+        return Check(
+            "docker", False, f"Docker {e.version} speaks API {e.api_version}, too old for GPU requests",
+            "Upgrade Docker to 19.03 or newer.",
+        )
+    return Check("docker", True, f"Docker {e.version} (API {e.api_version})")
+
+
+def check_gpus(f: Findings) -> Check:
+    if f.gpus:
+        names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
+        return Check("gpus", True, f"{len(f.gpus)} GPU(s), driver {f.gpus[0].driver_version}: {names}")
+    if f.nvml_problem:
+        return Check(
+            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}",
+            "Make the driver work (nvidia-smi must list the GPUs): a driver/library version mismatch "
+            "is usually fixed by a reboot after a driver upgrade.",
+        )
+    return Check("gpus", True, "no NVIDIA driver found: this node offers CPUs only")
+
+
+def check_runtime(f: Findings) -> Check:
+    e = f.engine
+    if not f.gpus:
+        return Check("nvidia-runtime", True, "not needed: no GPUs to offer")
+    if not e.reachable:
+        return Check("nvidia-runtime", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
+    if e.gpu_runtime:
+        how = "nvidia runtime" if "nvidia" in e.runtimes else f"CDI ({', '.join(e.cdi_spec_dirs)})"
+        return Check("nvidia-runtime", True, f"containers can get GPUs through the {how}")
+    return Check(
+        "nvidia-runtime", False,
+        f"this host has {len(f.gpus)} GPU(s) but dockerd has no NVIDIA runtime (runtimes: "
+        f"{', '.join(e.runtimes) or 'none'}): GPU jobs will be refused",
+        "Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
+        "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.",
+    )
+
+
+def check_cgroups(f: Findings) -> Check:
+    e = f.engine
+    if not e.reachable:
+        return Check("cgroup-limits", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
+    flags = {"memory": e.memory_limit, "swap": e.swap_limit, "pids": e.pids_limit, "cpu quota": e.cpu_cfs_quota}
+    missing = [name for name, on in flags.items() if not on]
+    if not missing:
+        return Check("cgroup-limits", True, "memory, swap, pids and CPU quota limits are enforced")
+    return Check(
+        "cgroup-limits", False, f"dockerd cannot enforce: {', '.join(missing)} limits",
+        "Enable the missing cgroup controllers: boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) "
+        "or add 'cgroup_enable=memory swapaccount=1' to the kernel command line, then reboot.",
+    )
+
+
+def check_disk(f: Findings) -> Check:
+    free_gib = f.disk_free / GiB
+    if f.disk_free >= f.min_disk_free:
+        return Check("disk", True, f"{free_gib:.1f} GiB free under {f.home}")
+    return Check(
+        "disk", False, f"only {free_gib:.1f} GiB free under {f.home} (want {f.min_disk_free / GiB:.0f} GiB)",
+        "Free some disk space (docker system prune removes unused images), or move the peerd home "
+        "to a larger disk.",
+    )
+
+
+CHECKS: tuple[Callable[[Findings], Check], ...] = (
+    check_docker, check_gpus, check_runtime, check_cgroups, check_disk,
+)
+
+
+NO_DAEMON = "unknown: start the daemon (peerd run); only a running node can ask its peers to dial it back"
+
+
+def check_reachability(state: Reachability | None, relays: int = 0) -> Check:
+    """Whether peers can dial this node, as the daemon's dial-back check found (None: no daemon)."""
+    if state is None:
+        return Check("reachability", True, NO_DAEMON)
+    hint = HINTS[state]
+    if state is Reachability.PUBLIC:
+        return Check("reachability", True, f"public: {hint}")
+    if state is Reachability.RELAYED:
+        return Check("reachability", True, f"relayed through {relays} relay(s): {hint}")
+    if state is Reachability.UNKNOWN:
+        return Check("reachability", True, f"unknown: the daemon is still checking ({hint})")
+    return Check("reachability", False, "unreachable: no peer could dial this node and no relay holds it", hint)
+
+
+async def run_checks(
+    docker_base_url: str | None,
+    home: Path,
+    *,
+    nvml: NvmlSource | None = None,
+    min_disk_free: int = 5 * GiB,
+    docker_timeout: float = 5.0,
+) -> list[Check]:
+    """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
+    engine = await inspect_engine(docker_base_url, timeout=docker_timeout)
+    gpus, problem = await diagnose_gpus(nvml)
+    free = await trio.to_thread.run_sync(disk_free, home)
+    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home))
+    return [check(findings) for check in CHECKS]
+
+
+def check_view(check: Check) -> DoctorCheck:
+    """A check as the control socket and the CLI show it: the fix follows a failure."""
+    return DoctorCheck(name=check.name, ok=check.ok,
+                       detail=check.detail if check.ok else f"{check.detail} — {check.fix}")
+
+
+async def doctor_views(
+    config: Config, reachability: Reachability | None = None, relays: int = 0,
+) -> list[DoctorCheck]:
+    """Every check for the node ``config`` describes, as views; ``reachability`` is the daemon's (None: none)."""
+    checks = await run_checks(config.resources.docker_url or None, config.home)
+    return [check_view(c) for c in [*checks, check_reachability(reachability, relays)]]
+
+
+def run_in_process(config: Config) -> list[DoctorCheck]:
+    """The checks without a daemon, for ``peerd doctor`` when none answers (its own trio run)."""
+    return trio.run(doctor_views, config)

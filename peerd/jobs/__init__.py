@@ -1,0 +1,1 @@
+"""Jobs: placing them (requester), running them (provider), and the task stream between."""

@@ -1,0 +1,464 @@
+"""The requester side: place a job on another host and see it through.
+
+``Requester.submit`` records the task and starts placement in the requester's
+nursery. Placement ranks candidates from the peer table (never this node
+unless the user asked for ``local``), negotiates with the best, and on a
+reject, a timeout or a lost provider tries the next, within
+``max_attempts`` and ``placement_deadline``. Every attempt is recorded with
+its outcome and reason, so "why wasn't my job placed?" always has an answer.
+A provider that vanishes after the lease is given one chance to be resumed
+before the job moves on; the lease it leaves behind is then ended on that
+provider when it can be reached again (``peerd.jobs.supersede``), so the job does
+not run twice. After a restart, unfinished tasks are resumed (leased) or placed
+again (not yet leased), and leases still to end are taken up again.
+
+Deadlines (placement, re-attaching) are on trio's clock; the wall clock
+(``clock``) only stamps what is signed or recorded, and is compared with
+signed times (advert and offer expiry).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from peerd.jobs.leasedjob import countersign_receipt
+from peerd.jobs.supersede import EnderSettings, LeaseEnder, OpenStream
+from peerd.jobs.taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
+from peerd.jobs.tracking import TaskTracker
+from peerd.p2p.errors import P2PError
+from peerd.state.store import Attempt, AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
+from protocol import LocalProtocolError, ProtocolError
+from protocol.messages import (
+    JobSpec,
+    Lease,
+    LogChunk,
+    Message,
+    Offer,
+    Receipt,
+    ReceiptTerms,
+    Reject,
+    RejectCode,
+    Result,
+    Status,
+    TaskState,
+)
+from protocol.negotiation import RequesterNegotiation
+from protocol.signing import Signer
+
+log = logging.getLogger(__name__)
+
+_REJECT_CODES = frozenset(code.value for code in RejectCode)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    peer_id: str
+    addrs: list[str]
+
+
+CandidateSource = Callable[[JobSpec, float, bool], list[Candidate]]
+
+
+@dataclass(frozen=True)
+class RequesterSettings:
+    max_attempts: int = 3
+    placement_deadline: float = 60.0
+    provider_timeout: float = 20.0
+    io_timeout: float = 30.0
+    peer_wait: float = 10.0  # how long to wait for adverts when the peer table is empty
+
+
+class AttemptFailed(Exception):
+    """Internal: one attempt ended without a result; carries what to record."""
+
+    def __init__(self, outcome: AttemptOutcome, code: str, detail: str, signed: bytes | None = None) -> None:
+        super().__init__(detail)
+        self.outcome, self.code, self.detail, self.signed = outcome, code, detail, signed
+
+
+_ATTEMPT_ERRORS = (AttemptFailed, trio.TooSlowError, ProtocolError, TaskWireError, P2PError, OSError)
+
+Channel = TaskChannel[RequesterNegotiation]
+
+
+class Requester:
+    def __init__(
+        self,
+        *,
+        signer: Signer,
+        store: Store,
+        tracker: TaskTracker,
+        candidates: CandidateSource,
+        open_stream: OpenStream,
+        settings: RequesterSettings,
+        all_providers: CandidateSource | None = None,
+        peers_changed: Callable[[], Awaitable[object]] | None = None,
+        on_negotiated: Callable[[float], None] | None = None,
+        on_settled: Callable[[], Awaitable[object]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.signer = signer
+        self.store = store
+        self.tracker = tracker
+        self.candidates = candidates
+        self.all_providers = all_providers
+        self.peers_changed = peers_changed  # returns once the peer table took another advert
+        self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
+        self.on_settled = on_settled  # awaited before a settled task's final state is visible
+        self.open_stream = open_stream
+        self.settings = settings
+        self.clock = clock
+        self._nursery: trio.Nursery | None = None
+        self._cancel: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._retry_same: set[str] = set()  # tasks whose last provider may be asked again
+        self.superseded = LeaseEnder(
+            signer=signer, store=store, open_stream=open_stream, clock=clock,
+            settings=EnderSettings(answer_timeout=settings.provider_timeout, io_timeout=settings.io_timeout,
+                                   max_retry=settings.provider_timeout),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.superseded.run)
+            for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
+                nursery.start_soon(self._guarded, record.task_id, self._recover(record))
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ------------------------------------------------------------ public operations
+    @staticmethod
+    def new_task_id() -> str:
+        return "t" + secrets.token_hex(8)
+
+    async def submit(
+        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """Record a task and start placing it. ``task_id``: one from ``new_task_id`` that job data
+        was already stored under; never on a provider in ``exclude`` (replicas)."""
+        assert self._nursery is not None, "Requester.run() must be started first"
+        task_id = task_id or self.new_task_id()
+        now = self.clock()
+        record = TaskRecord(
+            task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
+            requester=self.signer.peer_id, created_at=now, updated_at=now, local=local,
+        )
+        await self.store.create_task(record)
+        self.tracker.open(task_id)
+        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, exclude=exclude))
+        return task_id
+
+    async def _guarded(self, task_id: str, work: Awaitable[None]) -> None:
+        """The edge of one task's placement: a bug here ends the task, never the daemon."""
+        try:
+            await work
+        except Exception as exc:  # per-task edge: log it and settle the task with the reason
+            log.exception("task %s failed inside the requester", task_id)
+            await self._settle(task_id, TaskState.LOST, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask the task to stop; False if it is unknown or already final."""
+        stop = self._cancel.get(task_id)
+        if stop is None:
+            return False
+        await stop("cancelled by the user")
+        return True
+
+    # ------------------------------------------------------------ placement
+    async def _place(
+        self, task_id: str, spec: JobSpec, local: bool, tried: int = 0, exclude: frozenset[str] = frozenset()
+    ) -> None:
+        deadline = trio.current_time() + self.settings.placement_deadline
+        excluded: set[str] = set(exclude)
+        attempts = tried
+        with trio.CancelScope() as scope:
+            self._cancel[task_id] = self._cancel_placing(scope)
+            if not local and not self._anyone(spec):
+                await self._wait_for_peers(task_id, spec, deadline)
+            source = self.candidates
+            if self.all_providers is not None and not self.candidates(spec, self.clock(), local):
+                # Nobody fits on paper: ask the providers themselves, so the answer is
+                # theirs and signed (and a stale advert does not hide a willing provider).
+                source = self.all_providers
+            while attempts < self.settings.max_attempts and trio.current_time() < deadline:
+                ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
+                if not ranked:
+                    break
+                candidate = ranked[0]
+                excluded.add(candidate.peer_id)
+                attempts += 1
+                if await self._attempt(task_id, spec, candidate, attempts, deadline):
+                    return
+                if task_id in self._retry_same:
+                    self._retry_same.discard(task_id)
+                    excluded.discard(candidate.peer_id)
+        if scope.cancelled_caught:
+            await self._settle(task_id, TaskState.CANCELLED, "cancelled before placement")
+            return
+        detail = await self._not_placed_reason(task_id, spec, attempts, local)
+        await self._settle(task_id, TaskState.NOT_PLACED, detail)
+
+    def _anyone(self, spec: JobSpec) -> bool:
+        """Is there a candidate, or at least a live provider to ask?"""
+        now = self.clock()
+        return bool(self.candidates(spec, now, False)) or (
+            self.all_providers is not None and bool(self.all_providers(spec, now, False))
+        )
+
+    async def _wait_for_peers(self, task_id: str, spec: JobSpec, deadline: float) -> None:
+        """No provider known yet (a requester just started): wait, bounded, for adverts."""
+        wait = min(self.settings.peer_wait, deadline - trio.current_time())
+        if wait <= 0:
+            return
+        await self._back_to_placing(task_id, f"waiting for peers: the peer table is empty (up to {wait:g}s)")
+        with trio.move_on_after(wait):
+            while not self._anyone(spec):
+                await (self.peers_changed or trio.sleep_forever)()
+
+    def _cancel_placing(self, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
+        async def stop(reason: str) -> None:
+            scope.cancel()
+
+        return stop
+
+    async def _not_placed_reason(self, task_id: str, spec: JobSpec, attempts: int, local: bool) -> str:
+        if attempts == 0:
+            where = "this node" if local else "the peer table"
+            return f"no provider in {where} can run this job (cpus, memory, GPUs, price or image)"
+        reasons = [
+            " ".join(filter(None, (f"{a.provider[:16]}…:", a.outcome.value, a.reason_code or "", a.detail)))
+            for a in await self.store.attempts(task_id)
+        ]
+        return f"not placed after {attempts} attempt(s): " + "; ".join(reasons)
+
+    async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, n: int, deadline: float) -> bool:
+        """One negotiation; True when the task reached a final state through it."""
+        lease: Lease | None = None
+        failure: Exception | None = None
+        try:
+            async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
+                try:
+                    channel = self._channel(stream, candidate.peer_id)
+                    with trio.fail_at(max(deadline, trio.current_time() + 0.1)):
+                        lease = await self._negotiate(channel, task_id, spec)
+                    await self._record_attempt(task_id, n, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
+                    return await self._collect(channel, task_id)
+                except _ATTEMPT_ERRORS as exc:
+                    failure = exc  # handled below, outside the stream's own nursery
+        except _ATTEMPT_ERRORS as exc:
+            failure = failure or exc
+        except BaseExceptionGroup as group:
+            failure = failure or single_error(group, _ATTEMPT_ERRORS)
+        return await self._after_failure(task_id, n, candidate, lease, failure)
+
+    async def _after_failure(
+        self, task_id: str, n: int, candidate: Candidate, lease: Lease | None, failure: Exception | None
+    ) -> bool:
+        peer = candidate.peer_id
+        if isinstance(failure, AttemptFailed):
+            await self._record_attempt(task_id, n, peer, failure.outcome, failure.code, failure.detail, failure.signed)
+        elif isinstance(failure, trio.TooSlowError):
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.TIMEOUT, "", "placement deadline passed")
+        elif isinstance(failure, ProtocolError):
+            await self._record_attempt(task_id, n, peer, AttemptOutcome.ERROR, "", f"{failure.code}: {failure}")
+            if lease is not None:
+                await self.superseded.supersede(task_id, peer, lease, "the provider broke the protocol after the lease")
+                await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
+            return False
+        elif lease is None:
+            outcome = AttemptOutcome.TIMEOUT if isinstance(failure, PeerTimeout) else AttemptOutcome.UNREACHABLE
+            await self._record_attempt(task_id, n, peer, outcome, "", str(failure))
+        if lease is None or isinstance(failure, trio.TooSlowError):
+            return False
+        log.info("lost provider %s for %s (%s); trying to resume", peer[:16], task_id, failure)
+        return await self._resume(task_id, candidate, lease)
+
+    def _channel(self, stream: ByteStream, peer_id: str) -> Channel:
+        machine = RequesterNegotiation(self.signer, peer_id)
+        return TaskChannel(stream, machine, timeout=self.settings.io_timeout)
+
+    async def _negotiate(self, channel: Channel, task_id: str, spec: JobSpec) -> Lease:
+        """Request → offer → accept → co-signed lease; AttemptFailed otherwise."""
+        began = trio.current_time()
+        machine = channel.machine
+        await channel.send_frame(machine.send_request(task_id, spec, now=self.clock()))
+        answer = await channel.receive(timeout=self.settings.provider_timeout)
+        if isinstance(answer, Reject):
+            raise AttemptFailed(AttemptOutcome.REJECTED, answer.code.value, answer.detail, machine.last_envelope)
+        assert isinstance(answer, Offer)
+        if answer.price > spec.max_price or len(answer.gpus) != spec.gpus:
+            await channel.send_frame(machine.cancel("offer does not match the request"))
+            raise AttemptFailed(AttemptOutcome.DECLINED, "",
+                                f"offer at {answer.price:g}/h with {len(answer.gpus)} GPUs")
+        await channel.send_frame(await self._accept(channel))
+        proposal = await channel.receive(timeout=self.settings.provider_timeout)
+        if isinstance(proposal, Reject):
+            raise AttemptFailed(AttemptOutcome.REJECTED, proposal.code.value, proposal.detail, machine.last_envelope)
+        assert isinstance(proposal, Lease)  # the machine checked it against the request, offer and price
+        countersigned = machine.countersign_lease()
+        lease, terms = machine.lease, machine.lease_terms
+        assert lease is not None and terms is not None
+        # Write before act: the lease is ours once recorded, then the provider learns we signed.
+        await self.store.put_lease(task_id, lease, terms.expires_at, replace=True)  # a retry re-leases
+        await self.store.update_task(task_id, now=self.clock(), state=TaskState.RUNNING,
+                                     provider=terms.provider, price=terms.price)
+        self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
+        await channel.send_frame(countersigned)
+        if self.on_negotiated is not None:
+            self.on_negotiated(trio.current_time() - began)
+        return lease
+
+    async def _accept(self, channel: Channel) -> bytes:
+        """The Accept to send; an offer that expired (the machine's one rule) is declined instead."""
+        try:
+            return channel.machine.accept(now=self.clock())
+        except LocalProtocolError as exc:
+            if exc.code != RejectCode.OFFER_EXPIRED.value:
+                raise
+        await channel.send_frame(channel.machine.cancel("the offer expired before it was accepted"))
+        raise AttemptFailed(AttemptOutcome.DECLINED, "", "the offer expired before it was accepted")
+
+    # ------------------------------------------------------------ after the lease
+    async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
+        """Re-attach to a leased task on a new stream; on failure, back to placing.
+
+        Only re-attaching is bounded (by ``provider_timeout``): once the provider
+        answers the Resume, the job may run as long as its lease allows, and a
+        stream that breaks again opens a fresh re-attach window.
+        """
+        deadline = trio.current_time() + self.settings.provider_timeout
+        while trio.current_time() < deadline:
+            attached = trio.Event()
+            try:
+                return await self._resume_once(task_id, candidate, lease, deadline, attached)
+            except AttemptFailed as failed:
+                # The provider answered: it does not hold this lease (e.g. our countersignature
+                # never reached it). It is healthy, so it may be asked again under a new lease.
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.REJECTED, failed.code,
+                                           f"refused to resume: {failed.detail}", failed.signed)
+                if failed.code == RejectCode.UNKNOWN_TASK:
+                    self._retry_same.add(task_id)
+                await self._back_to_placing(task_id, f"the provider does not hold the lease ({failed.code})")
+                return False
+            except ProtocolError as exc:
+                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.ERROR, exc.code, str(exc))
+                await self.superseded.supersede(task_id, candidate.peer_id, lease,
+                                                "the provider broke the protocol while resuming")
+                await self._back_to_placing(task_id, "the provider broke the protocol while resuming")
+                return False
+            except (TaskWireError, P2PError, OSError, trio.TooSlowError) as exc:
+                log.info("resuming %s on %s failed: %s", task_id, candidate.peer_id[:16], exc)
+            if attached.is_set():
+                deadline = trio.current_time() + self.settings.provider_timeout
+            with trio.move_on_at(deadline):
+                await trio.sleep(1.0)  # back off between tries, never past the window
+        # the lost attempt keeps the lease, so that it is ended on the provider once it is back
+        await self.superseded.supersede(task_id, candidate.peer_id, lease,
+                                        "provider_lost: the provider vanished after the lease and could not be resumed")
+        await self._back_to_placing(task_id, "provider lost; placing elsewhere")
+        return False
+
+    async def _resume_once(
+        self, task_id: str, candidate: Candidate, lease: Lease, deadline: float, attached: trio.Event
+    ) -> bool:
+        """One re-attach: the dial (bounded by the p2p connect timeout) and the first
+        answer must come before ``deadline``; the collection after it is not bounded."""
+        failure: Exception | None = None
+        try:
+            async with self.open_stream(candidate.peer_id, candidate.addrs) as stream:
+                try:
+                    channel = self._channel(stream, candidate.peer_id)
+                    with trio.fail_at(deadline):
+                        await channel.send_frame(channel.machine.resume(lease, self.tracker.next_log_seq(task_id)))
+                        first = await channel.receive()
+                    attached.set()
+                    return await self._collect(channel, task_id, first=first)
+                except _ATTEMPT_ERRORS as exc:
+                    failure = exc
+        except _ATTEMPT_ERRORS as exc:
+            failure = failure or exc
+        except BaseExceptionGroup as group:
+            failure = failure or single_error(group, _ATTEMPT_ERRORS)
+        assert failure is not None
+        raise failure
+
+    async def _back_to_placing(self, task_id: str, detail: str) -> None:
+        await self.store.update_task(task_id, now=self.clock(), state=TaskState.PLACING, detail=detail)
+        self.tracker.state(task_id, TaskState.PLACING, detail)
+
+    async def _collect(self, channel: Channel, task_id: str, *, first: Message | None = None) -> bool:
+        self._cancel[task_id] = self._cancel_running(channel, task_id)
+        try:
+            while True:
+                msg, first = (first, None) if first is not None else (
+                    await channel.receive(timeout=self.settings.provider_timeout), None)
+                if isinstance(msg, LogChunk):
+                    self.tracker.log(task_id, msg)
+                elif isinstance(msg, Status):
+                    self.tracker.state(task_id, msg.state if msg.state is TaskState.STAGING else TaskState.RUNNING,
+                                       msg.detail)
+                elif isinstance(msg, Result):
+                    break
+                elif isinstance(msg, Reject):
+                    raise AttemptFailed(AttemptOutcome.LOST, msg.code.value, msg.detail, channel.machine.last_envelope)
+            proposal = await channel.receive(timeout=self.settings.provider_timeout)
+            assert isinstance(proposal, Receipt)  # the machine checked it against the lease and the result
+            countersigned = countersign_receipt(channel.machine)
+            receipt, terms = channel.machine.receipt, channel.machine.receipt_terms
+            assert receipt is not None and terms is not None
+            await self._finish(task_id, msg, receipt, terms)  # write before act
+            await channel.send_frame(countersigned)
+            return True
+        finally:
+            self._cancel.pop(task_id, None)
+
+    def _cancel_running(self, channel: Channel, task_id: str) -> Callable[[str], Awaitable[None]]:
+        async def stop(reason: str) -> None:
+            await channel.send_frame(channel.machine.cancel(reason))
+
+        return stop
+
+    async def _finish(self, task_id: str, result: Result, receipt: Receipt, terms: ReceiptTerms) -> None:
+        now = self.clock()
+        await self.store.put_result(ResultRecord(result, finished_at=now))
+        await self.store.put_receipt(task_id, receipt, terms.provider, terms.requester, terms.cost, terms.finished_at)
+        await self._settle(task_id, result.state, result.detail, exit_code=result.exit_code)
+
+    async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
+        with trio.CancelScope(shield=True):
+            await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail, exit_code=exit_code)
+            if self.on_settled is not None:
+                await self.on_settled()  # e.g. reputation folds in what this task taught
+        self._cancel.pop(task_id, None)
+        self.tracker.finish(task_id, state, detail)
+
+    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: AttemptOutcome, code: str,
+                              detail: str, signed: bytes | None = None) -> None:
+        """Append to the task's placement log (``n`` is advisory; the log numbers itself)."""
+        reason = code if code in _REJECT_CODES else None
+        if code and reason is None:
+            detail = f"{code}: {detail}"
+        n = len(await self.store.attempts(task_id)) + 1
+        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome,
+                          reason_code=RejectCode(reason) if reason else None,
+                          detail=detail[:1024], signed=signed, at=self.clock())
+        with trio.CancelScope(shield=True):
+            await self.store.add_attempt(attempt)
+        self.tracker.state(task_id, TaskState.PLACING, f"{provider[:16]}…: {outcome} {code}".strip())
+
+    # ------------------------------------------------------------ after a restart
+    async def _recover(self, record: TaskRecord) -> None:
+        self.tracker.open(record.task_id)
+        lease = await self.store.get_lease(record.task_id)
+        if lease is not None and lease.requester_sig and record.provider:
+            candidate = Candidate(peer_id=record.provider, addrs=[])
+            if await self._resume(record.task_id, candidate, lease):
+                return
+        tried = len(await self.store.attempts(record.task_id))
+        await self._place(record.task_id, record.spec, record.local, tried=min(tried, self.settings.max_attempts - 1))

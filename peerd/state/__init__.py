@@ -1,0 +1,1 @@
+"""Durable node state: the SQLite store, its records and queries, retention."""

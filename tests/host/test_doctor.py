@@ -1,0 +1,59 @@
+"""peerd doctor's checks, on this host and on hosts it can be made to look like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peerd.host.doctor import Check, check_reachability, check_view, run_checks
+from peerd.host.nvml import FakeNvml
+from protocol.reachability import HINTS, Reachability
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+@pytest.mark.docker
+async def test_this_host_passes(tmp_path: Path) -> None:
+    checks = await run_checks(None, tmp_path, min_disk_free=1 << 20)
+    assert [c.name for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk"]
+    failing = [c for c in checks if not c.ok]
+    assert failing == []
+    assert all(c.fix == "" for c in checks)
+    assert "Docker" in by_name(checks)["docker"].detail
+
+
+async def test_unreachable_docker_fails_with_a_fix(tmp_path: Path) -> None:
+    checks = by_name(await run_checks(f"unix://{tmp_path}/none.sock", tmp_path, docker_timeout=2))
+    assert not checks["docker"].ok and "systemctl" in checks["docker"].fix
+    assert not checks["cgroup-limits"].ok
+
+
+@pytest.mark.docker  # the runtime check needs the docker check to pass
+async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: Path) -> None:
+    checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2)))
+    assert checks["gpus"].ok and "2 GPU(s)" in checks["gpus"].detail
+    runtime = checks["nvidia-runtime"]
+    assert not runtime.ok and "nvidia-container-toolkit" in runtime.fix
+
+
+async def test_low_disk_fails(tmp_path: Path) -> None:
+    checks = by_name(await run_checks(None, tmp_path, min_disk_free=1 << 60))
+    assert not checks["disk"].ok and checks["disk"].fix
+
+
+def test_reachability_passes_public_and_relayed_and_fails_unreachable_with_the_hint() -> None:
+    assert check_reachability(Reachability.PUBLIC).ok
+    relayed = check_reachability(Reachability.RELAYED, relays=2)
+    assert relayed.ok and "2 relay(s)" in relayed.detail and HINTS[Reachability.RELAYED] in relayed.detail
+    unreachable = check_reachability(Reachability.UNREACHABLE)
+    assert not unreachable.ok and unreachable.fix == HINTS[Reachability.UNREACHABLE]
+    assert "forward the listen port" in check_view(unreachable)["detail"]  # the fix follows the failure
+    assert check_reachability(Reachability.UNKNOWN).detail.startswith("unknown: the daemon is still checking")
+
+
+def test_without_a_daemon_reachability_is_unknown() -> None:
+    check = check_reachability(None)
+    assert check.ok and check.detail.startswith("unknown: start the daemon")
