@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peerd.errors import ConfigError
+from peerd.market.offerguard import GuardLimits
 from peerd.units import format_size, parse_duration, parse_size
 from protocol.codec import DEFAULT_MAX_FRAME
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
@@ -58,8 +59,10 @@ class PolicyConfig:
     max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
     max_memory: int = 0
     max_concurrent: int = 8
-    offers_per_peer: int = 16  # open negotiations per requester peer (an offer holds no capacity)
-    lapsed_offers: int = 3
+    # open negotiations per requester peer (an offer holds no capacity); lapsed offers before "busy".
+    # Their defaults are the offer guard's own (one default per setting).
+    offers_per_peer: int = GuardLimits.offers_per_peer
+    lapsed_offers: int = GuardLimits.lapse_limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,15 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from peerd.daemon.httpserve import (
+    PLAIN_TEXT,
+    Sender,
+    http_url,
+    new_connection,
+    open_listeners,
+    read_request,
+    serve_connections,
+)
 from peerd.errors import ConfigError, PeerdError
 from peerd.executor.gpus import CapacityLedger
 from peerd.market.peertable import AdvertVerdict
@@ -44,7 +53,6 @@ NEGOTIATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 OVERHEAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PLACEMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-MAX_REQUEST_HEAD = 8 << 10
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 8
 
@@ -232,17 +240,6 @@ class _Response:
     status: str
     content_type: str
     body: bytes
-    extra: tuple[tuple[str, str], ...] = ()
-
-    def encode(self, *, head_only: bool) -> bytes:
-        lines = [f"HTTP/1.1 {self.status}", f"Content-Type: {self.content_type}",
-                 f"Content-Length: {len(self.body)}", "Connection: close",
-                 *(f"{name}: {value}" for name, value in self.extra)]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else self.body)
-
-
-def _plain(status: str, text: str, extra: tuple[tuple[str, str], ...] = ()) -> _Response:
-    return _Response(status, "text/plain; charset=utf-8", text.encode(), extra)
 
 
 SampleSource = Callable[[], Awaitable[NodeSample]]
@@ -256,7 +253,6 @@ class MetricsServer:
         self._sample = sample
         self.address = address
         self.port: int | None = None
-        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
         self._routes: dict[str, Callable[[], Awaitable[_Response]]] = {
             "/metrics": self._metrics_page,
             "/": self._index_page,
@@ -264,66 +260,35 @@ class MetricsServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the bound port, serve until cancelled."""
-        host, port = self.address
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise MetricsError(f"metrics.listen {host}:{port}: cannot listen: {exc.strerror or exc}") from exc
-        self.port = int(listeners[0].socket.getsockname()[1])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
-            log.info("metrics on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", self.port)
-            task_status.started(self.port)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        """The edge of one scrape connection: whatever happens stays here."""
-        try:
-            async with stream, self._limiter:
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    await self._serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("metrics client went away: %r", exc)
-        except Exception:  # a bug in one scrape must not stop the endpoint
-            log.exception("metrics request failed")
+        listeners, self.port = await open_listeners(self.address, "metrics.listen", MetricsError)
+        await serve_connections(listeners, self._serve, name="metrics", max_connections=MAX_CONNECTIONS,
+                                url=http_url(self.address[0], self.port, "/metrics"), task_status=task_status)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        head = await _read_head(stream)
-        if head is None:
-            await stream.send_all(_plain("400 Bad Request", "bad request\n").encode(head_only=False))
-            return
-        method, target = head
-        route = self._routes.get(target.split("?", 1)[0])
-        if method not in ("GET", "HEAD"):
-            response = _plain("405 Method Not Allowed", "GET only\n", (("Allow", "GET, HEAD"),))
-        elif route is None:
-            response = _plain("404 Not Found", "not found; try /metrics\n")
-        else:
-            response = await route()
-        await stream.send_all(response.encode(head_only=method == "HEAD"))
+        conn = new_connection()
+        send = Sender(conn, stream)
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            request = await read_request(conn, stream)
+            if request is None:
+                await send.bad_request()
+                return
+            method = request.method.decode("latin-1")
+            route = self._routes.get(request.target.decode("latin-1").split("?", 1)[0])
+            if method not in ("GET", "HEAD"):
+                response = _Response("405 Method Not Allowed", PLAIN_TEXT, b"GET only\n")
+            elif route is None:
+                response = _Response("404 Not Found", PLAIN_TEXT, b"not found; try /metrics\n")
+            else:
+                response = await route()
+            body = b"" if method == "HEAD" else response.body
+            await send.whole(response.status, response.content_type, body, len(response.body))
 
     async def _metrics_page(self) -> _Response:
         sample = await self._sample()
         return _Response("200 OK", CONTENT_TYPE_PLAIN_0_0_4, self.metrics.render(sample))
 
     async def _index_page(self) -> _Response:
-        return _plain("200 OK", "peerd metrics: /metrics\n")
-
-
-async def _read_head(stream: trio.SocketStream) -> tuple[str, str] | None:
-    """(method, target) of an HTTP/1.x request; None if malformed, oversize or cut short."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > MAX_REQUEST_HEAD:
-            return None
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return None
-        data += chunk
-    request_line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return None
-    return parts[0], parts[1]
+        return _Response("200 OK", PLAIN_TEXT, b"peerd metrics: /metrics\n")
 
 
 __all__ = [

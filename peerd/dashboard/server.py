@@ -10,20 +10,16 @@ closes; streams end when the client goes away or the server is cancelled.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
-import h11
 import trio
 
 from peerd.control.ops import LogChunkView, NodeOps, OpError, TaskNotFound
-from peerd.dashboard.routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan, refused
+from peerd.daemon.httpserve import Sender, http_url, new_connection, open_listeners, read_request, serve_connections
+from peerd.dashboard.routing import SECURITY_HEADERS, STATIC, Kind, Plan, allowed_hosts, plan
 from peerd.errors import PeerdError
 
-log = logging.getLogger(__name__)
-
-MAX_REQUEST_HEAD = 8 << 10
 REQUEST_TIMEOUT = 10.0  # to read a request and send a plain answer; streams are not bound by it
 MAX_CONNECTIONS = 32
 MAX_STREAMS = 16  # server-sent event streams open at once; more are answered 503
@@ -70,54 +66,30 @@ class DashboardServer:
         self.interval = interval
         self.heartbeat = heartbeat
         self._hosts: frozenset[str] = frozenset()
-        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
         self._streams = 0
         folder = resources.files(__package__).joinpath("static")
         self._files = {name: folder.joinpath(name).read_bytes() for name, _ in STATIC.values()}
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the bound port, serve until cancelled."""
-        host, port = self.address
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise DashboardError(f"dashboard.listen {host}:{port}: cannot listen: {exc.strerror or exc}") from exc
-        self.port = int(listeners[0].socket.getsockname()[1])
-        self._hosts = allowed_hosts(host, self.port)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
-            log.info("dashboard on http://%s:%d/", host if ":" not in host else f"[{host}]", self.port)
-            task_status.started(self.port)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        """The edge of one browser connection: whatever happens stays here."""
-        try:
-            async with stream, self._limiter:
-                await self._serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("dashboard client went away: %r", exc)
-        except Exception:  # a bug in one request must not stop the dashboard
-            log.exception("dashboard request failed")
+        listeners, self.port = await open_listeners(self.address, "dashboard.listen", DashboardError)
+        self._hosts = allowed_hosts(self.address[0], self.port)
+        await serve_connections(listeners, self._serve, name="dashboard", max_connections=MAX_CONNECTIONS,
+                                url=http_url(self.address[0], self.port, "/"), task_status=task_status)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        conn = new_connection()
         with trio.move_on_after(REQUEST_TIMEOUT) as scope:
-            request = await _read_request(conn, stream)
+            request = await read_request(conn, stream)
         if scope.cancelled_caught:
             return
+        send = Sender(conn, stream, SECURITY_HEADERS)
         if request is None:
-            the_plan = refused("400 Bad Request", "bad request\n")
-        else:
-            host = next((v.decode("latin-1") for k, v in request.headers if k == b"host"), None)
-            the_plan = plan(request.method.decode("latin-1"), request.target.decode("latin-1"), host, self._hosts)
-        head_only = request is not None and request.method == b"HEAD"
-        send = _Sender(conn, stream)
-        if request is None:
-            try:
-                await send.whole(the_plan.name, "text/plain; charset=utf-8", the_plan.reason.encode())
-            except h11.LocalProtocolError:
-                pass  # the client is gone (h11 has nothing to answer)
+            await send.bad_request()
             return
+        host = next((v.decode("latin-1") for k, v in request.headers if k == b"host"), None)
+        the_plan = plan(request.method.decode("latin-1"), request.target.decode("latin-1"), host, self._hosts)
+        head_only = request.method == b"HEAD"
         if the_plan.streams and not head_only:
             await self._stream(the_plan, send)
             return
@@ -158,7 +130,7 @@ class DashboardServer:
         return view
 
     # ------------------------------------------------------------ streams
-    async def _stream(self, p: Plan, send: _Sender) -> None:
+    async def _stream(self, p: Plan, send: Sender) -> None:
         if self._streams >= MAX_STREAMS:
             await send.whole("503 Service Unavailable", "text/plain; charset=utf-8", b"too many streams\n")
             return
@@ -178,7 +150,7 @@ class DashboardServer:
         finally:
             self._streams -= 1
 
-    async def _snapshots(self, send: _Sender) -> None:
+    async def _snapshots(self, send: Sender) -> None:
         """Each view as an event when it changed since the last look; a comment now and then."""
         sent: dict[str, bytes] = {}
         quiet = 0.0
@@ -202,7 +174,7 @@ class DashboardServer:
             await trio.sleep(self.interval)  # the stream's rate bound, not a wait for a condition
             quiet += self.interval
 
-    async def _logs(self, task_id: str, send: _Sender) -> None:
+    async def _logs(self, task_id: str, send: Sender) -> None:
         """Log chunks as events (``chunk``: {stream, text}), consecutive ones merged; ``end`` at the end."""
         out, into = trio.open_memory_channel[LogChunkView | None](64)
         async with trio.open_nursery() as nursery:
@@ -254,55 +226,3 @@ async def _pump(open_logs: Callable[[], AsyncIterator[LogChunkView]],
             with trio.CancelScope(shield=True):
                 await aclose()
     await out.send(None)
-
-
-class _Sender:
-    """h11 responses on one stream; every response carries the security headers and closes the connection."""
-
-    def __init__(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
-        self.conn = conn
-        self.stream = stream
-
-    async def _send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
-
-    async def head(self, status: str, content_type: str, length: int | None = None) -> None:
-        code, _, reason = status.partition(" ")
-        headers = [("Content-Type", content_type), ("Connection", "close"), *SECURITY_HEADERS]
-        if length is not None:
-            headers.append(("Content-Length", str(length)))
-        if code == "405":
-            headers.append(("Allow", "GET, HEAD"))
-        await self._send(h11.Response(status_code=int(code), reason=reason.encode(), headers=headers))
-
-    async def data(self, body: bytes) -> None:
-        await self._send(h11.Data(data=body))
-
-    async def end(self) -> None:
-        await self._send(h11.EndOfMessage())
-
-    async def whole(self, status: str, content_type: str, body: bytes, length: int | None = None) -> None:
-        await self.head(status, content_type, len(body) if length is None else length)
-        if body:
-            await self.data(body)
-        await self.end()
-
-
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The request's head; None if malformed, oversize or cut short (its body, if any, is not read)."""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return None
-        if isinstance(event, h11.Request):
-            return event
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(4096)
-            conn.receive_data(data)
-            if not data:
-                continue  # h11 reports the cut as ConnectionClosed or an error next
-        else:
-            return None

@@ -127,8 +127,9 @@ class RequesterData:
                                          file=is_file))
                 except (ManifestBuildError, BlobStoreError, ValueError) as exc:
                     raise InputError(f"input {one.source}: {exc}") from exc
-        except BaseException:
-            await self.chunks.release(task_id)
+        except BaseException:  # failed or cancelled: drop the pins taken so far, then re-raise
+            with trio.CancelScope(shield=True):  # a cancelled task's await would not run the release
+                await self.chunks.release(task_id)
             raise
         return tuple(refs)
 

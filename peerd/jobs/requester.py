@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 _REJECT_CODES = frozenset(code.value for code in RejectCode)
 
-PEER_POLL = 0.25  # how often an empty peer table is looked at again while waiting
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -100,6 +98,7 @@ class Requester:
         open_stream: OpenStream,
         settings: RequesterSettings,
         all_providers: CandidateSource | None = None,
+        peers_changed: Callable[[], Awaitable[object]] | None = None,
         on_negotiated: Callable[[float], None] | None = None,
         on_settled: Callable[[], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.time,
@@ -109,6 +108,7 @@ class Requester:
         self.tracker = tracker
         self.candidates = candidates
         self.all_providers = all_providers
+        self.peers_changed = peers_changed  # returns once the peer table took another advert
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
         self.on_settled = on_settled  # awaited before a settled task's final state is visible
         self.open_stream = open_stream
@@ -219,7 +219,7 @@ class Requester:
         await self._back_to_placing(task_id, f"waiting for peers: the peer table is empty (up to {wait:g}s)")
         with trio.move_on_after(wait):
             while not self._anyone(spec):
-                await trio.sleep(PEER_POLL)
+                await (self.peers_changed or trio.sleep_forever)()
 
     def _cancel_placing(self, scope: trio.CancelScope) -> Callable[[str], Awaitable[None]]:
         async def stop(reason: str) -> None:

@@ -23,6 +23,7 @@ _FORGET_BELOW = 0.05  # a score this small is dropped
 
 @dataclass(frozen=True)
 class GuardLimits:
+    # The defaults of [policy] offers_per_peer and lapsed_offers: peerd/config.py takes them from here.
     offers_per_peer: int = 16
     lapse_limit: int = 3
     half_life: float = 600.0  # seconds

@@ -41,7 +41,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from peerd.config import NetworkConfig, RelayConfig
-from peerd.market.peertable import PeerTable, TableLimits
+from peerd.market.peertable import PeerEntry, PeerTable, TableLimits
 from peerd.p2p.adverts import (
     ADVERT_TOPIC,
     MAX_ADDRS,
@@ -98,6 +98,7 @@ class P2PService:
         self.net = net
         self._advert_source = advert_source
         self._on_advert = on_advert
+        self._advert_accepted = trio.Event()  # set (and replaced) on every advert the table accepts
         self._target = target_peers
         self._clock = clock
         self.peer_id: str = signer.peer_id
@@ -231,6 +232,16 @@ class P2PService:
             "reachability": str(self.reachability().state),
         }
 
+    async def wait_advert(self) -> None:
+        """Return once the peer table accepts another advert (from gossip or a sync)."""
+        await self._advert_accepted.wait()
+
+    def _accepted(self, entry: PeerEntry) -> None:
+        self._advert_accepted.set()
+        self._advert_accepted = trio.Event()
+        if self._on_advert is not None:
+            self._on_advert(entry)
+
     # ------------------------------------------------------------ control
     def advert_changed(self) -> None:
         """Our resources changed: re-publish soon (at most one advert per second)."""
@@ -298,7 +309,7 @@ class P2PService:
                 node, self._signer, self.net, self._relayed_source, self.advertised_addrs, self._clock
             )
             self._publisher.stamp()  # so the first syncs already carry our advert
-        self._sync = AdvertSync(node, self.table, lambda: self.own_advert, self.net, self._clock, self._on_advert)
+        self._sync = AdvertSync(node, self.table, lambda: self.own_advert, self.net, self._clock, self._accepted)
         self._install(node, SYNC_PROTOCOL, self._sync.serve)
         self._install(node, dialback.PROTOCOL, _serve_dialback)
         self._prober = Prober(self._ask_dialback, self._probe_peers)
@@ -313,7 +324,7 @@ class P2PService:
         for protocol_id, handler in self._handlers.items():
             self._install(node, protocol_id, handler)
         node.pubsub.set_topic_validator(
-            ADVERT_TOPIC, gossip_validator(self.table, self._clock, self._on_advert), False
+            ADVERT_TOPIC, gossip_validator(self.table, self._clock, self._accepted), False
         )
         subscription = await node.pubsub.subscribe(ADVERT_TOPIC)
         self._discovery = Discovery(node, self._seeds, self.net, self._advert_candidates, target_peers=self._target)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -31,6 +32,7 @@ from protocol.messages import InputRef, JobSpec, LeaseTerms, Result, TaskState
 
 REQUESTER, PROVIDER = "12D3KooWrequester", "12D3KooWprovider"
 NOW = 1_800_000_000.0
+T = TypeVar("T")
 
 
 class MemoryStream:
@@ -277,6 +279,27 @@ async def test_a_failed_import_pins_nothing(tmp_path: Path, stores: tuple[ChunkS
                                              InputSource(tmp_path / "no-such", "/b")])
     assert await theirs.tasks() == []
 
+
+
+async def test_a_cancelled_import_pins_nothing(tmp_path: Path, stores: tuple[ChunkStore, ChunkStore], state: Store,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs, _ = stores
+    requester = RequesterData(theirs, state, _never)
+    imports: list[object] = []
+    run_blocking = theirs.run_blocking
+
+    async def cancelling_the_second(op: Callable[[BlockingChunkStore], T]) -> T:
+        imports.append(op)
+        if len(imports) == 2:
+            scope.cancel()  # the first input is imported (and pinned) by now
+        return await run_blocking(op)
+
+    monkeypatch.setattr(theirs, "run_blocking", cancelling_the_second)
+    with trio.CancelScope() as scope:
+        await requester.import_inputs("t1", [InputSource(make_input(tmp_path / "a"), "/a"),
+                                             InputSource(make_input(tmp_path / "b"), "/b")])
+    assert scope.cancelled_caught and len(imports) == 2
+    assert await theirs.tasks() == []
 
 async def test_output_retention_releases_only_finished_tasks_past_retention(
     stores: tuple[ChunkStore, ChunkStore], state: Store,

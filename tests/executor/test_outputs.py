@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,6 @@ from protocol.manifest import decode_manifest, manifest_id
 
 MiB = 1 << 20
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Iterator[BlockingChunkStore]:
-    """The store's blocking core, to look at pins (only between the async store's calls)."""
-    core = BlockingChunkStore.open(tmp_path / "blobs")
-    yield core
-    core.close()
-
-
-@pytest.fixture
-def store(files: BlockingChunkStore) -> ChunkStore:
-    return ChunkStore(files)
 
 
 async def test_out_becomes_a_manifest_pinned_for_the_task(

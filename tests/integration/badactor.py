@@ -86,6 +86,7 @@ from protocol.negotiation import (
     RequesterNegotiation,
 )
 from protocol.signing import AdvertCheck, Signer, open_advert, seal_bytes
+from tests.waiting import eventually
 
 GIB = 1 << 30
 IO_TIMEOUT = 30.0
@@ -362,9 +363,8 @@ async def main(args: argparse.Namespace) -> None:
             _, seed_id = split_p2p(seed)
             assert seed_id is not None, f"seed address without /p2p/: {seed}"
             await connect(node, seed_id, [seed], timeout=10.0)
-        with trio.fail_after(20):  # publish only once a mesh peer will carry it
-            while not node.gossipsub.mesh.get(ADVERT_TOPIC):
-                await trio.sleep(0.1)
+        # publish only once a mesh peer will carry it
+        await eventually("a gossip mesh peer", lambda: node.gossipsub.mesh.get(ADVERT_TOPIC), timeout=20)
         actor.save()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:

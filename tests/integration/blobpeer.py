@@ -39,6 +39,7 @@ from peerd.jobs.taskwire import ByteStream
 from peerd.p2p.service import P2PService
 from protocol.reachability import Reachability
 from protocol.signing import Signer
+from tests.waiting import eventually
 
 TASK = "task-relay-1"
 MIB = 1 << 20
@@ -78,9 +79,9 @@ async def serve(args: argparse.Namespace) -> None:
     register_blob_protocol(service, store, anyone, timeout=NET.io_timeout)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        with trio.fail_after(KNOWN_WITHIN):
-            while service.reachability().state not in (Reachability.PUBLIC, Reachability.RELAYED):
-                await trio.sleep(0.1)
+        await eventually("this peer to be reachable (public or relayed)",
+                         lambda: service.reachability().state in (Reachability.PUBLIC, Reachability.RELAYED),
+                         timeout=KNOWN_WITHIN)
         write(args.out, {"peer_id": service.peer_id, "addrs": service.advertised_addrs(),
                          "reachability": str(service.reachability().state), "digests": [d.hex() for d in digests]})
         await trio.sleep_forever()

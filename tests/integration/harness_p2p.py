@@ -30,6 +30,7 @@ from peerd.p2p.host import Libp2pNode, open_node
 from peerd.p2p.service import P2PService
 from protocol.messages import Advert, NodeRole
 from protocol.signing import Signer
+from tests.waiting import eventually
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 POLL = 0.05
@@ -196,7 +197,7 @@ async def raw_gossip_node(
             peer_id = addr.rsplit("/p2p/", 1)[1]
             await connect(node, peer_id, [addr], timeout=timeout)
             peers.append(peer_id)
-        with trio.fail_after(timeout):
-            while not set(peers) <= {str(p) for p in node.gossipsub.mesh.get(ADVERT_TOPIC, ())}:
-                await trio.sleep(POLL)
+        await eventually("every peer in the gossip mesh",
+                         lambda: set(peers) <= {str(p) for p in node.gossipsub.mesh.get(ADVERT_TOPIC, ())},
+                         timeout=timeout, interval=POLL)
         yield node

@@ -34,15 +34,14 @@ proxy. The docker socket is a unix socket, so dockerd serves every namespace.
 
 ``NetnsDevNet`` is ``peerd.devnet.DevNet`` with each node in a host of its own
 (``netns_devnet()`` builds both and tears both down), and ``transparent_proxy``
-makes the FaultProxy for an ``intercept``. The last section drives nodes
-through the ``peerd`` CLI (submit, show, wait for a final state or a lease,
-the adverts a node holds), for any DevNet.
+makes the FaultProxy for an ``intercept``. ``tests/integration/cli.py`` drives
+the nodes through the ``peerd`` CLI (submit, show, wait for a final state or a
+lease, the adverts a node holds), for any DevNet.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import secrets
 import signal
@@ -55,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from peerd.devnet import DevNet, NodeProc, wait_for
+from peerd.devnet import DevNet, NodeProc
 from tests.integration.faultproxy import FaultProxy, listen_socket
 
 SUBNET = "10.77.0"  # /24, private to the namespaces: the "public" side
@@ -426,52 +425,3 @@ def netns_devnet() -> Iterator[NetnsDevNet]:
             yield devnet
         finally:
             devnet.close()
-
-
-# ---------------------------------------------------------------- jobs and adverts, through the CLI
-IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-FINAL_STATES = ("succeeded", "failed", "not_placed", "lost", "cancelled", "timeout", "oom", "interrupted")
-
-
-def cli_json(node: NodeProc, *args: str) -> object:
-    out = node.peerd("--json", *args)
-    if out.returncode not in (0, 1):
-        raise AssertionError(f"peerd {' '.join(args)} on {node.name} exited {out.returncode}: {out.stderr}")
-    return json.loads(out.stdout)
-
-
-def submit(node: NodeProc, script: str, *, wait: bool, flags: Sequence[str] = ()) -> dict[str, object]:
-    """``peerd submit [flags]`` of ``sh -c script``; the task view (``wait``) or {"task_id": …}."""
-    view = cli_json(node, "submit", "--image", IMAGE, *(["--wait"] if wait else []), *flags, "--", "sh", "-c", script)
-    assert isinstance(view, dict)
-    return view
-
-
-def show(node: NodeProc, task_id: str) -> dict[str, object]:
-    view = cli_json(node, "show", task_id)
-    assert isinstance(view, dict)
-    return view
-
-
-def wait_final(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
-    def final() -> dict[str, object] | None:
-        view = show(node, task_id)
-        return view if view["state"] in FINAL_STATES else None
-
-    return wait_for(f"task {task_id} on {node.name} to reach a final state", final, timeout)
-
-
-def wait_leased(node: NodeProc, task_id: str, timeout: float = 30.0) -> str:
-    """Wait until the task runs on a provider; that provider's peer ID."""
-    def leased() -> str | None:
-        view = show(node, task_id)
-        return str(view["provider"]) if view["state"] == "running" and view["provider"] else None
-
-    return wait_for(f"task {task_id} to be leased", leased, timeout)
-
-
-def advert_times(node: NodeProc) -> dict[str, float]:
-    """peer ID → issued_at of the advert ``node`` holds for it."""
-    peers = cli_json(node, "peers")
-    assert isinstance(peers, list)
-    return {p["peer_id"]: float(p["advert"]["issued_at"]) for p in peers if p.get("advert")}

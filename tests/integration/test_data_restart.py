@@ -25,22 +25,17 @@ from pathlib import Path
 import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
+from tests.integration.cli import FINAL_STATES, IMAGE, start_nodes, wait_final
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
-IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 INPUT_BYTES = 160 << 20  # large enough that a transfer on loopback takes a while to finish
-FINAL = ("succeeded", "failed", "not_placed", "lost", "cancelled", "timeout", "oom", "interrupted")
 
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
 
 def make_input(root: Path, tag: str) -> Path:
@@ -59,18 +54,6 @@ def served(node: NodeProc) -> int:
     return int(counters["data.served_bytes"])
 
 
-def show(node: NodeProc, task_id: str) -> dict[str, object]:
-    out = node.peerd("show", task_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return dict(json.loads(out.stdout))
-
-
-def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
-    def final() -> dict[str, object] | None:
-        view = show(node, task_id)
-        return view if view["state"] in FINAL else None
-
-    return wait_for(f"task {task_id} to reach a final state", final, timeout)
 
 
 def submit_with_input(node: NodeProc, data: Path) -> str:
@@ -120,7 +103,7 @@ def assert_clean(net: DevNet, task_id: str) -> None:
 
 
 def assert_settled_with_reason(view: dict[str, object]) -> None:
-    assert view["state"] in FINAL, view
+    assert view["state"] in FINAL_STATES, view
     if view["state"] != "succeeded":
         assert view["detail"], f"the task ended {view['state']} without a reason: {view}"
 
@@ -132,7 +115,7 @@ def test_provider_killed_while_staging_inputs(net: DevNet, tmp_path: Path) -> No
     assert (provider.home / "staging" / task_id).is_dir()  # the half-staged copy the crash left
     net.start(provider)
     assert not (provider.home / "staging" / task_id).exists()  # removed while the node started
-    view = final_view(requester, task_id, 90)
+    view = wait_final(requester, task_id, 90)
     assert_settled_with_reason(view)
     assert_clean(net, task_id)
 
@@ -143,6 +126,6 @@ def test_requester_killed_while_the_provider_fetches_its_inputs(net: DevNet, tmp
     task_id = submit_with_input(requester, make_input(tmp_path, "b"))
     kill_mid_transfer(net, "requester")
     net.start(requester)
-    view = final_view(requester, task_id, 90)
+    view = wait_final(requester, task_id, 90)
     assert_settled_with_reason(view)
     assert_clean(net, task_id)

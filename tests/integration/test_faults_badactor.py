@@ -18,6 +18,7 @@ import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
 from tests.integration.badactor import BadActorProcess, bad_actor
+from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -29,11 +30,7 @@ DROPS = ("rate_limited", "bad_signature", "replayed", "wrong_source")
 @pytest.fixture
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
 
 def counters(node: NodeProc) -> dict[str, int]:

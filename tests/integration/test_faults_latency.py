@@ -18,16 +18,9 @@ from dataclasses import dataclass
 import pytest
 
 from peerd.devnet import NodeProc, wait_for
+from tests.integration.cli import cli_json, submit, wait_final, wait_leased
 from tests.integration.faultproxy import FaultProxy, ProxyThread
-from tests.integration.netns import (
-    NetnsDevNet,
-    cli_json,
-    netns_devnet,
-    submit,
-    transparent_proxy,
-    wait_final,
-    wait_leased,
-)
+from tests.integration.netns import NetnsDevNet, netns_devnet, transparent_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from peerd.devnet import wait_for
-from tests.integration.netns import NetnsDevNet, advert_times, cli_json, netns_devnet, submit, wait_final, wait_leased
+from tests.integration.cli import advert_times, cli_json, start_nodes, submit, wait_final, wait_leased
+from tests.integration.netns import NetnsDevNet, netns_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -27,12 +28,7 @@ PROVIDERS = ("provider-1", "provider-2")
 @pytest.fixture
 def net() -> Iterator[NetnsDevNet]:
     with netns_devnet() as devnet:
-        devnet.add_seed()
-        for name in PROVIDERS:
-            devnet.add(name, "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", list(PROVIDERS))
-        yield devnet
+        yield start_nodes(devnet, PROVIDERS)
 
 
 def test_partition_mid_job_settles_both_sides_and_adverts_converge_after_healing(net: NetnsDevNet) -> None:

@@ -9,34 +9,23 @@ job on its own, and collects the result and the co-signed receipt.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 
 import pytest
 
-from peerd.devnet import DevNet, NodeProc, wait_for
+from peerd.devnet import DevNet, wait_for
+from tests.integration.cli import IMAGE, show, start_nodes, wait_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-FINAL = ("succeeded", "failed", "not_placed", "lost", "cancelled", "timeout", "oom", "interrupted")
 
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
-
-def show(node: NodeProc, task_id: str) -> dict[str, object]:
-    out = node.peerd("show", task_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return dict(json.loads(out.stdout))
 
 
 def start_job(net: DevNet, script: str) -> str:
@@ -53,13 +42,6 @@ def kill_and_restart(net: DevNet) -> None:
     assert net.stop("requester", signal.SIGKILL) == -signal.SIGKILL
     net.start(requester)
 
-
-def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
-    def final() -> dict[str, object] | None:
-        view = show(node, task_id)
-        return view if view["state"] in FINAL else None
-
-    return wait_for(f"task {task_id} to reach a final state", final, timeout)
 
 
 def assert_completed_after_restart(view: dict[str, object], provider_id: str) -> None:
@@ -81,7 +63,7 @@ def test_requester_killed_while_the_job_runs_gets_the_result_after_restart(net: 
     # the job runs on well past the requester's provider_timeout (8 s) after the restart
     task_id = start_job(net, "sleep 15; echo done")
     kill_and_restart(net)
-    view = final_view(requester, task_id, 60)
+    view = wait_final(requester, task_id, 60)
     assert_completed_after_restart(view, str(provider.status()["peer_id"]))
     # the provider holds the very receipt the requester countersigned after its restart
     # (the requester records it before sending the countersignature: wait for delivery)
@@ -97,7 +79,7 @@ def test_requester_down_until_the_job_ended_still_gets_the_result(net: DevNet) -
     assert net.stop("requester", signal.SIGKILL) == -signal.SIGKILL
     wait_for("the provider to finish the job", lambda: provider.status()["tasks_running"] == 0, 30)
     net.start(requester)
-    view = final_view(requester, task_id, 60)
+    view = wait_final(requester, task_id, 60)
     assert_completed_after_restart(view, str(provider.status()["peer_id"]))
     # the finished task survives another crash unchanged
     kill_and_restart(net)

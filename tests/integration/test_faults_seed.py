@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from peerd.devnet import wait_for
-from tests.integration.netns import NetnsDevNet, advert_times, netns_devnet, submit
+from tests.integration.cli import advert_times, submit
+from tests.integration.netns import NetnsDevNet, netns_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

@@ -12,7 +12,6 @@ the time it ran there. The task completes on B only.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,11 +20,10 @@ import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
 from peerd.executor.plan import LABEL_NODE, LABEL_TASK
+from tests.integration.cli import IMAGE, show, start_nodes, wait_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-FINAL = ("succeeded", "failed", "not_placed", "lost", "cancelled", "timeout", "oom", "interrupted")
 PROVIDER_TIMEOUT = 3  # seconds
 # outlasts A's downtime (kill, provider_timeout, re-placement, restart) and the requester's
 # retry interval (at most provider_timeout); stops at once when told (PID 1 ignores an untrapped TERM)
@@ -44,26 +42,9 @@ class QuickNet(DevNet):
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with QuickNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider-1", "provider")
-        devnet.add("provider-2", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider-1", "provider-2"])
-        yield devnet
+        yield start_nodes(devnet, ["provider-1", "provider-2"])
 
 
-def show(node: NodeProc, task_id: str) -> dict[str, object]:
-    out = node.peerd("show", task_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return dict(json.loads(out.stdout))
-
-
-def final_view(node: NodeProc, task_id: str, timeout: float) -> dict[str, object]:
-    def final() -> dict[str, object] | None:
-        view = show(node, task_id)
-        return view if view["state"] in FINAL else None
-
-    return wait_for(f"task {task_id} to reach a final state on {node.name}", final, timeout)
 
 
 def task_containers(node_id: str, task_id: str) -> list[str]:
@@ -96,14 +77,14 @@ def test_a_provider_down_past_provider_timeout_does_not_run_the_job_twice(net: D
     wait_for("the requester to place the task on B", lambda: leased_on() == b_id, 30)
     net.start(net.nodes[a_name])  # A re-attaches the container it left running
 
-    view = final_view(requester, task_id, 60)
+    view = wait_final(requester, task_id, 60)
     assert view["state"] == "succeeded" and view["provider"] == b_id and view["stdout"] == "done\n", view
     receipt = view["receipt"]
     assert isinstance(receipt, dict) and receipt["verified"] is True and receipt["provider"] == b_id
 
     # A was told: no container of the task is left there, and it never completed the job
     wait_for("A to remove the task's container", lambda: not task_containers(first, task_id), 30)
-    a_view = final_view(net.nodes[a_name], task_id, 30)
+    a_view = wait_final(net.nodes[a_name], task_id, 30)
     assert a_view["state"] == "cancelled" and "superseded" in str(a_view["detail"]), a_view
     assert "done" not in str(a_view["stdout"]), a_view
 

@@ -23,6 +23,7 @@ import pytest
 from peerd.client import Client
 from peerd.data.unpack import expected_output_id
 from peerd.devnet import DevNet, NodeProc
+from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -48,11 +49,7 @@ class DataNet(DevNet):
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DataNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
 
 @pytest.fixture(scope="module")

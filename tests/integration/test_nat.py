@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from peerd.devnet import wait_for
-from tests.integration.netns import NODE_PORT, NetnsDevNet, cli_json, netns_devnet, submit
+from tests.integration.cli import cli_json, submit
+from tests.integration.netns import NODE_PORT, NetnsDevNet, netns_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -112,22 +113,32 @@ def test_both_behind_different_nats_the_job_completes(net: NetnsDevNet) -> None:
     assert view["state"] == "succeeded" and view["stdout"] == "nat to nat\n", view
 
 
-def test_provider_moves_to_another_relay_when_its_relay_dies(net: NetnsDevNet) -> None:
+def relayed_by_two_of_three_seeds(net: NetnsDevNet) -> tuple[str, str]:
+    """A third seed, the home provider relayed through two of the three, a public requester; one of the two
+    relays (its name and peer ID)."""
     net.add("seed-3", "seed", bootstrap=[net.nodes["seed-1"].addr])
     seeds = [net.nodes[s].addr for s in ("seed-1", "seed-2", "seed-3")]
     net.add("home-provider", "provider", bootstrap=seeds, behind="home")
     net.add("requester", "requester", bootstrap=seeds)
     used = wait_relayed(net, "home-provider", "requester")
-    victim = next(n for n in ("seed-1", "seed-2", "seed-3") if net.nodes[n].status()["peer_id"] in used)
-    victim_id = str(net.nodes[victim].status()["peer_id"])
-    net.stop(victim)
-    killed = time.monotonic()
+    relay = next(n for n in ("seed-1", "seed-2", "seed-3") if net.nodes[n].status()["peer_id"] in used)
+    return relay, str(net.nodes[relay].status()["peer_id"])
 
+
+def wait_moved_from(net: NetnsDevNet, relay_id: str, timeout: float) -> None:
+    """Until the requester holds the home provider's advert naming two live relays, not ``relay_id``."""
     def moved() -> bool:
         relays = relays_in(advertised(net, "requester", "home-provider"))
-        return len(relays) >= 2 and victim_id not in relays
+        return len(relays) >= 2 and relay_id not in relays
 
-    wait_for("the provider's advert to name two live relays again", moved, MOVE_WITHIN)
+    wait_for("the provider's advert to name two live relays again", moved, timeout)
+
+
+def test_provider_moves_to_another_relay_when_its_relay_dies(net: NetnsDevNet) -> None:
+    victim, victim_id = relayed_by_two_of_three_seeds(net)
+    net.stop(victim)
+    killed = time.monotonic()
+    wait_moved_from(net, victim_id, MOVE_WITHIN)
     print(f"moved to another relay {time.monotonic() - killed:.1f}s after the relay was stopped")
     view = submit(net.nodes["requester"], "echo after the move", wait=True)
     assert view["state"] == "succeeded" and view["stdout"] == "after the move\n", view
@@ -135,22 +146,11 @@ def test_provider_moves_to_another_relay_when_its_relay_dies(net: NetnsDevNet) -
 
 def test_provider_moves_when_its_relays_link_dies_silently(net: NetnsDevNet) -> None:
     """A pulled cable: no reset reaches the provider, only the relay liveness check finds it out."""
-    net.add("seed-3", "seed", bootstrap=[net.nodes["seed-1"].addr])
-    seeds = [net.nodes[s].addr for s in ("seed-1", "seed-2", "seed-3")]
-    net.add("home-provider", "provider", bootstrap=seeds, behind="home")
-    net.add("requester", "requester", bootstrap=seeds)
-    used = wait_relayed(net, "home-provider", "requester")
-    victim = next(n for n in ("seed-1", "seed-2", "seed-3") if net.nodes[n].status()["peer_id"] in used)
-    victim_id = str(net.nodes[victim].status()["peer_id"])
+    victim, victim_id = relayed_by_two_of_three_seeds(net)
     moves_before = counters(net, "home-provider")["relay_moves"]
     net.network.cut(victim)
     cut = time.monotonic()
-
-    def moved() -> bool:
-        relays = relays_in(advertised(net, "requester", "home-provider"))
-        return len(relays) >= 2 and victim_id not in relays
-
-    wait_for("the provider's advert to name two live relays again", moved, SILENT_MOVE_WITHIN)
+    wait_moved_from(net, victim_id, SILENT_MOVE_WITHIN)
     print(f"moved to another relay {time.monotonic() - cut:.1f}s after the relay's cable was pulled")
     assert counters(net, "home-provider")["relay_moves"] == moves_before + 1
 

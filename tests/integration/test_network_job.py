@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from peerd.devnet import DevNet, wait_for
+from tests.integration.cli import start_nodes
 
 pytestmark = pytest.mark.docker  # needs a real dockerd
 
@@ -22,12 +23,7 @@ IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider-1", "provider")
-        devnet.add("provider-2", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider-1", "provider-2"])
-        yield devnet
+        yield start_nodes(devnet, ["provider-1", "provider-2"])
 
 
 def submit(net: DevNet, *args: str) -> tuple[int, dict[str, object]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
+from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -44,11 +45,7 @@ class RetainingNet(DevNet):
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with RetainingNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
 
 def db_bytes(home: Path) -> int:

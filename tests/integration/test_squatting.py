@@ -24,6 +24,7 @@ import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
 from tests.integration.badactor import BadActorProcess, bad_actor
+from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -43,12 +44,7 @@ class PatientNet(DevNet):
 @pytest.fixture
 def net() -> Iterator[DevNet]:
     with PatientNet() as devnet:
-        devnet.add_seed()
-        for name in PROVIDERS:
-            devnet.add(name, "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", list(PROVIDERS))
-        yield devnet
+        yield start_nodes(devnet, PROVIDERS)
 
 
 def adverts(requester: NodeProc) -> dict[str, dict[str, object]]:

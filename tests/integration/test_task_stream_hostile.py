@@ -18,6 +18,7 @@ from protocol.codec import frame
 from protocol.messages import Accept
 from protocol.negotiation import TASK_PROTOCOL
 from protocol.signing import Signer, seal_bytes
+from tests.integration.cli import start_nodes
 
 pytestmark = pytest.mark.docker  # needs a real dockerd
 
@@ -28,11 +29,7 @@ NET = NetworkConfig(advert_interval=30.0, advert_ttl=60.0, connect_timeout=5.0, 
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        devnet.add("provider", "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", ["provider"])
-        yield devnet
+        yield start_nodes(devnet)
 
 
 async def _answer(client: P2PService, provider: str, addrs: list[str], data: bytes) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
 from tests.integration.badactor import bad_actor
+from tests.integration.cli import start_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -26,12 +27,7 @@ HONEST = ("provider-1", "provider-2")
 @pytest.fixture(scope="module")
 def net() -> Iterator[DevNet]:
     with DevNet() as devnet:
-        devnet.add_seed()
-        for name in HONEST:
-            devnet.add(name, "provider")
-        devnet.add("requester", "requester")
-        devnet.wait_adverts("requester", list(HONEST))
-        yield devnet
+        yield start_nodes(devnet, HONEST)
 
 
 def submit(node: NodeProc, *args: str) -> tuple[int, dict[str, object]]:

@@ -31,14 +31,18 @@ def wall() -> float:
 
 async def place(tmp_path: Path, *, advert_at: float | None, peer_wait: float = 10.0
                 ) -> tuple[str, Store, TaskTracker, list[str], list[float]]:
-    """Submit one job; the provider appears in the table at trio time ``advert_at`` (or never)."""
+    """Submit one job; the provider's advert is accepted ``advert_at`` seconds (trio time) into the wait for
+    peers, at once (0), or never (None)."""
     tried: list[str] = []
     waiting_seen: list[float] = []
     start = trio.current_time()
+    table: list[Candidate] = [Candidate(PROVIDER, [])] if advert_at == 0.0 else []
+    accepted = trio.Event()
 
-    def candidates(spec: JobSpec, now: float, local: bool) -> list[Candidate]:
-        appeared = advert_at is not None and trio.current_time() - start >= advert_at
-        return [Candidate(PROVIDER, [])] if appeared else []
+    async def advert_arrives(at: float) -> None:
+        await trio.sleep(at)  # the advert's arrival, scheduled on the mock clock (not a wait)
+        table.append(Candidate(PROVIDER, []))
+        accepted.set()
 
     @asynccontextmanager
     async def open_stream(peer_id: str, addrs: list[str]) -> AsyncIterator[PipeEnd]:
@@ -49,16 +53,19 @@ async def place(tmp_path: Path, *, advert_at: float | None, peer_wait: float = 1
     tracker = TaskTracker()
     async with Store.open(tmp_path / "r.db") as store, trio.open_nursery() as nursery:
         requester = Requester(
-            signer=Signer.generate(), store=store, tracker=tracker, candidates=candidates,
-            open_stream=open_stream, clock=wall,
+            signer=Signer.generate(), store=store, tracker=tracker, candidates=lambda spec, now, local: list(table),
+            open_stream=open_stream, peers_changed=accepted.wait, clock=wall,
             settings=RequesterSettings(max_attempts=1, placement_deadline=60, peer_wait=peer_wait),
         )
         await nursery.start(requester.run)
         task_id = await requester.submit(SPEC)
-        while (record := await store.get_task(task_id)) is None or record.state is TaskState.PLACING:
-            if record is not None and "waiting for peers" in record.detail and not waiting_seen:
+        # Bounded by the placement deadline, in trio time. (No fail_after here: the mock clock jumps to the
+        # nearest deadline whenever trio waits on SQLite's thread, so one would fire at once.)
+        async for event in tracker.follow_events(task_id):
+            if "waiting for peers" in event.detail and not waiting_seen:
                 waiting_seen.append(trio.current_time() - start)
-            await trio.sleep(0.1)
+                if advert_at:
+                    nursery.start_soon(advert_arrives, advert_at)
         nursery.cancel_scope.cancel()
         return task_id, store, tracker, tried, waiting_seen
 
@@ -70,7 +77,7 @@ async def test_an_advert_arriving_during_the_wait_is_used(
     task_id, store, tracker, tried, waiting_seen = await place(tmp_path, advert_at=3.0)
     assert waiting_seen, "the task's status never said it was waiting for peers"
     assert tried == [PROVIDER]  # placement went on with the provider that appeared
-    assert trio.current_time() - start < 10.0  # it did not wait out the whole bound
+    assert trio.current_time() - start < 4.0  # woken by the advert (at 3 s), not by a poll or the 10 s bound
 
 
 async def test_with_no_peer_at_all_it_ends_not_placed_after_the_bounded_wait(

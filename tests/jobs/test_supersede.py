@@ -22,6 +22,7 @@ from protocol.codec import NEED_DATA, encode
 from protocol.messages import JobSpec, Lease, LeaseTerms, RejectCode, Resume, TaskState
 from protocol.negotiation import ProviderNegotiation
 from protocol.signing import Signer, countersign, propose
+from tests.waiting import eventually
 
 SPEC = JobSpec(image="busybox", command=("true",), timeout=60)
 FAST = EnderSettings(answer_timeout=2, io_timeout=2, first_retry=0.05, max_retry=0.1)
@@ -70,10 +71,10 @@ def refusing(provider: Signer, requester: Signer) -> OpenStream:
 
 
 async def wait_superseded(store: Store, task_id: str) -> Attempt:
-    with trio.fail_after(10):
-        while not (done := [a for a in await store.attempts(task_id) if a.outcome is AttemptOutcome.SUPERSEDED]):
-            await trio.sleep(0.05)  # the store has no change event; poll it, bounded
-    return done[0]
+    async def superseded() -> list[Attempt]:  # another task writes it to SQLite, which fires no event
+        return [a for a in await store.attempts(task_id) if a.outcome is AttemptOutcome.SUPERSEDED]
+
+    return (await eventually(f"a superseded attempt of {task_id}", superseded, timeout=10))[0]
 
 
 async def test_only_lost_leases_not_yet_superseded_are_pending(tmp_path: Path) -> None:

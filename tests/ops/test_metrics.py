@@ -184,10 +184,11 @@ async def test_the_server_answers_scrapes_and_nothing_else(nursery: trio.Nursery
 
     head_only = await http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
     assert head_only.startswith(b"HTTP/1.1 200 OK") and head_only.endswith(b"\r\n\r\n")
-    assert (await http(port, b"GET /secrets HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
-    posted = await http(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert (await http(port, b"GET /secrets HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    posted = await http(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert posted.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD" in posted
     assert (await http(port, b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    assert (await http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")  # 1.1 without Host
     try:  # an oversize head is answered 400 and closed; the unread rest may turn the close into a reset
         oversize = await http(port, b"G" * 20000)
     except trio.BrokenResourceError:
@@ -210,8 +211,8 @@ async def test_a_failing_scrape_closes_only_its_connection(nursery: trio.Nursery
         return sample()
 
     port = await nursery.start(MetricsServer(Metrics(), source, ("127.0.0.1", 0)).run)
-    assert await http(port, b"GET /metrics HTTP/1.1\r\n\r\n") == b""
-    assert (await http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    assert await http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    assert (await http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
 
 
 async def test_a_busy_port_is_a_metrics_error() -> None:

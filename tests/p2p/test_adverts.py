@@ -23,7 +23,7 @@ from protocol.codec import frame
 from protocol.errors import LocalProtocolError
 from protocol.messages import Advert
 from protocol.signing import Signer
-from tests.integration.harness_p2p import LOOPBACK, p2p_cluster
+from tests.integration.harness_p2p import LOOPBACK, Cluster, p2p_cluster
 
 
 def test_seq_follows_the_clock_so_a_restart_continues_above_the_last_run() -> None:
@@ -77,6 +77,26 @@ async def test_a_failing_on_advert_hook_neither_stops_the_node_nor_the_relay() -
         await cluster.wait_until(cluster.all_know_each_other, timeout=20, what="convergence despite the hook")
         assert b.service.running
 
+
+
+async def test_wait_advert_returns_once_the_table_accepts_an_advert() -> None:
+    async with p2p_cluster() as cluster, trio.open_nursery() as nursery:
+        a = await cluster.start_node()
+        woke: list[set[str]] = []
+        woken = trio.Event()
+
+        async def waiter() -> None:
+            await a.service.wait_advert()
+            woke.append(a.service.table.peer_ids(Cluster.now()))  # what the table held when it woke
+            woken.set()
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woken.is_set()  # nobody else is advertising yet
+        b = await cluster.start_node()
+        with trio.fail_after(20):
+            await woken.wait()
+        assert woke == [{b.peer_id}]
 
 class _Unpublished:
     """Stands in for the libp2p node: a publisher whose advert cannot be built never reaches it."""
