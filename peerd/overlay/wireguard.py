@@ -168,7 +168,7 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _wireguard_go_names() -> dict[int, str]:
+def wireguard_go_processes() -> dict[int, str]:
     """pid -> interface name of every wireguard-go on this host."""
     found: dict[int, str] = {}
     for entry in PROC.iterdir():
@@ -185,13 +185,13 @@ def _wireguard_go_names() -> dict[int, str]:
 
 
 def _userspace_pids(name: str) -> list[int]:
-    return [pid for pid, found in _wireguard_go_names().items() if found == name]
+    return [pid for pid, found in wireguard_go_processes().items() if found == name]
 
 
 def leftovers(prefix: str) -> set[str]:
     """Blocking: names starting with ``prefix`` of host interfaces, wireguard-go processes and
     UAPI sockets (an interface moved into a container's namespace is not seen here)."""
-    names = {n for n in _wireguard_go_names().values() if n.startswith(prefix)}
+    names = {n for n in wireguard_go_processes().values() if n.startswith(prefix)}
     if SYS_NET.is_dir():
         names |= {p.name for p in SYS_NET.iterdir() if p.name.startswith(prefix)}
     if UAPI_DIR.is_dir():

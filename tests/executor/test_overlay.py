@@ -23,7 +23,7 @@ from peerd.executor.plan import Limits
 from peerd.overlay.commands import node_prefix, tunnel_name
 from peerd.overlay.host import probe
 from peerd.overlay.keys import generate_keys
-from peerd.overlay.wireguard import UAPI_DIR, _wireguard_go_names, leftovers
+from peerd.overlay.wireguard import UAPI_DIR, leftovers, wireguard_go_processes
 from tests.executor.helpers import IMAGE, holder_names, job
 
 pytestmark = [
@@ -61,7 +61,7 @@ def gang(size: int) -> list[OverlaySpec]:
 def assert_nothing_left(node_id: str) -> None:
     prefix = node_prefix(node_id)
     assert leftovers(prefix) == set()
-    assert [n for n in _wireguard_go_names().values() if n.startswith(prefix)] == []
+    assert [n for n in wireguard_go_processes().values() if n.startswith(prefix)] == []
     assert not UAPI_DIR.is_dir() or list(UAPI_DIR.glob(f"{prefix}*")) == []
     assert holder_names(node_id) == []
 
@@ -150,7 +150,7 @@ async def test_two_ranks_talk_over_the_overlay_and_reach_nothing_else(
 async def test_a_rank_cancelled_mid_run_leaves_nothing(executor: DockerExecutor, node_id: str, cleanup: None) -> None:
     (alone,) = gang(1)
     await executor.start(rank("ov-cancel", alone, f"nc -l -p {PORT}"))
-    assert tunnel_name(node_id, "ov-cancel") in {n for n in _wireguard_go_names().values()}
+    assert tunnel_name(node_id, "ov-cancel") in {n for n in wireguard_go_processes().values()}
     assert len(holder_names(node_id)) == 1
     await executor.stop("ov-cancel", "test")
     outcome = await executor.wait("ov-cancel")
