@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import docker
@@ -123,8 +124,10 @@ async def test_two_ranks_talk_over_the_overlay_and_reach_nothing_else(
 
     nursery.start_soon(trio.serve_listeners, serve, [listener])
     bridged_ip = await trio.to_thread.run_sync(start_bridged_listener, node_id)  # another job's container
-    targets = [*host_ipv4(), "127.0.0.1", bridged_ip]
-    ports = {t: (PORT if t == bridged_ip else host_port) for t in targets}
+    (stranger,) = gang(1)  # another gang's rank, listening at an address in the same subnet
+    await executor.start(rank("ov-stranger", replace(stranger, address="10.99.0.3/24"), f"nc -l -p {PORT}"))
+    targets = [*host_ipv4(), "127.0.0.1", bridged_ip, "10.99.0.3"]
+    ports = {t: (PORT if t in (bridged_ip, "10.99.0.3") else host_port) for t in targets}
     probes = "; ".join(f"if nc -w 1 {t} {ports[t]} </dev/null; then echo reached {t}; else echo blocked {t}; fi"
                        for t in targets)
     one, two = gang(2)
@@ -140,6 +143,8 @@ async def test_two_ranks_talk_over_the_overlay_and_reach_nothing_else(
     assert sorted(line for line in lines if line.startswith(("blocked", "reached"))) == sorted(
         f"blocked {t}" for t in targets)
     assert accepted == []
+    await executor.stop("ov-stranger", "done")
+    assert (await executor.wait("ov-stranger")).state is RunOutcomeState.CANCELLED  # it never got a connection
     # control: the same probes from a job on the bridge do reach the host and the other container
     control = await trio.to_thread.run_sync(run_bridged, node_id, probes)
     assert b"reached 172.17.0.1" in control and f"reached {bridged_ip}".encode() in control
