@@ -192,3 +192,25 @@ async def test_recover_removes_what_a_dead_daemon_left(
         assert report.removed == ("ov-orphan",)
         nursery.cancel_scope.cancel()
     assert_nothing_left(node_id)
+
+
+async def test_a_rank_reattached_after_a_restart_keeps_its_overlay_and_cleans_up_when_it_ends(
+    node_id: str, workdir: Path, store: ChunkStore, cleanup: None,
+) -> None:
+    (alone,) = gang(1)
+    name = tunnel_name(node_id, "ov-kept")
+    async with trio.open_nursery() as nursery:
+        first = DockerExecutor(node_id, workdir, stop_grace=1, store=store)
+        await nursery.start(first.run)
+        await first.start(rank("ov-kept", alone, f"nc -l -p {PORT}"))
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        second = DockerExecutor(node_id, workdir, stop_grace=1, store=store)
+        await nursery.start(second.run)
+        report = await second.recover({"ov-kept"})
+        assert report.reattached == ("ov-kept",)
+        assert leftovers(node_prefix(node_id)) == {name} and len(holder_names(node_id)) == 1
+        await second.stop("ov-kept", "test")
+        assert (await second.wait("ov-kept")).state is RunOutcomeState.CANCELLED
+        nursery.cancel_scope.cancel()
+    assert_nothing_left(node_id)
