@@ -14,10 +14,13 @@ import binascii
 import hashlib
 import ipaddress
 import re
+from typing import TYPE_CHECKING
 
-from peerd.executor.contract import OverlaySpec
 from peerd.overlay.errors import OverlayError
 from peerd.overlay.keys import KEY_BYTES, is_public_key
+
+if TYPE_CHECKING:  # the contract's executor package imports this one at run time
+    from peerd.executor.contract import OverlaySpec
 
 PREFIX = "pw"
 MTU = 1420  # WireGuard's default: 1500 minus its IPv4 + UDP + header overhead

@@ -18,13 +18,16 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from peerd.executor.contract import OverlaySpec
 from peerd.overlay.commands import inside_script, wg_set
 from peerd.overlay.errors import OverlayError
 from peerd.overlay.host import Backend
+
+if TYPE_CHECKING:  # the contract's executor package imports this one at run time
+    from peerd.executor.contract import OverlaySpec
 
 log = logging.getLogger(__name__)
 
