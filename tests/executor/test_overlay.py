@@ -214,3 +214,16 @@ async def test_a_rank_reattached_after_a_restart_keeps_its_overlay_and_cleans_up
         assert (await second.wait("ov-kept")).state is RunOutcomeState.CANCELLED
         nursery.cancel_scope.cancel()
     assert_nothing_left(node_id)
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 3.0])
+async def test_a_start_cancelled_at_any_point_leaves_nothing(
+    executor: DockerExecutor, node_id: str, cleanup: None, after: float,
+) -> None:
+    (alone,) = gang(1)
+    with trio.move_on_after(after):
+        await executor.start(rank("ov-interrupted", alone, f"nc -l -p {PORT}"))
+    if "ov-interrupted" in executor.running():  # it got as far as running: end it as a caller would
+        await executor.stop("ov-interrupted", "test")
+        await executor.wait("ov-interrupted")
+    assert_nothing_left(node_id)
