@@ -216,7 +216,8 @@ class DockerExecutor:
     async def _create(
         self, engine: Engine, spec: RunSpec, out_dir: Path, deadline: float, on_pull: PullListener | None
     ) -> tuple[str, list[OutputSource]]:
-        """Pull if needed; a gang member's network first (its holder uses the job's image)."""
+        """Create and start the job's container, pulling its image if it is not here. A gang member's
+        network comes first: its holder runs the job's image, so a missing image is pulled there."""
         network_of = None
         if spec.overlay is not None:
             try:
@@ -228,7 +229,7 @@ class DockerExecutor:
                               limits=self.limits, network_of=network_of)
         try:
             return await engine.launch(plan)
-        except ImageMissing:  # removed since it was checked
+        except ImageMissing:
             await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
             return await engine.launch(plan)
 
