@@ -232,7 +232,7 @@ def free_port() -> int:
 def remove_containers(_names: set[str], node_ids: list[str]) -> None:
     """Remove containers labelled with any of these node ids (best effort, for clean-up)."""
     for node_id in filter(None, node_ids):
-        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.daemon.node={node_id}"],
+        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.node={node_id}"],
                                capture_output=True, text=True, check=False)
         ids = found.stdout.split()
         if ids:

@@ -40,6 +40,7 @@ from peerd.executor.contract import (
 )
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
 from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
+from peerd.executor.gangnet import GangNetworks
 from peerd.executor.logs import LogTail
 from peerd.executor.outmount import is_full
 from peerd.executor.outputs import OutputManifest, collect_outputs, discard_task_dir, prepare_out_dir
@@ -70,6 +71,7 @@ class _Task:
     out_dir: Path
     bounded: bool  # out_dir is a tmpfs of the output limit
     tail: LogTail
+    overlay: bool = False  # a gang member: its network holder and tunnel go when it ends
     launched_at: float = field(default_factory=time.time)
     stopping: RunOutcomeState | None = None  # CANCELLED, TIMEOUT or FAILED (output limit), first one wins
     stop_detail: str = ""
@@ -100,7 +102,7 @@ def classify(task_stop: RunOutcomeState | None, exit_state: ExitState | None) ->
 
 
 class DockerExecutor:
-    """The Executor on a real dockerd. Every container carries ``peerd.daemon.node=<node_id>``."""
+    """The Executor on a real dockerd. Every container carries ``peerd.node=<node_id>``."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class DockerExecutor:
         self._starting: set[str] = set()
         self._early_stops: dict[str, str] = {}  # task id -> reason, for stops during start
         self.engine_info = EngineInfo(reachable=False, detail="not started")
+        self.networks = GangNetworks(self.node_id, limits)
 
     # ---- service -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[EngineInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,6 +167,8 @@ class DockerExecutor:
         """Refuse (typed reason) or launch the job; returns once the container runs."""
         engine, nursery = self._running()
         self.policy.check(spec, gpu_runtime=self.gpu_runtime)
+        if spec.overlay is not None:
+            self.networks.require()
         if spec.task_id in self._tasks or spec.task_id in self._starting:
             raise ExecutorError(Reason.TASK_EXISTS, f"task {spec.task_id!r} is already running here")
         self._starting.add(spec.task_id)
@@ -193,23 +198,40 @@ class DockerExecutor:
             log.warning("task %s: cannot mount a tmpfs for /out here (needs CAP_SYS_ADMIN in dockerd's mount "
                         "namespace): /out is bounded only when collected", spec.task_id)
         deadline = time.time() + spec.timeout
-        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits)
         try:
-            try:
-                container_id, sources = await engine.launch(plan)
-            except ImageMissing:
-                await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
-                container_id, sources = await engine.launch(plan)
+            container_id, sources = await self._create(engine, spec, out_dir, deadline, on_pull)
         except BaseException:  # refused, failed or cancelled: nothing of this task may stay
             with trio.CancelScope(shield=True):
+                if spec.overlay is not None:
+                    await self.networks.close(engine, spec.task_id)
                 await trio.to_thread.run_sync(discard_task_dir, out_dir.parent)
             raise
         task = _Task(
             task_id=spec.task_id, container_id=container_id, gpus=spec.gpus, memory=spec.memory,
             timeout=spec.timeout, deadline=deadline, out_dir=out_dir, bounded=bounded,
-            tail=LogTail(self.log_limit),
+            tail=LogTail(self.log_limit), overlay=spec.overlay is not None,
         )
         return task, sources
+
+    async def _create(
+        self, engine: Engine, spec: RunSpec, out_dir: Path, deadline: float, on_pull: PullListener | None
+    ) -> tuple[str, list[OutputSource]]:
+        """Create and start the job's container, pulling its image if it is not here. A gang member's
+        network comes first: its holder runs the job's image, so a missing image is pulled there."""
+        network_of = None
+        if spec.overlay is not None:
+            try:
+                network_of = await self.networks.open(engine, spec)
+            except ImageMissing:
+                await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
+                network_of = await self.networks.open(engine, spec)
+        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline,
+                              limits=self.limits, network_of=network_of)
+        try:
+            return await engine.launch(plan)
+        except ImageMissing:
+            await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
+            return await engine.launch(plan)
 
     # ---- supervision -------------------------------------------------------------------
     async def _supervise(self, task: _Task, sources: list[OutputSource] | None) -> None:
@@ -287,6 +309,9 @@ class DockerExecutor:
         task.exited = True
 
     async def _outcome(self, task: _Task, exit_state: ExitState | None) -> RunOutcome:
+        if task.overlay:  # the container is gone: its network goes too
+            engine, _ = self._running()
+            await self.networks.close(engine, task.task_id)
         outputs = await self._collect(task)
         if outputs.over_limit:  # it filled /out and ended before the watcher saw it
             task.mark(RunOutcomeState.FAILED, f"{Reason.OUTPUT_LIMIT}: /out reached the output limit of "
@@ -433,6 +458,8 @@ class DockerExecutor:
         finished += [
             await self._lose(engine, self._adopt_missing(t), "no container after restart") for t in plan.missing
         ]
+        for what in await self.networks.recover(engine, set(self._tasks) | self._starting):
+            log.info("removed leftover gang network: %s", what)
         return RecoveryReport(
             reattached=tuple(i.task_id for i in plan.reattach),
             finished=tuple(finished),
@@ -445,7 +472,7 @@ class DockerExecutor:
         return _Task(
             task_id=info.task_id, container_id=info.container_id, gpus=info.gpus, memory=info.memory,
             timeout=None, deadline=deadline, out_dir=out_dir, bounded=os.path.ismount(out_dir),
-            tail=LogTail(self.log_limit),
+            tail=LogTail(self.log_limit), overlay=True,  # whether it had one is not known: close looks
         )
 
     def _adopt_missing(self, task_id: str) -> _Task:
@@ -453,7 +480,7 @@ class DockerExecutor:
         return _Task(
             task_id=task_id, container_id=container_name(self.node_id, task_id), gpus=(), memory=0,
             timeout=None, deadline=0.0, out_dir=out_dir, bounded=os.path.ismount(out_dir),
-            tail=LogTail(self.log_limit),
+            tail=LogTail(self.log_limit), overlay=True,
         )
 
     async def _collect_exited(self, engine: Engine, info: ContainerInfo) -> RunOutcome:

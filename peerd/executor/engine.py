@@ -25,6 +25,7 @@ from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullP
 from peerd.executor.errors import EngineError, ImageUnavailable, Reason
 from peerd.executor.plan import (
     LABEL_NODE,
+    LABEL_TASK,
     ContainerPlan,
     ExitState,
     JsonObject,
@@ -187,6 +188,7 @@ class Engine:
                     image=plan.image, command=plan.command, environment=plan.environment,
                     user=plan.user or "", labels=plan.labels, name=plan.name,
                     host_config=plan.host_config, detach=True, tty=False, stdin_open=False,
+                    entrypoint=plan.entrypoint,
                 )
             container_id = str(created["Id"])
             try:
@@ -199,6 +201,41 @@ class Engine:
                 raise EngineError(Reason.START_FAILED, exc.detail) from exc
 
         return await trio.to_thread.run_sync(work)
+
+    async def start_holder(self, plan: ContainerPlan) -> tuple[str, int]:
+        """Create and start a container nobody attaches to (a network holder); its id and the
+        host pid of its process (whose namespaces it has). Removed again if it does not run."""
+        api = self._api
+
+        def work() -> tuple[str, int]:
+            with _translated(f"create {plan.name}"):
+                created = api.create_container(
+                    image=plan.image, command=plan.command, environment=plan.environment,
+                    user=plan.user or "", labels=plan.labels, name=plan.name, entrypoint=plan.entrypoint,
+                    host_config=plan.host_config, detach=True, tty=False, stdin_open=False,
+                )
+            container_id = str(created["Id"])
+            try:
+                with _translated(f"start {plan.name}"):
+                    api.start(container_id)
+                    state = api.inspect_container(container_id).get("State") or {}
+                pid = state.get("Pid") if isinstance(state, dict) else None
+                if not isinstance(pid, int) or pid <= 0 or not state.get("Running"):
+                    raise EngineError(Reason.START_FAILED, f"{plan.name} is not running: {state.get('Error') or state}")
+                return container_id, pid
+            except EngineError as exc:
+                self._remove_quietly(container_id)
+                raise EngineError(Reason.START_FAILED, exc.detail) from exc
+
+        return await trio.to_thread.run_sync(work)
+
+    async def list_labelled(self, label: str, value: str) -> list[tuple[str, str]]:
+        """(container id, peerd.task label) of every container labelled ``label=value``."""
+        api = self._api
+        summaries = await self._call(
+            "list containers", lambda: api.containers(all=True, filters={"label": [f"{label}={value}"]}),
+        )
+        return [(str(s["Id"]), str((s.get("Labels") or {}).get(LABEL_TASK, ""))) for s in summaries]
 
     def _follow(self, container_id: str) -> list[OutputSource]:
         # For a container already running: dockerd's log file from its first byte, then
@@ -286,7 +323,7 @@ class Engine:
         return await self._call(f"inspect {name_or_id}", work)
 
     async def list_owned(self, node_id: str) -> list[ContainerInfo]:
-        """Every container (any state) labelled ``peerd.daemon.node=<node_id>``: one request."""
+        """Every container (any state) labelled ``peerd.node=<node_id>``: one request."""
         api = self._api
         summaries = await self._call(
             "list containers",

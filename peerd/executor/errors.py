@@ -24,6 +24,7 @@ class Reason(StrEnum):
     CPUS_OVER_LIMIT = "cpus_over_limit"
     MEMORY_OVER_LIMIT = "memory_over_limit"
     NO_GPU_RUNTIME = "no_gpu_runtime"
+    OVERLAY_UNAVAILABLE = "overlay_unavailable"  # a gang member, on a host that cannot make overlays
     # capacity ledger
     NO_CAPACITY = "no_capacity"
     NO_MATCHING_GPU = "no_matching_gpu"
@@ -39,6 +40,7 @@ class Reason(StrEnum):
     START_FAILED = "start_failed"
     ENGINE_ERROR = "engine_error"
     OUTPUT_ERROR = "output_error"
+    OVERLAY_FAILED = "overlay_failed"  # the gang member's WireGuard interface could not be set up
     # how a job ended (RunOutcome.reason), where its state alone does not say it
     OUTPUT_LIMIT = "output_limit"  # /out filled up while it ran: it was stopped
 

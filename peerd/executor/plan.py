@@ -14,14 +14,21 @@ from datetime import datetime
 from pathlib import Path
 
 from peerd.config import DEFAULT_LIMITS
-from peerd.executor.contract import OUT_MOUNT, ContainerInfo, InputMount, RunSpec
+from peerd.executor.contract import NOBODY, OUT_MOUNT, ContainerInfo, InputMount, RunSpec
+from peerd.executor.errors import InvalidSpec
 
-LABEL_NODE = "peerd.daemon.node"
+LABEL_NODE = "peerd.node"
 LABEL_TASK = "peerd.task"
 LABEL_GPUS = "peerd.gpus"
 LABEL_CPUS = "peerd.cpus"
 LABEL_MEMORY = "peerd.memory"
 LABEL_DEADLINE = "peerd.deadline"
+LABEL_HOLDER = "peerd.netholder"  # on a gang member's network holder: the node id (not peerd.node: no job)
+
+HOLDER_COMMAND = ["sleep", "infinity"]  # the holder's entrypoint, from the job's own image
+HOLDER_MEMORY = 16 * 1024 * 1024
+HOLDER_PIDS = 4
+HOLDER_NANO_CPUS = 50_000_000  # 0.05 CPU: it only sleeps
 
 NO_GPUS = "void"  # NVIDIA_VISIBLE_DEVICES value that makes the NVIDIA runtime act like runc
 
@@ -45,15 +52,22 @@ class ContainerPlan:
     user: str | None
     labels: dict[str, str]
     host_config: JsonObject  # Docker Engine API "HostConfig"
+    entrypoint: list[str] | None = None  # None: the image's own
 
 
 def container_name(node_id: str, task_id: str) -> str:
     return f"peerd-{node_id}-{task_id}"
 
 
+def holder_name(node_id: str, task_id: str) -> str:
+    return f"{container_name(node_id, task_id)}-net"
+
+
 def plan_container(
-    spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits()
+    spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits(),
+    network_of: str | None = None,
 ) -> ContainerPlan:
+    """``network_of``: the holder container whose network namespace (the overlay) the job joins."""
     environment = spec.environment
     environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus) if spec.gpus else NO_GPUS
     labels = {
@@ -71,19 +85,64 @@ def plan_container(
         environment=environment,
         user=spec.user,
         labels=labels,
-        host_config=host_config(spec, out_dir=out_dir, limits=limits),
+        host_config=host_config(spec, out_dir=out_dir, limits=limits, network_of=network_of),
     )
 
 
-def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
-    config: JsonObject = {
-        "NetworkMode": "bridge" if spec.network else "none",
+def plan_holder(spec: RunSpec, *, node_id: str, limits: Limits = Limits()) -> ContainerPlan:
+    """The container that holds a gang member's network namespace (Kubernetes' pause pattern):
+    dockerd cannot join a namespace it did not make, so the overlay interface is moved into this
+    one's and the job joins it (``network_of``). It sleeps, with every isolation default."""
+    return ContainerPlan(
+        name=holder_name(node_id, spec.task_id),
+        image=spec.image,
+        command=None,
+        environment={"NVIDIA_VISIBLE_DEVICES": NO_GPUS},
+        user=NOBODY,
+        labels={LABEL_HOLDER: node_id, LABEL_TASK: spec.task_id},
+        host_config={
+            "NetworkMode": network_mode(spec, holder=True),
+            **_isolation(limits),
+            "Memory": HOLDER_MEMORY,
+            "MemorySwap": HOLDER_MEMORY,
+            "NanoCpus": HOLDER_NANO_CPUS,
+            "PidsLimit": HOLDER_PIDS,
+        },
+        entrypoint=HOLDER_COMMAND,
+    )
+
+
+def network_mode(spec: RunSpec, *, network_of: str | None = None, holder: bool = False) -> str:
+    """The one place that decides a container's network. A gang member (``spec.overlay``) joins
+    its holder's namespace, which has nothing but lo until the overlay interface is moved in."""
+    if spec.overlay is not None and not holder:
+        if network_of is None:
+            raise InvalidSpec("a gang member's container needs its network holder")
+        return f"container:{network_of}"
+    if holder or not spec.network:
+        return "none"
+    return "bridge"
+
+
+def _isolation(limits: Limits) -> JsonObject:
+    return {
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
         "ReadonlyRootfs": True,
         "IpcMode": "private",
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"},
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": str(limits.log_file_size), "max-file": "2"},
+        },
+    }
+
+
+def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str | None = None) -> JsonObject:
+    config: JsonObject = {
+        "NetworkMode": network_mode(spec, network_of=network_of),
+        **_isolation(limits),
         "Mounts": [
             {"Type": "bind", "Source": str(out_dir), "Target": OUT_MOUNT, "ReadOnly": False},
             *(input_mount(i) for i in spec.inputs),
@@ -92,10 +151,6 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits) -> JsonObject:
         "MemorySwap": spec.memory,  # == Memory: no swap, exceeding the limit OOM-kills
         "NanoCpus": int(round(spec.cpus * 1e9)),
         "PidsLimit": spec.pids,
-        "LogConfig": {
-            "Type": "json-file",
-            "Config": {"max-size": str(limits.log_file_size), "max-file": "2"},
-        },
     }
     if spec.gpus:
         config["DeviceRequests"] = [

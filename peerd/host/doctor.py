@@ -1,10 +1,12 @@
 """`peerd doctor`: can this host provide? Each check says what it found and, when it
 fails, what to do about it in plain words. The CLI prints them; nothing here prints.
 
-Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk, then
+Checks (in order): docker, gpus (NVML), nvidia-runtime, cgroup-limits, disk, overlay (WireGuard for
+gang jobs), then
 reachability: whether peers can dial this node, which only a running daemon knows
 (its dial-back check, ``peerd.p2p.reachability``); without one it says "unknown".
-A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup. A relayed
+A CPU-only host passes: no GPUs and no NVIDIA runtime is a valid setup; so does a host without
+WireGuard (it only cannot join gang jobs, and says how to fix that). A relayed
 node passes too (it takes small jobs through its relays); an unreachable one fails.
 """
 
@@ -21,6 +23,7 @@ from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, inspect_engine
 from peerd.host.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.host.resources import disk_free, existing_ancestor
+from peerd.overlay.host import Availability, probe
 from protocol.reachability import HINTS, Reachability
 
 MIN_API_VERSION = (1, 40)  # DeviceRequests (GPUs by UUID) arrived with API 1.40 / Docker 19.03
@@ -43,6 +46,7 @@ class Findings:
     disk_free: int
     min_disk_free: int
     home: Path
+    overlay: Availability
 
 
 def _api_tuple(version: str | None) -> tuple[int, ...]:
@@ -125,8 +129,15 @@ def check_disk(f: Findings) -> Check:
     )
 
 
+def check_overlay(f: Findings) -> Check:
+    """Gang jobs need a WireGuard overlay; a host without one still provides single jobs."""
+    if f.overlay.ok:
+        return Check("overlay", True, f"gang jobs can join a private overlay: {f.overlay.detail}")
+    return Check("overlay", True, f"this node cannot join gang jobs (--nodes): {f.overlay.detail}")
+
+
 CHECKS: tuple[Callable[[Findings], Check], ...] = (
-    check_docker, check_gpus, check_runtime, check_cgroups, check_disk,
+    check_docker, check_gpus, check_runtime, check_cgroups, check_disk, check_overlay,
 )
 
 
@@ -159,7 +170,7 @@ async def run_checks(
     engine = await inspect_engine(docker_base_url, timeout=docker_timeout)
     gpus, problem = await diagnose_gpus(nvml)
     free = await trio.to_thread.run_sync(disk_free, home)
-    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home))
+    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home), probe())
     return [check(findings) for check in CHECKS]
 
 

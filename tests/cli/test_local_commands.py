@@ -88,7 +88,8 @@ async def test_doctor_without_a_daemon_runs_the_checks_in_process(tmp_path: Path
     assert "no daemon answers" in ran.stderr and "running the checks in this process" in ran.stderr
     checks = ran.json()
     assert isinstance(checks, list)
-    assert [c["name"] for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk", "reachability"]
+    assert [c["name"] for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk", "overlay",
+                                            "reachability"]
     assert checks[-1]["detail"].startswith("unknown: start the daemon")
     docker = checks[0]
     assert docker["ok"] is False and "systemctl" in docker["detail"]  # the fix follows the failure

@@ -10,7 +10,7 @@ import docker
 
 from peerd.data.blobstore import BlockingChunkStore
 from peerd.executor import RunOutcome, RunSpec
-from peerd.executor.plan import LABEL_NODE
+from peerd.executor.plan import LABEL_HOLDER, LABEL_NODE
 from protocol.manifest import decode_manifest
 
 IMAGE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
@@ -20,8 +20,18 @@ MiB = 1 << 20
 def sweep(node_id: str) -> None:
     api = docker.APIClient(version="auto")
     try:
-        for c in api.containers(all=True, filters={"label": f"{LABEL_NODE}={node_id}"}):
-            api.remove_container(c["Id"], force=True)
+        for label in (LABEL_NODE, LABEL_HOLDER):
+            for c in api.containers(all=True, filters={"label": f"{label}={node_id}"}):
+                api.remove_container(c["Id"], force=True)
+    finally:
+        api.close()
+
+
+def holder_names(node_id: str) -> list[str]:
+    """Names of this node's gang network holders (any state)."""
+    api = docker.APIClient(version="auto")
+    try:
+        return [c["Names"][0] for c in api.containers(all=True, filters={"label": f"{LABEL_HOLDER}={node_id}"})]
     finally:
         api.close()
 

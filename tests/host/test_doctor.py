@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from peerd.host.doctor import Check, check_reachability, check_view, run_checks
+from peerd.executor.engine import EngineInfo
+from peerd.host.doctor import Check, Findings, check_overlay, check_reachability, check_view, run_checks
 from peerd.host.nvml import FakeNvml
+from peerd.overlay.host import Availability, Backend
 from protocol.reachability import HINTS, Reachability
 
 
@@ -18,7 +20,7 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 @pytest.mark.docker
 async def test_this_host_passes(tmp_path: Path) -> None:
     checks = await run_checks(None, tmp_path, min_disk_free=1 << 20)
-    assert [c.name for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk"]
+    assert [c.name for c in checks] == ["docker", "gpus", "nvidia-runtime", "cgroup-limits", "disk", "overlay"]
     failing = [c for c in checks if not c.ok]
     assert failing == []
     assert all(c.fix == "" for c in checks)
@@ -57,3 +59,13 @@ def test_reachability_passes_public_and_relayed_and_fails_unreachable_with_the_h
 def test_without_a_daemon_reachability_is_unknown() -> None:
     check = check_reachability(None)
     assert check.ok and check.detail.startswith("unknown: start the daemon")
+
+
+def test_a_host_without_wireguard_passes_and_says_how_to_join_gangs(tmp_path: Path) -> None:
+    def findings(overlay: Availability) -> Findings:
+        return Findings(EngineInfo(reachable=False), (), None, 0, 0, tmp_path, overlay)
+
+    missing = check_overlay(findings(Availability(None, "no wireguard-go (apt-get install wireguard-go)")))
+    assert missing.ok and "cannot join gang jobs" in missing.detail and "apt-get install" in missing.detail
+    present = check_overlay(findings(Availability(Backend.USERSPACE, "wireguard-go (userspace) over /dev/net/tun")))
+    assert present.ok and "wireguard-go" in present.detail

@@ -104,7 +104,7 @@ def test_provider_killed_mid_job_the_job_completes_elsewhere(net: DevNet) -> Non
     wait_for("the restarted provider to reconcile",
              lambda: net.nodes[victim].status()["tasks_running"] == 0, 30)
     node_id = provider_id
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.daemon.node={node_id}"],
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.node={node_id}"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert left == []
 

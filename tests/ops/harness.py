@@ -96,7 +96,7 @@ def wait_output(node: NodeProc, task_id: str, text: str, timeout: float = 90.0) 
 
 def containers_of(peer_id: str) -> list[str]:
     """Every container (running or not) labelled as belonging to that node."""
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.daemon.node={peer_id}"],
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peerd.node={peer_id}"],
                          capture_output=True, text=True, check=True)
     return out.stdout.split()
 
