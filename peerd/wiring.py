@@ -23,7 +23,7 @@ from .executor.policy import ProviderPolicy
 from .jobdata import DataSettings
 from .p2p.adverts import AdvertSource, Clock
 from .p2p.service import P2PService
-from .provider import ProviderSettings
+from .provider import GangSettings, ProviderSettings
 from .requester import RequesterSettings
 from .retention import Pruner
 from .store import Store
@@ -56,7 +56,15 @@ def provider_settings_from(config: Config, *, gpu_runtime: bool) -> ProviderSett
         offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
         keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
         offers_per_peer=config.policy.offers_per_peer, lapse_limit=config.policy.lapsed_offers,
+        gang=gang_settings_from(config),
     )
+
+
+def gang_settings_from(config: Config) -> GangSettings | None:
+    gang = config.gang
+    if not gang.enabled:
+        return None
+    return GangSettings(endpoint_host=gang.endpoint_host, first_port=gang.ports[0], last_port=gang.ports[1])
 
 
 def requester_settings_from(config: Config) -> RequesterSettings:

@@ -72,6 +72,7 @@ class RejectCode(enum.StrEnum):
     OFFER_EXPIRED = "offer_expired"
     UNKNOWN_TASK = "unknown_task"
     INPUTS_TOO_LARGE = "inputs_too_large"
+    GANG_NOT_SUPPORTED = "gang_not_supported"
     INTERNAL = "internal"
 
 
@@ -130,9 +131,10 @@ class GpuOffer(Struct):
 
 @dataclass(frozen=True, slots=True)
 class Advert(Message):
-    """A provider's signed description of what it offers right now."""
+    """A provider's signed description of what it offers right now (``gang``: it joins gang jobs)."""
 
     TYPE: ClassVar[str] = "advert"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang"})
     peer_id: str
     seq: int
     issued_at: float
@@ -156,6 +158,7 @@ class Advert(Message):
     network: bool
     max_timeout: float
     draining: bool
+    gang: bool = False
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)

@@ -62,6 +62,7 @@ def adverts(draw: st.DrawFn) -> m.Advert:
         price_cpu_hour=draw(prices), price_gpu_hour=draw(prices), docker=draw(st.booleans()),
         gpu_runtime=draw(st.booleans()), network=draw(st.booleans()),
         max_timeout=draw(floats(0, MAX_TIMEOUT)), draining=draw(st.booleans()),
+        gang=draw(st.booleans()),
     )
 
 

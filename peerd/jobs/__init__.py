@@ -1,0 +1,1 @@
+"""Jobs: what a provider runs and a requester places (placement, leases, runs, gangs)."""
