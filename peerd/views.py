@@ -7,7 +7,15 @@ from protocol.messages import Advert, Receipt, ReceiptTerms
 from protocol.schema import Value
 from protocol.signing import verify_cosigned
 
-from .control.ops import AttemptView, ObservationView, PeerView, ReceiptView, ReputationView, TaskView
+from .control.ops import (
+    AttemptView,
+    ObservationView,
+    PeerView,
+    RankView,
+    ReceiptView,
+    ReputationView,
+    TaskView,
+)
 from .reputation import Observation, Standing, Tally
 from .store import Attempt, ResultRecord, TaskRecord
 
@@ -63,6 +71,17 @@ def task_view(
         spec=record.spec.to_wire(),  # type: ignore[typeddict-item]
         role=record.role.value,
         detail=_with_pruned(record.detail, result),
+    )
+
+
+def rank_view(rank: int, record: TaskRecord, result: ResultRecord | None, receipt: Receipt | None) -> RankView:
+    output = result.result if result else None
+    return RankView(
+        rank=rank, task_id=record.task_id, provider=record.provider, state=record.state.value,
+        exit_code=output.exit_code if output else record.exit_code,
+        stdout=output.stdout.decode("utf-8", "replace") if output else "",
+        stderr=output.stderr.decode("utf-8", "replace") if output else "",
+        receipt=receipt_view(receipt) if receipt else None,
     )
 
 

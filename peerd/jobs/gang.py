@@ -157,6 +157,12 @@ class GangPlacer:
     def __init__(self, requester: Requester) -> None:
         self.r = requester
         self._log_seq: dict[str, int] = {}
+        self._attempts = trio.Lock()  # ranks record at once; the placement log numbers itself
+
+    async def _attempt(self, gang_id: str, provider: str, outcome: AttemptOutcome, code: str, detail: str,
+                       signed: bytes | None = None) -> None:
+        async with self._attempts:
+            await self.r.record_attempt(gang_id, provider, outcome, code, detail, signed)
 
     # ------------------------------------------------------------ entry points
     async def submit(self, spec: JobSpec, task_id: str) -> str:
@@ -242,9 +248,9 @@ class GangPlacer:
                     ok = await self._gate(rnd, Stage.SIGNED)
             if timer.cancelled_caught:
                 ok = False
-                await self.r.record_attempt(rnd.gang_id, "", AttemptOutcome.TIMEOUT, "", "placement deadline passed")
+                await self._attempt(rnd.gang_id, "", AttemptOutcome.TIMEOUT, "", "placement deadline passed")
             if not ok:
-                rnd.stop("the gang could not be placed in this round")
+                rnd.stop("another rank of the gang could not be placed")
                 return
             await self._record_leases(rnd)
             rnd.leased = True
@@ -270,6 +276,10 @@ class GangPlacer:
         while rank.stage is Stage.ASKING and not rnd.abort:
             candidate = self._pick(rnd)
             if candidate is None:
+                if not rnd.no_candidate and not rnd.abort:
+                    await self._attempt(rnd.gang_id, "", AttemptOutcome.DECLINED, "",
+                                                f"rank {rank.rank}: no other provider joins gangs and fits this job "
+                                                f"({rnd.spec.nodes} distinct providers needed)")
                 rnd.no_candidate = True
                 rnd.wake()
                 return
@@ -307,6 +317,7 @@ class GangPlacer:
         await rnd.go_accept.wait()
         if rnd.abort:
             await channel.send_frame(machine.cancel(f"gang: {rnd.abort}"))
+            await self._record(rnd, rank, AttemptOutcome.DECLINED, "", f"offer cancelled: {rnd.abort}")
             return
         try:
             accept = machine.accept(now=self.r.clock(), roster=rnd.roster)
@@ -331,6 +342,7 @@ class GangPlacer:
         await rnd.go_sign.wait()
         if rnd.abort:
             await channel.send_frame(machine.cancel(f"gang: {rnd.abort}"))
+            await self._record(rnd, rank, AttemptOutcome.DECLINED, "", f"proposed lease cancelled: {rnd.abort}")
             return
         rank.countersigned = machine.countersign_lease()
         rank.lease = machine.lease
@@ -353,7 +365,7 @@ class GangPlacer:
     async def _record(self, rnd: _Round, rank: _Rank, outcome: AttemptOutcome, code: str, detail: str,
                       signed: bytes | None = None) -> None:
         peer = rank.candidate.peer_id if rank.candidate else ""
-        await self.r.record_attempt(rnd.gang_id, peer, outcome, code, f"rank {rank.rank}: {detail}", signed)
+        await self._attempt(rnd.gang_id, peer, outcome, code, f"rank {rank.rank}: {detail}", signed)
 
     async def _record_leases(self, rnd: _Round) -> None:
         """Write before act: every rank's task and lease, then the gang running; then the countersignatures go."""
@@ -369,7 +381,7 @@ class GangPlacer:
             ))
             await store.add_gang_rank(rank.task_id, rnd.gang_id, rank.rank)
             await store.put_lease(rank.task_id, rank.lease, terms.expires_at)
-            await self.r.record_attempt(rnd.gang_id, terms.provider, AttemptOutcome.ACCEPTED, "",
+            await self._attempt(rnd.gang_id, terms.provider, AttemptOutcome.ACCEPTED, "",
                                         f"rank {rank.rank}: leased")
             rank.stage, rank.state = Stage.RUNNING, TaskState.RUNNING
         price = sum(r.offer.price for r in rnd.ranks if r.offer is not None)
