@@ -118,6 +118,19 @@ class RequesterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GangConfig:
+    """Gang jobs (``submit --nodes N``): does this provider join them, and where the other members reach it.
+
+    Off by default: a gang member opens a UDP port (its WireGuard endpoint) that the other members' hosts
+    must reach, so an operator turns it on knowing ``endpoint_host`` is reachable and ``ports`` are open.
+    """
+
+    enabled: bool = False
+    endpoint_host: str = ""  # the address other providers reach this host on (required when enabled)
+    ports: tuple[int, int] = (51820, 51899)  # UDP ports for endpoints, first..last; (0, 0): any free port
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = ""  # e.g. "127.0.0.1:9464"; empty = off
 
@@ -159,6 +172,7 @@ class Config:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    gang: GangConfig = field(default_factory=GangConfig)
 
     @property
     def key_path(self) -> Path:
@@ -263,6 +277,19 @@ def _relay_serve(value: object) -> str:
     return text
 
 
+def _port_range(value: object) -> tuple[int, int]:
+    """ "51820-51899", one port "51820", or "0" (any free port the kernel picks)."""
+    text = _str(value)
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError:
+        raise ValueError(f"expected a port range like 51820-51899, or 0, got {text!r}") from None
+    if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"ports must be 1 ≤ first ≤ last ≤ 65535 (or 0), got {text!r}")
+    return lo, hi
+
+
 def _log_level(value: object) -> str:
     level = _str(value)
     if level.lower() not in LOG_LEVELS:
@@ -329,6 +356,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "dashboard": (DashboardConfig, {"listen": _str}),
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
     "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
+    "gang": (GangConfig, {"enabled": _bool, "endpoint_host": _str, "ports": _port_range}),
 }
 
 
@@ -365,6 +393,8 @@ def _check_consistency(config: Config, source: str) -> None:
         )
     if config.requester.max_attempts < 1:
         raise ConfigError(f"{source}: requester.max_attempts must be at least 1")
+    if config.gang.enabled and not config.gang.endpoint_host:
+        raise ConfigError(f"{source}: gang.enabled needs gang.endpoint_host (the address other providers reach)")
 
 
 def load(home: Path) -> Config:
@@ -521,4 +551,14 @@ blob_quota = "10G"
 # How long a finished task's job data (its outputs) stays pinned: the
 # provider serves the outputs to the requester (peerd get) until then.
 output_retention = "24h"
+
+[gang]
+# Join gang jobs (peerd submit --nodes N): this provider runs one rank of a job
+# spread over N providers, joined by a WireGuard overlay. Off by default: each
+# rank listens on a UDP port (its endpoint) that the other members' hosts must
+# reach, so set endpoint_host to this host's address as they see it, and open
+# the ports (a range "first-last", or "0" for any free port).
+enabled = false
+endpoint_host = ""
+ports = "51820-51899"
 '''

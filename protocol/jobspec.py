@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from .limits import MAX_CPUS, MAX_GPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
+from .limits import MAX_CPUS, MAX_GPUS, MAX_MEMORY, MAX_NODES, MAX_PRICE, MAX_TIMEOUT
 from .schema import Struct, check_len, check_range, check_text, fail as _fail
 
 MAX_INPUTS = 16  # input data sets per job
@@ -60,8 +61,13 @@ class InputRef(Struct):
 
 @dataclass(frozen=True, slots=True)
 class JobSpec(Struct):
-    """What a requester wants run."""
+    """What a requester wants run: on one provider, or (``nodes`` ≥ 2) as a gang on that many.
 
+    ``nodes`` is left off the wire when it is 1, so a one-node job's bytes are
+    those of a spec without the field. The resources are per node.
+    """
+
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"nodes"})
     image: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
@@ -74,6 +80,7 @@ class JobSpec(Struct):
     network: bool = False
     max_price: float = MAX_PRICE
     inputs: tuple[InputRef, ...] = ()
+    nodes: int = 1
 
     def _check(self) -> None:
         check_text(self, "image", 256, nonempty=True)
@@ -91,6 +98,7 @@ class JobSpec(Struct):
         if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
             _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
         check_range(self, "max_price", 0, MAX_PRICE)
+        check_range(self, "nodes", 1, MAX_NODES)
         check_len(self, "inputs", MAX_INPUTS)
         for i, one in enumerate(self.inputs):
             for other in self.inputs[i + 1:]:

@@ -12,3 +12,4 @@ MAX_PRICE = 1e12
 MAX_TIMESTAMP = 1e11  # year ~5138: anything beyond is nonsense
 MAX_COUNT = 1 << 40
 MAX_SEQ = (1 << 63) - 1  # advert seq: e.g. milliseconds since the epoch
+MAX_NODES = 64  # ranks of one gang job (JobSpec.nodes)

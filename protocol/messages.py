@@ -23,12 +23,19 @@ from .control_messages import (
     ControlRequest as ControlRequest,
     ControlResponse as ControlResponse,
 )
+from .gang import (
+    GangRef as GangRef,
+    OverlayEndpoint as OverlayEndpoint,
+    RosterMember as RosterMember,
+    roster_problem,
+)
 from .jobspec import InputRef as InputRef, JobSpec as JobSpec
 from .limits import (
     MAX_COUNT as MAX_COUNT,
     MAX_CPUS as MAX_CPUS,
     MAX_GPUS as MAX_GPUS,
     MAX_MEMORY as MAX_MEMORY,
+    MAX_NODES as MAX_NODES,
     MAX_PRICE as MAX_PRICE,
     MAX_SEQ as MAX_SEQ,
     MAX_TIMEOUT as MAX_TIMEOUT,
@@ -65,6 +72,7 @@ class RejectCode(enum.StrEnum):
     OFFER_EXPIRED = "offer_expired"
     UNKNOWN_TASK = "unknown_task"
     INPUTS_TOO_LARGE = "inputs_too_large"
+    GANG_NOT_SUPPORTED = "gang_not_supported"
     INTERNAL = "internal"
 
 
@@ -123,9 +131,10 @@ class GpuOffer(Struct):
 
 @dataclass(frozen=True, slots=True)
 class Advert(Message):
-    """A provider's signed description of what it offers right now."""
+    """A provider's signed description of what it offers right now (``gang``: it joins gang jobs)."""
 
     TYPE: ClassVar[str] = "advert"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang"})
     peer_id: str
     seq: int
     issued_at: float
@@ -149,6 +158,7 @@ class Advert(Message):
     network: bool
     max_timeout: float
     draining: bool
+    gang: bool = False
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)
@@ -186,31 +196,47 @@ def _check_task_id(obj: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest(Message):
-    """Requester → provider: please run this."""
+    """Requester → provider: please run this (as rank ``gang.rank`` of a gang when ``spec.nodes`` ≥ 2)."""
 
     TYPE: ClassVar[str] = "request"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang"})
     task_id: str
     requester: str
     spec: JobSpec
     sent_at: float
+    gang: GangRef | None = None
 
     def _check(self) -> None:
         _check_task_id(self)
         check_text(self, "requester", 128, nonempty=True)
         check_range(self, "sent_at", 0, MAX_TIMESTAMP)
+        _check_gang(self, self.spec, self.gang)
+
+
+def _check_gang(obj: object, spec: JobSpec, gang: GangRef | None) -> None:
+    """A gang job (``spec.nodes`` ≥ 2) names its gang, of ``spec.nodes`` ranks; a one-node job names none."""
+    if gang is None and spec.nodes != 1:
+        _fail(type(obj), "gang", f"is missing for a job on {spec.nodes} nodes")
+    if gang is not None and gang.size != spec.nodes:
+        _fail(type(obj), "gang", f"has {gang.size} ranks, the spec {spec.nodes} nodes")
 
 
 @dataclass(frozen=True, slots=True)
 class Offer(Message):
-    """Provider → requester: I hold these resources for you until ``expires_at``."""
+    """Provider → requester: I hold these resources for you until ``expires_at``.
+
+    A gang member's offer also carries its WireGuard public key and UDP endpoint (``overlay``).
+    """
 
     TYPE: ClassVar[str] = "offer"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"overlay"})
     task_id: str
     price: float
     expires_at: float
     cpus: float
     memory: int
     gpus: tuple[str, ...]
+    overlay: OverlayEndpoint | None = None
 
     def _check(self) -> None:
         _check_task_id(self)
@@ -237,22 +263,32 @@ class Reject(Message):
 
 @dataclass(frozen=True, slots=True)
 class Accept(Message):
-    """Requester → provider: I take the offer at this price."""
+    """Requester → provider: I take the offer at this price (a gang's: with every rank's overlay side)."""
 
     TYPE: ClassVar[str] = "accept"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"roster"})
     task_id: str
     price: float
+    roster: tuple[RosterMember, ...] = ()
 
     def _check(self) -> None:
         _check_task_id(self)
         check_range(self, "price", 0, MAX_PRICE)
+        _check_roster(self, self.roster)
+
+
+def _check_roster(obj: object, roster: tuple[RosterMember, ...]) -> None:
+    problem = roster_problem(roster) if roster else None
+    if problem is not None:
+        _fail(type(obj), "roster", problem)
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseTerms(Message):
-    """What both parties sign before the job starts."""
+    """What both parties sign before the job starts (a gang member's: also the gang and its roster)."""
 
     TYPE: ClassVar[str] = "lease_terms"
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang", "roster"})
     task_id: str
     requester: str
     provider: str
@@ -261,6 +297,8 @@ class LeaseTerms(Message):
     gpus: tuple[str, ...]
     issued_at: float
     expires_at: float
+    gang: GangRef | None = None
+    roster: tuple[RosterMember, ...] = ()
 
     def _check(self) -> None:
         _check_task_id(self)
@@ -270,6 +308,14 @@ class LeaseTerms(Message):
         check_len(self, "gpus", MAX_GPUS)
         check_range(self, "issued_at", 0, MAX_TIMESTAMP)
         check_range(self, "expires_at", 0, MAX_TIMESTAMP)
+        _check_gang(self, self.spec, self.gang)
+        _check_roster(self, self.roster)
+        if self.gang is not None and len(self.roster) != self.gang.size:
+            _fail(type(self), "roster", f"has {len(self.roster)} members, the gang {self.gang.size} ranks")
+        if self.gang is not None and self.roster[self.gang.rank].peer != self.provider:
+            _fail(type(self), "roster", "does not name the provider at its rank")
+        if self.gang is None and self.roster:
+            _fail(type(self), "roster", "is for gang jobs only")
 
 
 @dataclass(frozen=True, slots=True)

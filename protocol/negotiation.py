@@ -60,9 +60,16 @@ Checks beyond the table (``Negotiation._check_and_record``), applied to both sid
 - Offer holds exactly ``spec.gpus`` distinct GPUs and at least the requested
   CPUs and memory;
 - Accept.price == Offer.price (there is no counter-offer: refuse with Cancel);
+- gang jobs (``spec.nodes`` ≥ 2, ``protocol.gang``): the request names the
+  gang; the Offer carries the provider's overlay key and endpoint exactly when
+  the request names a gang; the Accept's roster has ``spec.nodes`` members and,
+  at the provider's rank, this provider with the key and endpoint of its Offer
+  (a one-node job's Accept has no roster); the lease terms carry the request's
+  gang and the accepted roster;
 - the proposed Lease is signed by the provider only, and its LeaseTerms name
   this task, the requester and provider peer IDs, the requested spec, the
-  accepted price and the offered GPUs, with ``expires_at > issued_at``;
+  accepted price and the offered GPUs (and gang and roster), with
+  ``expires_at > issued_at``;
 - the countersigned Lease has the very same terms bytes and provider
   signature, and both signatures verify (``signing.verify_cosigned``);
 - Status, LogChunk and Result need a lease (a provider answering Resume calls
@@ -109,18 +116,21 @@ from .messages import (
     Accept,
     Cancel,
     CoSigned,
+    GangRef,
     JobSpec,
     Lease,
     LeaseTerms,
     LogChunk,
     Message,
     Offer,
+    OverlayEndpoint,
     Receipt,
     ReceiptTerms,
     Reject,
     RejectCode,
     Result,
     Resume,
+    RosterMember,
     Status,
     TaskRequest,
     TaskState,
@@ -447,6 +457,7 @@ class Negotiation:
             case Accept():
                 assert self._offer is not None
                 _require(msg.price == self._offer.price, f"price {msg.price} is not the offered {self._offer.price}")
+                self._check_roster(msg)
                 self._accepted = msg
             case Lease():
                 lease_terms = self._check_cosigned(
@@ -487,6 +498,20 @@ class Negotiation:
         _require(len(set(msg.gpus)) == len(msg.gpus), "offers a GPU twice")
         _require(msg.cpus >= spec.cpus, "offers fewer CPUs than requested")
         _require(msg.memory >= spec.memory, "offers less memory than requested")
+        gang = self._request.gang
+        _require((msg.overlay is None) == (gang is None),
+                 "a gang member's offer carries its overlay key and endpoint, no other offer does")
+
+    def _check_roster(self, msg: Accept) -> None:
+        assert self._request is not None and self._offer is not None
+        gang, overlay = self._request.gang, self._offer.overlay
+        if gang is None or overlay is None:
+            _require(not msg.roster, "a roster is for gang jobs only")
+            return
+        _require(len(msg.roster) == gang.size, f"roster has {len(msg.roster)} members, the gang {gang.size}")
+        mine = msg.roster[gang.rank]
+        _require(mine.peer == self.provider_id, f"roster rank {gang.rank} is not this provider")
+        _require(mine.overlay == overlay, f"roster rank {gang.rank} differs from the offer's key and endpoint")
 
     def _check_cosigned(
         self, msg: D, sender: TaskRole, terms_type: type[M], proposed: D | None, check_terms: Callable[[M], None]
@@ -511,6 +536,8 @@ class Negotiation:
         _require(terms.spec == self._request.spec, "terms spec differs from the requested spec")
         _require(terms.price == self._accepted.price, "terms price differs from the accepted price")
         _require(terms.gpus == self._offer.gpus, "terms GPUs differ from the offered GPUs")
+        _require(terms.gang == self._request.gang, "terms gang differs from the request's")
+        _require(terms.roster == self._accepted.roster, "terms roster differs from the accepted roster")
         _require(terms.expires_at > terms.issued_at, "terms expire before they are issued")
 
     def _check_leased_phase(self, msg: Status | LogChunk | Result) -> None:
@@ -551,10 +578,10 @@ class RequesterNegotiation(Negotiation):
     ) -> None:
         super().__init__(TaskRole.REQUESTER, signer, peer_id, max_frame=max_frame)
 
-    def send_request(self, task_id: str, spec: JobSpec, *, now: float) -> bytes:
-        """Send the TaskRequest for ``spec`` (``requester`` is our peer ID)."""
+    def send_request(self, task_id: str, spec: JobSpec, *, now: float, gang: GangRef | None = None) -> bytes:
+        """Send the TaskRequest for ``spec`` (``requester`` is our peer ID; ``gang`` for a gang's rank)."""
         return self.send(
-            TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=now)
+            TaskRequest(task_id=task_id, requester=self.signer.peer_id, spec=spec, sent_at=now, gang=gang)
         )
 
     def resume(self, lease: Lease, log_seq: int = 0) -> bytes:
@@ -570,13 +597,14 @@ class RequesterNegotiation(Negotiation):
             self._lease = self._lease_terms = None
             raise
 
-    def accept(self, *, now: float) -> bytes:
-        """Accept the offer at its price; LocalProtocolError(code="offer_expired") if too late."""
+    def accept(self, *, now: float, roster: tuple[RosterMember, ...] = ()) -> bytes:
+        """Accept the offer at its price (a gang member's: with the gang's ``roster``);
+        LocalProtocolError(code="offer_expired") if too late."""
         if self._offer is None or self._task_id is None:
             raise LocalProtocolError(f"no offer to accept in state {self._state}")
         if self.offer_expired(now):
             raise LocalProtocolError("the offer has expired", code="offer_expired")
-        return self.send(Accept(task_id=self._task_id, price=self._offer.price))
+        return self.send(Accept(task_id=self._task_id, price=self._offer.price, roster=roster))
 
     def cancel(self, reason: str) -> bytes:
         if self._task_id is None:
@@ -609,15 +637,18 @@ class ProviderNegotiation(Negotiation):
             raise LocalProtocolError("nothing to reject before the first message")
         return self.send(Reject(task_id=self._task_id, code=code, detail=detail[:1024]))
 
-    def send_offer(self, *, price: float, gpus: tuple[str, ...], expires_at: float) -> bytes:
-        """Offer the requested CPUs and memory, and ``gpus``, at ``price`` until ``expires_at``."""
+    def send_offer(
+        self, *, price: float, gpus: tuple[str, ...], expires_at: float, overlay: OverlayEndpoint | None = None
+    ) -> bytes:
+        """Offer the requested CPUs and memory, and ``gpus``, at ``price`` until ``expires_at``
+        (a gang member's offer: with this lease's ``overlay`` key and endpoint)."""
         if self._request is None:
             raise LocalProtocolError(f"nothing to offer for in state {self._state}")
         spec = self._request.spec
         return self.send(
             Offer(
                 task_id=self._request.task_id, price=price, expires_at=expires_at,
-                cpus=spec.cpus, memory=spec.memory, gpus=gpus,
+                cpus=spec.cpus, memory=spec.memory, gpus=gpus, overlay=overlay,
             )
         )
 

@@ -254,6 +254,8 @@ class _NoFastPath:
 # range-check its float fields (tests/protocol/test_schema.py enforces it).
 _Field = tuple[str, type, Converter, str]
 _PLANS: dict[type, tuple[_Field, ...]] = {}
+# Per Struct class: its fields that are left off the wire at their default (``OMIT_DEFAULTS``), with the default.
+_OMITTED: dict[type, dict[str, object]] = {}
 _AS_IS = (int, bool, bytes, str, float)
 
 
@@ -275,11 +277,27 @@ def _plan(cls: type) -> tuple[_Field, ...]:
     return plan
 
 
+def _omitted(cls: type) -> dict[str, object]:
+    """``cls``'s fields named in ``OMIT_DEFAULTS``, each with its default value (once)."""
+    omitted = _OMITTED.get(cls)
+    if omitted is None:
+        names: frozenset[str] = getattr(cls, "OMIT_DEFAULTS", frozenset())
+        omitted = {f.name: f.default for f in dataclasses.fields(cls) if f.name in names}
+        if set(omitted) != names or dataclasses.MISSING in omitted.values():
+            raise TypeError(f"{cls.__name__}.OMIT_DEFAULTS must name fields with a default")
+        _OMITTED[cls] = omitted
+    return omitted
+
+
+class _Missing:
+    """Stands in for a field left off the wire."""
+
+
 # Per Struct class: a function that builds an instance from a decoded map.
-_DECODERS: dict[type, Callable[[dict[str, object]], Struct]] = {}
+_DECODERS: dict[type, Callable[..., Struct]] = {}
 
 
-def _compile_decoder(cls: type) -> Callable[[dict[str, object]], Struct]:
+def _compile_decoder(cls: type) -> Callable[..., Struct]:
     """Compile ``cls``'s plan into one straight-line function (once per class).
 
     The function reads each field from the map (KeyError if missing), takes a
@@ -289,31 +307,53 @@ def _compile_decoder(cls: type) -> Callable[[dict[str, object]], Struct]:
     would, without the loop's per-field overhead: adverts are decoded at
     gossip rate. Code generation as ``dataclasses`` itself does; the source
     holds only field names (identifiers) and indexes into ``env``.
+
+    A field in ``OMIT_DEFAULTS`` may be absent (it takes its default); present,
+    it must differ from the default (one encoding per value), and the map must
+    then hold exactly the fields present plus ``reserved`` keys.
     """
-    env: dict[str, object] = {"new": object.__new__, "cls": cls}
-    lines = ["def decode_fields(mapping):", "    obj = new(cls)"]
-    for i, (name, as_is, convert, path) in enumerate(_plan(cls)):
+    plan = _plan(cls)
+    omitted = _omitted(cls)
+    env: dict[str, object] = {"new": object.__new__, "cls": cls, "missing": _Missing, "DecodeError": DecodeError}
+    lines = ["def decode_fields(mapping, reserved=0):", "    obj = new(cls)", "    absent = 0"]
+    for i, (name, as_is, convert, path) in enumerate(plan):
         slot = getattr(cls, name, None)
         env[f"set{i}"] = (
             slot.__set__ if isinstance(slot, types.MemberDescriptorType)
             else (lambda obj, value, name=name: object.__setattr__(obj, name, value))
         )
         env[f"conv{i}"], env[f"type{i}"], env[f"path{i}"] = convert, as_is, path
+        if name in omitted:
+            env[f"default{i}"] = omitted[name]
+            lines += [
+                f"    raw = mapping.get({name!r}, missing)",
+                "    if raw is missing:",
+                "        absent += 1",
+                f"        set{i}(obj, default{i})",
+                "    else:",
+                f"        value = conv{i}(raw, path{i})",
+                f"        if value == default{i}:",
+                f"            raise DecodeError(path{i} + ': written at its default; a default is left out')",
+                f"        set{i}(obj, value)",
+            ]
+            continue
         lines.append(f"    raw = mapping[{name!r}]")
         if as_is is _NoFastPath:
             lines.append(f"    set{i}(obj, conv{i}(raw, path{i}))")
         else:
             lines.append(f"    set{i}(obj, raw if type(raw) is type{i} else conv{i}(raw, path{i}))")
+    if omitted:
+        lines += [f"    if len(mapping) != {len(plan)} - absent + reserved:", "        raise KeyError('shape')"]
     lines += ["    obj._check()", "    return obj"]
     exec("\n".join(lines), env)  # noqa: S102 - see the docstring
-    decoder = typing.cast("Callable[[dict[str, object]], Struct]", env["decode_fields"])
+    decoder = typing.cast("Callable[..., Struct]", env["decode_fields"])
     _DECODERS[cls] = decoder
     return decoder
 
 
 def _shape_error(cls: type, mapping: dict[str, object], where: str, reserved: int) -> DecodeError:
     names = [name for name, _, _, _ in _plan(cls)]
-    missing = [name for name in names if name not in mapping]
+    missing = [name for name in names if name not in mapping and name not in _omitted(cls)]
     if missing:
         return DecodeError(f"{where}: missing field {missing[0]!r}")
     allowed = set(names) | ({"v", "t"} if reserved else set())
@@ -324,6 +364,10 @@ def _shape_error(cls: type, mapping: dict[str, object], where: str, reserved: in
 class Struct:
     """A typed record; subclasses are frozen dataclasses.
 
+    Fields named in ``OMIT_DEFAULTS`` (a class attribute) are left off the
+    wire while they hold their default, so that a field added for a new kind
+    of job leaves every older message byte for byte as it was.
+
     Built locally, every field is converted to its annotated type (a list
     becomes a tuple, an int a float where a float is declared, a str an enum
     member) and range-checked; a wrong type or range raises
@@ -332,6 +376,7 @@ class Struct:
     """
 
     __slots__ = ()
+    OMIT_DEFAULTS: typing.ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         try:
@@ -358,10 +403,11 @@ class Struct:
             raise DecodeError(f"{where}: expected map, got {type(value).__name__}")
         mapping = typing.cast("dict[str, object]", value)
         plan = _PLANS.get(cls) or _plan(cls)
-        if len(mapping) != len(plan) + reserved:
+        fields = len(mapping) - reserved
+        if fields != len(plan) and not len(plan) - len(_omitted(cls)) <= fields < len(plan):
             raise _shape_error(cls, mapping, where, reserved)
         try:
-            obj = typing.cast("typing.Self", (_DECODERS.get(cls) or _compile_decoder(cls))(mapping))
+            obj = typing.cast("typing.Self", (_DECODERS.get(cls) or _compile_decoder(cls))(mapping, reserved))
         except KeyError:
             raise _shape_error(cls, mapping, where, reserved) from None
         except DecodeError as exc:
@@ -373,9 +419,17 @@ class Struct:
         return obj
 
     def to_wire(self) -> dict[str, object]:
+        cls = type(self)
+        plan = _PLANS.get(cls) or _plan(cls)
+        omitted = _OMITTED.get(cls)
+        if omitted is None:
+            omitted = _omitted(cls)
+        if not omitted:
+            return {name: to_wire_value(getattr(self, name)) for name, _, _, _ in plan}
         return {
             name: to_wire_value(getattr(self, name))
-            for name, _, _, _ in _PLANS.get(type(self)) or _plan(type(self))
+            for name, _, _, _ in plan
+            if name not in omitted or getattr(self, name) != omitted[name]
         }
 
 

@@ -15,7 +15,8 @@ from .messages import Accept, Lease, LeaseTerms, Offer, ReceiptTerms, Result, Ta
 def make_lease_terms(
     request: TaskRequest, offer: Offer, accepted: Accept, *, provider: str, issued_at: float, expires_at: float
 ) -> LeaseTerms:
-    """The one builder of LeaseTerms: the request's task and spec, the accepted price, the offered GPUs."""
+    """The one builder of LeaseTerms: the request's task, spec and gang, the accepted price and roster,
+    the offered GPUs."""
     return LeaseTerms(
         task_id=request.task_id,
         requester=request.requester,
@@ -25,6 +26,8 @@ def make_lease_terms(
         gpus=offer.gpus,
         issued_at=issued_at,
         expires_at=expires_at,
+        gang=request.gang,
+        roster=accepted.roster,
     )
 
 

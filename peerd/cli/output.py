@@ -271,6 +271,9 @@ def task_text(view: Mapping[str, Value]) -> str:
         ("receipt", receipt_line(view.get("receipt"))),
     ]
     parts = [pairs(items), "attempts:", attempts_text(view.get("attempts"))]
+    ranks = view.get("ranks")
+    if isinstance(ranks, list) and ranks:
+        parts.append(ranks_text(ranks))
     for stream in ("stdout", "stderr"):
         text = view.get(stream)
         if isinstance(text, str) and text:
@@ -307,6 +310,16 @@ def receipts_text(views: Sequence[Mapping[str, Value]]) -> str:
 def doctor_text(checks: Sequence[Mapping[str, Value]]) -> str:
     rows = [["ok" if c.get("ok") else "FAIL", str(c.get("name")), str(c.get("detail") or "")] for c in checks]
     return table(["", "CHECK", "DETAIL"], rows) if rows else "no checks"
+
+
+def ranks_text(ranks: Sequence[Value]) -> str:
+    """A gang's ranks: one row each."""
+    rows = [
+        [_num(r.get("rank")), short_id(r.get("provider")) if r.get("provider") else "-", str(r.get("state")),
+         _num(r.get("exit_code")), str(r.get("task_id"))]
+        for r in ranks if isinstance(r, dict)
+    ]
+    return "ranks:\n" + table(["RANK", "PROVIDER", "STATE", "EXIT", "TASK"], rows)
 
 
 def verification_text(verification: Mapping[str, Value]) -> str:

@@ -102,6 +102,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", help="run on this node's own provider")
     parser.add_argument("--replicas", type=_count, default=1, metavar="K",
                         help="run on K distinct providers and compare their outputs (default 1)")
+    parser.add_argument("--nodes", type=_count, default=1, metavar="N",
+                        help="run as one gang job on N distinct providers joined by a private overlay "
+                             "(resources are per node; default 1)")
     parser.add_argument("--spot-check", type=_fraction, default=0.0, metavar="P",
                         help="with probability P also run it on a second provider and compare "
                              "(deterministic jobs; expected extra cost P)")
@@ -131,7 +134,7 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
             image=image, command=tuple(command), env=dict(args.env), cpus=args.cpus,
             memory=args.memory, gpus=args.gpus, gpu_memory=args.gpu_memory,
             gpu_model=args.gpu_model, timeout=args.timeout, network=args.network,
-            max_price=args.max_price,
+            max_price=args.max_price, nodes=args.nodes,
         )
     except LocalProtocolError as exc:
         flagged = re.sub(r"JobSpec\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))
@@ -205,5 +208,8 @@ def _report(ctx: Context, view: dict[str, Value], *, printed_output: bool) -> No
     verification = view.get("verification")
     if isinstance(verification, dict):
         ctx.note(output.verification_text(verification))
+    ranks = view.get("ranks")
+    if isinstance(ranks, list) and ranks:
+        ctx.note(output.ranks_text(ranks))
     if view.get("state") != "succeeded" and view.get("attempts"):
         ctx.note("attempts:\n" + output.attempts_text(view.get("attempts")))

@@ -179,6 +179,19 @@ class VerificationView(TypedDict):
     replicas: list[ReplicaView]
 
 
+class RankView(TypedDict):
+    """One rank of a gang job: where it ran and how it ended."""
+
+    rank: int
+    task_id: str  # the rank's own task (its lease, result and receipt)
+    provider: str | None
+    state: str  # TaskState value
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    receipt: ReceiptView | None
+
+
 class TaskView(TypedDict):
     task_id: str
     state: str  # TaskState value
@@ -194,6 +207,7 @@ class TaskView(TypedDict):
     role: str  # requester | provider: which side of the task this node is
     detail: str
     verification: NotRequired[VerificationView]  # a replica group's (submit --replicas K)
+    ranks: NotRequired[list[RankView]]  # a gang's (submit --nodes N), by rank
 
 
 class LogChunkView(TypedDict):

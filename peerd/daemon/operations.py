@@ -30,6 +30,7 @@ from peerd.control.ops import (
     PeerHistoryView,
     PeerNotFound,
     PeerView,
+    RankView,
     ReachabilityStatus,
     ReceiptView,
     StatusView,
@@ -39,7 +40,7 @@ from peerd.control.ops import (
 from peerd.daemon.lifecycle import Lifecycle, RunState
 from peerd.daemon.metrics import NodeSample, gpu_leases, status_counters
 from peerd.daemon.services import Services
-from peerd.daemon.views import observation_view, peer_view, receipt_view, reputation_view, task_view
+from peerd.daemon.views import observation_view, peer_view, rank_view, receipt_view, reputation_view, task_view
 from peerd.data.requestdata import InputError, InputSource
 from peerd.errors import PeerdError
 from peerd.executor.gpus import CapacityLedger
@@ -202,10 +203,23 @@ class Operations:
 
     async def _view_of(self, record: TaskRecord, *, with_output: bool = True) -> TaskView:
         store, task_id = self.services.store, record.task_id
-        return task_view(
+        view = task_view(
             record, await store.attempts(task_id), await store.get_result(task_id), await store.get_receipt(task_id),
             with_output=with_output,
         )
+        if record.spec.nodes > 1 and record.role is TaskRole.REQUESTER:
+            view["ranks"] = await self._ranks(task_id)
+        return view
+
+    async def _ranks(self, gang_id: str) -> list[RankView]:
+        """A gang's ranks (``peerd.jobs.gang``), each from its own task, result and receipt."""
+        store, ranks = self.services.store, []
+        for rank, rank_task in await store.gang_ranks(gang_id):
+            record = await store.get_task(rank_task)
+            if record is not None:
+                ranks.append(rank_view(rank, record, await store.get_result(rank_task),
+                                       await store.get_receipt(rank_task)))
+        return ranks
 
     async def _existing(self, task_id: str) -> TaskView:
         view = await self._view(task_id)

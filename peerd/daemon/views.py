@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from peerd.control.ops import AttemptView, ObservationView, PeerView, ReceiptView, ReputationView, TaskView
+from peerd.control.ops import (
+    AttemptView,
+    ObservationView,
+    PeerView,
+    RankView,
+    ReceiptView,
+    ReputationView,
+    TaskView,
+)
 from peerd.market.reputation import Observation, Standing, Tally
 from peerd.state.store import Attempt, ResultRecord, TaskRecord
 from protocol import ProtocolError, encode
@@ -62,6 +70,17 @@ def task_view(
         spec=record.spec.to_wire(),  # type: ignore[typeddict-item]
         role=record.role.value,
         detail=_with_pruned(record.detail, result),
+    )
+
+
+def rank_view(rank: int, record: TaskRecord, result: ResultRecord | None, receipt: Receipt | None) -> RankView:
+    output = result.result if result else None
+    return RankView(
+        rank=rank, task_id=record.task_id, provider=record.provider, state=record.state.value,
+        exit_code=output.exit_code if output else record.exit_code,
+        stdout=output.stdout.decode("utf-8", "replace") if output else "",
+        stderr=output.stderr.decode("utf-8", "replace") if output else "",
+        receipt=receipt_view(receipt) if receipt else None,
     )
 
 

@@ -19,7 +19,7 @@ from peerd.executor.contract import OutputStore
 from peerd.executor.docker import DockerExecutor
 from peerd.executor.plan import Limits
 from peerd.executor.policy import ProviderPolicy
-from peerd.jobs.provider import ProviderSettings
+from peerd.jobs.provider import GangSettings, ProviderSettings
 from peerd.jobs.requester import RequesterSettings
 from peerd.p2p.adverts import AdvertSource, Clock
 from peerd.p2p.service import P2PService
@@ -55,7 +55,15 @@ def provider_settings_from(config: Config, *, gpu_runtime: bool) -> ProviderSett
         offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
         keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
         offers_per_peer=config.policy.offers_per_peer, lapse_limit=config.policy.lapsed_offers,
+        gang=gang_settings_from(config),
     )
+
+
+def gang_settings_from(config: Config) -> GangSettings | None:
+    gang = config.gang
+    if not gang.enabled:
+        return None
+    return GangSettings(endpoint_host=gang.endpoint_host, first_port=gang.ports[0], last_port=gang.ports[1])
 
 
 def requester_settings_from(config: Config) -> RequesterSettings:

@@ -12,6 +12,11 @@ parties signed the lease it is written to the store *before* the container
 starts, and the job then runs in the provider's own nursery, independent of
 the stream: a requester that reconnects with ``Resume`` picks up the logs,
 result and receipt. Every exit path releases the ledger.
+
+A gang member's request (``request.gang``) is admitted only where ``[gang]
+enabled``; its offer carries a WireGuard public key made for this lease and a
+UDP endpoint (``peerd.jobs.gangmember``), and the job starts with the overlay
+and the environment contract built from the countersigned lease.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from dataclasses import dataclass
 
 import trio
 
-from peerd.executor.contract import RunSpec
+from peerd.executor.contract import OverlaySpec, RunSpec
 from peerd.executor.errors import ExecutorError, Reason
 from peerd.executor.gpus import CapacityLedger
 from peerd.executor.policy import ProviderPolicy
+from peerd.jobs.gangmember import EndpointPorts, NoFreePort, gang_env, overlay_spec
 from peerd.jobs.jobrun import JobRunner
 from peerd.jobs.leasedjob import LeasedJob
 from peerd.jobs.taskwire import (
@@ -41,11 +47,14 @@ from peerd.jobs.taskwire import (
     single_error,
 )
 from peerd.market.offerguard import GuardLimits, OfferGuard
+from peerd.overlay.keys import WireGuardKeys, generate_keys
 from protocol import ProtocolError
 from protocol.messages import (
     Accept,
     Cancel,
     Lease,
+    LeaseTerms,
+    OverlayEndpoint,
     Receipt,
     RejectCode,
     Resume,
@@ -86,6 +95,25 @@ class Refusal(Exception):
 
 
 @dataclass(frozen=True)
+class GangSettings:
+    """``[gang]``: this provider joins gang jobs, reachable by the other members at ``endpoint_host``
+    on a UDP port of ``first``..``last`` (0, 0: a free port the kernel picks)."""
+
+    endpoint_host: str
+    first_port: int = 0
+    last_port: int = 0
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What a gang member's negotiation keeps between its offer and its lease."""
+
+    keys: WireGuardKeys
+    port: int
+    endpoint: OverlayEndpoint
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     price_cpu_hour: float
     price_gpu_hour: float
@@ -99,6 +127,7 @@ class ProviderSettings:
     lease_grace: float = 60.0
     offers_per_peer: int = GuardLimits.offers_per_peer
     lapse_limit: int = GuardLimits.lapse_limit
+    gang: GangSettings | None = None  # None: gang requests are refused (gang_not_supported)
 
 
 class Ending(enum.Enum):
@@ -130,6 +159,12 @@ class Provider:
         )
         self._quoted: dict[int, tuple[str, ...]] = {}  # open offers' GPUs, so quotes spread over GPUs
         self._quote_ids = itertools.count()
+        self._gang_offers: set[str] = set()  # tasks with an open gang offer (they hold an endpoint port)
+        gang = settings.gang
+        self.ports = None if gang is None else EndpointPorts(
+            gang.endpoint_host, gang.first_port, gang.last_port,
+            live=lambda: self._gang_offers | set(self.runner.jobs),
+        )
 
     @property
     def peer_id(self) -> str:
@@ -145,6 +180,10 @@ class Provider:
         if len(self.runner.jobs) >= self.settings.max_concurrent:
             raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here")
         spec = request.spec
+        if request.gang is not None and self.ports is None:
+            raise Refusal(RejectCode.GANG_NOT_SUPPORTED, "this provider does not join gang jobs ([gang] enabled)")
+        if request.gang is not None and spec.network:
+            raise Refusal(RejectCode.NETWORK_NOT_ALLOWED, "a gang job's only network is its overlay")
         price = self.price(request)
         if price > spec.max_price:
             raise Refusal(
@@ -254,6 +293,7 @@ class Provider:
             if refusal is not None:
                 raise Refusal(RejectCode.BUSY, refusal)
             gpus = self._quote(request, now)
+            member = self._member(request)
         except Refusal as refusal:
             await self._refuse(channel, request, remote_peer, refusal)
             return
@@ -262,25 +302,42 @@ class Provider:
         self.guard.opened(remote_peer)
         ending = Ending.LAPSED
         try:
-            ending = await self._offer_and_lease(channel, request, run_spec, gpus, now)
+            ending = await self._offer_and_lease(channel, request, run_spec, gpus, now, member)
         finally:
             del self._quoted[quote_id]
+            self._gang_offers.discard(request.task_id)
+            if ending is not Ending.LEASED and self.ports is not None:
+                self.ports.release(request.task_id)
             self.guard.closed(remote_peer, lapsed=ending is Ending.LAPSED, now=self.clock())
         job = self.runner.get(request.task_id) if ending is Ending.LEASED else None
         if job is not None:
             await self.serve(channel, job, from_seq=0)
+
+    def _member(self, request: TaskRequest) -> _Member | None:
+        """A gang member's key pair and endpoint for this lease (None for a one-node job)."""
+        if request.gang is None or self.ports is None:
+            return None
+        try:
+            port = self.ports.take(request.task_id)
+        except NoFreePort as exc:
+            raise Refusal(RejectCode.BUSY, str(exc)) from exc
+        self._gang_offers.add(request.task_id)
+        keys = generate_keys()
+        return _Member(keys, port, OverlayEndpoint(public_key=keys.public_key, endpoint=self.ports.endpoint(port)))
 
     async def _refuse(self, channel: Channel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
         log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
         await channel.send_frame(channel.machine.reject(refusal.code, refusal.detail))
 
     async def _offer_and_lease(
-        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float
+        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...], now: float,
+        member: _Member | None = None,
     ) -> Ending:
         machine = channel.machine
         price = self.price(request)
         expires = now + self.settings.offer_hold
-        await channel.send_frame(machine.send_offer(price=price, gpus=gpus, expires_at=expires))
+        overlay = None if member is None else member.endpoint
+        await channel.send_frame(machine.send_offer(price=price, gpus=gpus, expires_at=expires, overlay=overlay))
         answer = await channel.receive(timeout=max(expires - self.clock(), 0.0))
         if isinstance(answer, Cancel):
             return Ending.DECLINED
@@ -295,14 +352,15 @@ class Provider:
             return Ending.DECLINED
         ending = Ending.LAPSED
         try:
-            ending = await self._lease(channel, request, run_spec, gpus)
+            ending = await self._lease(channel, request, run_spec, gpus, member)
         finally:
             if ending is not Ending.LEASED:
                 self.ledger.release(request.task_id)
         return ending
 
     async def _lease(
-        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...]
+        self, channel: Channel, request: TaskRequest, run_spec: RunSpec, gpus: tuple[str, ...],
+        member: _Member | None = None,
     ) -> Ending:
         """Capacity is held: propose the lease, wait for the countersignature, launch."""
         machine = channel.machine
@@ -320,6 +378,8 @@ class Provider:
             log.warning("lease of %s countersigned too late: %s", request.task_id, exc.detail)
             return Ending.LAPSED
         final_spec = dataclasses.replace(run_spec, gpus=gpus)  # the leased GPUs, not placeholders
+        if member is not None:
+            final_spec = with_overlay(final_spec, terms, member)
         await self.runner.launch(terms, signed, final_spec)
         return Ending.LEASED
 
@@ -374,3 +434,10 @@ class Provider:
             log.info("requester of %s went away: %s (the job runs on)", job.task_id, exc)
         except ProtocolError as exc:
             log.warning("requester of %s broke the protocol: %s (the job runs on)", job.task_id, exc)
+
+
+def with_overlay(run_spec: RunSpec, terms: LeaseTerms, member: _Member) -> RunSpec:
+    """A gang member's RunSpec: the overlay and the environment contract, both from the signed terms."""
+    overlay: OverlaySpec = overlay_spec(terms, private_key=member.keys.private_key, listen_port=member.port)
+    env = dict(run_spec.env) | gang_env(terms)
+    return dataclasses.replace(run_spec, overlay=overlay, env=env)

@@ -10,7 +10,8 @@ A provider that vanishes after the lease is given one chance to be resumed
 before the job moves on; the lease it leaves behind is then ended on that
 provider when it can be reached again (``peerd.jobs.supersede``), so the job does
 not run twice. After a restart, unfinished tasks are resumed (leased) or placed
-again (not yet leased), and leases still to end are taken up again.
+again (not yet leased), and leases still to end are taken up again. A gang job
+(``spec.nodes`` ≥ 2) is placed and run by ``peerd.jobs.gang``.
 
 Deadlines (placement, re-attaching) are on trio's clock; the wall clock
 (``clock``) only stamps what is signed or recorded, and is compared with
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from peerd.jobs.gang import GangPlacer
 from peerd.jobs.leasedjob import countersign_receipt
 from peerd.jobs.supersede import EnderSettings, LeaseEnder, OpenStream
 from peerd.jobs.taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
@@ -122,13 +124,17 @@ class Requester:
             settings=EnderSettings(answer_timeout=settings.provider_timeout, io_timeout=settings.io_timeout,
                                    max_retry=settings.provider_timeout),
         )
+        self.gangs = GangPlacer(self)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.superseded.run)
             for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
-                nursery.start_soon(self._guarded, record.task_id, self._recover(record))
+                if record.spec.nodes > 1 and await self.store.gang_of(record.task_id) is not None:
+                    continue  # a gang's rank: its gang task answers for it
+                work = self.gangs.recover(record) if record.spec.nodes > 1 else self._recover(record)
+                nursery.start_soon(self._guarded, record.task_id, work)
             task_status.started()
             await trio.sleep_forever()
 
@@ -144,6 +150,8 @@ class Requester:
         was already stored under; never on a provider in ``exclude`` (replicas)."""
         assert self._nursery is not None, "Requester.run() must be started first"
         task_id = task_id or self.new_task_id()
+        if spec.nodes > 1:
+            return await self.gangs.submit(spec, task_id)
         now = self.clock()
         record = TaskRecord(
             task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
@@ -153,6 +161,26 @@ class Requester:
         self.tracker.open(task_id)
         self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, exclude=exclude))
         return task_id
+
+    # ------------------------------------------------------------ for peerd.jobs.gang
+    def start(self, task_id: str, work: Awaitable[None]) -> None:
+        """Run one task's ``work`` in the requester's nursery, guarded like any placement."""
+        assert self._nursery is not None, "Requester.run() must be started first"
+        self._nursery.start_soon(self._guarded, task_id, work)
+
+    def set_canceller(self, task_id: str, stop: Callable[[str], Awaitable[None]]) -> None:
+        """What ``cancel(task_id)`` calls while the task runs (dropped when it settles)."""
+        self._cancel[task_id] = stop
+
+    def channel(self, stream: ByteStream, peer_id: str) -> Channel:
+        return self._channel(stream, peer_id)
+
+    async def record_attempt(self, task_id: str, provider: str, outcome: AttemptOutcome, code: str, detail: str,
+                             signed: bytes | None = None) -> None:
+        await self._record_attempt(task_id, 0, provider, outcome, code, detail, signed)
+
+    async def settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
+        await self._settle(task_id, state, detail, exit_code=exit_code)
 
     async def _guarded(self, task_id: str, work: Awaitable[None]) -> None:
         """The edge of one task's placement: a bug here ends the task, never the daemon."""

@@ -88,5 +88,6 @@ def build_advert(
         gpu_runtime=host.gpu_runtime,
         network=config.policy.allow_network,
         max_timeout=config.policy.max_timeout,
+        gang=config.gang.enabled,
         draining=draining,
     )

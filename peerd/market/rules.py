@@ -36,6 +36,7 @@ class Misfit(enum.StrEnum):
     GPU_RUNTIME = "gpu_runtime"
     TIMEOUT = "timeout"
     NETWORK = "network"
+    GANG = "gang"
     PRICE = "price"
 
 
@@ -67,6 +68,7 @@ _CHECKS: tuple[tuple[Misfit, Callable[[JobSpec, Advert], bool]], ...] = (
     (Misfit.GPUS, lambda s, a: s.gpus == 0 or len(matching_free_gpus(s, a)) >= s.gpus),
     (Misfit.TIMEOUT, lambda s, a: s.timeout <= a.max_timeout),
     (Misfit.NETWORK, lambda s, a: not s.network or a.network),
+    (Misfit.GANG, lambda s, a: s.nodes == 1 or a.gang),
     (Misfit.PRICE, lambda s, a: price_for(s, a) <= s.max_price),
 )
 

@@ -306,7 +306,7 @@ class Store:
         """Tasks, newest first, optionally only one role and only some states."""
         if limit < 1 or (states is not None and not states):
             return []
-        where, params = ["1"], list[object]()
+        where, params = ["task_id NOT IN (SELECT task_id FROM gang_ranks)"], list[object]()  # a gang is one task
         if role is not None:
             where.append("role = ?")
             params.append(TaskRole(role).value)
@@ -335,6 +335,24 @@ class Store:
         )
         rows = await self._run(partial(_select, sql=sql, params=(TaskRole(role).value, *finals)))
         return [task_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ gangs
+    async def add_gang_rank(self, task_id: str, gang_id: str, rank: int) -> None:
+        """Record that task ``task_id`` runs rank ``rank`` of the gang task ``gang_id``."""
+        sql = "INSERT INTO gang_ranks (task_id, gang_id, rank) VALUES (?, ?, ?)"
+        await self._run(partial(_insert, sql=sql, params=(task_id, gang_id, rank), task_id=task_id, what="gang rank"))
+
+    async def gang_ranks(self, gang_id: str) -> list[tuple[int, str]]:
+        """The (rank, task id) of every rank task of ``gang_id``, by rank (later placements after earlier)."""
+        sql = "SELECT rank, task_id FROM gang_ranks WHERE gang_id = ? ORDER BY rank, rowid"
+        rows = await self._run(partial(_select, sql=sql, params=(gang_id,)))
+        return [(int(row["rank"]), str(row["task_id"])) for row in rows]
+
+    async def gang_of(self, task_id: str) -> str | None:
+        """The gang task a rank task belongs to, or None."""
+        rows = await self._run(partial(_select, sql="SELECT gang_id FROM gang_ranks WHERE task_id = ?",
+                                       params=(task_id,)))
+        return str(rows[0]["gang_id"]) if rows else None
 
     # ------------------------------------------------------------ attempts
     async def add_attempt(self, attempt: Attempt) -> None:

@@ -178,7 +178,23 @@ _V4_VERIFICATION = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION, _V4_VERIFICATION)
+_V5_GANGS = Migration(
+    "gang jobs: the requester's rank tasks of each gang task",
+    (
+        # one row per rank of a gang (the rank's own task: its lease, result and receipt); the gang
+        # itself is a task of its own (gang_id), the one the CLI shows
+        """
+        CREATE TABLE gang_ranks (
+            task_id TEXT PRIMARY KEY NOT NULL REFERENCES tasks (task_id),
+            gang_id TEXT NOT NULL REFERENCES tasks (task_id),
+            rank    INTEGER NOT NULL CHECK (rank >= 0)
+        ) STRICT
+        """,
+        "CREATE INDEX gang_ranks_by_gang ON gang_ranks (gang_id, rank)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION, _V4_VERIFICATION, _V5_GANGS)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -20,6 +20,7 @@ from peerd.daemon.wiring import (
     chunk_store_from,
     data_settings_from,
     executor_from,
+    gang_settings_from,
     p2p_from,
     provider_settings_from,
     pruner_from,
@@ -83,6 +84,10 @@ max_reservations = 16
 circuit_bytes = "2G"
 circuit_duration = "2h"
 allow_data = true
+[gang]
+enabled = true
+endpoint_host = "192.0.2.7"
+ports = "40000-40009"
 [requester]
 max_attempts = 5
 placement_deadline = "90s"
@@ -190,7 +195,17 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "retention.interval": lambda b: b.pruner.settings.interval,
     "metrics.listen": lambda b: b.node.metrics_address,
     "dashboard.listen": lambda b: b.node.dashboard_address,
+    "gang.enabled": lambda b: b.provider.gang is not None,
+    "gang.endpoint_host": lambda b: b.provider.gang.endpoint_host if b.provider.gang else "",
+    "gang.ports": lambda b: _gang_ports(b.config),
 }
+
+
+def _gang_ports(config: Config) -> tuple[int, int]:
+    """The port range the provider would use, whether or not gangs are enabled in ``config``."""
+    settings = gang_settings_from(with_overrides(config, "gang", enabled=True, endpoint_host="h"))
+    assert settings is not None
+    return settings.first_port, settings.last_port
 
 
 def test_the_table_names_every_config_key() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from hypothesis import strategies as st
 
 from protocol import messages as m
@@ -60,6 +62,7 @@ def adverts(draw: st.DrawFn) -> m.Advert:
         price_cpu_hour=draw(prices), price_gpu_hour=draw(prices), docker=draw(st.booleans()),
         gpu_runtime=draw(st.booleans()), network=draw(st.booleans()),
         max_timeout=draw(floats(0, MAX_TIMEOUT)), draining=draw(st.booleans()),
+        gang=draw(st.booleans()),
     )
 
 
@@ -75,6 +78,28 @@ input_refs = st.builds(
     file=st.booleans(),
 )
 
+wg_keys = st.binary(min_size=32, max_size=32).map(lambda raw: base64.b64encode(raw).decode())
+endpoints = st.tuples(st.sampled_from(["127.0.0.1", "203.0.113.5", "[::1]", "host.example"]),
+                      st.integers(1, 65535)).map(lambda hp: f"{hp[0]}:{hp[1]}")
+overlay_endpoints = st.builds(m.OverlayEndpoint, public_key=wg_keys, endpoint=endpoints)
+gang_refs = st.integers(2, m.MAX_NODES).flatmap(
+    lambda size: st.builds(m.GangRef, gang_id=text(64, 1), size=st.just(size), rank=st.integers(0, size - 1))
+)
+
+
+@st.composite
+def rosters(draw: st.DrawFn, size: int | None = None) -> tuple[m.RosterMember, ...]:
+    n = size if size is not None else draw(st.integers(2, 4))
+    peers = draw(st.lists(text(128, 1), min_size=n, max_size=n, unique=True))
+    keys = draw(st.lists(wg_keys, min_size=n, max_size=n, unique=True))
+    return tuple(
+        m.RosterMember(rank=i, peer=peers[i], public_key=keys[i], endpoint=draw(endpoints)) for i in range(n)
+    )
+
+
+roster_members = st.builds(m.RosterMember, rank=st.integers(0, m.MAX_NODES - 1), peer=text(128, 1),
+                           public_key=wg_keys, endpoint=endpoints)
+
 job_specs = st.builds(
     m.JobSpec,
     image=text(256, 1),
@@ -89,21 +114,52 @@ job_specs = st.builds(
     network=st.booleans(),
     max_price=prices,
     inputs=st.lists(input_refs, max_size=2, unique_by=lambda r: r.dest.split("/")[1]).map(tuple),
+    nodes=st.just(1) | st.integers(2, 4),
 )
 
 gpu_uuids = st.lists(text(64, 1), max_size=4).map(tuple)
 
-task_requests = st.builds(m.TaskRequest, task_id=task_ids, requester=peer_ids, spec=job_specs, sent_at=timestamps)
+
+
+@st.composite
+def _task_requests(draw: st.DrawFn) -> m.TaskRequest:
+    spec = draw(job_specs)
+    gang = None if spec.nodes == 1 else m.GangRef(
+        gang_id=draw(text(64, 1)), size=spec.nodes, rank=draw(st.integers(0, spec.nodes - 1)))
+    return m.TaskRequest(task_id=draw(task_ids), requester=draw(peer_ids), spec=spec, sent_at=draw(timestamps),
+                         gang=gang)
+
+
+task_requests = _task_requests()
 offers = st.builds(
     m.Offer, task_id=task_ids, price=prices, expires_at=timestamps, cpus=floats(0, MAX_CPUS),
-    memory=memories, gpus=gpu_uuids,
+    memory=memories, gpus=gpu_uuids, overlay=st.none() | overlay_endpoints,
 )
 rejects = st.builds(m.Reject, task_id=task_ids, code=st.sampled_from(m.RejectCode), detail=text(1024))
-accepts = st.builds(m.Accept, task_id=task_ids, price=prices)
-lease_terms = st.builds(
-    m.LeaseTerms, task_id=task_ids, requester=peer_ids, provider=peer_ids, spec=job_specs,
-    price=prices, gpus=gpu_uuids, issued_at=timestamps, expires_at=timestamps,
-)
+accepts = st.builds(m.Accept, task_id=task_ids, price=prices, roster=st.just(()) | rosters())
+
+
+@st.composite
+def _lease_terms(draw: st.DrawFn) -> m.LeaseTerms:
+    spec = draw(job_specs)
+    provider = draw(peer_ids)
+    gang, roster = None, ()
+    if spec.nodes > 1:
+        gang = m.GangRef(gang_id=draw(text(64, 1)), size=spec.nodes, rank=draw(st.integers(0, spec.nodes - 1)))
+        drawn = draw(rosters(spec.nodes))
+        roster = tuple(
+            m.RosterMember(rank=r.rank, peer=provider if r.rank == gang.rank else f"{r.peer}-{r.rank}",
+                           public_key=r.public_key, endpoint=r.endpoint)
+            for r in drawn
+        )
+    return m.LeaseTerms(
+        task_id=draw(task_ids), requester=draw(peer_ids), provider=provider, spec=spec, price=draw(prices),
+        gpus=draw(gpu_uuids), issued_at=draw(timestamps), expires_at=draw(timestamps), gang=gang, roster=roster,
+    )
+
+
+lease_terms = _lease_terms()
+
 receipt_terms = st.builds(
     m.ReceiptTerms, task_id=task_ids, requester=peer_ids, provider=peer_ids, lease_digest=digests,
     state=st.sampled_from(m.TaskState), exit_code=exit_codes, stdout_digest=digests,

@@ -16,7 +16,8 @@ PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
 FORBIDDEN_MODULES = ["trio", "libp2p", "docker", "pynvml", "sqlite3", "socket", "asyncio", "threading", "peerd"]
 
 ALLOWED_IMPORTS = {
-    "__future__", "collections", "dataclasses", "enum", "hashlib", "math", "re", "struct", "types", "typing",
+    "__future__", "base64", "binascii", "collections", "dataclasses", "enum", "hashlib", "math", "re", "struct",
+    "types", "typing",
     "msgpack", "cryptography",
 }
 

@@ -19,13 +19,25 @@ from protocol import messages as m
 from protocol.errors import DecodeError, LocalProtocolError
 from protocol.schema import MAX_STR, Struct
 
-from .strategies import BY_TYPE, control_errors, gpu_offers, input_refs, job_specs
+from .strategies import (
+    BY_TYPE,
+    control_errors,
+    gang_refs,
+    gpu_offers,
+    input_refs,
+    job_specs,
+    overlay_endpoints,
+    roster_members,
+)
 
 STRATEGIES: dict[type[Struct], st.SearchStrategy[Struct]] = {
     m.GpuOffer: gpu_offers,
     m.JobSpec: job_specs,
     m.InputRef: input_refs,
     m.ControlError: control_errors,
+    m.GangRef: gang_refs,
+    m.OverlayEndpoint: overlay_endpoints,
+    m.RosterMember: roster_members,
     **{m.MESSAGE_TYPES[tag]: strategy for tag, strategy in BY_TYPE.items()},
 }
 
