@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
+import subprocess
+import sys
 
 import pytest
 
+from peerd.cli import parser as parser_module
 from peerd.cli.parser import COMMANDS, build_parser, command_named
 
 ARGVS = [
@@ -45,3 +49,25 @@ def test_anything_unclear_gets_every_command(argv: list[str]) -> None:
     assert command_named(argv) is None
     help_text = _parsed(["--help"], lazy=True)[1]
     assert all(command.name in help_text for command in COMMANDS)
+
+
+@pytest.mark.parametrize("columns", [None, "50", "200", "0", "junk"])
+def test_help_is_laid_out_as_argparse_would(columns: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    for argv in (["--help"], ["submit", "--help"]):
+        ours = _parsed(argv, lazy=True)
+        with monkeypatch.context() as patched:
+            patched.setattr(parser_module, "Formatter", argparse.HelpFormatter)
+            assert _parsed(argv, lazy=True) == ours
+        assert "usage: peerd" in ours[1]
+
+
+def test_a_submit_imports_no_shutil() -> None:
+    probe = ("import sys\nfrom peerd.cli.parser import build_parser\n"
+             "argv = ['submit', '--image', 'b', '--wait', '--', 'true']\nbuild_parser(argv).parse_args(argv)\n"
+             "print('shutil' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
