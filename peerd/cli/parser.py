@@ -8,7 +8,9 @@ or after the command name. Usage errors are one line on stderr, exit 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -21,6 +23,33 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil (and with it bz2 and lzma).
+
+    argparse builds a help formatter for every argument it adds, and each asks shutil for the
+    terminal's width: on a CLI call that never prints help, that import is most of argparse's cost.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = (os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0) or 80
+        except (ValueError, OSError):
+            columns = 80
+    return columns
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, the terminal's width read as shutil reads it (``_columns``)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
 
 
 def _nothing(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +86,7 @@ def _common(*, top: bool) -> Parser:
     # On subcommands the defaults are SUPPRESS so they never hide a value
     # given before the command name.
     unset = None if top else argparse.SUPPRESS
-    parser = Parser(add_help=False)
+    parser = Parser(add_help=False, formatter_class=Formatter)
     parser.add_argument("--home", metavar="DIR", default=unset,
                         help="node home (default $PEERD_HOME, else ~/.peerd)")
     parser.add_argument("--socket", metavar="PATH", default=unset,
@@ -67,14 +96,45 @@ def _common(*, top: bool) -> Parser:
     return parser
 
 
-def build_parser() -> Parser:
+_TAKES_VALUE = ("--home", "--socket")
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, if the options before it are plainly the common ones; else None.
+
+    Only ``--home DIR``, ``--socket PATH`` (or ``=``-joined) and ``--json`` may come first: anything
+    else (``--help``, an abbreviation, a typo) gets None, and the full parser decides as always.
+    """
+    names = {command.name for command in COMMANDS}
+    values_left = 0
+    for arg in argv:
+        if values_left:
+            values_left -= 1
+        elif arg in names:
+            return arg
+        elif arg in _TAKES_VALUE:
+            values_left = 1
+        elif arg != "--json" and not arg.startswith(tuple(f"{flag}=" for flag in _TAKES_VALUE)):
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> Parser:
+    """The parser; given ``argv``, only the subparser of the command it names is built.
+
+    Building all fourteen costs a CLI call tens of milliseconds (argparse looks up translations for
+    every parser it creates); the one ``argv`` names parses it exactly as the full parser would.
+    """
+    wanted = command_named(argv) if argv is not None else None
     parser = Parser(prog="peerd", description="peer-to-peer compute: lend and borrow CPUs and GPUs",
-                    parents=[_common(top=True)])
+                    parents=[_common(top=True)], formatter_class=Formatter)
     subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
     common = _common(top=False)
     for command in COMMANDS:
+        if wanted is not None and command.name != wanted:
+            continue
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
-                                    parents=[common])
+                                    parents=[common], formatter_class=Formatter)
         command.arguments(sub)
         sub.set_defaults(run=command.run)
     return parser

@@ -8,6 +8,10 @@ Rules every implementation keeps:
   * a task id names at most one container per node; a second start is refused;
   * ``wait`` returns exactly one RunOutcome per started task; the container is gone
     by then and its GPUs may be released by the caller;
+  * ``outcome`` returns that same RunOutcome as soon as it is known: the container
+    has exited (its GPUs may be released) but may still be being removed, so a
+    result can go out without waiting for dockerd's clean-up; it ends nothing:
+    ``wait`` is still due;
   * ``recover`` touches only containers labelled with this node's id;
   * inputs are mounted read-only; /out is bounded while the job runs, and a job
     that fills it is stopped: state FAILED, reason OUTPUT_LIMIT (the wire's
@@ -267,6 +271,8 @@ class Executor(Protocol):
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None: ...
 
     async def wait(self, task_id: str) -> RunOutcome: ...
+
+    async def outcome(self, task_id: str) -> RunOutcome: ...
 
     async def stop(self, task_id: str, reason: str) -> None: ...
 

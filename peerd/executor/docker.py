@@ -77,7 +77,8 @@ class _Task:
     stop_detail: str = ""
     stop_reason: Reason | None = None
     exited: bool = False
-    done: trio.Event = field(default_factory=trio.Event)
+    settled: trio.Event = field(default_factory=trio.Event)  # the outcome is known
+    done: trio.Event = field(default_factory=trio.Event)  # ... and the container is gone
     outcome: RunOutcome | None = None
 
     def mark(self, state: RunOutcomeState, detail: str, reason: Reason | None = None) -> None:
@@ -236,16 +237,23 @@ class DockerExecutor:
     # ---- supervision -------------------------------------------------------------------
     async def _supervise(self, task: _Task, sources: list[OutputSource] | None) -> None:
         engine, _ = self._running()
+        lost = False
         try:
             failure = await self._follow(engine, task, sources)
             if failure is not None:
                 raise failure
-            outcome = await self._outcome(task, await engine.finish(task.container_id))
+            outcome = await self._outcome(task, await engine.exit_state(task.container_id))
         except ExecutorError as exc:  # the edge of one job: dockerd failed under it
             log.warning("task %s lost: %s", task.task_id, exc)
-            outcome = await self._lose(engine, task, exc.detail)
+            outcome, lost = await self._lose(engine, task, exc.detail), True
         task.outcome = outcome
         task.tail.close()
+        task.settled.set()  # outcome() answers now; removing the exited container is dockerd's slowest step
+        if not lost:  # _lose removed it already
+            try:
+                await engine.remove(task.container_id)
+            except EngineError as exc:
+                log.warning("could not remove the container of finished task %s: %s", task.task_id, exc)
         task.done.set()
 
     async def _follow(self, engine: Engine, task: _Task, sources: list[OutputSource] | None) -> ExecutorError | None:
@@ -376,6 +384,14 @@ class DockerExecutor:
             raise UnknownTask(task_id)
         await task.done.wait()
         self._tasks.pop(task_id, None)
+        assert task.outcome is not None
+        return task.outcome
+
+    async def outcome(self, task_id: str) -> RunOutcome:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        await task.settled.wait()
         assert task.outcome is not None
         return task.outcome
 

@@ -281,6 +281,18 @@ class Engine:
 
         await self._call(f"stop {container_id[:12]}", work)
 
+    async def exit_state(self, container_id: str) -> ExitState | None:
+        """Inspect the exited container (and leave it); None if it is already gone."""
+        api = self._api
+
+        def work() -> ExitState | None:
+            try:
+                return exit_from_inspect(api.inspect_container(container_id))
+            except docker.errors.NotFound:
+                return None
+
+        return await self._call(f"inspect {container_id[:12]}", work)
+
     async def finish(self, container_id: str) -> ExitState | None:
         """Inspect the exited container and remove it (one hop); None if it is already gone."""
         api = self._api

@@ -110,8 +110,9 @@ class JobRunner:
             result = await self._execute(job, spec)
             await self._finish(job, result)
         finally:
-            self.ledger.release(job.task_id)
+            self.ledger.release(job.task_id)  # the container has exited: what it held is free
             self.jobs.pop(job.task_id, None)
+        await self._removed(job.task_id)
         if self.data is not None:  # the outputs stay pinned (output_retention); inputs and copies go
             with trio.CancelScope(shield=True):
                 await self.data.finished(job.task_id, job.result.output_digest if job.result else "")
@@ -161,15 +162,22 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_logs, job)
             try:
-                outcome = await self.executor.wait(job.task_id)
+                outcome = await self.executor.outcome(job.task_id)  # the result need not wait for the clean-up
             except ExecutorError as exc:
                 nursery.cancel_scope.cancel()
                 return failed_result(job.task_id, TaskState.LOST, f"{exc.reason.value}: {exc.detail}")
             nursery.cancel_scope.cancel()
         if spec is not None and self.on_overhead is not None:
-            # everything but the job's own run time: image check, create, start, collect, remove
+            # everything but the job's own run time: image check, create, start, collect (the removal follows)
             self.on_overhead(max(self.clock() - launched - outcome.wall_time, 0.0))
         return result_from_outcome(outcome, interrupted=job.stop_reason == "interrupted")
+
+    async def _removed(self, task_id: str) -> None:
+        """Once the result is out: end the task in the executor (its container is gone after this)."""
+        try:
+            await self.executor.wait(task_id)
+        except ExecutorError as exc:  # never started (refused, staging failed) or already ended: nothing to remove
+            log.debug("task %s: %s", task_id, exc)
 
     async def _follow_logs(self, job: LeasedJob) -> None:
         try:

@@ -116,6 +116,21 @@ async def test_one_outcome_per_task_with_its_output_and_exit_code(driver: Driver
         await executor.discard("c-exit")
 
 
+async def test_the_outcome_is_known_before_the_container_is_gone_and_wait_still_ends_the_task(driver: Driver) -> None:
+    async with driver.open() as executor:
+        with trio.fail_after(30):
+            await executor.start(driver.job("c-early", stdout=b"early", exit_code=0))
+            early = await executor.outcome("c-early")
+            assert await executor.outcome("c-early") == early  # asking again changes nothing
+            assert await executor.wait("c-early") == early
+        assert (early.state, early.exit_code, early.stdout) == (RunOutcomeState.SUCCEEDED, 0, b"early")
+        assert await executor.list_owned() == []
+        for call in (executor.outcome("c-early"), executor.wait("c-early")):
+            with pytest.raises(UnknownTask):
+                await call
+        await executor.discard("c-early")
+
+
 async def test_a_second_start_is_refused_and_stop_cancels(driver: Driver) -> None:
     async with driver.open() as executor:
         with trio.fail_after(30):
@@ -144,7 +159,7 @@ async def test_the_time_limit_ends_a_job_as_timeout(driver: Driver) -> None:
 
 async def test_unknown_tasks_are_a_typed_error(driver: Driver) -> None:
     async with driver.open() as executor:
-        for call in (executor.wait("c-none"), executor.stop("c-none", "x")):
+        for call in (executor.wait("c-none"), executor.outcome("c-none"), executor.stop("c-none", "x")):
             with pytest.raises(UnknownTask):
                 await call
         with pytest.raises(UnknownTask):

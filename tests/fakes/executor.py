@@ -151,7 +151,8 @@ class _Task:
     stop_detail: str = ""
     stop_reason: Reason | None = None
     sent: int = 0  # how much of the container's output reached the tail
-    done: trio.Event = field(default_factory=trio.Event)
+    settled: trio.Event = field(default_factory=trio.Event)  # the outcome is known
+    done: trio.Event = field(default_factory=trio.Event)  # ... and the container is gone
     outcome: RunOutcome | None = None
 
     def mark(self, state: RunOutcomeState, detail: str, reason: Reason | None = None) -> None:
@@ -257,10 +258,12 @@ class FakeExecutor:
         if container.gone.is_set():
             task.mark(RunOutcomeState.LOST, "the container disappeared")
         task.outcome = self._outcome(task)
+        task.tail.close()
+        task.settled.set()
+        await trio.lowlevel.checkpoint()  # removing the container comes after, as dockerd's does
         self.host.containers.pop(container.task_id, None)  # the executor removes the container
         container.gone.set()
         self.host.changed()
-        task.tail.close()
         task.done.set()
 
     @staticmethod
@@ -320,6 +323,14 @@ class FakeExecutor:
             raise UnknownTask(task_id)
         await task.done.wait()
         self._tasks.pop(task_id, None)
+        assert task.outcome is not None
+        return task.outcome
+
+    async def outcome(self, task_id: str) -> RunOutcome:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        await task.settled.wait()
         assert task.outcome is not None
         return task.outcome
 
