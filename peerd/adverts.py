@@ -90,4 +90,5 @@ def build_advert(
         network=config.policy.allow_network,
         max_timeout=config.policy.max_timeout,
         draining=draining,
+        images=config.images.receive and host.docker,
     )

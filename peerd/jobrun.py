@@ -22,6 +22,7 @@ from protocol.signing import Signer
 from .executor.contract import Executor, RunSpec
 from .executor.errors import ExecutorError
 from .executor.gpus import CapacityLedger
+from .imagedata import ImageError, ProviderImages
 from .jobdata import ProviderData, StagingFailed
 from .leasedjob import LeasedJob, failed_result, result_from_outcome
 from .store import ResultRecord, Store, TaskRecord, TaskRole
@@ -41,6 +42,7 @@ class JobRunner:
         log_limit: int,
         on_overhead: Callable[[float], None] | None = None,
         data: ProviderData | None = None,
+        images: ProviderImages | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -52,6 +54,7 @@ class JobRunner:
         self.clock = clock
         self.on_overhead = on_overhead  # seconds the executor added around a job (start + teardown)
         self.data = data  # job data (inputs staged before the run, outputs kept); None: no chunk store
+        self.images = images  # images carried by requesters (peerd.imagedata); None: none taken
         self.jobs: dict[str, LeasedJob] = {}
         self._staging: dict[str, trio.CancelScope] = {}  # jobs staging their inputs: cancel() ends it
         self._nursery: trio.Nursery | None = None
@@ -129,11 +132,15 @@ class JobRunner:
         began = self.clock()
         job.staging = True
         job.wake()
+        staged = spec
         try:
             with trio.CancelScope() as scope:
                 self._staging[job.task_id] = scope
-                staged = await self.data.stage(job.terms, spec)
-        except StagingFailed as exc:
+                if job.terms.spec.image_content is not None:
+                    await self._stage_image(job)
+                if job.terms.spec.inputs:
+                    staged = await self.data.stage(job.terms, spec)
+        except (StagingFailed, ImageError) as exc:
             log.warning("inputs of %s not staged: %s", job.task_id, exc)
             return failed_result(job.task_id, TaskState.FAILED, f"staging: {exc}")
         finally:
@@ -146,8 +153,26 @@ class JobRunner:
             return failed_result(job.task_id, state, "stopped while staging the inputs")
         return staged
 
+    async def _stage_image(self, job: LeasedJob) -> None:
+        """The leased image, carried by the requester, loaded here (``peerd.imagedata``)."""
+        if self.images is None:
+            raise ImageError("this provider takes no images carried by the requester")
+        moved = await self.images.ensure(job.terms)
+        log.info("image of %s ready (%d bytes fetched)", job.task_id, moved)
+
     async def _execute(self, job: LeasedJob, spec: RunSpec | None) -> Result:
-        if spec is not None and job.terms.spec.inputs and self.data is not None:
+        content = job.terms.spec.image_content
+        if content is not None and self.images is not None and spec is not None:
+            self.images.use(content.id)
+        try:
+            return await self._execute_staged(job, spec)
+        finally:
+            if content is not None and self.images is not None and spec is not None:
+                self.images.done(content.id)
+
+    async def _execute_staged(self, job: LeasedJob, spec: RunSpec | None) -> Result:
+        needs_staging = job.terms.spec.inputs or job.terms.spec.image_content is not None
+        if spec is not None and needs_staging and self.data is not None:
             staged = await self._stage(job, spec)
             if isinstance(staged, Result):
                 return staged

@@ -37,6 +37,7 @@ class Misfit(enum.StrEnum):
     GPU_RUNTIME = "gpu_runtime"
     TIMEOUT = "timeout"
     NETWORK = "network"
+    IMAGES = "images"  # the job carries its image; this provider takes none
     PRICE = "price"
 
 
@@ -68,6 +69,7 @@ _CHECKS: tuple[tuple[Misfit, Callable[[JobSpec, Advert], bool]], ...] = (
     (Misfit.GPUS, lambda s, a: s.gpus == 0 or len(matching_free_gpus(s, a)) >= s.gpus),
     (Misfit.TIMEOUT, lambda s, a: s.timeout <= a.max_timeout),
     (Misfit.NETWORK, lambda s, a: not s.network or a.network),
+    (Misfit.IMAGES, lambda s, a: s.image_content is None or a.images),
     (Misfit.PRICE, lambda s, a: price_for(s, a) <= s.max_price),
 )
 

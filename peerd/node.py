@@ -35,6 +35,7 @@ from .dashboard import DashboardServer, dashboard_address
 from .errors import PeerdError
 from .executor.gpus import CapacityLedger
 from .identity import load_key
+from .imagedata import ProviderImages
 from .jobdata import ProviderData
 from .jobrun import JobRunner
 from .lifecycle import Lifecycle, RunState
@@ -53,6 +54,7 @@ from .tracking import TaskTracker
 from .wiring import (
     data_settings_from,
     executor_from,
+    image_settings_from,
     p2p_from,
     provider_settings_from,
     pruner_from,
@@ -118,7 +120,8 @@ class Node:
         data = await start_job_data(
             nursery, config, chunks, store, p2p, dialer, clock=self.clock,
             active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,
-            provider=ours.runner.data if ours else None,
+            provider=ours.runner.data if ours else None, provider_images=ours.runner.images if ours else None,
+            executor=ours.executor if ours else None,
         )
         tracker, requester, reputation = TaskTracker(), None, None
         if not self.seed:
@@ -165,6 +168,8 @@ class Node:
             pids=config.limits.pids, log_limit=config.limits.log_limit,
             on_overhead=metrics.observe_executor_overhead, clock=self.clock,
             data=ProviderData(chunks, dialer, data_settings_from(config), clock=self.clock),
+            images=ProviderImages(lambda: executor.engine, chunks, dialer, image_settings_from(config),
+                                  clock=self.clock),
         )
         await nursery.start(runner.run)
         provider = Provider(

@@ -20,6 +20,7 @@ from .executor.contract import OutputStore
 from .executor.docker import DockerExecutor
 from .executor.plan import Limits
 from .executor.policy import ProviderPolicy
+from .imagedata import ImageSettings
 from .jobdata import DataSettings
 from .p2p.adverts import AdvertSource, Clock
 from .p2p.service import P2PService
@@ -33,6 +34,7 @@ def policy_from(config: Config) -> ProviderPolicy:
     p = config.policy
     return ProviderPolicy(
         allowed_images=p.images,
+        image_ids=p.image_ids,
         max_time_limit=p.max_timeout,
         allow_network=p.allow_network,
         max_cpus=p.max_cpus or None,
@@ -97,3 +99,8 @@ def chunk_store_from(config: Config) -> ChunkStorePlace:
 def data_settings_from(config: Config) -> DataSettings:
     return DataSettings(staging_dir=config.home / "staging", output_retention=config.storage.output_retention,
                         io_timeout=config.network.io_timeout)
+
+
+def image_settings_from(config: Config) -> ImageSettings:
+    return ImageSettings(receive=config.images.receive, marks_dir=config.home / "images",
+                         io_timeout=config.network.io_timeout)

@@ -23,7 +23,7 @@ from .control_messages import (
     ControlRequest as ControlRequest,
     ControlResponse as ControlResponse,
 )
-from .jobspec import InputRef as InputRef, JobSpec as JobSpec
+from .jobspec import ImageContent as ImageContent, InputRef as InputRef, JobSpec as JobSpec
 from .limits import (
     MAX_COUNT as MAX_COUNT,
     MAX_CPUS as MAX_CPUS,
@@ -149,6 +149,7 @@ class Advert(Message):
     network: bool
     max_timeout: float
     draining: bool
+    images: bool = False  # accepts images carried as job data (JobSpec.image_content)
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)

@@ -39,7 +39,7 @@ from peerd.executor.contract import (
     is_valid_name,
 )
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
-from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
+from peerd.executor.errors import EngineError, ExecutorError, ImageUnavailable, Reason, UnknownTask
 from peerd.executor.logs import LogTail
 from peerd.executor.outmount import is_full
 from peerd.executor.outputs import OutputManifest, collect_outputs, discard_task_dir, prepare_out_dir
@@ -153,6 +153,11 @@ class DockerExecutor:
         return self._engine, self._nursery
 
     @property
+    def engine(self) -> Engine:
+        """The dockerd this executor runs on (EngineError while the service is not running)."""
+        return self._running()[0]
+
+    @property
     def gpu_runtime(self) -> bool:
         return self.engine_info.gpu_runtime
 
@@ -198,6 +203,8 @@ class DockerExecutor:
             try:
                 container_id, sources = await engine.launch(plan)
             except ImageMissing:
+                if spec.image_id:  # a carried image is loaded before the start, never pulled
+                    raise ImageUnavailable(f"image {spec.image_id} is not in this dockerd") from None
                 await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
                 container_id, sources = await engine.launch(plan)
         except BaseException:  # refused, failed or cancelled: nothing of this task may stay

@@ -10,7 +10,7 @@ thread on cancellation; the thread ends when dockerd answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -328,6 +328,94 @@ class Engine:
             if isinstance(exc, ImageUnavailable):
                 raise
             raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}") from exc
+
+
+    # ---- images ----------------------------------------------------------------------
+    async def image_id(self, ref: str) -> str | None:
+        """The id (``sha256:...``) of the local image ``ref`` names, or None if there is none."""
+        api = self._api
+
+        def work() -> str | None:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+            image = details.get("Id") if isinstance(details, dict) else None
+            return str(image) if image else None
+
+        return await self._call(f"inspect image {ref}", work)
+
+    async def repo_digests(self, ref: str) -> tuple[str, ...]:
+        """The registry digests of the local image ``ref`` (none: built or loaded here, never pulled)."""
+        api = self._api
+
+        def work() -> tuple[str, ...]:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return ()
+            digests = details.get("RepoDigests") if isinstance(details, dict) else None
+            return tuple(str(d) for d in digests) if isinstance(digests, list) else ()
+
+        return await self._call(f"inspect image {ref}", work)
+
+    async def save(self, ref: str, *, piece: int = 1 << 20) -> AsyncIterator[bytes]:
+        """``docker save ref`` as it streams from dockerd, in pieces of at most ``piece`` bytes."""
+        api = self._api
+        stream: Iterator[bytes] = await self._call(
+            f"save {ref}", lambda: iter(api.get_image(ref, chunk_size=piece)), abandon=True,
+        )
+        while (data := await self._call(f"save {ref}", lambda: next(stream, None), abandon=True)) is not None:
+            yield data
+
+    async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
+        """``docker load`` of the archive ``pieces`` yields, streamed to dockerd; its messages."""
+        api = self._api
+        token = trio.lowlevel.current_trio_token()
+
+        def body() -> Iterator[bytes]:
+            while True:
+                try:
+                    data = trio.from_thread.run(pieces.__anext__, trio_token=token)
+                except StopAsyncIteration:
+                    return
+                yield data
+
+        def work() -> list[str]:
+            messages = []
+            for raw in api.load_image(body()):
+                if isinstance(raw, dict) and "error" in raw:
+                    raise EngineError(Reason.ENGINE_ERROR, f"docker load: {raw['error']}")
+                text = raw.get("stream") if isinstance(raw, dict) else None
+                if text:
+                    messages.append(str(text).strip())
+            return messages
+
+        return await self._call("docker load", work, abandon=True)
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove an image (not forced: one a container uses stays); one already gone is fine."""
+        api = self._api
+
+        def work() -> None:
+            try:
+                api.remove_image(ref, noprune=False)
+            except docker.errors.ImageNotFound:
+                pass
+
+        await self._call(f"remove image {ref}", work)
+
+    async def images(self, repository: str) -> list[tuple[str, str, int]]:
+        """(id, tag, size) of every local image tagged ``repository:<tag>``."""
+        api = self._api
+        found = await self._call(f"list images {repository}", lambda: api.images(name=repository))
+        rows = []
+        for image in found:
+            for tag in image.get("RepoTags") or ():
+                repo, _, name = str(tag).rpartition(":")
+                if repo == repository:
+                    rows.append((str(image.get("Id", "")), name, int(image.get("Size") or 0)))
+        return rows
 
 
 async def inspect_engine(base_url: str | None = None, *, timeout: float = 5.0) -> EngineInfo:

@@ -66,7 +66,7 @@ def plan_container(
     }
     return ContainerPlan(
         name=container_name(node_id, spec.task_id),
-        image=spec.image,
+        image=spec.image_id or spec.image,  # a carried image: by its id, nothing else
         command=list(spec.command) or None,
         environment=environment,
         user=spec.user,

@@ -59,7 +59,7 @@ def adverts(draw: st.DrawFn) -> m.Advert:
         free_gpus=tuple(free), queue_depth=draw(counts), running=draw(counts),
         price_cpu_hour=draw(prices), price_gpu_hour=draw(prices), docker=draw(st.booleans()),
         gpu_runtime=draw(st.booleans()), network=draw(st.booleans()),
-        max_timeout=draw(floats(0, MAX_TIMEOUT)), draining=draw(st.booleans()),
+        max_timeout=draw(floats(0, MAX_TIMEOUT)), draining=draw(st.booleans()), images=draw(st.booleans()),
     )
 
 
@@ -73,6 +73,13 @@ input_refs = st.builds(
     dest=st.lists(input_dest_parts, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts)),
     size=st.integers(0, 1 << 40),
     file=st.booleans(),
+)
+
+image_contents = st.builds(
+    m.ImageContent,
+    id=st.binary(min_size=32, max_size=32).map(lambda d: "sha256:" + d.hex()),
+    manifest=st.binary(min_size=32, max_size=32).map(lambda d: "sha256:" + d.hex()),
+    size=st.integers(0, 1 << 40),
 )
 
 job_specs = st.builds(
@@ -89,6 +96,7 @@ job_specs = st.builds(
     network=st.booleans(),
     max_price=prices,
     inputs=st.lists(input_refs, max_size=2, unique_by=lambda r: r.dest.split("/")[1]).map(tuple),
+    image_content=st.none() | image_contents,
 )
 
 gpu_uuids = st.lists(text(64, 1), max_size=4).map(tuple)

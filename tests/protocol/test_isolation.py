@@ -17,7 +17,7 @@ FORBIDDEN_MODULES = ["trio", "libp2p", "docker", "pynvml", "sqlite3", "socket", 
 
 ALLOWED_IMPORTS = {
     "__future__", "collections", "dataclasses", "enum", "hashlib", "math", "re", "struct", "types", "typing",
-    "msgpack", "cryptography",
+    "msgpack", "cryptography", "json",
 }
 
 

@@ -19,12 +19,13 @@ from protocol import messages as m
 from protocol.errors import DecodeError, LocalProtocolError
 from protocol.schema import MAX_STR, Struct
 
-from .strategies import BY_TYPE, control_errors, gpu_offers, input_refs, job_specs
+from .strategies import BY_TYPE, control_errors, gpu_offers, image_contents, input_refs, job_specs
 
 STRATEGIES: dict[type[Struct], st.SearchStrategy[Struct]] = {
     m.GpuOffer: gpu_offers,
     m.JobSpec: job_specs,
     m.InputRef: input_refs,
+    m.ImageContent: image_contents,
     m.ControlError: control_errors,
     **{m.MESSAGE_TYPES[tag]: strategy for tag, strategy in BY_TYPE.items()},
 }
