@@ -9,12 +9,17 @@ none``, which is all peerd jobs get. It yields the engine's ``unix://`` URL
 (for ``[resources] docker_url``); on exit it stops the engine by its pid,
 removes every directory it made and deletes the namespace, also after a
 failed test. Its images, containers and layers live only under its data root.
+
+``build_image`` builds a test image in the host's dockerd only: ``BASE`` plus a
+file of random bytes (one new layer on the shared base).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -27,6 +32,8 @@ from pathlib import Path
 
 from peerd.devnet import wait_for
 
+BASE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
+SECRET_BYTES = 3 << 20
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -53,6 +60,28 @@ class Dockerd:
             return (self.root / "log").read_text(errors="replace")[-size:]
         except OSError:
             return ""
+
+
+@dataclass(frozen=True)
+class Built:
+    ref: str
+    image_id: str
+    secret_sha256: str
+    layer_bytes: int  # the size of the layer the secret adds (its tar)
+
+
+def build_image(context: Path, ref: str, seed: int) -> Built:
+    """``BASE`` plus /secret.bin of random bytes, built in the host's dockerd only."""
+    context.mkdir(parents=True)
+    data = random.Random(seed).randbytes(SECRET_BYTES)
+    (context / "secret.bin").write_bytes(data)
+    (context / "Dockerfile").write_text(f"FROM {BASE}\nCOPY secret.bin /secret.bin\n")
+    out = subprocess.run(["docker", "build", "-q", "-t", ref, str(context)], capture_output=True, text=True,
+                         env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    return Built(ref, image_id, hashlib.sha256(data).hexdigest(), SECRET_BYTES + 1024)
 
 
 def _answers(url: str) -> bool:

@@ -10,47 +10,18 @@ policy pins other image ids refuses with a signed reason before any byte moves.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import random
 import secrets
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from peerd.devnet import DevNet, NodeProc
-from tests.integration.dockerd import Dockerd, second_dockerd
+from tests.integration.dockerd import BASE, SECRET_BYTES, Built, Dockerd, build_image, second_dockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
-BASE = os.environ.get("PEERD_TEST_IMAGE", "peerd-test/busybox:1")
-SECRET_BYTES = 3 << 20
-
-
-@dataclass(frozen=True)
-class Built:
-    ref: str
-    image_id: str
-    secret_sha256: str
-    layer_bytes: int  # the size of the layer the secret adds (its tar)
-
-
-def build_image(context: Path, ref: str, seed: int) -> Built:
-    """``BASE`` plus /secret.bin of random bytes, built in the host's dockerd only."""
-    context.mkdir(parents=True)
-    data = random.Random(seed).randbytes(SECRET_BYTES)
-    (context / "secret.bin").write_bytes(data)
-    (context / "Dockerfile").write_text(f"FROM {BASE}\nCOPY secret.bin /secret.bin\n")
-    out = subprocess.run(["docker", "build", "-q", "-t", ref, str(context)], capture_output=True, text=True,
-                         env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr
-    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    return Built(ref, image_id, hashlib.sha256(data).hexdigest(), SECRET_BYTES + 1024)
 
 
 class ImageNet(DevNet):
