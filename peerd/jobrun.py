@@ -19,7 +19,7 @@ from protocol import decode_as
 from protocol.messages import Lease, LeaseTerms, Receipt, ReceiptTerms, Result, TaskState
 from protocol.signing import Signer
 
-from .executor.contract import Executor, RunSpec
+from .executor.contract import Executor, PullProgress, RunSpec
 from .executor.errors import ExecutorError
 from .executor.gpus import CapacityLedger
 from .imagedata import ImageError, ProviderImages
@@ -28,6 +28,37 @@ from .leasedjob import LeasedJob, failed_result, result_from_outcome
 from .store import ResultRecord, Store, TaskRecord, TaskRole
 
 log = logging.getLogger(__name__)
+
+
+class PullLines:
+    """A registry pull's progress as lines in the job's stderr (``peerd logs -f``) and the daemon's log:
+    when a layer completes, and at most once a second in between."""
+
+    def __init__(self, job: LeasedJob, image: str, clock: Callable[[], float], every: float = 1.0) -> None:
+        self.job, self.image, self.clock, self.every = job, image, clock, every
+        self.layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes so far, total)
+        self.done: set[str] = set()
+        self.last = 0.0
+
+    def __call__(self, event: PullProgress) -> None:
+        if event.layer is None:
+            return
+        if event.status == "Downloading" and event.total:
+            self.layers[event.layer] = (event.current or 0, event.total)
+        finished = event.status in ("Download complete", "Already exists")
+        if finished:
+            self.done.add(event.layer)
+            _, total = self.layers.get(event.layer, (0, 0))
+            self.layers[event.layer] = (total, total)
+        now = self.clock()
+        if finished or now - self.last >= self.every:
+            self.last = now
+            current = sum(c for c, _ in self.layers.values())
+            total = sum(t for _, t in self.layers.values())
+            line = (f"pulling {self.image}: {len(self.done)} layer(s) done, "
+                    f"{current / 1e6:.1f} of {total / 1e6:.1f} MB")
+            log.info("job %s: %s", self.job.task_id, line)
+            self.job.add_output("stderr", f"[peerd] {line}\n".encode())
 
 
 class JobRunner:
@@ -180,7 +211,7 @@ class JobRunner:
         launched = self.clock()
         if spec is not None:
             try:
-                await self.executor.start(spec)
+                await self.executor.start(spec, on_pull=PullLines(job, spec.image, self.clock))
             except ExecutorError as exc:
                 log.warning("job %s failed to start: %s", job.task_id, exc)
                 return failed_result(job.task_id, TaskState.FAILED, f"{exc.reason.value}: {exc.detail}")

@@ -22,7 +22,7 @@ import trio
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullProgress
-from peerd.executor.errors import EngineError, ImageUnavailable, Reason
+from peerd.executor.errors import EngineError, ImageUnavailable, PullFailure, Reason
 from peerd.executor.plan import (
     LABEL_NODE,
     ContainerPlan,
@@ -104,6 +104,25 @@ def _translated(action: str) -> Iterator[None]:
         raise EngineError(Reason.DOCKER_UNAVAILABLE, f"{action}: dockerd unreachable: {exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineError(Reason.ENGINE_ERROR, f"{action}: {_explain(exc)}") from exc
+
+
+_PULL_FAILURES: tuple[tuple[PullFailure, tuple[str, ...]], ...] = (
+    (PullFailure.UNAUTHORIZED, ("unauthorized", "authentication required", "access denied", "denied:",
+                                "no basic auth credentials")),
+    (PullFailure.NOT_FOUND, ("not found", "manifest unknown", "name unknown", "does not exist")),
+    (PullFailure.TIMEOUT, ("timeout", "timed out", "deadline exceeded")),
+    (PullFailure.UNREACHABLE, ("connection refused", "no route to host", "network is unreachable",
+                               "no such host", "dial tcp", "connection reset", "tls:", "server gave http response")),
+)
+
+
+def classify_pull_failure(message: str) -> PullFailure:
+    """What dockerd's message about a failed pull means (the first rule that matches)."""
+    text = message.lower()
+    for kind, needles in _PULL_FAILURES:
+        if any(n in text for n in needles):
+            return kind
+    return PullFailure.OTHER
 
 
 def _pull_event(image: str, raw: JsonObject) -> PullProgress:
@@ -319,15 +338,17 @@ class Engine:
                 )
                 while (raw := await self._call(f"pull {image}", lambda: next(events, None), abandon=True)) is not None:
                     if "error" in raw:
-                        raise ImageUnavailable(f"pull {image}: {raw['error']}")
+                        error = str(raw["error"])
+                        raise ImageUnavailable(f"pull {image}: {error}", classify_pull_failure(error))
                     if on_progress is not None:
                         on_progress(_pull_event(image, raw))
         except trio.TooSlowError as exc:
-            raise ImageUnavailable(f"pull {image}: no answer within {timeout:g}s") from exc
+            raise ImageUnavailable(f"pull {image}: no answer within {timeout:g}s", PullFailure.TIMEOUT) from exc
         except EngineError as exc:
             if isinstance(exc, ImageUnavailable):
                 raise
-            raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}") from exc
+            raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}",
+                                   classify_pull_failure(exc.detail)) from exc
 
 
     # ---- images ----------------------------------------------------------------------
