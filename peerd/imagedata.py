@@ -36,6 +36,7 @@ import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -54,7 +55,7 @@ from protocol.imagelayout import (
 from protocol.manifest import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, encode_manifest, manifest_id
 from protocol.messages import ImageContent, JobSpec, LeaseTerms
 
-from .blobstore import BlobStoreError, ChunkStore
+from .blobstore import BlobStoreError, BlockingChunkStore, ChunkStore, VerifiedChunk
 from .errors import PeerdError
 from .executor.errors import ExecutorError
 from .jobdata import load_manifest, parse_digest
@@ -149,17 +150,29 @@ class _Export:
     index: bytes = b""  # manifest.json
 
 
+BATCH = 8  # chunks hashed, pinned (one transaction) and stored in one worker-thread hop
+
+
+def _store_batch(owner: str, pieces: list[bytes], files: BlockingChunkStore) -> list[bytes]:
+    digests = [hashlib.sha256(piece).digest() for piece in pieces]
+    files.pin(owner, digests)  # before put: a put that makes room cannot take them
+    for digest, piece in zip(digests, pieces, strict=True):
+        files.put_verified(VerifiedChunk(digest, piece))
+    return digests
+
+
 async def _store_member(stream: _Stream, size: int, chunks: ChunkStore, owner: str, chunk_size: int,
                         ) -> tuple[bytes, ...]:
-    digests = []
+    """A member's bytes as chunks in the store, at most ``BATCH`` chunks in memory at a time."""
+    digests: list[bytes] = []
     left = size
     while left:
-        data = await stream.read(min(chunk_size, left))
-        left -= len(data)
-        digest = hashlib.sha256(data).digest()
-        await chunks.pin(owner, [digest])  # before put: a put that makes room cannot take it
-        await chunks.put(digest, data)
-        digests.append(digest)
+        batch: list[bytes] = []
+        while left and len(batch) < BATCH:
+            data = await stream.read(min(chunk_size, left))
+            left -= len(data)
+            batch.append(data)
+        digests += await chunks.run_blocking(partial(_store_batch, owner, batch))
     return tuple(digests)
 
 
