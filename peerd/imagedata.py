@@ -59,6 +59,7 @@ from .blobstore import BlobStoreError, BlockingChunkStore, ChunkStore, VerifiedC
 from .errors import PeerdError
 from .executor.errors import ExecutorError
 from .jobdata import load_manifest, parse_digest
+from .taskwire import single_error
 from .transfer import OpenStream, TransferError, fetch
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,22 @@ class _Stream:
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
         return data
+
+
+AHEAD = 16  # pieces read ahead of their consumer (at most this many MiB in memory)
+
+
+def _ahead(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHEAD) -> trio.MemoryReceiveChannel[bytes]:
+    """``source``'s pieces, read up to ``depth`` ahead by a task in ``nursery`` (its errors end the nursery)."""
+    send, receive = trio.open_memory_channel[bytes](depth)
+
+    async def pump() -> None:
+        async with send:
+            async for piece in source:
+                await send.send(piece)
+
+    nursery.start_soon(pump)
+    return receive
 
 
 def _header_field(block: bytes, start: int, length: int) -> str:
@@ -260,7 +277,12 @@ async def export_image(
         cached = await _cached(chunks, image)
         if cached is not None:
             return cached
-        seen = await _read_archive(engine.save(ref), chunks, owner, chunk_size)
+        try:
+            async with trio.open_nursery() as nursery:  # dockerd streams the next pieces while we store these
+                seen = await _read_archive(_ahead(nursery, engine.save(ref)), chunks, owner, chunk_size)
+                nursery.cancel_scope.cancel()  # whatever follows the archive's end
+        except BaseExceptionGroup as group:
+            raise single_error(group, (PeerdError,)) from None
     except ExecutorError as exc:
         raise ImageError(f"cannot export image {ref!r}: {exc}") from exc
     manifest = _image_manifest(seen, chunk_size)
@@ -373,14 +395,14 @@ class ProviderImages:
         """Make the leased image present here (ImageError if not); the bytes fetched for it."""
         content = terms.spec.image_content
         assert content is not None
-        if await self.present(content.id):
-            await self._touch(content.id)
-            return 0
         mid = parse_digest(content.manifest)
         assert mid is not None
         try:
+            if await self.present(content.id):
+                await self._touch(content.id)
+                return 0
             moved = await self._receive(terms, content, mid)
-        except (TransferError, BlobStoreError, ExecutorError) as exc:
+        except (TransferError, BlobStoreError, ExecutorError, OSError) as exc:
             raise ImageError(f"image {content.id[:19]}: {exc}") from exc
         except ImageLayoutError as exc:
             raise ImageMismatch(f"image {content.id[:19]}: {exc}") from exc
@@ -414,7 +436,12 @@ class ProviderImages:
         await self.chunks.pin(pin_key(content.id), [mid, *manifest.digests()])
         tag = f"{RECEIVED_REPOSITORY}:{content.id.removeprefix('sha256:')}"
         engine = self._engine()
-        await engine.load(_archive(manifest, self.chunks, tag))
+        try:
+            async with trio.open_nursery() as nursery:  # the next chunks are read while dockerd takes these
+                await engine.load(_ahead(nursery, _archive(manifest, self.chunks, tag)))
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise single_error(group, (PeerdError,)) from None
         loaded = await engine.image_id(tag)
         if loaded != content.id:
             await engine.remove_image(tag)

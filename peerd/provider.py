@@ -39,6 +39,7 @@ from protocol.messages import (
 from protocol.negotiation import ProviderNegotiation
 from protocol.signing import Signer, digest
 
+from .errors import PeerdError
 from .executor.contract import RunSpec
 from .executor.errors import ExecutorError, Reason
 from .executor.gpus import CapacityLedger
@@ -187,12 +188,15 @@ class Provider:
         refusal = images.refusal(content)
         if refusal is not None:
             raise Refusal(RejectCode.IMAGE_NOT_ALLOWED, refusal)
-        if await images.present(content.id):
-            return
-        need = request.spec.data_size
-        if await data.room() < need:
-            await images.collect(need)
-        room = await data.room()
+        try:
+            if await images.present(content.id):
+                return
+            need = request.spec.data_size
+            if await data.room() < need:
+                await images.collect(need)
+            room = await data.room()
+        except (ExecutorError, PeerdError) as exc:
+            raise Refusal(RejectCode.IMAGE_UNAVAILABLE, f"cannot take the image here now: {exc}") from exc
         if room < need:
             raise Refusal(RejectCode.INPUTS_TOO_LARGE,
                           f"an image and inputs of {need} bytes; room for {room} bytes of job data here")
