@@ -21,6 +21,7 @@ from peerd.errors import ConfigError
 from peerd.market.offerguard import GuardLimits
 from peerd.units import format_size, parse_duration, parse_size
 from protocol.codec import DEFAULT_MAX_FRAME
+from protocol.jobspec import is_digest_text
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
 from protocol.roles import NodeRole
 
@@ -54,6 +55,7 @@ class PricingConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     images: tuple[str, ...] = ("*",)
+    image_ids: tuple[str, ...] = ()  # pinned image ids ("sha256:..."); empty = any id
     max_timeout: float = 24 * 3600.0
     allow_network: bool = False
     max_cpus: float = 0.0  # 0 = no per-job cap beyond what is offered
@@ -158,6 +160,13 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagesConfig:
+    """Images carried by requesters as job data (``peerd.data.imagedata``)."""
+
+    receive: bool = True  # accept them (the advert says so); they count against [storage] blob_quota
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     home: Path = Path(".")
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -173,6 +182,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     gang: GangConfig = field(default_factory=GangConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
 
     @property
     def key_path(self) -> Path:
@@ -221,6 +231,14 @@ def _strs(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _image_ids(value: object) -> tuple[str, ...]:
+    ids = _strs(value)
+    for one in ids:
+        if not is_digest_text(one):
+            raise ValueError(f"expected image ids like sha256:<64 lowercase hex digits>, got {one!r}")
+    return ids
 
 
 def _number(value: object) -> float:
@@ -338,7 +356,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "resources": (ResourcesConfig, {"cpus": _cpus, "memory": _size, "reserve_memory": _size,
                                     "gpus": _strs, "docker_url": _str}),
     "pricing": (PricingConfig, {"cpu_hour": _price, "gpu_hour": _price}),
-    "policy": (PolicyConfig, {"images": _strs, "max_timeout": _timeout, "allow_network": _bool,
+    "policy": (PolicyConfig, {"images": _strs, "image_ids": _image_ids, "max_timeout": _timeout, "allow_network": _bool,
                               "max_cpus": _cpus, "max_memory": _size, "max_concurrent": _at_least_one,
                               "offers_per_peer": _at_least_one, "lapsed_offers": _at_least_one}),
     "limits": (LimitsConfig, {"pids": _pids, "tmpfs": _tmpfs, "log_limit": _log_limit,
@@ -357,6 +375,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "retention": (RetentionConfig, {"max_age": _duration, "max_size": _size, "interval": _duration}),
     "storage": (StorageConfig, {"blob_quota": _size, "output_retention": _duration}),
     "gang": (GangConfig, {"enabled": _bool, "endpoint_host": _str, "ports": _port_range}),
+    "images": (ImagesConfig, {"receive": _bool}),
 }
 
 
@@ -468,6 +487,9 @@ gpu_hour = 0.5
 [policy]
 # Images jobs may use (shell-style patterns), e.g. ["docker.io/library/*"].
 images = ["*"]
+# Digest pinning: image ids ("sha256:<64 hex>") jobs may use; empty = any. An
+# image a requester carries is checked by its id before any byte of it moves.
+image_ids = []
 max_timeout = "24h"
 # May a job ask for network access? Off by default: jobs get no network.
 allow_network = false
@@ -561,4 +583,10 @@ output_retention = "24h"
 enabled = false
 endpoint_host = ""
 ports = "51820-51899"
+[images]
+# Accept images that requesters carry as job data (their own, never pushed to a
+# registry). They are loaded into this node's dockerd under peerd-received:<id>,
+# their chunks count against blob_quota, and the least recently used are removed
+# (never one a job uses) when room is needed.
+receive = true
 '''

@@ -60,6 +60,30 @@ class InputRef(Struct):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageContent(Struct):
+    """A job's image carried as job data, when the provider cannot pull it (``protocol.imagelayout``).
+
+    ``id`` is the image id (``"sha256:"`` + the hex digest of its config), the
+    one a provider's dockerd reports once it loaded the image: the lease binds
+    it, so the provider runs exactly this image or nothing. ``manifest`` is the
+    id of the manifest that lists the config and layers; ``size`` their total
+    bytes, declared so that a provider can refuse an image it has no room for
+    before anything moves.
+    """
+
+    id: str
+    manifest: str
+    size: int
+
+    def _check(self) -> None:
+        for name in ("id", "manifest"):
+            value = getattr(self, name)
+            if not is_digest_text(value):
+                _fail(type(self), name, f"must be 'sha256:' and 64 lowercase hex digits, got {value!r:.80}")
+        check_range(self, "size", 0, MAX_INPUT_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec(Struct):
     """What a requester wants run: on one provider, or (``nodes`` ≥ 2) as a gang on that many.
 
@@ -67,7 +91,7 @@ class JobSpec(Struct):
     those of a spec without the field. The resources are per node.
     """
 
-    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"nodes"})
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"nodes", "image_content"})
     image: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
@@ -81,6 +105,7 @@ class JobSpec(Struct):
     max_price: float = MAX_PRICE
     inputs: tuple[InputRef, ...] = ()
     nodes: int = 1
+    image_content: ImageContent | None = None  # the image travels with the job (None: the provider has or pulls it)
 
     def _check(self) -> None:
         check_text(self, "image", 256, nonempty=True)
@@ -109,3 +134,8 @@ class JobSpec(Struct):
     def input_size(self) -> int:
         """Declared bytes of all inputs together."""
         return sum(i.size for i in self.inputs)
+
+    @property
+    def data_size(self) -> int:
+        """Declared bytes of job data the provider must take: the inputs and a carried image."""
+        return self.input_size + (self.image_content.size if self.image_content else 0)

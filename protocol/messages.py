@@ -29,7 +29,7 @@ from .gang import (
     RosterMember as RosterMember,
     roster_problem,
 )
-from .jobspec import InputRef as InputRef, JobSpec as JobSpec
+from .jobspec import ImageContent as ImageContent, InputRef as InputRef, JobSpec as JobSpec
 from .limits import (
     MAX_COUNT as MAX_COUNT,
     MAX_CPUS as MAX_CPUS,
@@ -134,7 +134,7 @@ class Advert(Message):
     """A provider's signed description of what it offers right now (``gang``: it joins gang jobs)."""
 
     TYPE: ClassVar[str] = "advert"
-    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang"})
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang", "images"})
     peer_id: str
     seq: int
     issued_at: float
@@ -159,6 +159,7 @@ class Advert(Message):
     max_timeout: float
     draining: bool
     gang: bool = False
+    images: bool = False  # accepts images carried as job data (JobSpec.image_content)
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)

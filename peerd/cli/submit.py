@@ -113,6 +113,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
                         help="a file or directory for the job, read-only at DEST (default /inputs/<name>); "
                              "repeatable")
+    parser.add_argument("--image-from-requester", action="store_true",
+                        help="carry the image from this node's dockerd to the provider as job data (done "
+                             "unasked for an image this dockerd holds and no registry has)")
     parser.add_argument("--output", metavar="DIR", type=Path,
                         help="with --wait: download the job's /out into DIR (checked against the receipt)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
@@ -163,6 +166,8 @@ def run(ctx: Context) -> int:
     request: dict[str, Value] = {"spec": to_value(spec), "local": args.local}
     if args.input:
         request["inputs"] = _inputs(args.input)
+    if args.image_from_requester:
+        request["image_from_requester"] = True
     with ctx.client() as client:
         if args.replicas > 1:
             request["replicas"] = args.replicas

@@ -140,6 +140,7 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
     inputs = a.inputs("inputs")
     replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
     spot_check = a.number("spot_check", default=0.0, lo=0.0, hi=1.0)
+    carry = a.flag("image_from_requester")
     a.done()
     if replicas > 1 and spot_check:
         raise BadArgs("'replicas' and 'spot_check' are two ways to verify: give one")
@@ -152,6 +153,10 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
         return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
     if spot_check:
         return {"task_id": await ops.submit(spec, local=local, spot_check=spot_check)}
+    if carry and local:
+        raise BadArgs("'image_from_requester' carries an image to another node: not with 'local'")
+    if carry:
+        return {"task_id": await ops.submit(spec, local=local, inputs=inputs, image_from_requester=True)}
     if inputs:
         return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
     return {"task_id": await ops.submit(spec, local=local)}

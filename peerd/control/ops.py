@@ -257,7 +257,7 @@ class NodeOps(Protocol):
 
     async def submit(
         self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
-        spot_check: float = 0.0,
+        spot_check: float = 0.0, image_from_requester: bool = False,
     ) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
@@ -266,6 +266,8 @@ class NodeOps(Protocol):
         spec names them (``BadArgs`` naming a path it cannot read).
         ``replicas``: run it on that many distinct providers and compare (the ID is the group's).
         ``spot_check``: with this probability, run it on a second provider too and compare.
+        ``image_from_requester``: carry the image from this node's dockerd as job data (it is carried
+        unasked when this dockerd holds it and no registry does).
         """
         ...
 

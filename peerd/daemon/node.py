@@ -31,6 +31,7 @@ from peerd.daemon.services import Clock, ProviderServices, Services
 from peerd.daemon.wiring import (
     data_settings_from,
     executor_from,
+    image_settings_from,
     p2p_from,
     provider_settings_from,
     pruner_from,
@@ -38,6 +39,7 @@ from peerd.daemon.wiring import (
 )
 from peerd.dashboard import DashboardServer, dashboard_address
 from peerd.data.blobstore import ChunkStore
+from peerd.data.imagedata import ProviderImages
 from peerd.data.jobdata import ProviderData
 from peerd.data.nodedata import BlobDialer, open_chunks, start_job_data
 from peerd.errors import PeerdError
@@ -117,7 +119,8 @@ class Node:
         data = await start_job_data(
             nursery, config, chunks, store, p2p, dialer, clock=self.clock,
             active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,
-            provider=ours.runner.data if ours else None,
+            provider=ours.runner.data if ours else None, provider_images=ours.runner.images if ours else None,
+            executor=ours.executor if ours else None,
         )
         tracker, requester, reputation = TaskTracker(), None, None
         if not self.seed:
@@ -165,6 +168,8 @@ class Node:
             pids=config.limits.pids, log_limit=config.limits.log_limit,
             on_overhead=metrics.observe_executor_overhead, clock=self.clock,
             data=ProviderData(chunks, dialer, data_settings_from(config), clock=self.clock),
+            images=ProviderImages(lambda: executor.engine, chunks, dialer, image_settings_from(config),
+                                  clock=self.clock),
         )
         await nursery.start(runner.run)
         provider = Provider(

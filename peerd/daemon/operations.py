@@ -41,6 +41,7 @@ from peerd.daemon.lifecycle import Lifecycle, RunState
 from peerd.daemon.metrics import NodeSample, gpu_leases, status_counters
 from peerd.daemon.services import Services
 from peerd.daemon.views import observation_view, peer_view, rank_view, receipt_view, reputation_view, task_view
+from peerd.data.imagedata import ImageError
 from peerd.data.requestdata import InputError, InputSource
 from peerd.errors import PeerdError
 from peerd.executor.gpus import CapacityLedger
@@ -142,7 +143,7 @@ class Operations:
     # ------------------------------------------------------------ tasks
     async def submit(
         self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
-        spot_check: float = 0.0,
+        spot_check: float = 0.0, image_from_requester: bool = False,
     ) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
@@ -159,10 +160,12 @@ class Operations:
         task_id = self.services.requester.new_task_id()
         if inputs:
             spec = await self._with_inputs(task_id, spec, inputs)
+        if not local:
+            spec = await self._with_image(task_id, spec, image_from_requester)
         task_id = await self.services.requester.submit(spec, local=local, task_id=task_id)
         self._nursery.start_soon(self._time_placement, task_id, since)
         data = self.services.data
-        if data is not None and data.requester is not None and spec.inputs:
+        if data is not None and data.requester is not None and (spec.inputs or spec.image_content):
             self._nursery.start_soon(data.requester.release_when_final, task_id, self.services.tracker)
         return task_id
 
@@ -179,6 +182,22 @@ class Operations:
         except ProtocolError as exc:
             await data.chunks.release(task_id)
             raise BadArgs(f"inputs: {exc}") from exc
+
+    async def _with_image(self, task_id: str, spec: JobSpec, asked: bool) -> JobSpec:
+        """Images as job data (``peerd.data.imagedata``): carry the image when asked, or when this node's
+        dockerd holds it and no registry does."""
+        data = self.services.data
+        if data is None or data.images is None:
+            if asked:
+                raise BadArgs("this node keeps no job data: it cannot carry an image")
+            return spec
+        if not asked and not await data.images.should_carry(spec.image):
+            return spec
+        try:
+            return await data.images.carry(task_id, spec)
+        except ImageError as exc:
+            await data.chunks.release(task_id)
+            raise BadArgs(str(exc)) from exc
 
     async def outputs(self, task_id: str) -> AsyncIterator[dict[str, Value]]:
         """The task's outputs: a header, then the files' bytes (``requestdata.output_frames``)."""

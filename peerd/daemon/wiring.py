@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerd.config import Config
+from peerd.data.imagedata import ImageSettings
 from peerd.data.jobdata import DataSettings
 from peerd.executor.contract import OutputStore
 from peerd.executor.docker import DockerExecutor
@@ -32,6 +33,7 @@ def policy_from(config: Config) -> ProviderPolicy:
     p = config.policy
     return ProviderPolicy(
         allowed_images=p.images,
+        image_ids=p.image_ids,
         max_time_limit=p.max_timeout,
         allow_network=p.allow_network,
         max_cpus=p.max_cpus or None,
@@ -104,3 +106,8 @@ def chunk_store_from(config: Config) -> ChunkStorePlace:
 def data_settings_from(config: Config) -> DataSettings:
     return DataSettings(staging_dir=config.home / "staging", output_retention=config.storage.output_retention,
                         io_timeout=config.network.io_timeout)
+
+
+def image_settings_from(config: Config) -> ImageSettings:
+    return ImageSettings(receive=config.images.receive, marks_dir=config.home / "images",
+                         io_timeout=config.network.io_timeout)

@@ -11,7 +11,7 @@ when p2p exists.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,9 +20,12 @@ import trio
 from peerd.config import Config
 from peerd.daemon.wiring import chunk_store_from, data_settings_from
 from peerd.data.blobstore import ChunkStore
+from peerd.data.imagedata import ImageEngine, ProviderImages, RequesterImages
 from peerd.data.jobdata import OutputRetention, ProviderData
 from peerd.data.requestdata import RequesterData
 from peerd.data.transfer import BlobService, blob_opener, lease_access, register_blob_protocol
+from peerd.executor.docker import DockerExecutor
+from peerd.executor.engine import Engine
 from peerd.jobs.taskwire import ByteStream
 from peerd.p2p.service import P2PService
 from peerd.state.store import Store
@@ -60,10 +63,15 @@ class JobData:
     requester: RequesterData | None  # None on a seed
     blobs: BlobService
     provider: ProviderData | None = None  # the provider role only
+    images: RequesterImages | None = None  # None on a seed
+    provider_images: ProviderImages | None = None  # the provider role only
 
     def counters(self) -> dict[str, int]:
         """Bytes of job data moved, for ``peerd status``."""
         return {
+            "data.images_fetched_bytes": self.provider_images.bytes_fetched if self.provider_images else 0,
+            "data.images_loaded": self.provider_images.loaded if self.provider_images else 0,
+            "data.images_exported": self.images.exported if self.images else 0,
             "data.inputs_fetched_bytes": self.provider.bytes_fetched if self.provider else 0,
             "data.outputs_fetched_bytes": self.requester.bytes_fetched if self.requester else 0,
             "data.served_bytes": self.blobs.counters.bytes,
@@ -75,7 +83,8 @@ class JobData:
 async def start_job_data(
     nursery: trio.Nursery, config: Config, chunks: ChunkStore, store: Store, p2p: P2PService, dialer: BlobDialer,
     *, active: Callable[[], Collection[str]], with_requester: bool, clock: Callable[[], float],
-    provider: ProviderData | None = None,
+    provider: ProviderData | None = None, provider_images: ProviderImages | None = None,
+    executor: DockerExecutor | None = None,
 ) -> JobData:
     """Serve the chunk store to lease parties, start output retention; the requester's half if any."""
     settings = data_settings_from(config)
@@ -85,4 +94,21 @@ async def start_job_data(
     await nursery.start(retention.run)
     requester = RequesterData(chunks, store, dialer, io_timeout=settings.io_timeout, clock=clock) \
         if with_requester else None
-    return JobData(chunks=chunks, retention=retention, requester=requester, blobs=blobs, provider=provider)
+    images = RequesterImages(image_engine(config, executor), chunks) if with_requester else None
+    return JobData(chunks=chunks, retention=retention, requester=requester, blobs=blobs, provider=provider,
+                   images=images, provider_images=provider_images)
+
+
+def image_engine(config: Config, executor: DockerExecutor | None) -> Callable[[], Awaitable[ImageEngine]]:
+    """This node's dockerd for exporting images: the executor's, or (a requester) one connected when
+    first needed (``[resources] docker_url``)."""
+    connected: list[Engine] = []
+
+    async def source() -> ImageEngine:
+        if executor is not None:
+            return executor.engine
+        if not connected:
+            connected.append(await Engine.connect(config.resources.docker_url or None))
+        return connected[0]
+
+    return source

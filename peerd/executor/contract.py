@@ -35,6 +35,7 @@ from protocol.imageref import image_ref_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 RESERVED_ENV = frozenset({"NVIDIA_VISIBLE_DEVICES"})  # set by the executor (plan.py)
 RESERVED_ENV_PREFIXES = ("NVIDIA_",)  # the NVIDIA runtime reads every NVIDIA_* variable: none is the job's
@@ -154,12 +155,15 @@ class RunSpec:
     user: str | None = NOBODY
     inputs: tuple[InputMount, ...] = ()  # read-only host directories
     overlay: OverlaySpec | None = None  # a gang member: its only network (``network`` must be False)
+    image_id: str = ""  # "sha256:<hex>": run exactly this image (one carried by the requester), never pull
 
     def __post_init__(self) -> None:
         check_name("task id", self.task_id)
         problem = image_ref_problem(self.image)
         if problem is not None:
             raise InvalidSpec(problem)
+        if self.image_id and not _IMAGE_ID.fullmatch(self.image_id):
+            raise InvalidSpec(f"image_id must be sha256:<64 lowercase hex digits>, got {self.image_id!r:.80}")
         object.__setattr__(self, "command", tuple(self.command))
         if not all(isinstance(arg, str) and "\0" not in arg for arg in self.command):
             raise InvalidSpec("command arguments must be strings without NUL")

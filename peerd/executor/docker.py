@@ -39,7 +39,7 @@ from peerd.executor.contract import (
     is_valid_name,
 )
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
-from peerd.executor.errors import EngineError, ExecutorError, Reason, UnknownTask
+from peerd.executor.errors import EngineError, ExecutorError, ImageUnavailable, Reason, UnknownTask
 from peerd.executor.gangnet import GangNetworks
 from peerd.executor.logs import LogTail
 from peerd.executor.outmount import is_full
@@ -157,6 +157,11 @@ class DockerExecutor:
         return self._engine, self._nursery
 
     @property
+    def engine(self) -> Engine:
+        """The dockerd this executor runs on (EngineError while the service is not running)."""
+        return self._running()[0]
+
+    @property
     def gpu_runtime(self) -> bool:
         return self.engine_info.gpu_runtime
 
@@ -224,15 +229,20 @@ class DockerExecutor:
             try:
                 network_of = await self.networks.open(engine, spec)
             except ImageMissing:
-                await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
+                await self._pull(engine, spec, on_pull)
                 network_of = await self.networks.open(engine, spec)
         plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline,
                               limits=self.limits, network_of=network_of)
         try:
             return await engine.launch(plan)
         except ImageMissing:
-            await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
+            await self._pull(engine, spec, on_pull)
             return await engine.launch(plan)
+
+    async def _pull(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> None:
+        if spec.image_id:  # a carried image is loaded before the start, never pulled
+            raise ImageUnavailable(f"image {spec.image_id} is not in this dockerd")
+        await engine.pull(spec.image, timeout=self._pull_timeout, on_progress=on_pull)
 
     # ---- supervision -------------------------------------------------------------------
     async def _supervise(self, task: _Task, sources: list[OutputSource] | None) -> None:

@@ -10,7 +10,7 @@ thread on cancellation; the thread ends when dockerd answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,7 +22,7 @@ import trio
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from peerd.executor.contract import ContainerInfo, LogChunk, PullListener, PullProgress
-from peerd.executor.errors import EngineError, ImageUnavailable, Reason
+from peerd.executor.errors import EngineError, ImageUnavailable, PullFailure, Reason
 from peerd.executor.plan import (
     LABEL_NODE,
     LABEL_TASK,
@@ -105,6 +105,25 @@ def _translated(action: str) -> Iterator[None]:
         raise EngineError(Reason.DOCKER_UNAVAILABLE, f"{action}: dockerd unreachable: {exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineError(Reason.ENGINE_ERROR, f"{action}: {_explain(exc)}") from exc
+
+
+_PULL_FAILURES: tuple[tuple[PullFailure, tuple[str, ...]], ...] = (
+    (PullFailure.UNAUTHORIZED, ("unauthorized", "authentication required", "access denied", "denied:",
+                                "no basic auth credentials")),
+    (PullFailure.NOT_FOUND, ("not found", "manifest unknown", "name unknown", "does not exist")),
+    (PullFailure.TIMEOUT, ("timeout", "timed out", "deadline exceeded")),
+    (PullFailure.UNREACHABLE, ("connection refused", "no route to host", "network is unreachable",
+                               "no such host", "dial tcp", "connection reset", "tls:", "server gave http response")),
+)
+
+
+def classify_pull_failure(message: str) -> PullFailure:
+    """What dockerd's message about a failed pull means (the first rule that matches)."""
+    text = message.lower()
+    for kind, needles in _PULL_FAILURES:
+        if any(n in text for n in needles):
+            return kind
+    return PullFailure.OTHER
 
 
 def _pull_event(image: str, raw: JsonObject) -> PullProgress:
@@ -368,15 +387,105 @@ class Engine:
                 )
                 while (raw := await self._call(f"pull {image}", lambda: next(events, None), abandon=True)) is not None:
                     if "error" in raw:
-                        raise ImageUnavailable(f"pull {image}: {raw['error']}")
+                        error = str(raw["error"])
+                        raise ImageUnavailable(f"pull {image}: {error}", classify_pull_failure(error))
                     if on_progress is not None:
                         on_progress(_pull_event(image, raw))
         except trio.TooSlowError as exc:
-            raise ImageUnavailable(f"pull {image}: no answer within {timeout:g}s") from exc
+            raise ImageUnavailable(f"pull {image}: no answer within {timeout:g}s", PullFailure.TIMEOUT) from exc
         except EngineError as exc:
             if isinstance(exc, ImageUnavailable):
                 raise
-            raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}") from exc
+            raise ImageUnavailable(f"image {image} is not here and cannot be pulled: {exc.detail}",
+                                   classify_pull_failure(exc.detail)) from exc
+
+
+    # ---- images ----------------------------------------------------------------------
+    async def image_id(self, ref: str) -> str | None:
+        """The id (``sha256:...``) of the local image ``ref`` names, or None if there is none."""
+        api = self._api
+
+        def work() -> str | None:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+            image = details.get("Id") if isinstance(details, dict) else None
+            return str(image) if image else None
+
+        return await self._call(f"inspect image {ref}", work)
+
+    async def repo_digests(self, ref: str) -> tuple[str, ...]:
+        """The registry digests of the local image ``ref`` (none: built or loaded here, never pulled)."""
+        api = self._api
+
+        def work() -> tuple[str, ...]:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return ()
+            digests = details.get("RepoDigests") if isinstance(details, dict) else None
+            return tuple(str(d) for d in digests) if isinstance(digests, list) else ()
+
+        return await self._call(f"inspect image {ref}", work)
+
+    async def save(self, ref: str, *, piece: int = 1 << 20) -> AsyncIterator[bytes]:
+        """``docker save ref`` as it streams from dockerd, in pieces of at most ``piece`` bytes."""
+        api = self._api
+        stream: Iterator[bytes] = await self._call(
+            f"save {ref}", lambda: iter(api.get_image(ref, chunk_size=piece)), abandon=True,
+        )
+        while (data := await self._call(f"save {ref}", lambda: next(stream, None), abandon=True)) is not None:
+            yield data
+
+    async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
+        """``docker load`` of the archive ``pieces`` yields, streamed to dockerd; its messages."""
+        api = self._api
+        token = trio.lowlevel.current_trio_token()
+
+        def body() -> Iterator[bytes]:
+            while True:
+                try:
+                    data = trio.from_thread.run(pieces.__anext__, trio_token=token)
+                except StopAsyncIteration:
+                    return
+                yield data
+
+        def work() -> list[str]:
+            messages = []
+            for raw in api.load_image(body()):
+                if isinstance(raw, dict) and "error" in raw:
+                    raise EngineError(Reason.ENGINE_ERROR, f"docker load: {raw['error']}")
+                text = raw.get("stream") if isinstance(raw, dict) else None
+                if text:
+                    messages.append(str(text).strip())
+            return messages
+
+        return await self._call("docker load", work, abandon=True)
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove an image (not forced: one a container uses stays); one already gone is fine."""
+        api = self._api
+
+        def work() -> None:
+            try:
+                api.remove_image(ref, noprune=False)
+            except docker.errors.ImageNotFound:
+                pass
+
+        await self._call(f"remove image {ref}", work)
+
+    async def images(self, repository: str) -> list[tuple[str, str, int]]:
+        """(id, tag, size) of every local image tagged ``repository:<tag>``."""
+        api = self._api
+        found = await self._call(f"list images {repository}", lambda: api.images(name=repository))
+        rows = []
+        for image in found:
+            for tag in image.get("RepoTags") or ():
+                repo, _, name = str(tag).rpartition(":")
+                if repo == repository:
+                    rows.append((str(image.get("Id", "")), name, int(image.get("Size") or 0)))
+        return rows
 
 
 async def inspect_engine(base_url: str | None = None, *, timeout: float = 5.0) -> EngineInfo:

@@ -73,11 +73,22 @@ class EngineError(ExecutorError):
     """dockerd refused, failed or is unreachable."""
 
 
-class ImageUnavailable(EngineError):
-    """The image is not present locally and could not be pulled."""
+class PullFailure(StrEnum):
+    """Why a pull failed, as far as dockerd's answer tells (the start of a failed pull's detail)."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(Reason.IMAGE_UNAVAILABLE, detail)
+    NOT_FOUND = "not found"  # the registry answered: no such repository, tag or manifest
+    UNAUTHORIZED = "unauthorized"  # the registry wants credentials this dockerd does not have
+    UNREACHABLE = "registry unreachable"  # no connection (refused, no route, DNS, TLS)
+    TIMEOUT = "timeout"  # no answer within the pull timeout
+    OTHER = "failed"
+
+
+class ImageUnavailable(EngineError):
+    """The image is not present locally and could not be pulled (``why`` says how the pull failed)."""
+
+    def __init__(self, detail: str, why: PullFailure | None = None) -> None:
+        super().__init__(Reason.IMAGE_UNAVAILABLE, f"{why.value}: {detail}" if why else detail)
+        self.why = why
 
 
 class UnknownTask(ExecutorError):

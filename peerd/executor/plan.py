@@ -80,7 +80,7 @@ def plan_container(
     }
     return ContainerPlan(
         name=container_name(node_id, spec.task_id),
-        image=spec.image,
+        image=spec.image_id or spec.image,  # a carried image: by its id, nothing else
         command=list(spec.command) or None,
         environment=environment,
         user=spec.user,
@@ -95,7 +95,7 @@ def plan_holder(spec: RunSpec, *, node_id: str, limits: Limits = Limits()) -> Co
     one's and the job joins it (``network_of``). It sleeps, with every isolation default."""
     return ContainerPlan(
         name=holder_name(node_id, spec.task_id),
-        image=spec.image,
+        image=spec.image_id or spec.image,  # the holder runs the job's own image, by id when carried
         command=None,
         environment={"NVIDIA_VISIBLE_DEVICES": NO_GPUS},
         user=NOBODY,

@@ -18,6 +18,7 @@ from peerd.executor.errors import PolicyError, Reason
 @dataclass(frozen=True)
 class ProviderPolicy:
     allowed_images: tuple[str, ...] = ("*",)  # fnmatch globs over the image reference
+    image_ids: tuple[str, ...] = ()  # digest pinning: the image ids jobs may use; () = any
     max_time_limit: float = 24 * 3600.0  # seconds
     allow_network: bool = False  # may a job that asks for network get the default bridge?
     max_cpus: float | None = None  # per job; None = no policy limit (capacity still applies)
@@ -44,6 +45,16 @@ def _image(policy: ProviderPolicy, spec: RunSpec, _gpu: bool) -> str | None:
     if any(fnmatchcase(spec.image, pattern) for pattern in policy.allowed_images):
         return None
     return f"image {spec.image!r} matches none of {list(policy.allowed_images)}"
+
+
+def _pinned(policy: ProviderPolicy, spec: RunSpec, _gpu: bool) -> str | None:
+    if not policy.image_ids:
+        return None
+    if not spec.image_id:
+        return f"image {spec.image!r} has no id known before it runs; this provider pins image ids"
+    if spec.image_id in policy.image_ids:
+        return None
+    return f"image id {spec.image_id} is not one of the {len(policy.image_ids)} pinned here"
 
 
 def _time(policy: ProviderPolicy, spec: RunSpec, _gpu: bool) -> str | None:
@@ -82,6 +93,7 @@ def _gpu_runtime(_policy: ProviderPolicy, spec: RunSpec, gpu_runtime: bool) -> s
 _RULES: tuple[tuple[Reason, Rule], ...] = (
     (Reason.NO_GPU_RUNTIME, _gpu_runtime),
     (Reason.IMAGE_NOT_ALLOWED, _image),
+    (Reason.IMAGE_NOT_ALLOWED, _pinned),
     (Reason.TIME_LIMIT_TOO_LONG, _time),
     (Reason.NETWORK_NOT_ALLOWED, _network),
     (Reason.CPUS_OVER_LIMIT, _cpus),

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import trio
 
+from peerd.data.imagedata import ImageError, ProviderImages
 from peerd.data.jobdata import ProviderData, StagingFailed
-from peerd.executor.contract import Executor, RunSpec
+from peerd.executor.contract import Executor, PullProgress, RunSpec
 from peerd.executor.errors import ExecutorError
 from peerd.executor.gpus import CapacityLedger
 from peerd.jobs.leasedjob import LeasedJob, failed_result, result_from_outcome
@@ -26,6 +27,37 @@ from protocol.messages import Lease, LeaseTerms, Receipt, ReceiptTerms, Result, 
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
+
+
+class PullLines:
+    """A registry pull's progress as lines in the job's stderr (``peerd logs -f``) and the daemon's log:
+    when a layer completes, and at most once a second in between."""
+
+    def __init__(self, job: LeasedJob, image: str, clock: Callable[[], float], every: float = 1.0) -> None:
+        self.job, self.image, self.clock, self.every = job, image, clock, every
+        self.layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes so far, total)
+        self.done: set[str] = set()
+        self.last = 0.0
+
+    def __call__(self, event: PullProgress) -> None:
+        if event.layer is None:
+            return
+        if event.status == "Downloading" and event.total:
+            self.layers[event.layer] = (event.current or 0, event.total)
+        finished = event.status in ("Download complete", "Already exists")
+        if finished:
+            self.done.add(event.layer)
+            _, total = self.layers.get(event.layer, (0, 0))
+            self.layers[event.layer] = (total, total)
+        now = self.clock()
+        if finished or now - self.last >= self.every:
+            self.last = now
+            current = sum(c for c, _ in self.layers.values())
+            total = sum(t for _, t in self.layers.values())
+            line = (f"pulling {self.image}: {len(self.done)} layer(s) done, "
+                    f"{current / 1e6:.1f} of {total / 1e6:.1f} MB")
+            log.info("job %s: %s", self.job.task_id, line)
+            self.job.add_output("stderr", f"[peerd] {line}\n".encode())
 
 
 class JobRunner:
@@ -40,6 +72,7 @@ class JobRunner:
         log_limit: int,
         on_overhead: Callable[[float], None] | None = None,
         data: ProviderData | None = None,
+        images: ProviderImages | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.signer = signer
@@ -51,6 +84,7 @@ class JobRunner:
         self.clock = clock
         self.on_overhead = on_overhead  # seconds the executor added around a job (start + teardown)
         self.data = data  # job data (inputs staged before the run, outputs kept); None: no chunk store
+        self.images = images  # images carried by requesters (peerd.data.imagedata); None: none taken
         self.jobs: dict[str, LeasedJob] = {}
         self._staging: dict[str, trio.CancelScope] = {}  # jobs staging their inputs: cancel() ends it
         self._nursery: trio.Nursery | None = None
@@ -129,11 +163,15 @@ class JobRunner:
         began = self.clock()
         job.staging = True
         job.wake()
+        staged = spec
         try:
             with trio.CancelScope() as scope:
                 self._staging[job.task_id] = scope
-                staged = await self.data.stage(job.terms, spec)
-        except StagingFailed as exc:
+                if job.terms.spec.image_content is not None:
+                    await self._stage_image(job)
+                if job.terms.spec.inputs:
+                    staged = await self.data.stage(job.terms, spec)
+        except (StagingFailed, ImageError) as exc:
             log.warning("inputs of %s not staged: %s", job.task_id, exc)
             return failed_result(job.task_id, TaskState.FAILED, f"staging: {exc}")
         finally:
@@ -146,8 +184,26 @@ class JobRunner:
             return failed_result(job.task_id, state, "stopped while staging the inputs")
         return staged
 
+    async def _stage_image(self, job: LeasedJob) -> None:
+        """The leased image, carried by the requester, loaded here (``peerd.data.imagedata``)."""
+        if self.images is None:
+            raise ImageError("this provider takes no images carried by the requester")
+        moved = await self.images.ensure(job.terms)
+        log.info("image of %s ready (%d bytes fetched)", job.task_id, moved)
+
     async def _execute(self, job: LeasedJob, spec: RunSpec | None) -> Result:
-        if spec is not None and job.terms.spec.inputs and self.data is not None:
+        content = job.terms.spec.image_content
+        if content is not None and self.images is not None and spec is not None:
+            self.images.use(content.id)
+        try:
+            return await self._execute_staged(job, spec)
+        finally:
+            if content is not None and self.images is not None and spec is not None:
+                self.images.done(content.id)
+
+    async def _execute_staged(self, job: LeasedJob, spec: RunSpec | None) -> Result:
+        needs_staging = job.terms.spec.inputs or job.terms.spec.image_content is not None
+        if spec is not None and needs_staging and self.data is not None:
             staged = await self._stage(job, spec)
             if isinstance(staged, Result):
                 return staged
@@ -155,7 +211,7 @@ class JobRunner:
         launched = self.clock()
         if spec is not None:
             try:
-                await self.executor.start(spec)
+                await self.executor.start(spec, on_pull=PullLines(job, spec.image, self.clock))
             except ExecutorError as exc:
                 log.warning("job %s failed to start: %s", job.task_id, exc)
                 return failed_result(job.task_id, TaskState.FAILED, f"{exc.reason.value}: {exc.detail}")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import trio
 
+from peerd.errors import PeerdError
 from peerd.executor.contract import OverlaySpec, RunSpec
 from peerd.executor.errors import ExecutorError, Reason
 from peerd.executor.gpus import CapacityLedger
@@ -200,7 +201,11 @@ class Provider:
 
     async def _admit_inputs(self, request: TaskRequest) -> None:
         """Job data (``peerd.data.jobdata``): mountable destinations, and room for the declared bytes."""
+        """Job data (``peerd.data.jobdata``, ``peerd.data.imagedata``): a carried image welcome here, mountable
+        destinations, and room for the declared bytes."""
         data = self.runner.data
+        if request.spec.image_content is not None:
+            await self._admit_image(request)
         if not request.spec.inputs:
             return
         if data is None:
@@ -212,6 +217,28 @@ class Provider:
         detail = await data.room_refusal(request.spec)
         if detail is not None:
             raise Refusal(RejectCode.INPUTS_TOO_LARGE, detail)
+
+    async def _admit_image(self, request: TaskRequest) -> None:
+        """A carried image: taken here at all, and room for it (least recently used images make way)."""
+        images, data, content = self.runner.images, self.runner.data, request.spec.image_content
+        assert content is not None
+        if images is None or data is None:
+            raise Refusal(RejectCode.IMAGE_NOT_ALLOWED, "this provider takes no images carried by the requester")
+        refusal = images.refusal(content)
+        if refusal is not None:
+            raise Refusal(RejectCode.IMAGE_NOT_ALLOWED, refusal)
+        try:
+            if await images.present(content.id):
+                return
+            need = request.spec.data_size
+            if await data.room() < need:
+                await images.collect(need)
+            room = await data.room()
+        except (ExecutorError, PeerdError) as exc:
+            raise Refusal(RejectCode.IMAGE_UNAVAILABLE, f"cannot take the image here now: {exc}") from exc
+        if room < need:
+            raise Refusal(RejectCode.INPUTS_TOO_LARGE,
+                          f"an image and inputs of {need} bytes; room for {room} bytes of job data here")
 
     def price(self, request: TaskRequest) -> float:
         # The same rule as market.price_for applies to our own advert.
@@ -231,6 +258,7 @@ class Provider:
             gpus=gpus,
             network=spec.network,
             timeout=spec.timeout,
+            image_id=spec.image_content.id if spec.image_content else "",
         )
 
     def _quote(self, request: TaskRequest, now: float) -> tuple[str, ...]:

@@ -90,4 +90,5 @@ def build_advert(
         max_timeout=config.policy.max_timeout,
         gang=config.gang.enabled,
         draining=draining,
+        images=config.images.receive and host.docker,
     )

@@ -37,6 +37,7 @@ class Misfit(enum.StrEnum):
     TIMEOUT = "timeout"
     NETWORK = "network"
     GANG = "gang"
+    IMAGES = "images"  # the job carries its image; this provider takes none
     PRICE = "price"
 
 
@@ -69,6 +70,7 @@ _CHECKS: tuple[tuple[Misfit, Callable[[JobSpec, Advert], bool]], ...] = (
     (Misfit.TIMEOUT, lambda s, a: s.timeout <= a.max_timeout),
     (Misfit.NETWORK, lambda s, a: not s.network or a.network),
     (Misfit.GANG, lambda s, a: s.nodes == 1 or a.gang),
+    (Misfit.IMAGES, lambda s, a: s.image_content is None or a.images),
     (Misfit.PRICE, lambda s, a: price_for(s, a) <= s.max_price),
 )
 

@@ -21,6 +21,7 @@ from peerd.daemon.wiring import (
     data_settings_from,
     executor_from,
     gang_settings_from,
+    image_settings_from,
     p2p_from,
     provider_settings_from,
     pruner_from,
@@ -57,6 +58,7 @@ cpu_hour = 0.25
 gpu_hour = 2.5
 [policy]
 images = ["docker.io/library/*"]
+image_ids = ["sha256:abababababababababababababababababababababababababababababababab"]
 max_timeout = "2h"
 allow_network = true
 max_cpus = 2
@@ -105,6 +107,8 @@ interval = "30s"
 [storage]
 blob_quota = "3G"
 output_retention = "2h"
+[images]
+receive = false
 '''
 
 GPU = GpuInfo(index=0, uuid="GPU-1", name="T4", memory_total=16 << 30, memory_free=16 << 30,
@@ -158,6 +162,8 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "pricing.cpu_hour": lambda b: b.provider.price_cpu_hour,
     "pricing.gpu_hour": lambda b: b.provider.price_gpu_hour,
     "policy.images": lambda b: (b.executor.policy.allowed_images, b.provider.policy.allowed_images),
+    "policy.image_ids": lambda b: (b.executor.policy.image_ids, b.provider.policy.image_ids),
+    "images.receive": lambda b: image_settings_from(b.config).receive,  # ProviderImages in Node._start_provider
     "policy.max_timeout": lambda b: (b.executor.policy.max_time_limit, b.provider.policy.max_time_limit),
     "policy.allow_network": lambda b: (b.executor.policy.allow_network, b.provider.policy.allow_network),
     "policy.max_cpus": lambda b: (b.executor.policy.max_cpus, b.provider.policy.max_cpus),

@@ -8,7 +8,7 @@ import pytest
 
 from peerd.market import rules as market
 from peerd.market.rules import Misfit
-from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
+from protocol.messages import Advert, GpuOffer, ImageContent, JobSpec, NodeRole
 
 GIB = 1 << 30
 
@@ -27,6 +27,13 @@ def advert(peer_id: str = "P1", **changes: object) -> Advert:
         docker=True, gpu_runtime=True, network=False, max_timeout=3600.0, draining=False,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+CARRIED = ImageContent(id="sha256:" + "1" * 64, manifest="sha256:" + "2" * 64, size=1 << 20)
+
+
+def test_a_provider_that_takes_images_fits_a_job_that_carries_one() -> None:
+    assert market.misfit(spec(image_content=CARRIED), advert(images=True)) is None
 
 
 def spec(**changes: object) -> JobSpec:
@@ -54,6 +61,7 @@ def test_price_is_cpus_times_cpu_price_plus_gpus_times_gpu_price() -> None:
         (spec(gpus=2, gpu_memory=40 * GIB), advert(), Misfit.GPUS),
         (spec(timeout=7200.0), advert(), Misfit.TIMEOUT),
         (spec(network=True), advert(), Misfit.NETWORK),
+        (spec(image_content=CARRIED), advert(images=False), Misfit.IMAGES),
         (spec(cpus=4.0, max_price=0.039), advert(), Misfit.PRICE),
     ],
 )

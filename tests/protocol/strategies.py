@@ -62,7 +62,7 @@ def adverts(draw: st.DrawFn) -> m.Advert:
         price_cpu_hour=draw(prices), price_gpu_hour=draw(prices), docker=draw(st.booleans()),
         gpu_runtime=draw(st.booleans()), network=draw(st.booleans()),
         max_timeout=draw(floats(0, MAX_TIMEOUT)), draining=draw(st.booleans()),
-        gang=draw(st.booleans()),
+        gang=draw(st.booleans()), images=draw(st.booleans()),
     )
 
 
@@ -100,6 +100,13 @@ def rosters(draw: st.DrawFn, size: int | None = None) -> tuple[m.RosterMember, .
 roster_members = st.builds(m.RosterMember, rank=st.integers(0, m.MAX_NODES - 1), peer=text(128, 1),
                            public_key=wg_keys, endpoint=endpoints)
 
+image_contents = st.builds(
+    m.ImageContent,
+    id=st.binary(min_size=32, max_size=32).map(lambda d: "sha256:" + d.hex()),
+    manifest=st.binary(min_size=32, max_size=32).map(lambda d: "sha256:" + d.hex()),
+    size=st.integers(0, 1 << 40),
+)
+
 job_specs = st.builds(
     m.JobSpec,
     image=text(256, 1),
@@ -115,6 +122,7 @@ job_specs = st.builds(
     max_price=prices,
     inputs=st.lists(input_refs, max_size=2, unique_by=lambda r: r.dest.split("/")[1]).map(tuple),
     nodes=st.just(1) | st.integers(2, 4),
+    image_content=st.none() | image_contents,
 )
 
 gpu_uuids = st.lists(text(64, 1), max_size=4).map(tuple)

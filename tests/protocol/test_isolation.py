@@ -18,7 +18,7 @@ FORBIDDEN_MODULES = ["trio", "libp2p", "docker", "pynvml", "sqlite3", "socket", 
 ALLOWED_IMPORTS = {
     "__future__", "base64", "binascii", "collections", "dataclasses", "enum", "hashlib", "math", "re", "struct",
     "types", "typing",
-    "msgpack", "cryptography",
+    "msgpack", "cryptography", "json",
 }
 
 

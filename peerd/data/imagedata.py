@@ -1,0 +1,517 @@
+"""Images as job data: a requester's image carried to a provider, layer by layer.
+
+Requester (``export_image``): ``docker save`` streams from the requester's
+dockerd; each file of the archive is cut into chunks as it streams by (hashed,
+pinned, stored: nothing is held whole in memory), and at the end the archive's
+``manifest.json`` says which file is the config and which are the layers. The
+image becomes a manifest of ``config.json`` and ``layers/NNNN.tar``
+(``protocol.imagelayout``), so identical layers are identical chunks across
+images; its id, the config's digest, goes into ``JobSpec.image_content``, which
+the lease binds. The export is pinned under ``image:<hex>`` and reused by the
+next job with the same image (nothing is exported twice).
+
+Provider (``ProviderImages``): ``refusal`` at admission (receiving turned off,
+no room) happens before any byte moves, as does the policy, which sees the
+image id (``RunSpec.image_id``). ``ensure`` runs after the lease, before the
+container: an image already here under that id is used as is; otherwise the
+manifest comes first, then the config, which must hash to the lease's id and
+list as many layers as the manifest (else the job fails with
+``image_mismatch`` before a layer moves), then the missing layer chunks. A
+``docker save`` archive is streamed from the chunk store into ``docker load``
+(tagged ``peerd-received:<hex>``, never under the requester's name, so a
+received image can never stand in for a local one), and dockerd must then
+report the lease's id. The chunks stay pinned under ``image:<hex>`` (they count
+against the chunk store's quota; a later image sharing layers fetches only the
+others); ``collect`` removes received images least recently used first, never
+one a running job uses, until the room asked for is free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from peerd.data.blobstore import BlobStoreError, BlockingChunkStore, ChunkStore, VerifiedChunk
+from peerd.data.jobdata import load_manifest, parse_digest
+from peerd.data.transfer import OpenStream, TransferError, fetch
+from peerd.errors import PeerdError
+from peerd.executor.errors import ExecutorError
+from peerd.jobs.taskwire import single_error
+from protocol.errors import ProtocolError
+from protocol.imagelayout import (
+    CONFIG_PATH,
+    ImageLayoutError,
+    check_config,
+    check_layout,
+    image_id_of,
+    layer_path,
+    load_manifest_json,
+)
+from protocol.manifest import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, encode_manifest, manifest_id
+from protocol.messages import ImageContent, JobSpec, LeaseTerms
+
+log = logging.getLogger(__name__)
+
+RECEIVED_REPOSITORY = "peerd-received"
+_BLOCK = 512
+
+
+class ImageError(PeerdError):
+    """An image cannot be exported, received or loaded; says why."""
+
+
+class ImageMismatch(ImageError):
+    """The image content is not the image the lease names."""
+
+
+class ImageEngine(Protocol):
+    """What this module needs of a dockerd (``peerd.executor.engine.Engine`` fits)."""
+
+    async def image_id(self, ref: str) -> str | None: ...
+
+    async def repo_digests(self, ref: str) -> tuple[str, ...]: ...
+
+    def save(self, ref: str, *, piece: int = ...) -> AsyncIterator[bytes]: ...
+
+    async def load(self, pieces: AsyncIterator[bytes]) -> list[str]: ...
+
+    async def remove_image(self, ref: str) -> None: ...
+
+    async def images(self, repository: str) -> list[tuple[str, str, int]]: ...
+
+
+def pin_key(image_id: str) -> str:
+    """The chunk store owner of an image's chunks: ``image:<hex>``."""
+    return "image:" + image_id.removeprefix("sha256:")
+
+
+def _index_key(image_id: str) -> str:
+    """The owner that pins only an exported image's manifest (to find it again)."""
+    return "image-manifest:" + image_id.removeprefix("sha256:")
+
+
+# ---------------------------------------------------------------- reading a tar stream
+class _Stream:
+    """Exact reads from an async iterator of byte pieces."""
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+        self._buffer = bytearray()
+
+    async def read(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            try:
+                self._buffer += await self._pieces.__anext__()
+            except StopAsyncIteration:
+                raise ImageError("docker save ended in the middle of the archive") from None
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+AHEAD = 16  # pieces read ahead of their consumer (at most this many MiB in memory)
+
+
+def _ahead(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHEAD) -> trio.MemoryReceiveChannel[bytes]:
+    """``source``'s pieces, read up to ``depth`` ahead by a task in ``nursery`` (its errors end the nursery)."""
+    send, receive = trio.open_memory_channel[bytes](depth)
+
+    async def pump() -> None:
+        async with send:
+            async for piece in source:
+                await send.send(piece)
+
+    nursery.start_soon(pump)
+    return receive
+
+
+def _header_field(block: bytes, start: int, length: int) -> str:
+    return block[start:start + length].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _header_size(block: bytes) -> int:
+    raw = block[124:136]
+    if raw[0] & 0x80:  # base-256 (GNU) for large files
+        return int.from_bytes(raw[1:], "big")
+    text = raw.split(b"\0", 1)[0].strip() or b"0"
+    return int(text, 8)
+
+
+def _pax_path(data: bytes) -> str | None:
+    for line in data.split(b"\n"):
+        _, _, record = line.partition(b" ")
+        key, eq, value = record.partition(b"=")
+        if eq and key == b"path":
+            return value.decode("utf-8", "replace")
+    return None
+
+
+@dataclass
+class _Export:
+    """What the export has seen of the archive so far."""
+
+    files: dict[str, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    index: bytes = b""  # manifest.json
+
+
+BATCH = 8  # chunks hashed, pinned (one transaction) and stored in one worker-thread hop
+
+
+def _store_batch(owner: str, pieces: list[bytes], files: BlockingChunkStore) -> list[bytes]:
+    digests = [hashlib.sha256(piece).digest() for piece in pieces]
+    files.pin(owner, digests)  # before put: a put that makes room cannot take them
+    for digest, piece in zip(digests, pieces, strict=True):
+        files.put_verified(VerifiedChunk(digest, piece))
+    return digests
+
+
+async def _store_member(stream: _Stream, size: int, chunks: ChunkStore, owner: str, chunk_size: int,
+                        ) -> tuple[bytes, ...]:
+    """A member's bytes as chunks in the store, at most ``BATCH`` chunks in memory at a time."""
+    digests: list[bytes] = []
+    left = size
+    while left:
+        batch: list[bytes] = []
+        while left and len(batch) < BATCH:
+            data = await stream.read(min(chunk_size, left))
+            left -= len(data)
+            batch.append(data)
+        digests += await chunks.run_blocking(partial(_store_batch, owner, batch))
+    return tuple(digests)
+
+
+async def _read_archive(pieces: AsyncIterator[bytes], chunks: ChunkStore, owner: str, chunk_size: int) -> _Export:
+    stream = _Stream(pieces)
+    seen = _Export()
+    long_name: str | None = None
+    while True:
+        block = await stream.read(_BLOCK)
+        if block == bytes(_BLOCK):
+            return seen
+        name = _header_field(block, 0, 100)
+        prefix = _header_field(block, 345, 155) if block[257:262] == b"ustar" else ""
+        name = long_name or (f"{prefix}/{name}" if prefix else name)
+        long_name = None
+        kind, size = block[156:157], _header_size(block)
+        padded = -(-size // _BLOCK) * _BLOCK
+        if kind in (b"x", b"L"):
+            data = (await stream.read(padded))[:size]
+            long_name = _pax_path(data) if kind == b"x" else data.split(b"\0", 1)[0].decode("utf-8", "replace")
+            continue
+        name = name.removeprefix("./")
+        if kind in (b"0", b"\0", b"7"):
+            if name == "manifest.json":
+                seen.index = (await stream.read(padded))[:size]
+                continue
+            seen.files[name] = (size, await _store_member(stream, size, chunks, owner, chunk_size))
+            await stream.read(padded - size)
+        elif kind in (b"1", b"2"):
+            target = _header_field(block, 157, 100)
+            base = name.rpartition("/")[0] if kind == b"2" else ""
+            seen.links[name] = os.path.normpath(os.path.join(base, target)) if base else target
+            await stream.read(padded)
+        else:
+            await stream.read(padded)
+
+
+def _resolve(seen: _Export, name: str) -> tuple[int, tuple[bytes, ...]]:
+    for _ in range(8):
+        if name in seen.files:
+            return seen.files[name]
+        if name not in seen.links:
+            break
+        name = seen.links[name]
+    raise ImageError(f"docker save listed {name!r} but the archive does not hold it")
+
+
+def _image_manifest(seen: _Export, chunk_size: int) -> Manifest:
+    try:
+        entries = json.loads(seen.index)
+        entry = entries[0]
+        config_name, layer_names = str(entry["Config"]), [str(n) for n in entry["Layers"]]
+    except (ValueError, LookupError, TypeError) as exc:
+        raise ImageError(f"docker save wrote no usable manifest.json: {exc}") from exc
+    size, digests = _resolve(seen, config_name)
+    files = [FileEntry(CONFIG_PATH, 0o644, size, digests)]
+    for i, name in enumerate(layer_names):
+        size, digests = _resolve(seen, name)
+        files.append(FileEntry(layer_path(i), 0o644, size, digests))
+    try:
+        return Manifest(chunk_size, tuple(files))
+    except ProtocolError as exc:
+        raise ImageError(f"the image cannot be described as job data: {exc}") from exc
+
+
+async def _read_file(chunks: ChunkStore, entry: FileEntry) -> bytes:
+    parts = []
+    for digest in entry.chunks:
+        data = await chunks.get(digest)
+        if data is None:
+            raise ImageError(f"a chunk of {entry.path} is missing from the chunk store")
+        parts.append(data)
+    return b"".join(parts)
+
+
+async def export_image(
+    engine: ImageEngine, ref: str, chunks: ChunkStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[ImageContent, Manifest]:
+    """Store the image ``ref`` names (in the requester's dockerd) as job data, pinned under ``image:<hex>``."""
+    try:
+        image = await engine.image_id(ref)
+        if image is None:
+            raise ImageError(f"image {ref!r} is not in this node's dockerd")
+        owner = pin_key(image)
+        cached = await _cached(chunks, image)
+        if cached is not None:
+            return cached
+        try:
+            async with trio.open_nursery() as nursery:  # dockerd streams the next pieces while we store these
+                seen = await _read_archive(_ahead(nursery, engine.save(ref)), chunks, owner, chunk_size)
+                nursery.cancel_scope.cancel()  # whatever follows the archive's end
+        except BaseExceptionGroup as group:
+            raise single_error(group, (PeerdError,)) from None
+    except ExecutorError as exc:
+        raise ImageError(f"cannot export image {ref!r}: {exc}") from exc
+    manifest = _image_manifest(seen, chunk_size)
+    config = await _read_file(chunks, manifest.files[0])
+    if image_id_of(config) != image:
+        raise ImageError(f"docker save of {ref!r} gave config {image_id_of(config)}, not {image}")
+    data = encode_manifest(manifest)
+    mid = manifest_id(data)
+    await chunks.pin(owner, [mid])
+    await chunks.put(mid, data)
+    await chunks.keep_only(owner, [mid, *manifest.digests()])  # the archive's other files go
+    await chunks.keep_only(_index_key(image), [mid])
+    size = sum(entry.size for entry in manifest.files)
+    log.info("exported image %s (%s): %d layers, %d bytes", ref, image[:19], len(manifest.files) - 1, size)
+    return ImageContent(id=image, manifest="sha256:" + mid.hex(), size=size), manifest
+
+
+async def _cached(chunks: ChunkStore, image: str) -> tuple[ImageContent, Manifest] | None:
+    """An earlier export of this image, if the store still holds all of it."""
+    for mid in await chunks.pinned(_index_key(image)):
+        try:
+            manifest = await load_manifest(chunks, mid)
+            check_layout(manifest)
+        except (PeerdError, ProtocolError):
+            return None
+        if await chunks.missing(manifest.digests()):
+            return None
+        size = sum(entry.size for entry in manifest.files)
+        return ImageContent(id=image, manifest="sha256:" + mid.hex(), size=size), manifest
+    return None
+
+
+async def pin_for_task(chunks: ChunkStore, task_id: str, content: ImageContent) -> None:
+    """Pin an exported image's manifest and chunks for ``task_id`` (so its provider may fetch them)."""
+    mid = parse_digest(content.manifest)
+    assert mid is not None  # ImageContent checked it
+    manifest = await load_manifest(chunks, mid)
+    await chunks.pin(task_id, [mid, *manifest.digests()])
+
+
+# ---------------------------------------------------------------- the provider
+@dataclass(frozen=True)
+class ImageSettings:
+    receive: bool = True  # accept images carried as job data
+    marks_dir: Path = Path("images")  # <home>/images: one file per received image, its mtime the last use
+    io_timeout: float = 30.0
+
+
+async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str) -> AsyncIterator[bytes]:
+    """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams."""
+    layers = len(manifest.files) - 1
+
+    def header(name: str, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+    def pad(size: int) -> bytes:
+        return bytes(-size % _BLOCK)
+
+    index = load_manifest_json(layers, tag)
+    yield header("manifest.json", len(index)) + index + pad(len(index))
+    for entry in manifest.files:
+        yield header(entry.path, entry.size)
+        for digest in entry.chunks:
+            data = await chunks.get(digest)
+            if data is None:
+                raise ImageError(f"a chunk of {entry.path} left the chunk store while loading")
+            yield data
+        yield pad(entry.size)
+    yield bytes(2 * _BLOCK)
+
+
+class ProviderImages:
+    """The provider's side of carried images (see the module docstring)."""
+
+    def __init__(
+        self, engine: Callable[[], ImageEngine], chunks: ChunkStore, open_stream: OpenStream,
+        settings: ImageSettings, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self.chunks = chunks
+        self.open_stream = open_stream
+        self.settings = settings
+        self.clock = clock
+        self.bytes_fetched = 0  # image chunk bytes moved over the network
+        self.loaded = 0
+        self.in_use: dict[str, int] = {}  # image id -> jobs using it now
+
+    def refusal(self, content: ImageContent | None) -> str | None:
+        """Admission: why this node does not take a carried image, or None."""
+        if content is not None and not self.settings.receive:
+            return "this provider does not accept images carried by the requester ([images] receive = false)"
+        return None
+
+    async def present(self, image_id: str) -> bool:
+        return await self._engine().image_id(image_id) == image_id
+
+    def _mark(self, image_id: str) -> Path:
+        return self.settings.marks_dir / image_id.removeprefix("sha256:")
+
+    async def _touch(self, image_id: str) -> None:
+        mark = trio.Path(self._mark(image_id))
+        await mark.parent.mkdir(parents=True, exist_ok=True)
+        await mark.touch()
+        now = self.clock()
+        await trio.to_thread.run_sync(os.utime, self._mark(image_id), (now, now))
+
+    async def ensure(self, terms: LeaseTerms) -> int:
+        """Make the leased image present here (ImageError if not); the bytes fetched for it."""
+        content = terms.spec.image_content
+        assert content is not None
+        mid = parse_digest(content.manifest)
+        assert mid is not None
+        try:
+            if await self.present(content.id):
+                await self._touch(content.id)
+                return 0
+            moved = await self._receive(terms, content, mid)
+        except (TransferError, BlobStoreError, ExecutorError, OSError) as exc:
+            raise ImageError(f"image {content.id[:19]}: {exc}") from exc
+        except ImageLayoutError as exc:
+            raise ImageMismatch(f"image {content.id[:19]}: {exc}") from exc
+        self.bytes_fetched += moved
+        return moved
+
+    def use(self, image_id: str) -> None:
+        """A job that uses ``image_id`` starts: it cannot be collected until ``done``."""
+        self.in_use[image_id] = self.in_use.get(image_id, 0) + 1
+
+    def done(self, image_id: str) -> None:
+        """A job that used ``image_id`` ended."""
+        left = self.in_use.get(image_id, 0) - 1
+        if left > 0:
+            self.in_use[image_id] = left
+        else:
+            self.in_use.pop(image_id, None)
+
+    async def _receive(self, terms: LeaseTerms, content: ImageContent, mid: bytes) -> int:
+        task, peer, timeout = terms.task_id, terms.requester, self.settings.io_timeout
+        first = await fetch(self.open_stream, [peer], task, [mid], self.chunks, timeout=timeout)
+        manifest = await load_manifest(self.chunks, mid)
+        layers = check_layout(manifest)
+        total = sum(entry.size for entry in manifest.files)
+        if total != content.size:
+            raise ImageLayoutError(f"{total} bytes of image, the lease says {content.size}", code="image_mismatch")
+        config = manifest.files[0]
+        head = await fetch(self.open_stream, [peer], task, list(config.chunks), self.chunks, timeout=timeout)
+        check_config(await _read_file(self.chunks, config), content.id, layers)  # before any layer moves
+        rest = await fetch(self.open_stream, [peer], task, manifest.digests(), self.chunks, timeout=timeout)
+        await self.chunks.pin(pin_key(content.id), [mid, *manifest.digests()])
+        tag = f"{RECEIVED_REPOSITORY}:{content.id.removeprefix('sha256:')}"
+        engine = self._engine()
+        try:
+            async with trio.open_nursery() as nursery:  # the next chunks are read while dockerd takes these
+                await engine.load(_ahead(nursery, _archive(manifest, self.chunks, tag)))
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise single_error(group, (PeerdError,)) from None
+        loaded = await engine.image_id(tag)
+        if loaded != content.id:
+            await engine.remove_image(tag)
+            raise ImageMismatch(f"docker load gave image {loaded}, the lease names {content.id}")
+        await self._touch(content.id)
+        self.loaded += 1
+        log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers,
+                 first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes)
+        return first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes
+
+    async def received(self) -> list[tuple[float, str, int]]:
+        """(last use, image id, bytes of its chunks) of every received image, least recently used first."""
+        rows = []
+        for image_id, _tag, _size in await self._engine().images(RECEIVED_REPOSITORY):
+            try:
+                used = (await trio.Path(self._mark(image_id)).stat()).st_mtime
+            except OSError:
+                used = 0.0
+            pinned = await self.chunks.pinned(pin_key(image_id))
+            rows.append((used, image_id, len(pinned)))
+        return sorted(rows)
+
+    async def collect(self, need: int, *, keep: Collection[str] = ()) -> list[str]:
+        """Remove received images, least recently used first and none in use, until the chunk store
+        has ``need`` bytes of room (or none is left to remove); the removed ids."""
+        removed = []
+        for _used, image_id, _count in await self.received():
+            room = await self.chunks.room()
+            if room is None or room >= need:
+                break
+            if image_id in self.in_use or image_id in keep:
+                continue
+            await self._engine().remove_image(f"{RECEIVED_REPOSITORY}:{image_id.removeprefix('sha256:')}")
+            await self.chunks.release(pin_key(image_id))
+            await self.chunks.gc()
+            await trio.Path(self._mark(image_id)).unlink(missing_ok=True)
+            removed.append(image_id)
+            log.info("removed received image %s (least recently used) to make room", image_id[:19])
+        return removed
+
+
+# ---------------------------------------------------------------- the requester
+EngineSource = Callable[[], Awaitable[ImageEngine]]
+
+
+class RequesterImages:
+    """The requester's side: which jobs carry their image, and exporting it (once per image)."""
+
+    def __init__(self, engine: EngineSource, chunks: ChunkStore) -> None:
+        self._engine = engine
+        self.chunks = chunks
+        self.exported = 0  # images exported from dockerd (not counting reuse)
+
+    async def should_carry(self, ref: str) -> bool:
+        """Carry ``ref`` unasked when this node's dockerd holds it and no registry does (it was built
+        or loaded here: no provider can pull it). False when this node has no dockerd to ask."""
+        try:
+            engine = await self._engine()
+            return await engine.image_id(ref) is not None and not await engine.repo_digests(ref)
+        except ExecutorError:
+            return False
+
+    async def carry(self, task_id: str, spec: JobSpec) -> JobSpec:
+        """``spec`` with its image as job data, pinned for ``task_id`` (ImageError if it cannot be)."""
+        try:
+            engine = await self._engine()
+        except ExecutorError as exc:
+            raise ImageError(f"--image-from-requester: this node's dockerd is not reachable: {exc}") from exc
+        before = await self.chunks.pinned(_index_key(await engine.image_id(spec.image) or "sha256:"))
+        content, _manifest = await export_image(engine, spec.image, self.chunks)
+        if not before:
+            self.exported += 1
+        await pin_for_task(self.chunks, task_id, content)
+        return replace(spec, image_content=content)

@@ -1,0 +1,168 @@
+"""Images as job data, in process: real dockerds (the host's, and a second, empty one), real chunk stores.
+
+The requester's ``export_image`` streams ``docker save`` into its store; the
+provider's ``ProviderImages`` fetches from it (blob streams in memory), loads
+the image into the empty engine, refuses content whose config is not the
+leased id before any layer moves, refuses a layer swapped for another (dockerd
+checks each layer against the config), and removes received images least
+recently used first, never one in use.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from peerd.data.blobstore import ChunkStore
+from peerd.data.imagedata import ImageError, ImageMismatch, ImageSettings, ProviderImages, export_image, pin_for_task
+from peerd.executor.engine import Engine
+from protocol.manifest import Manifest, encode_manifest, manifest_id
+from protocol.messages import ImageContent, JobSpec, LeaseTerms
+from tests.data.test_jobdata import PROVIDER, REQUESTER, Opener
+from tests.integration.dockerd import Built, Dockerd, build_image, second_dockerd
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def engine2() -> Iterator[Dockerd]:
+    with second_dockerd() as dockerd:
+        yield dockerd
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Built, Built]]:
+    tag, root = secrets.token_hex(4), tmp_path_factory.mktemp("ctx")
+    pair = (build_image(root / "a", f"peerd-test/imagedata-{tag}:a", 11),
+            build_image(root / "b", f"peerd-test/imagedata-{tag}:b", 12))
+    yield pair
+    subprocess.run(["docker", "rmi", "-f", *(b.ref for b in pair)], capture_output=True, check=False)
+
+
+@pytest.fixture
+async def engines(engine2: Dockerd) -> AsyncIterator[tuple[Engine, Engine]]:
+    here, there = await Engine.connect(), await Engine.connect(engine2.url)
+    yield here, there
+    here.close()
+    there.close()
+
+
+def terms_for(task_id: str, content: ImageContent) -> LeaseTerms:
+    spec = JobSpec(image="peerd-test/whatever:1", command=("true",), timeout=30.0, image_content=content)
+    return LeaseTerms(task_id=task_id, requester=REQUESTER, provider=PROVIDER, spec=spec, price=1.0, gpus=(),
+                      issued_at=time.time(), expires_at=time.time() + 90.0)
+
+
+def provider(engine: Engine, store: ChunkStore, opener: Opener, tmp_path: Path) -> ProviderImages:
+    return ProviderImages(lambda: engine, store, opener, ImageSettings(marks_dir=tmp_path / "marks"))
+
+
+async def test_an_exported_image_loads_on_an_empty_engine_with_the_same_id(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, _ = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov", 64 << 20)
+    content, manifest = await export_image(here, one.ref, theirs)
+    assert content.id == one.image_id
+    assert [f.path for f in manifest.files] == ["config.json", "layers/0000.tar", "layers/0001.tar"]
+    again, _ = await export_image(here, one.ref, theirs)  # reused, not exported again
+    assert again == content
+    await pin_for_task(theirs, "t1", content)
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        moved = await images.ensure(terms_for("t1", content))
+        assert moved >= content.size
+        assert await there.image_id(content.id) == content.id
+        assert content.id in engine2.image_ids()
+        assert await images.ensure(terms_for("t2", content)) == 0  # present: nothing moves
+        nursery.cancel_scope.cancel()
+    await theirs.close()
+    await ours.close()
+
+
+async def test_content_that_is_not_the_leased_image_is_refused_before_its_layers_move(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, two = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    lying = replace(content, id=two.image_id)  # the lease names another image than the content is
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        with pytest.raises(ImageMismatch, match="image_mismatch|lease names"):
+            await images.ensure(terms_for("t1", lying))
+        nursery.cancel_scope.cancel()
+    layers = {d for f in manifest.files[1:] for d in f.chunks}
+    assert set(await ours.missing(list(layers))) == layers  # not one layer chunk came
+    assert two.image_id not in engine2.image_ids()
+    await theirs.close()
+    await ours.close()
+
+
+async def test_a_layer_swapped_for_another_is_refused_by_the_load(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, two = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    _, other = await export_image(here, two.ref, theirs)
+    # one's config with two's top layer: same shape, every chunk genuine, the wrong content
+    swapped = Manifest(manifest.chunk_size, (*manifest.files[:2], replace(other.files[2], path="layers/0001.tar")))
+    data = encode_manifest(swapped)
+    mid = manifest_id(data)
+    await theirs.put(mid, data)
+    await theirs.pin("t1", [mid, *swapped.digests()])
+    forged = ImageContent(id=content.id, manifest="sha256:" + mid.hex(),
+                          size=sum(f.size for f in swapped.files))
+    engine2.docker("rmi", "-f", content.id)  # an earlier test may have loaded the genuine image
+    assert content.id not in engine2.image_ids()
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        with pytest.raises(ImageError, match="diff|layer"):
+            await images.ensure(terms_for("t1", forged))
+        nursery.cancel_scope.cancel()
+    assert content.id not in engine2.image_ids()
+    await theirs.close()
+    await ours.close()
+
+
+async def test_received_images_make_room_least_recently_used_first_never_one_in_use(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, two = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov", 12 << 20)
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        for i, ref in enumerate((one.ref, two.ref)):
+            content, _ = await export_image(here, ref, theirs)
+            await pin_for_task(theirs, f"t{i}", content)
+            await images.ensure(terms_for(f"t{i}", content))
+        used = [image_id for _, image_id, _ in await images.received()]
+        assert used[-2:] == [one.image_id, two.image_id]  # two was used last
+        images.use(one.image_id)  # a job runs on the older one
+        removed = await images.collect(10 << 20)
+        assert removed and one.image_id not in removed
+        assert two.image_id in removed and two.image_id not in engine2.image_ids()
+        assert one.image_id in engine2.image_ids()
+        images.done(one.image_id)
+        assert one.image_id in await images.collect(10 << 20)
+        assert one.image_id not in engine2.image_ids()
+        nursery.cancel_scope.cancel()
+    await theirs.close()
+    await ours.close()
