@@ -122,17 +122,22 @@ def batch_inputs(graph: Graph, ax: torch.Tensor, nodes: torch.Tensor) -> tuple[t
     return sub, ax.index_select(0, neighbourhood)
 
 
-def all_reduce_gradients(model: torch.nn.Module, world: int, scale: float) -> None:
-    """Sum every rank's gradients (one flat gloo all_reduce) and multiply by ``scale``."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+def all_reduce_gradients(model: torch.nn.Module, world: int, scale: float, loss: torch.Tensor) -> float:
+    """Sum every rank's gradients and losses (one flat gloo all_reduce), multiply the gradients by ``scale``;
+    returns the summed loss. A rank with no nodes in this batch contributes zeros."""
+    params = list(model.parameters())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([*(p.grad.reshape(-1) for p in params if p.grad is not None), loss.detach().reshape(1)])
     if world > 1:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat *= scale
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for p in params:
+        assert p.grad is not None
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p) * scale)
+        offset += p.numel()
+    return float(flat[-1])
 
 
 def accuracy(model: GCN, graph: Graph, ax: torch.Tensor, nodes: torch.Tensor) -> float:
@@ -207,17 +212,18 @@ def train(args: argparse.Namespace, rank: int, world: int, threads: int) -> int:
         for start in range(0, len(order), args.batch):
             batch = order[start:start + args.batch]
             mine = batch[rank::world]
-            optimizer.zero_grad()
-            adj_rows, ax_rows = batch_inputs(graph, ax, mine)
-            loss = F.cross_entropy(model(adj_rows, ax_rows), graph.labels[mine], reduction="sum")
-            loss.backward()
-            all_reduce_gradients(model, world, 1.0 / len(batch))
+            optimizer.zero_grad(set_to_none=False)
+            loss = torch.zeros(())
+            if len(mine):
+                adj_rows, ax_rows = batch_inputs(graph, ax, mine)
+                loss = F.cross_entropy(model(adj_rows, ax_rows), graph.labels[mine], reduction="sum")
+                loss.backward()
+            total_loss += all_reduce_gradients(model, world, 1.0 / len(batch), loss)
             optimizer.step()
-            total_loss += float(loss.detach())
             steps += 1
         epoch_times.append(time.perf_counter() - began)
         emit({"event": "epoch", "rank": rank, "epoch": epoch, "time_s": round(epoch_times[-1], 4),
-              "steps": steps, "loss": round(total_loss / max(1, len(order[rank::world])), 5)})
+              "steps": steps, "loss": round(total_loss / len(order), 5)})  # every rank's, the mean
     test_accuracy = accuracy(model, graph, ax, graph.test)
     result = {"event": "result", "rank": rank, "world_size": world, "epochs": args.epochs,
               "test_accuracy": round(test_accuracy, 5), "tolerance": ACCURACY_TOLERANCE,

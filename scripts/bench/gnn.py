@@ -9,7 +9,8 @@ expected: the figures say what this host does, not what N hosts would. ``--peerd
 examples/gnn/run (a local peerd network, ``peerd submit --nodes N``; needs gang jobs) and reports its figures.
 Builds the image first when it is missing (examples/gnn/build-image; minutes).
 
-    .venv/bin/python scripts/bench/gnn.py [--ranks 3] [--epochs 5] [--graph-nodes 100000] [--quick] [--peerd]
+    .venv/bin/python scripts/bench/gnn.py [--ranks 3] [--epochs 5] [--graph-nodes 100000] [--repeat 3] [--quick]
+        [--peerd]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -74,19 +76,25 @@ def docker_ranks(ranks: int, train: list[str]) -> list[dict[str, object]]:
 
 
 def plain_docker(args: argparse.Namespace, cores: int) -> None:
-    rows = []
-    for ranks in (1, args.ranks):
-        threads = max(1, cores // ranks)
-        train = ["python3", "/opt/gnn/train.py", "--epochs", str(args.epochs), "--graph-nodes",
-                 str(args.graph_nodes), "--threads", str(threads), "--out", ""]
-        results = docker_ranks(ranks, train)
-        epoch = max(float(str(r["epoch_time_s"])) for r in results)  # the slowest rank sets the pace
-        rows.append((ranks, threads, epoch, float(str(results[0]["test_accuracy"]))))
-    base = rows[0][2]
-    print("| ranks | threads per rank | epoch time (s) | speed-up vs 1 rank | test accuracy |")
-    print("|---|---|---|---|---|")
-    for ranks, threads, epoch, accuracy in rows:
-        print(f"| {ranks} | {threads} | {epoch:.3f} | {base / epoch:.2f}x | {accuracy:.4f} |")
+    """1 rank and N ranks, alternating ``--repeat`` times (other load on the host drifts): the medians."""
+    times: dict[int, list[float]] = {1: [], args.ranks: []}
+    accuracy: dict[int, float] = {}
+    for _ in range(args.repeat):
+        for ranks in times:
+            train = ["python3", "/opt/gnn/train.py", "--epochs", str(args.epochs), "--graph-nodes",
+                     str(args.graph_nodes), "--threads", str(max(1, cores // ranks)), "--out", ""]
+            results = docker_ranks(ranks, train)
+            times[ranks].append(max(float(str(r["epoch_time_s"])) for r in results))  # the slowest rank
+            accuracy[ranks] = float(str(results[0]["test_accuracy"]))
+    base = statistics.median(times[1])
+    print(f"epoch time: median of {args.repeat} run(s) of each, each run's mean epoch without the first\n")
+    print("| ranks | threads per rank | epoch time (s) | runs (s) | speed-up vs 1 rank | test accuracy |")
+    print("|---|---|---|---|---|---|")
+    for ranks, runs in times.items():
+        epoch = statistics.median(runs)
+        print(f"| {ranks} | {max(1, cores // ranks)} | {epoch:.3f} | {', '.join(f'{t:.2f}' for t in runs)} | "
+              f"{base / epoch:.2f}x | {accuracy[ranks]:.4f} |")
+    print(f"\naccuracy, {args.ranks} ranks minus 1 rank: {accuracy[args.ranks] - accuracy[1]:+.4f}")
 
 
 def through_peerd(args: argparse.Namespace) -> None:
@@ -112,11 +120,12 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--graph-nodes", type=int, default=100_000)
-    parser.add_argument("--quick", action="store_true", help="2 epochs")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating (medians)")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 run of each")
     parser.add_argument("--peerd", action="store_true", help="through a local peerd network (needs gang jobs)")
     args = parser.parse_args()
     if args.quick:
-        args.epochs = 2
+        args.epochs, args.repeat = 2, 1
     cores = len(os.sched_getaffinity(0))
     built = ensure_image()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
