@@ -153,6 +153,23 @@ def mean_epoch_time(times: list[float]) -> float:
     return sum(steady) / len(steady)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (``docker --cpus``, peerd's
+    ``--cpus``), which the affinity does not show. More torch threads than that are much slower, not faster."""
+    cpus = len(os.sched_getaffinity(0))
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
+                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = parse(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+        break
+    return cpus
+
+
 def emit(record: dict[str, object]) -> None:
     print(json.dumps(record), flush=True)
 
@@ -171,7 +188,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--train-fraction", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the CPUs this process may use)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: usable_cpus())")
     p.add_argument("--out", default="/out", help="result.json (and model.pt on rank 0); '' writes nothing")
     return p.parse_args(argv)
 
@@ -179,7 +196,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
     if world > 1:
         timeout = timedelta(seconds=float(os.environ.get("GNN_DIST_TIMEOUT_S", "300")))
