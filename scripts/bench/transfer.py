@@ -268,7 +268,7 @@ def main() -> int:
     tasks = {"bench-throughput": size * MIB, "bench-rss": rss_size * MIB}
     work = Path(tempfile.mkdtemp(prefix="peerd-bench-transfer-"))
     req = prov = None
-    raws: list[dict] = []  # type: ignore[type-arg]
+    raws: list[tuple[dict, dict, dict]] = []  # type: ignore[type-arg]
     blobs: list[tuple[dict, dict, dict]] = []  # type: ignore[type-arg]
     try:
         req = Child(["--role", "requester", "--store", str(work / "requester"), "--tasks", json.dumps(tasks)])
