@@ -4,7 +4,7 @@
 Two child processes of this script, each a real P2PService on 127.0.0.1: the
 *requester* holds the input in its chunk store (random 1 MiB chunks pinned for
 a task) and serves it; the *provider* fetches it with ``peerd.transfer.fetch``
-(``--streams``, 4 by default, as the node fetches) into its own chunk store.
+(``--streams``, by default ``peerd.transfer.DEFAULT_STREAMS``, as the node fetches) into its own chunk store.
 The baseline is one raw libp2p stream between the same two processes carrying
 the same number of bytes (the requester writes a 1 MiB buffer over and over,
 the provider reads to the end). The throughput is measured in ``--rounds``
