@@ -240,6 +240,15 @@ class BlobTransfer:
         return tuple(self._pending)
 
     @property
+    def ready_bytes(self) -> int:
+        """The size of the complete frame the next ``next_event`` will decode (and, for a chunk, hash); 0 if none.
+
+        Lets the caller run a ``next_event`` that has a large chunk to hash off
+        its event loop (the machine does no I/O: any one thread may drive it).
+        """
+        return 0 if self._error is not None or self._state in TERMINAL else self._frames.ready
+
+    @property
     def their_role(self) -> Role:
         return _S if self.role is _F else _F
 

@@ -180,7 +180,8 @@ class FrameDecoder:
         if len(self._buffer) < end:
             self._check_eof()
             return None
-        payload = bytes(self._buffer[HEADER_SIZE:end])
+        with memoryview(self._buffer) as view:  # one copy of the payload, not two (a slice, then bytes)
+            payload = bytes(view[HEADER_SIZE:end])
         del self._buffer[:end]
         # A following oversize header is reported by the next call, not this
         # one: raising here would lose the complete frame just taken.
@@ -189,6 +190,14 @@ class FrameDecoder:
     def _check_eof(self) -> None:
         if self._eof and self._buffer:
             raise DecodeError(f"stream closed inside a frame ({len(self._buffer)} bytes pending)")
+
+    @property
+    def ready(self) -> int:
+        """The payload size of the complete frame ``next_frame`` would return now (0: none, or an empty one)."""
+        if len(self._buffer) < HEADER_SIZE:
+            return 0
+        (length,) = _HEADER.unpack_from(self._buffer)
+        return length if length <= self.max_frame and len(self._buffer) >= HEADER_SIZE + length else 0
 
     @property
     def closed(self) -> bool:

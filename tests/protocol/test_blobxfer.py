@@ -357,3 +357,21 @@ def test_any_split_of_the_bytes_gives_the_same_result(have: list[bool], window: 
             events(fetcher)
     assert set(CHUNKS) - set(fetcher.missing) == set(store)
     assert fetcher.exhausted and fetcher.unavailable == set(CHUNKS) - set(store)
+
+
+def test_ready_bytes_tells_a_complete_chunk_frame_before_it_is_decoded() -> None:
+    digest, data = blob(7, 4096)
+    fetcher, server = BlobFetcher("t", [digest]), BlobServer()
+    want = fetcher.next_want()
+    assert want is not None
+    server.receive_data(want)
+    assert isinstance(server.next_event(), Want)
+    out = server.send_chunk(VerifiedChunk(digest=digest, data=data))
+    fetcher.receive_data(out[:-1])
+    assert fetcher.ready_bytes == 0  # incomplete: next_event would need data
+    assert fetcher.next_event() is NEED_DATA
+    fetcher.receive_data(out[-1:])
+    assert fetcher.ready_bytes == len(out) - codec.HEADER_SIZE > len(data)
+    event = fetcher.next_event()
+    assert isinstance(event, VerifiedChunk) and event.data == data
+    assert fetcher.ready_bytes == 0
