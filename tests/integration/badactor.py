@@ -104,6 +104,7 @@ def attractive_advert(signer: Signer, seq: int, addrs: tuple[str, ...], now: flo
         disk=1024 * GIB, gpus=(), free_cpus=64.0, free_memory=256 * GIB, free_gpus=(),
         queue_depth=0, running=0, price_cpu_hour=0.0, price_gpu_hour=0.0, docker=True,
         gpu_runtime=False, network=True, max_timeout=24 * 3600.0, draining=False,
+        images=True,  # a squatter or liar claims to take anything: a locally built image is carried to it too
     )
 
 
