@@ -147,7 +147,8 @@ async def test_two_ranks_talk_over_the_overlay_and_reach_nothing_else(
     assert (await executor.wait("ov-stranger")).state is RunOutcomeState.CANCELLED  # it never got a connection
     # control: the same probes from a job on the bridge do reach the host and the other container
     control = await trio.to_thread.run_sync(run_bridged, node_id, probes)
-    assert b"reached 172.17.0.1" in control and f"reached {bridged_ip}".encode() in control
+    assert any(f"reached {a}".encode() in control for a in host_ipv4()), control  # the bridge's gateway, at least
+    assert f"reached {bridged_ip}".encode() in control
     assert accepted
     assert_nothing_left(node_id)
 
