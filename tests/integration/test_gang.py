@@ -2,8 +2,8 @@
 the signed roster, the environment contract in the containers, not-placed reasons, and a provider
 killed mid-gang.
 
-The overlay itself (the WireGuard interface in each container) is the executor's (``peerd.overlay``);
-these tests check what the provider hands it and what the container's environment says.
+The overlay is real here (wireguard-go, the interface moved into each rank's container): a gloo
+all_reduce of the GNN example's image crosses it, and a rank reaches the other rank and nothing else.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from peerd.devnet import DevNet, NodeProc, wait_for
 from peerd.executor.plan import LABEL_NODE, LABEL_TASK
+from peerd.overlay.commands import tunnel_name
+from peerd.overlay.wireguard import wireguard_go_processes
 from protocol import codec
 from protocol.messages import LeaseTerms
 
@@ -54,10 +59,11 @@ def net() -> Iterator[DevNet]:
         yield devnet
 
 
-def submit(node: NodeProc, nodes: int, job: str, *, wait: bool = True) -> dict[str, object]:
-    args = ["submit", "--nodes", str(nodes), "--image", IMAGE, "--cpus", "0.2", "--memory", "64M",
+def submit(node: NodeProc, nodes: int, job: str, *, wait: bool = True, image: str = IMAGE,
+           memory: str = "64M") -> dict[str, object]:
+    args = ["submit", "--nodes", str(nodes), "--image", image, "--cpus", "0.2", "--memory", memory,
             "--timeout", "5m", "--json"]
-    out = node.peerd(*args, *(["--wait"] if wait else []), "--", "sh", "-c", job)
+    out = node.peerd(*args, *(["--wait"] if wait else []), "--", "sh", "-c", job, timeout=600)
     assert out.stdout, out.stderr
     return dict(json.loads(out.stdout))
 
@@ -168,5 +174,95 @@ def test_a_provider_killed_mid_gang_fails_the_gang_naming_its_rank(net: DevNet) 
     survivor_node = net.nodes[names[str(survivor["provider"])]]
     receipts = json.loads(survivor_node.peerd("receipts", "--json").stdout)
     assert str(survivor["task_id"]) in {r["task_id"] for r in receipts}
+    assert not overlay_left(str(survivor["provider"]), str(survivor["task_id"]))  # its interface and key are gone
+    # the killed provider's wireguard-go outlived it; its restart (recover) removes it and the holder
+    victim_node = net.nodes[names[str(victim["provider"])]]
+    net.start(victim_node)
+    wait_for("the restarted provider to remove what its rank left", lambda: not overlay_left(
+        str(victim["provider"]), str(victim["task_id"])) and not containers(str(victim["provider"]),
+                                                                          str(victim["task_id"])), 60)
 
 
+
+
+GNN_BUILD = Path(__file__).resolve().parents[2] / "examples" / "gnn" / "build-image"
+GNN_IMAGE = "peerd-examples/gnn:1"
+
+
+@pytest.fixture(scope="module")
+def gnn_image() -> str:
+    """The GNN example's image (torch, gloo), built locally when missing (minutes the first time)."""
+    out = subprocess.run([str(GNN_BUILD)], capture_output=True, text=True, timeout=1800, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return GNN_IMAGE
+
+
+def test_a_gloo_all_reduce_crosses_the_overlay_between_two_providers(net: DevNet, gnn_image: str) -> None:
+    view = submit(net.nodes["requester"], 2, "python3 /opt/gnn/allreduce.py", image=gnn_image, memory="768M")
+    assert view["state"] == "succeeded", view
+    ranks = view["ranks"]
+    assert isinstance(ranks, list) and len({r["provider"] for r in ranks}) == 2  # two distinct providers
+    for r in ranks:
+        assert json.loads(str(r["stdout"]).strip().splitlines()[-1]) == {
+            "rank": r["rank"], "world_size": 2, "sum": 3, "expected": 3}, r
+    nothing_held(net)
+
+
+def host_ipv4() -> list[str]:
+    import psutil
+
+    return sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                   if a.family == socket.AF_INET})
+
+
+class HostListener:
+    """A TCP listener on every host address: a rank that reaches the host is recorded."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("0.0.0.0", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[object] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(peer)
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_rank_reaches_the_other_rank_and_nothing_else(net: DevNet) -> None:
+    host = HostListener()
+    other = subprocess.run(["docker", "run", "-d", "--rm", IMAGE, "nc", "-l", "-p", "7000"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        other_ip = subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", other],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        targets = [f"{a} {host.port}" for a in host_ipv4()] + [f"{other_ip} 7000"]
+        probes = "; ".join(f"if nc -w 1 {t} </dev/null; then echo reached {t.split()[0]}; "
+                           f"else echo blocked {t.split()[0]}; fi" for t in targets)
+        job = ('ls /sys/class/net; if [ "$RANK" = 1 ]; then nc -l -p 7001; else '
+               "for i in $(seq 1 100); do echo hello | nc -w 1 10.99.0.2 7001 && break; sleep 0.2; done; "
+               f"echo answered $?; {probes}; fi")
+        view = submit(net.nodes["requester"], 2, job)
+    finally:
+        subprocess.run(["docker", "rm", "-f", other], capture_output=True, check=False)
+        host.close()
+    assert view["state"] == "succeeded", view
+    rank0, rank1 = view["ranks"]  # type: ignore[misc]
+    assert str(rank1["stdout"]).split() == ["lo", "peerd0", "hello"]  # the other rank answered over the overlay
+    lines = str(rank0["stdout"]).splitlines()
+    assert lines[:3] == ["lo", "peerd0", "answered 0"], lines
+    assert sorted(lines[3:]) == sorted(f"blocked {t.split()[0]}" for t in targets), lines
+    assert host.accepted == []
+
+
+def overlay_left(node_id: str, task_id: str) -> bool:
+    name = tunnel_name(node_id, task_id)
+    return name in wireguard_go_processes().values() or Path(f"/sys/class/net/{name}").exists()
