@@ -119,9 +119,13 @@ class NodeProc:
             return ""
 
 
+GANG_CONFIG = '\n[gang]\nenabled = true\nendpoint_host = "127.0.0.1"\nports = "0"\n'
+
+
 class DevNet:
     def __init__(self, root: Path | None = None) -> None:
         self._owns_root = root is None
+        self.gangs = False  # providers join gang jobs (endpoints on 127.0.0.1, kernel-picked ports)
         self.root = Path(tempfile.mkdtemp(prefix="peerd-devnet-")) if root is None else root
         self.nodes: dict[str, NodeProc] = {}
         self.seeds: list[str] = []
@@ -149,8 +153,9 @@ class DevNet:
 
     def config_text(self, node: NodeProc) -> str:
         """The node's config.toml (a subclass may change it, e.g. the listen address)."""
-        return FAST_CONFIG.format(role="provider" if node.role == "seed" else node.role, port=node.port,
+        text = FAST_CONFIG.format(role="provider" if node.role == "seed" else node.role, port=node.port,
                                   bootstrap=", ".join(json.dumps(b) for b in node.bootstrap))
+        return text + GANG_CONFIG if self.gangs and node.role == "provider" else text
 
     def command(self, node: NodeProc) -> list[str]:
         """The argv that runs the node (a subclass may wrap it, e.g. in ``ip netns exec``)."""

@@ -125,6 +125,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     runs: list[Run] = []
     with DevNet() as net:
+        net.gangs = True
         print("starting a seed, 3 providers and a requester on 127.0.0.1 …", file=sys.stderr, flush=True)
         net.add_seed()
         for name in PROVIDERS:

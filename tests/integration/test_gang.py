@@ -41,11 +41,12 @@ LONG_JOB = "trap 'exit 143' TERM; echo up; sleep 120 & wait $!"
 class GangNet(DevNet):
     """The devnet with gang-enabled providers (endpoints on 127.0.0.1, kernel-picked ports)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.gangs = True
+
     def config_text(self, node: NodeProc) -> str:
-        text = super().config_text(node).replace('provider_timeout = "8s"', f'provider_timeout = "{PROVIDER_TIMEOUT}s"')
-        if node.role == "provider":
-            text += '\n[gang]\nenabled = true\nendpoint_host = "127.0.0.1"\nports = "0"\n'
-        return text
+        return super().config_text(node).replace('provider_timeout = "8s"', f'provider_timeout = "{PROVIDER_TIMEOUT}s"')
 
 
 @pytest.fixture(scope="module")
