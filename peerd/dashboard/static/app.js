@@ -58,7 +58,11 @@ function when(t) {
   return typeof t === "number" && t > 0 ? new Date(t * 1000).toLocaleString() : "—";
 }
 
-function money(x) { return typeof x === "number" ? x.toFixed(4) : "—"; }
+// Credits: 4 decimals, or 3 significant digits for the tiny sums of short jobs (never a bare "0.0000").
+function money(x) {
+  if (typeof x !== "number") return "—";
+  return x !== 0 && Math.abs(x) < 0.01 ? Number(x.toPrecision(3)).toString() : x.toFixed(4);
+}
 
 // ---------------------------------------------------------------- panels
 function renderNode() {
@@ -117,7 +121,8 @@ function renderTasks() {
       el("td", { cls: "state-" + t.state }, t.state),
       el("td", null, t.role),
       el("td", { cls: "mono" }, t.spec && t.spec.image ? String(t.spec.image) : "—"),
-      el("td", { cls: "mono", title: t.provider || "" }, short(t.provider)),
+      el("td", { cls: "mono", title: t.provider || "" },
+        Array.isArray(t.ranks) && t.ranks.length ? "gang of " + t.ranks.length : short(t.provider)),
       el("td", null, String(t.attempts.length)),
       el("td", null, when(t.updated_at)));
     tr.dataset.taskId = t.task_id;
@@ -182,6 +187,13 @@ async function loadTask(taskId) {
       ["Created", when(t.created_at)],
       ["Cost", t.receipt ? money(t.receipt.cost) + (t.receipt.verified ? " (receipt signed by both)" : " (receipt NOT verified)") : "—"],
     ]);
+    const ranks = Array.isArray(t.ranks) ? t.ranks : [];
+    $("ranks").hidden = ranks.length === 0;
+    $("rank-rows").replaceChildren(...ranks.map((r) => el("tr", { cls: "rank-row" },
+      el("td", null, String(r.rank)), el("td", { cls: "mono", title: r.provider || "" }, short(r.provider)),
+      el("td", { cls: "state-" + r.state }, r.state),
+      el("td", null, r.exit_code === null || r.exit_code === undefined ? "—" : String(r.exit_code)),
+      el("td", null, r.receipt ? money(r.receipt.cost) : "—"))));
     $("attempt-rows").replaceChildren(...t.attempts.map((a) => el("tr", null,
       el("td", { cls: "mono", title: a.provider }, short(a.provider)), el("td", null, a.outcome),
       el("td", { cls: "mono" }, a.reason || "—"), el("td", null, a.detail || ""))));
