@@ -4,10 +4,11 @@
     .venv/bin/python scripts/bench/dashboard.py [--tasks 1000] [--rounds 5] [--quick]
 
 Serves the dashboard (a real ``DashboardServer`` on loopback) over the control tests' stub node holding
-``--tasks`` finished tasks, and loads the page ``--rounds`` times in a fresh headless Chromium tab each. Prints
-the median first contentful paint (the browser's own ``paint`` timing), the time until the node panel shows the
-node's facts and until the task table shows its rows (the newest tasks the API lists), beside the same page with no tasks (the baseline, same
-run). Target: first paint of the node view < 300 ms with 1,000 tasks. Needs chromium and chromium-driver.
+``--tasks`` finished tasks, and loads the page ``--rounds`` times in headless Chromium. Prints the median
+first contentful paint (the browser's own ``paint`` timing), the time until the node panel shows the node's
+facts, and until the task table shows its rows (the newest tasks the API lists), beside the same page with
+no tasks (the baseline, same run). Target: first paint of the node view < 300 ms with 1,000 tasks. Needs
+chromium and chromium-driver.
 """
 
 from __future__ import annotations
