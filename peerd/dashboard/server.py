@@ -10,7 +10,7 @@ closes; streams end when the client goes away or the server is cancelled.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 
 import trio
@@ -151,28 +151,34 @@ class DashboardServer:
             self._streams -= 1
 
     async def _snapshots(self, send: Sender) -> None:
-        """Each view as an event when it changed since the last look; a comment now and then."""
+        """Each view as an event when it changed since the last look; a comment now and then. Each view
+        goes out as soon as it is read (status first), so the node view paints before a long task list."""
         sent: dict[str, bytes] = {}
         quiet = 0.0
         while True:
-            views: dict[str, object] = {
-                "status": await self.ops.status(),
-                "peers": await self.ops.peers(),
-                "tasks": await self.ops.tasks(SNAPSHOT_TASKS),
-                "receipts": _without_cosigned(
-                    [dict(r) for r in await self.ops.receipts(SNAPSHOT_RECEIPTS)]),
-            }
-            fresh = [(name, to_json(v)) for name, v in views.items()]
-            changed = [(name, body) for name, body in fresh if sent.get(name) != body]
+            changed = False
+            for name, read in self._views():
+                body = to_json(await read())
+                if sent.get(name) != body:
+                    await send.data(sse(name, body))
+                    sent[name] = body
+                    changed = True
             if changed:
-                await send.data(b"".join(sse(name, body) for name, body in changed))
-                sent.update(changed)
                 quiet = 0.0
             elif quiet >= self.heartbeat:
                 await send.data(b": ping\n\n")
                 quiet = 0.0
             await trio.sleep(self.interval)  # the stream's rate bound, not a wait for a condition
             quiet += self.interval
+
+    def _views(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+        async def receipts() -> object:
+            return _without_cosigned([dict(r) for r in await self.ops.receipts(SNAPSHOT_RECEIPTS)])
+
+        async def tasks() -> object:
+            return await self.ops.tasks(SNAPSHOT_TASKS)
+
+        return [("status", self.ops.status), ("peers", self.ops.peers), ("tasks", tasks), ("receipts", receipts)]
 
     async def _logs(self, task_id: str, send: Sender) -> None:
         """Log chunks as events (``chunk``: {stream, text}), consecutive ones merged; ``end`` at the end."""
