@@ -144,9 +144,9 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
     a.done()
     if replicas > 1 and spot_check:
         raise BadArgs("'replicas' and 'spot_check' are two ways to verify: give one")
-    if spec.nodes > 1 and (local or replicas > 1 or spot_check or inputs):
-        raise BadArgs("a gang job (nodes > 1) runs on distinct providers: not with 'local', 'replicas', "
-                      "'spot_check' or (yet) 'inputs'")
+    if spec.nodes > 1 and (local or replicas > 1 or spot_check):
+        raise BadArgs("a gang job (nodes > 1) runs on distinct providers: not with 'local', 'replicas' "
+                      "or 'spot_check'")
     if (replicas > 1 or spot_check) and (local or inputs):
         raise BadArgs("verification needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
     if replicas > 1:

@@ -133,6 +133,15 @@ class RequesterData:
             raise
         return tuple(refs)
 
+    async def share_inputs(self, task_id: str, other: str) -> None:
+        """Pin ``task_id``'s input chunks for ``other`` too (a gang's rank: its provider fetches under the
+        rank's own lease, and a node serves a task's chunks only to its lease's parties)."""
+        await self.chunks.pin(other, sorted(await self.chunks.pinned(task_id)))
+
+    async def unshare_inputs(self, other: str) -> None:
+        """Drop what ``share_inputs`` pinned for ``other`` (the rank ended)."""
+        await self.chunks.release(other)
+
     async def release_when_final(self, task_id: str, tracker: TaskTracker) -> None:
         """Drop the task's input pins once it is final (outputs fetched later pin again)."""
         await tracker.wait_final(task_id)

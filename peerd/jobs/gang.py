@@ -380,6 +380,8 @@ class GangPlacer:
             ))
             await store.add_gang_rank(rank.task_id, rnd.gang_id, rank.rank)
             await store.put_lease(rank.task_id, rank.lease, terms.expires_at)
+            if rnd.spec.inputs and self.r.inputs is not None:  # before the countersign: the provider fetches next
+                await self.r.inputs.share_inputs(rnd.gang_id, rank.task_id)
             await self._attempt(rnd.gang_id, terms.provider, AttemptOutcome.ACCEPTED, "",
                                         f"rank {rank.rank}: leased")
             rank.stage, rank.state = Stage.RUNNING, TaskState.RUNNING
@@ -463,6 +465,9 @@ class GangPlacer:
         exit_code = failed.exit_code if failed is not None else next(
             (r.exit_code for r in rnd.ranks if r.exit_code), rnd.ranks[0].exit_code)
         self._log_seq.pop(rnd.gang_id, None)
+        if rnd.spec.inputs and self.r.inputs is not None:
+            for rank in rnd.ranks:
+                await self.r.inputs.unshare_inputs(rank.task_id)
         await self.r.settle(rnd.gang_id, state, detail, exit_code=exit_code)
 
 

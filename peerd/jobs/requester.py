@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -67,6 +68,14 @@ class Candidate:
 CandidateSource = Callable[[JobSpec, float, bool], list[Candidate]]
 
 
+class InputShares(Protocol):
+    """A task's input chunks pinned for another task too: each rank of a gang fetches under its own lease."""
+
+    async def share_inputs(self, task_id: str, other: str) -> None: ...
+
+    async def unshare_inputs(self, other: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class RequesterSettings:
     max_attempts: int = 3
@@ -101,6 +110,7 @@ class Requester:
         settings: RequesterSettings,
         all_providers: CandidateSource | None = None,
         peers_changed: Callable[[], Awaitable[object]] | None = None,
+        inputs: InputShares | None = None,
         on_negotiated: Callable[[float], None] | None = None,
         on_settled: Callable[[], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.time,
@@ -111,6 +121,7 @@ class Requester:
         self.candidates = candidates
         self.all_providers = all_providers
         self.peers_changed = peers_changed  # returns once the peer table took another advert
+        self.inputs = inputs  # a gang's inputs, pinned for each rank (``peerd.data.requestdata``)
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
         self.on_settled = on_settled  # awaited before a settled task's final state is visible
         self.open_stream = open_stream

@@ -267,3 +267,25 @@ def test_a_rank_reaches_the_other_rank_and_nothing_else(net: DevNet) -> None:
 def overlay_left(node_id: str, task_id: str) -> bool:
     name = tunnel_name(node_id, task_id)
     return name in wireguard_go_processes().values() or Path(f"/sys/class/net/{name}").exists()
+
+
+def test_every_rank_gets_the_inputs(net: DevNet, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "greeting.txt").write_text("hello every rank\n")
+    requester = net.nodes["requester"]
+    out = requester.peerd("submit", "--nodes", "2", "--image", IMAGE, "--cpus", "0.2", "--memory", "64M",
+                          "--input", f"{data}:/inputs/data", "--wait", "--json", "--",
+                          "sh", "-c", "cat /inputs/data/greeting.txt; echo rank $RANK", timeout=300)
+    view = json.loads(out.stdout)
+    assert view["state"] == "succeeded", view
+    for r in view["ranks"]:
+        assert r["stdout"] == f"hello every rank\nrank {r['rank']}\n", r
+    # the ranks' pins went with the gang: only the gang's own (until it is final) or none remain
+    def rank_pins() -> bool:
+        with sqlite3.connect(f"file:{requester.home / 'blobs' / 'refs.db'}?mode=ro", uri=True) as db:
+            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            rows = [row for t in tables for row in db.execute(f"SELECT * FROM {t}")]  # noqa: S608
+        return not any(str(r["task_id"]) in str(row) for r in view["ranks"] for row in rows)
+
+    wait_for("the ranks' input pins to go", rank_pins, 30)
