@@ -19,6 +19,7 @@ from peerd.overlay.errors import OverlayError
 from peerd.overlay.host import probe
 from peerd.overlay.keys import generate_keys
 from peerd.overlay.wireguard import WireGuard, leftovers, wireguard_go_processes
+from tests.waiting import eventually
 
 FOUND = probe()
 pytestmark = pytest.mark.skipif(not FOUND.ok or os.geteuid() != 0, reason=f"needs root and WireGuard: {FOUND.detail}")
@@ -41,9 +42,8 @@ async def netns_pid() -> AsyncIterator[int]:
     """The pid of a process alone in a fresh network namespace (waited for, bounded)."""
     process = await trio.lowlevel.open_process(["unshare", "--net", "sleep", "infinity"])
     own = os.readlink("/proc/self/ns/net")
-    with trio.fail_after(5):
-        while os.readlink(f"/proc/{process.pid}/ns/net") == own:
-            await trio.sleep(0.005)
+    await eventually("unshare to enter its namespace",
+                     lambda: os.readlink(f"/proc/{process.pid}/ns/net") != own, timeout=5, interval=0.005)
     yield process.pid
     process.kill()
     await process.wait()
