@@ -117,6 +117,7 @@ class RequesterConfig:
     offer_hold: float = 15.0
     provider_timeout: float = 20.0
     peer_wait: float = 10.0  # with no provider known, wait this long for adverts
+    queue_timeout: float = 3600.0  # how long a task may wait (queued) for a provider with room
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +367,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
                                 "keepalive": _timeout}),
     "requester": (RequesterConfig, {"max_attempts": _at_least_one, "placement_deadline": _timeout,
                                     "offer_hold": _timeout, "provider_timeout": _timeout,
-                                    "peer_wait": _grace}),
+                                    "peer_wait": _grace, "queue_timeout": _grace}),
     "relay": (RelayConfig, {"serve": _relay_serve, "reservations": _at_least_one,
                             "max_reservations": _at_least_one, "circuit_bytes": _size,
                             "circuit_duration": _timeout, "allow_data": _bool}),
@@ -529,6 +530,9 @@ offer_hold = "15s"
 provider_timeout = "20s"
 # With no provider known yet (a node just started), wait this long for adverts.
 peer_wait = "10s"
+# A task no provider has room for now waits ("queued", holding nothing) and is placed as soon
+# as one has, for up to this long; then it ends not_placed. Per job: submit --queue-timeout.
+queue_timeout = "1h"
 
 [relay]
 # Circuit Relay v2, for providers behind home routers. "auto": seeds relay for

@@ -76,11 +76,16 @@ class RejectCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+# Refusals that say "not now" rather than "never": the task waits (queued) for capacity to free.
+TRANSIENT_REJECTS = frozenset({RejectCode.BUSY, RejectCode.NO_CAPACITY, RejectCode.DRAINING})
+
+
 class TaskState(enum.StrEnum):
     """How a task ended (or where it is)."""
 
     PENDING = "pending"
     PLACING = "placing"
+    QUEUED = "queued"  # at the requester: no provider has room now; placed when one has (holds nothing)
     STAGING = "staging"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

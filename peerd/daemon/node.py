@@ -130,6 +130,7 @@ class Node:
             requester = Requester(
                 signer=signer, store=store, tracker=tracker,
                 candidates=routes.candidates, open_stream=routes.open_stream, all_providers=routes.providers,
+                could_run=routes.could_run,
                 peers_changed=p2p.wait_advert, inputs=data.requester,
                 on_negotiated=metrics.observe_negotiation, on_settled=reputation.refresh,
                 settings=requester_settings_from(config), clock=self.clock,

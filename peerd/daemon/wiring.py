@@ -75,6 +75,7 @@ def requester_settings_from(config: Config) -> RequesterSettings:
         provider_timeout=config.requester.provider_timeout,
         io_timeout=config.network.io_timeout,
         peer_wait=config.requester.peer_wait,
+        queue_timeout=config.requester.queue_timeout,
     )
 
 

@@ -32,20 +32,23 @@ served). A gang does not survive a restart of the requester: it is ended
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
 from peerd.jobs.leasedjob import countersign_receipt
+from peerd.jobs.queue import QueueTerms
 from peerd.jobs.taskwire import TaskWireError, single_error
 from peerd.p2p.errors import P2PError
 from peerd.state.store import AttemptOutcome, ResultRecord, TaskRecord, TaskRole
 from protocol import LocalProtocolError, ProtocolError
 from protocol.messages import (
     FINAL_STATES,
+    TRANSIENT_REJECTS,
     GangRef,
     JobSpec,
     Lease,
@@ -122,12 +125,14 @@ class _Round:
     ranks: list[_Rank]
     used: set[str]  # providers this round asked, or that refused this gang
     refused: set[str]  # providers to leave out of the next round
+    busy: set[str] = field(default_factory=set)  # providers with no room now: left out until the next turn
     changed: trio.Event = field(default_factory=trio.Event)
     go_accept: trio.Event = field(default_factory=trio.Event)
     go_sign: trio.Event = field(default_factory=trio.Event)
     go_send: trio.Event = field(default_factory=trio.Event)
     abort: str = ""  # set with the gates: cancel instead of going on
     no_candidate: bool = False
+    not_now: bool = False  # a provider had no room now (busy, no capacity, draining): worth queueing for
     roster: tuple[RosterMember, ...] = ()
     leased: bool = False
     stopping: str = ""  # while running: why the gang is being stopped (the first bad rank's story)
@@ -164,15 +169,17 @@ class GangPlacer:
             await self.r.record_attempt(gang_id, provider, outcome, code, detail, signed)
 
     # ------------------------------------------------------------ entry points
-    async def submit(self, spec: JobSpec, task_id: str) -> str:
+    async def submit(self, spec: JobSpec, task_id: str, terms: QueueTerms) -> str:
         now = self.r.clock()
         record = TaskRecord(
             task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
             requester=self.r.signer.peer_id, created_at=now, updated_at=now,
         )
         await self.r.store.create_task(record)
+        await self.r.store.put_queue_terms(task_id, terms.priority, terms.deadline)
         self.r.tracker.open(task_id)
-        self.r.start(task_id, self._run(task_id, spec))
+        self.r.queue.join(task_id, terms.priority)
+        self.r.start(task_id, self._run(task_id, spec, terms))
         return task_id
 
     async def recover(self, record: TaskRecord) -> None:
@@ -191,25 +198,32 @@ class GangPlacer:
         await self.r.settle(record.task_id, TaskState.LOST, "the requester restarted; a gang does not survive that")
 
     # ------------------------------------------------------------ placement rounds
-    async def _run(self, gang_id: str, spec: JobSpec) -> None:
+    async def _run(self, gang_id: str, spec: JobSpec, terms: QueueTerms) -> None:
+        """Turns in the requester's queue, each of up to ``max_attempts`` rounds; between turns the gang
+        is ``queued`` and holds nothing (no offer, no lease) until all its members may fit together."""
         settings = self.r.settings
-        deadline = trio.current_time() + settings.placement_deadline
-        refused: set[str] = set()
+        refused: set[str] = set()  # providers that refused this gang for good
         current: list[_Round] = []
+        rounds = itertools.count()
+        waited = False
+        now = trio.current_time()
+        until = now + max(terms.deadline - self.r.clock(), 0.0)
+        first_turn = max(until, now + settings.placement_deadline)
         with trio.CancelScope() as scope:
             self.r.set_canceller(gang_id, self._canceller(scope, current))
-            for n in range(settings.max_attempts):
-                if trio.current_time() >= deadline:
+            while True:
+                with trio.move_on_at(until if waited else first_turn) as turn:
+                    await self.r.queue.turn(gang_id)
+                if turn.cancelled_caught:
                     break
-                ranks = [_Rank(r, _rank_task_id(gang_id, r, n)) for r in range(spec.nodes)]
-                rnd = _Round(gang_id, spec, ranks, used=set(refused), refused=refused)
-                current[:] = [rnd]
-                await self._round(rnd, deadline)
-                if rnd.leased:
-                    await self._settle(rnd)
+                leased, not_now = await self._turn(gang_id, spec, refused, current, rounds)
+                if leased:
                     return
-                if rnd.no_candidate:
+                if trio.current_time() >= until or not (not_now or self._could_fit(spec, refused)):
                     break
+                self.r.queue.full(gang_id)
+                await self.r.queued(gang_id)
+                waited = True
         if scope.cancelled_caught:
             await self.r.settle(gang_id, TaskState.CANCELLED, "cancelled before placement")
             return
@@ -219,6 +233,36 @@ class GangPlacer:
         ]
         why = "; ".join(reasons) or "no provider in the peer table joins gangs and fits this job"
         await self.r.settle(gang_id, TaskState.NOT_PLACED, f"gang of {spec.nodes} not placed: {why}")
+
+    async def _turn(self, gang_id: str, spec: JobSpec, refused: set[str], current: list[_Round],
+                    rounds: Iterator[int]) -> tuple[bool, bool]:
+        """Up to ``max_attempts`` rounds within the placement deadline: (leased, a provider had no room now)."""
+        settings = self.r.settings
+        deadline = trio.current_time() + settings.placement_deadline
+        not_now = False
+        busy: set[str] = set()
+        for _ in range(settings.max_attempts):
+            if trio.current_time() >= deadline:
+                break
+            n = next(rounds)
+            ranks = [_Rank(r, _rank_task_id(gang_id, r, n)) for r in range(spec.nodes)]
+            rnd = _Round(gang_id, spec, ranks, used=refused | busy, refused=refused, busy=busy)
+            current[:] = [rnd]
+            await self._round(rnd, deadline)
+            not_now = not_now or rnd.not_now
+            if rnd.leased:
+                await self._settle(rnd)
+                return True, not_now
+            if rnd.no_candidate:
+                break
+        return False, not_now
+
+    def _could_fit(self, spec: JobSpec, refused: set[str]) -> bool:
+        """Do enough providers that could run a member once they have room (and did not refuse) exist?"""
+        could_run = self.r.could_run
+        if could_run is None:
+            return False
+        return len([c for c in could_run(spec, self.r.clock(), False) if c.peer_id not in refused]) >= spec.nodes
 
     def _canceller(self, scope: trio.CancelScope, current: list[_Round]) -> Callable[[str], Awaitable[None]]:
         async def stop(reason: str) -> None:
@@ -253,6 +297,7 @@ class GangPlacer:
                 return
             await self._record_leases(rnd)
             rnd.leased = True
+            self.r.queue.placed(rnd.gang_id)
             rnd.go_send.set()
 
     async def _gate(self, rnd: _Round, stage: Stage) -> bool:
@@ -306,7 +351,7 @@ class GangPlacer:
         await channel.send_frame(machine.send_request(rank.task_id, rnd.spec, now=self.r.clock(), gang=gang))
         answer = await channel.receive(timeout=timeout)
         if isinstance(answer, Reject):
-            rnd.refused.add(peer)
+            self._refused(rnd, peer, answer.code)
             await self._record(rnd, rank, AttemptOutcome.REJECTED, answer.code.value, answer.detail,
                                machine.last_envelope)
             return  # still ASKING: the next candidate
@@ -331,7 +376,7 @@ class GangPlacer:
         proposal = await channel.receive(timeout=timeout)
         if isinstance(proposal, Reject):
             rank.stage = Stage.FAILED
-            rnd.refused.add(peer)
+            self._refused(rnd, peer, proposal.code)
             await self._record(rnd, rank, AttemptOutcome.REJECTED, proposal.code.value, proposal.detail,
                                machine.last_envelope)
             return
@@ -347,6 +392,15 @@ class GangPlacer:
         rank.lease = machine.lease
         rank.stage = Stage.SIGNED
         rnd.wake()
+
+    @staticmethod
+    def _refused(rnd: _Round, peer: str, code: RejectCode) -> None:
+        """"No room now" leaves the provider in later rounds (the gang may queue for it); any other refusal not."""
+        if code in TRANSIENT_REJECTS:
+            rnd.not_now = True
+            rnd.busy.add(peer)
+        else:
+            rnd.refused.add(peer)
 
     async def _member_broke(self, rnd: _Round, rank: _Rank, exc: BaseException) -> None:
         """A stream or protocol failure: before the lease it fails the round; after it, the gang."""

@@ -160,6 +160,7 @@ class Provider:
         )
         self._quoted: dict[int, tuple[str, ...]] = {}  # open offers' GPUs, so quotes spread over GPUs
         self._quote_ids = itertools.count()
+        self._starting: set[str] = set()  # capacity taken at accept, the job not launched yet
         self._gang_offers: set[str] = set()  # tasks with an open gang offer (they hold an endpoint port)
         gang = settings.gang
         self.ports = None if gang is None else EndpointPorts(
@@ -178,8 +179,7 @@ class Provider:
             raise Refusal(RejectCode.DRAINING, "this provider is draining and takes no new tasks")
         if request.requester != remote_peer:
             raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
-        if len(self.runner.jobs) >= self.settings.max_concurrent:
-            raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here")
+        self._check_slots()
         spec = request.spec
         if request.gang is not None and self.ports is None:
             raise Refusal(RejectCode.GANG_NOT_SUPPORTED, "this provider does not join gang jobs ([gang] enabled)")
@@ -273,9 +273,16 @@ class Provider:
         except ExecutorError as exc:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
 
+    def _check_slots(self) -> None:
+        """``max_concurrent`` counts the jobs running and those whose capacity was taken at accept."""
+        taken = len(self.runner.jobs) + len(self._starting)
+        if taken >= self.settings.max_concurrent:
+            raise Refusal(RejectCode.BUSY, f"{taken} jobs running or starting, the limit here")
+
     def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
         """At Accept: hold exactly what the offer named until the lease is countersigned."""
         spec = request.spec
+        self._check_slots()  # offers are quotes: others may have taken the slots since
         try:
             self.ledger.reserve(
                 request.task_id, cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus,
@@ -379,9 +386,11 @@ class Provider:
             await self._refuse(channel, request, request.requester, refusal)
             return Ending.DECLINED
         ending = Ending.LAPSED
+        self._starting.add(request.task_id)
         try:
             ending = await self._lease(channel, request, run_spec, gpus, member)
         finally:
+            self._starting.discard(request.task_id)
             if ending is not Ending.LEASED:
                 self.ledger.release(request.task_id)
         return ending

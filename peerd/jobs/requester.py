@@ -20,6 +20,8 @@ signed times (advert and offer expiry).
 
 from __future__ import annotations
 
+import enum
+import itertools
 import logging
 import secrets
 import time
@@ -31,6 +33,7 @@ import trio
 
 from peerd.jobs.gang import GangPlacer
 from peerd.jobs.leasedjob import countersign_receipt
+from peerd.jobs.queue import NO_QUEUE, PlacementQueue, QueueTerms
 from peerd.jobs.supersede import EnderSettings, LeaseEnder, OpenStream
 from peerd.jobs.taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from peerd.jobs.tracking import TaskTracker
@@ -38,6 +41,7 @@ from peerd.p2p.errors import P2PError
 from peerd.state.store import Attempt, AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
 from protocol import LocalProtocolError, ProtocolError
 from protocol.messages import (
+    TRANSIENT_REJECTS,
     JobSpec,
     Lease,
     LogChunk,
@@ -57,6 +61,8 @@ from protocol.signing import Signer
 log = logging.getLogger(__name__)
 
 _REJECT_CODES = frozenset(code.value for code in RejectCode)
+# Answers that mean "no room at this provider now": a task worth queueing (an offer that lapsed, too).
+_NOT_NOW = frozenset(code.value for code in TRANSIENT_REJECTS | {RejectCode.OFFER_EXPIRED})
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,18 @@ class RequesterSettings:
     provider_timeout: float = 20.0
     io_timeout: float = 30.0
     peer_wait: float = 10.0  # how long to wait for adverts when the peer table is empty
+    # How long a task may wait for room by default (``submit --queue-timeout``); 0: it never waits.
+    # The daemon's default is ``[requester] queue_timeout``; this component's default keeps the old way.
+    queue_timeout: float = 0.0
+    placing_at_once: int = 8  # tasks negotiating at once (the queue's turns)
+
+
+class Ending(enum.Enum):
+    """How one attempt at one provider ended, for the round that made it."""
+
+    FINAL = "final"  # the task reached a final state through it
+    NOT_NOW = "not_now"  # the provider has no room now (busy, no capacity, draining, unreachable): worth waiting for
+    NEVER = "never"  # the provider refused this job for a reason that will not change
 
 
 class AttemptFailed(Exception):
@@ -109,6 +127,7 @@ class Requester:
         open_stream: OpenStream,
         settings: RequesterSettings,
         all_providers: CandidateSource | None = None,
+        could_run: CandidateSource | None = None,
         peers_changed: Callable[[], Awaitable[object]] | None = None,
         inputs: InputShares | None = None,
         on_negotiated: Callable[[float], None] | None = None,
@@ -120,6 +139,7 @@ class Requester:
         self.tracker = tracker
         self.candidates = candidates
         self.all_providers = all_providers
+        self.could_run = could_run  # providers that could run the job once they have room (worth queueing for)
         self.peers_changed = peers_changed  # returns once the peer table took another advert
         self.inputs = inputs  # a gang's inputs, pinned for each rank (``peerd.data.requestdata``)
         self.on_negotiated = on_negotiated  # seconds from request sent to lease co-signed
@@ -136,18 +156,42 @@ class Requester:
                                    max_retry=settings.provider_timeout),
         )
         self.gangs = GangPlacer(self)
+        self.queue = PlacementQueue(at_once=settings.placing_at_once)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.superseded.run)
-            for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):
+            await nursery.start(self.queue.run)
+            if self.peers_changed is not None:
+                nursery.start_soon(self._wake_on_adverts, self.peers_changed)
+            for record in await self.store.unfinished_tasks(TaskRole.REQUESTER):  # oldest first: queue order
                 if record.spec.nodes > 1 and await self.store.gang_of(record.task_id) is not None:
                     continue  # a gang's rank: its gang task answers for it
-                work = self.gangs.recover(record) if record.spec.nodes > 1 else self._recover(record)
+                if record.state in (TaskState.PLACING, TaskState.QUEUED, TaskState.PENDING):
+                    terms = await self._queue_terms(record.task_id)
+                    self.queue.join(record.task_id, terms.priority)
+                else:
+                    terms = NO_QUEUE
+                work = self.gangs.recover(record) if record.spec.nodes > 1 else self._recover(record, terms)
                 nursery.start_soon(self._guarded, record.task_id, work)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _wake_on_adverts(self, peers_changed: Callable[[], Awaitable[object]]) -> None:
+        """Capacity shows up in adverts (published on change): each one lets queued tasks try again."""
+        while True:
+            await peers_changed()
+            self.queue.wake(jitter=True)
+
+    async def _queue_terms(self, task_id: str) -> QueueTerms:
+        found = await self.store.queue_terms(task_id)
+        return NO_QUEUE if found is None else QueueTerms(priority=found[0], deadline=found[1])
+
+    def queue_terms(self, timeout: float | None = None, priority: int = 0) -> QueueTerms:
+        """A new task's terms: it may wait ``timeout`` seconds for room (None: the settings' default)."""
+        timeout = self.settings.queue_timeout if timeout is None else timeout
+        return QueueTerms(priority=priority, deadline=self.clock() + timeout if timeout > 0 else 0.0)
 
     # ------------------------------------------------------------ public operations
     @staticmethod
@@ -155,22 +199,27 @@ class Requester:
         return "t" + secrets.token_hex(8)
 
     async def submit(
-        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset()
+        self, spec: JobSpec, *, local: bool = False, task_id: str | None = None, exclude: frozenset[str] = frozenset(),
+        queue: QueueTerms | None = None,
     ) -> str:
         """Record a task and start placing it. ``task_id``: one from ``new_task_id`` that job data
-        was already stored under; never on a provider in ``exclude`` (replicas)."""
+        was already stored under; never on a provider in ``exclude`` (replicas); ``queue``: how it
+        waits for room (default: ``queue_terms()``)."""
         assert self._nursery is not None, "Requester.run() must be started first"
         task_id = task_id or self.new_task_id()
+        terms = self.queue_terms() if queue is None else queue
         if spec.nodes > 1:
-            return await self.gangs.submit(spec, task_id)
+            return await self.gangs.submit(spec, task_id, terms)
         now = self.clock()
         record = TaskRecord(
             task_id=task_id, role=TaskRole.REQUESTER, state=TaskState.PLACING, spec=spec,
             requester=self.signer.peer_id, created_at=now, updated_at=now, local=local,
         )
         await self.store.create_task(record)
+        await self.store.put_queue_terms(task_id, terms.priority, terms.deadline)
         self.tracker.open(task_id)
-        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, exclude=exclude))
+        self.queue.join(task_id, terms.priority)  # now, not in the task: the queue keeps submission order
+        self._nursery.start_soon(self._guarded, task_id, self._place(task_id, spec, local, terms, exclude=exclude))
         return task_id
 
     # ------------------------------------------------------------ for peerd.jobs.gang
@@ -188,7 +237,7 @@ class Requester:
 
     async def record_attempt(self, task_id: str, provider: str, outcome: AttemptOutcome, code: str, detail: str,
                              signed: bytes | None = None) -> None:
-        await self._record_attempt(task_id, 0, provider, outcome, code, detail, signed)
+        await self._record_attempt(task_id, provider, outcome, code, detail, signed)
 
     async def settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
         await self._settle(task_id, state, detail, exit_code=exit_code)
@@ -211,37 +260,86 @@ class Requester:
 
     # ------------------------------------------------------------ placement
     async def _place(
-        self, task_id: str, spec: JobSpec, local: bool, tried: int = 0, exclude: frozenset[str] = frozenset()
+        self, task_id: str, spec: JobSpec, local: bool, terms: QueueTerms, exclude: frozenset[str] = frozenset()
     ) -> None:
-        deadline = trio.current_time() + self.settings.placement_deadline
-        excluded: set[str] = set(exclude)
-        attempts = tried
+        """Placement rounds, each in the queue's turn, until leased, refused for good, or the queue
+        deadline passed. Between rounds the task is ``queued``: it holds nothing anywhere."""
+        never: set[str] = set(exclude)  # providers that will not run it: refused for good (or replicas' own)
+        waited = False
+        now = trio.current_time()
+        until = now + max(terms.deadline - self.clock(), 0.0)  # the queue deadline, on trio's clock
+        first_turn = max(until, now + self.settings.placement_deadline)  # even a task that may not wait gets one
         with trio.CancelScope() as scope:
             self._cancel[task_id] = self._cancel_placing(scope)
             if not local and not self._anyone(spec):
-                await self._wait_for_peers(task_id, spec, deadline)
-            source = self.candidates
-            if self.all_providers is not None and not self.candidates(spec, self.clock(), local):
-                # Nobody fits on paper: ask the providers themselves, so the answer is
-                # theirs and signed (and a stale advert does not hide a willing provider).
-                source = self.all_providers
-            while attempts < self.settings.max_attempts and trio.current_time() < deadline:
-                ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in excluded]
-                if not ranked:
+                await self._wait_for_peers(task_id, spec, trio.current_time() + self.settings.placement_deadline)
+            while True:
+                with trio.move_on_at(until if waited else first_turn) as turn:
+                    await self.queue.turn(task_id)
+                if turn.cancelled_caught:
+                    waited = True
                     break
-                candidate = ranked[0]
-                excluded.add(candidate.peer_id)
-                attempts += 1
-                if await self._attempt(task_id, spec, candidate, attempts, deadline):
+                ending = await self._round(task_id, spec, local, never)
+                if ending is Ending.FINAL:
                     return
-                if task_id in self._retry_same:
-                    self._retry_same.discard(task_id)
-                    excluded.discard(candidate.peer_id)
+                if trio.current_time() >= until or not self._worth_waiting(spec, local, never, ending):
+                    break
+                self.queue.full(task_id)
+                await self.queued(task_id)
+                waited = True
         if scope.cancelled_caught:
             await self._settle(task_id, TaskState.CANCELLED, "cancelled before placement")
             return
-        detail = await self._not_placed_reason(task_id, spec, attempts, local)
+        detail = await self._not_placed_reason(task_id, local, waited)
         await self._settle(task_id, TaskState.NOT_PLACED, detail)
+
+    async def _round(self, task_id: str, spec: JobSpec, local: bool, never: set[str]) -> Ending:
+        """Ask the best providers one at a time, within ``max_attempts`` and ``placement_deadline``.
+        NOT_NOW if any answered "no room now"; providers that refused for good join ``never``."""
+        deadline = trio.current_time() + self.settings.placement_deadline
+        asked: set[str] = set(never)
+        ending = Ending.NEVER
+        source = self.candidates
+        if self.all_providers is not None and not self.candidates(spec, self.clock(), local):
+            # Nobody fits on paper: ask the providers themselves, so the answer is
+            # theirs and signed (and a stale advert does not hide a willing provider).
+            source = self.all_providers
+        for _ in range(self.settings.max_attempts):
+            ranked = [c for c in source(spec, self.clock(), local) if c.peer_id not in asked]
+            if not ranked or trio.current_time() >= deadline:
+                break
+            hint = self.queue.hint  # where one of our tasks just freed a slot
+            candidate = next((c for c in ranked if c.peer_id == hint), ranked[0])
+            asked.add(candidate.peer_id)
+            outcome = await self._attempt(task_id, spec, candidate, deadline)
+            if outcome is Ending.FINAL:
+                return outcome
+            if outcome is Ending.NEVER:
+                never.add(candidate.peer_id)
+            else:
+                ending = Ending.NOT_NOW
+            if task_id in self._retry_same:
+                self._retry_same.discard(task_id)
+                asked.discard(candidate.peer_id)
+        return ending
+
+    def _worth_waiting(self, spec: JobSpec, local: bool, never: set[str], ending: Ending) -> bool:
+        """Will room for this job appear? Yes if a provider said "not now", or one could run it once its
+        jobs end (its advert's totals fit); no if every provider refused it for good."""
+        if ending is Ending.NOT_NOW:
+            return True
+        if local or self.could_run is None:
+            return False
+        return any(c.peer_id not in never for c in self.could_run(spec, self.clock(), local))
+
+    async def queued(self, task_id: str) -> None:
+        """No provider has room now: the task waits (``queued``) with the latest reason."""
+        attempts = await self.store.attempts(task_id)
+        why = _describe(attempts[-1]) if attempts else "no provider has room for it now"
+        await self.store.mark_queued(task_id, self.clock())
+        detail = f"queued: no room now ({why})"
+        await self.store.update_task(task_id, now=self.clock(), state=TaskState.QUEUED, detail=detail)
+        self.tracker.state(task_id, TaskState.QUEUED, detail)
 
     def _anyone(self, spec: JobSpec) -> bool:
         """Is there a candidate, or at least a live provider to ask?"""
@@ -266,18 +364,16 @@ class Requester:
 
         return stop
 
-    async def _not_placed_reason(self, task_id: str, spec: JobSpec, attempts: int, local: bool) -> str:
-        if attempts == 0:
+    async def _not_placed_reason(self, task_id: str, local: bool, waited: bool) -> str:
+        attempts = await self.store.attempts(task_id)
+        if not attempts:
             where = "this node" if local else "the peer table"
             return f"no provider in {where} can run this job (cpus, memory, GPUs, price or image)"
-        reasons = [
-            " ".join(filter(None, (f"{a.provider[:16]}…:", a.outcome.value, a.reason_code or "", a.detail)))
-            for a in await self.store.attempts(task_id)
-        ]
-        return f"not placed after {attempts} attempt(s): " + "; ".join(reasons)
+        when = "within its queue timeout" if waited else f"after {len(attempts)} attempt(s)"
+        return f"not placed {when}: " + "; ".join(_describe(a) for a in attempts)
 
-    async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, n: int, deadline: float) -> bool:
-        """One negotiation; True when the task reached a final state through it."""
+    async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, deadline: float) -> Ending:
+        """One negotiation, and the run when it leads to a lease."""
         lease: Lease | None = None
         failure: Exception | None = None
         try:
@@ -286,37 +382,41 @@ class Requester:
                     channel = self._channel(stream, candidate.peer_id)
                     with trio.fail_at(max(deadline, trio.current_time() + 0.1)):
                         lease = await self._negotiate(channel, task_id, spec)
-                    await self._record_attempt(task_id, n, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
-                    return await self._collect(channel, task_id)
+                    await self._record_attempt(task_id, candidate.peer_id, AttemptOutcome.ACCEPTED, "", "leased")
+                    await self._collect(channel, task_id)
+                    return Ending.FINAL
                 except _ATTEMPT_ERRORS as exc:
                     failure = exc  # handled below, outside the stream's own nursery
         except _ATTEMPT_ERRORS as exc:
             failure = failure or exc
         except BaseExceptionGroup as group:
             failure = failure or single_error(group, _ATTEMPT_ERRORS)
-        return await self._after_failure(task_id, n, candidate, lease, failure)
+        return await self._after_failure(task_id, candidate, lease, failure)
 
     async def _after_failure(
-        self, task_id: str, n: int, candidate: Candidate, lease: Lease | None, failure: Exception | None
-    ) -> bool:
+        self, task_id: str, candidate: Candidate, lease: Lease | None, failure: Exception | None
+    ) -> Ending:
         peer = candidate.peer_id
+        ending = Ending.NOT_NOW
         if isinstance(failure, AttemptFailed):
-            await self._record_attempt(task_id, n, peer, failure.outcome, failure.code, failure.detail, failure.signed)
+            await self._record_attempt(task_id, peer, failure.outcome, failure.code, failure.detail, failure.signed)
+            if failure.code not in _NOT_NOW:
+                ending = Ending.NEVER
         elif isinstance(failure, trio.TooSlowError):
-            await self._record_attempt(task_id, n, peer, AttemptOutcome.TIMEOUT, "", "placement deadline passed")
+            await self._record_attempt(task_id, peer, AttemptOutcome.TIMEOUT, "", "placement deadline passed")
         elif isinstance(failure, ProtocolError):
-            await self._record_attempt(task_id, n, peer, AttemptOutcome.ERROR, "", f"{failure.code}: {failure}")
+            await self._record_attempt(task_id, peer, AttemptOutcome.ERROR, "", f"{failure.code}: {failure}")
             if lease is not None:
                 await self.superseded.supersede(task_id, peer, lease, "the provider broke the protocol after the lease")
                 await self._back_to_placing(task_id, "the provider broke the protocol after the lease")
-            return False
+            return Ending.NEVER
         elif lease is None:
             outcome = AttemptOutcome.TIMEOUT if isinstance(failure, PeerTimeout) else AttemptOutcome.UNREACHABLE
-            await self._record_attempt(task_id, n, peer, outcome, "", str(failure))
+            await self._record_attempt(task_id, peer, outcome, "", str(failure))
         if lease is None or isinstance(failure, trio.TooSlowError):
-            return False
+            return ending
         log.info("lost provider %s for %s (%s); trying to resume", peer[:16], task_id, failure)
-        return await self._resume(task_id, candidate, lease)
+        return Ending.FINAL if await self._resume(task_id, candidate, lease) else Ending.NOT_NOW
 
     def _channel(self, stream: ByteStream, peer_id: str) -> Channel:
         machine = RequesterNegotiation(self.signer, peer_id)
@@ -348,6 +448,7 @@ class Requester:
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.RUNNING,
                                      provider=terms.provider, price=terms.price)
         self.tracker.state(task_id, TaskState.RUNNING, f"leased on {terms.provider[:16]}…")
+        self.queue.placed(task_id)
         await channel.send_frame(countersigned)
         if self.on_negotiated is not None:
             self.on_negotiated(trio.current_time() - began)
@@ -361,7 +462,8 @@ class Requester:
             if exc.code != RejectCode.OFFER_EXPIRED.value:
                 raise
         await channel.send_frame(channel.machine.cancel("the offer expired before it was accepted"))
-        raise AttemptFailed(AttemptOutcome.DECLINED, "", "the offer expired before it was accepted")
+        raise AttemptFailed(AttemptOutcome.DECLINED, RejectCode.OFFER_EXPIRED.value,
+                            "the offer expired before it was accepted")
 
     # ------------------------------------------------------------ after the lease
     async def _resume(self, task_id: str, candidate: Candidate, lease: Lease) -> bool:
@@ -379,14 +481,14 @@ class Requester:
             except AttemptFailed as failed:
                 # The provider answered: it does not hold this lease (e.g. our countersignature
                 # never reached it). It is healthy, so it may be asked again under a new lease.
-                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.REJECTED, failed.code,
+                await self._record_attempt(task_id, candidate.peer_id, AttemptOutcome.REJECTED, failed.code,
                                            f"refused to resume: {failed.detail}", failed.signed)
                 if failed.code == RejectCode.UNKNOWN_TASK:
                     self._retry_same.add(task_id)
                 await self._back_to_placing(task_id, f"the provider does not hold the lease ({failed.code})")
                 return False
             except ProtocolError as exc:
-                await self._record_attempt(task_id, 0, candidate.peer_id, AttemptOutcome.ERROR, exc.code, str(exc))
+                await self._record_attempt(task_id, candidate.peer_id, AttemptOutcome.ERROR, exc.code, str(exc))
                 await self.superseded.supersede(task_id, candidate.peer_id, lease,
                                                 "the provider broke the protocol while resuming")
                 await self._back_to_placing(task_id, "the provider broke the protocol while resuming")
@@ -471,33 +573,50 @@ class Requester:
 
     async def _settle(self, task_id: str, state: TaskState, detail: str, *, exit_code: int | None = None) -> None:
         with trio.CancelScope(shield=True):
-            await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail, exit_code=exit_code)
+            record = await self.store.update_task(task_id, now=self.clock(), state=state, detail=detail,
+                                                  exit_code=exit_code)
             if self.on_settled is not None:
                 await self.on_settled()  # e.g. reputation folds in what this task taught
         self._cancel.pop(task_id, None)
+        self.queue.leave(task_id)
+        if record.provider or record.spec.nodes > 1:
+            self.queue.wake(record.provider)  # its slot there is free now: the next queued task may have it
         self.tracker.finish(task_id, state, detail)
 
-    async def _record_attempt(self, task_id: str, n: int, provider: str, outcome: AttemptOutcome, code: str,
+    async def _record_attempt(self, task_id: str, provider: str, outcome: AttemptOutcome, code: str,
                               detail: str, signed: bytes | None = None) -> None:
-        """Append to the task's placement log (``n`` is advisory; the log numbers itself)."""
+        """Append to the task's placement log. A queued task asks again and again: an answer the log
+        already holds since the last lease (same provider, outcome and reason) is not written twice."""
         reason = code if code in _REJECT_CODES else None
         if code and reason is None:
             detail = f"{code}: {detail}"
-        n = len(await self.store.attempts(task_id)) + 1
-        attempt = Attempt(task_id=task_id, n=n, provider=provider, outcome=outcome,
-                          reason_code=RejectCode(reason) if reason else None,
-                          detail=detail[:1024], signed=signed, at=self.clock())
+        reason_code = RejectCode(reason) if reason else None
+        log_so_far = await self.store.attempts(task_id)
+        since_lease = reversed(list(itertools.takewhile(lambda a: a.outcome is not AttemptOutcome.ACCEPTED,
+                                                        reversed(log_so_far))))
+        if outcome is not AttemptOutcome.ACCEPTED and any(
+            (a.provider, a.outcome, a.reason_code) == (provider, outcome, reason_code) for a in since_lease
+        ):
+            return
+        attempt = Attempt(task_id=task_id, n=len(log_so_far) + 1, provider=provider, outcome=outcome,
+                          reason_code=reason_code, detail=detail[:1024], signed=signed, at=self.clock())
         with trio.CancelScope(shield=True):
             await self.store.add_attempt(attempt)
         self.tracker.state(task_id, TaskState.PLACING, f"{provider[:16]}…: {outcome} {code}".strip())
 
     # ------------------------------------------------------------ after a restart
-    async def _recover(self, record: TaskRecord) -> None:
+    async def _recover(self, record: TaskRecord, terms: QueueTerms) -> None:
+        """Resume a leased task; place one that was not (a queued one keeps its place and deadline)."""
         self.tracker.open(record.task_id)
         lease = await self.store.get_lease(record.task_id)
         if lease is not None and lease.requester_sig and record.provider:
             candidate = Candidate(peer_id=record.provider, addrs=[])
             if await self._resume(record.task_id, candidate, lease):
                 return
-        tried = len(await self.store.attempts(record.task_id))
-        await self._place(record.task_id, record.spec, record.local, tried=min(tried, self.settings.max_attempts - 1))
+        await self._place(record.task_id, record.spec, record.local, terms)
+
+
+def _describe(attempt: Attempt) -> str:
+    """One placement-log entry as a person reads it."""
+    return " ".join(filter(None, (f"{attempt.provider[:16]}…:", attempt.outcome.value, attempt.reason_code or "",
+                                  attempt.detail)))

@@ -20,6 +20,7 @@ from peerd.jobs.provider import Provider
 from peerd.jobs.requester import Candidate
 from peerd.jobs.taskwire import ByteStream
 from peerd.market.reputation_book import ReputationBook
+from peerd.market.rules import ever_fits
 from peerd.p2p.service import P2PService
 from peerd.p2p.streams import Stream, StreamHandler
 from protocol.messages import JobSpec
@@ -54,6 +55,16 @@ class Routes:
             Candidate(peer_id=e.peer_id, addrs=list(e.addrs))
             for e in self.p2p.table.entries(now)
             if e.peer_id != self.peer_id and e.advert.role is NodeRole.PROVIDER and not e.advert.draining
+        ]
+
+    def could_run(self, spec: JobSpec, now: float, local: bool) -> list[Candidate]:
+        """Live providers but us that could run ``spec`` once they have room (worth queueing for)."""
+        if local:
+            return []
+        return [
+            Candidate(peer_id=e.peer_id, addrs=list(e.addrs))
+            for e in self.p2p.table.entries(now)
+            if e.peer_id != self.peer_id and ever_fits(spec, e.advert)
         ]
 
     @asynccontextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from peerd.market.reputation import NO_REPUTATION, Trust
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
@@ -85,6 +86,15 @@ def misfit(spec: JobSpec, advert: Advert) -> Misfit | None:
 
 def fits(spec: JobSpec, advert: Advert) -> bool:
     return misfit(spec, advert) is None
+
+
+def ever_fits(spec: JobSpec, advert: Advert) -> bool:
+    """Could ``advert``'s provider run ``spec`` once its jobs end and it stops draining? (The same
+    rules as ``fits``, as if everything it has were free: a job that no provider ever fits is not
+    worth queueing.)"""
+    idle = replace(advert, free_cpus=advert.cpus, free_memory=advert.memory,
+                   free_gpus=tuple(g.uuid for g in advert.gpus), draining=False)
+    return fits(spec, idle)
 
 
 def waste(spec: JobSpec, advert: Advert) -> float:

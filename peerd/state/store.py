@@ -354,6 +354,36 @@ class Store:
                                        params=(task_id,)))
         return str(rows[0]["gang_id"]) if rows else None
 
+    # ------------------------------------------------------------ the requester's queue
+    async def put_queue_terms(self, task_id: str, priority: int, deadline: float) -> None:
+        """How ``task_id`` waits for capacity (``peerd.jobs.queue.QueueTerms``), recorded with the task."""
+        sql = "INSERT INTO task_queue (task_id, priority, deadline) VALUES (?, ?, ?)"
+        await self._run(partial(_insert, sql=sql, params=(task_id, priority, deadline), task_id=task_id,
+                                what="queue terms"))
+
+    async def queue_terms(self, task_id: str) -> tuple[int, float, float | None] | None:
+        """(priority, deadline, queued_at) of a task, or None if it has none."""
+        sql = "SELECT priority, deadline, queued_at FROM task_queue WHERE task_id = ?"
+        rows = await self._run(partial(_select, sql=sql, params=(task_id,)))
+        if not rows:
+            return None
+        row = rows[0]
+        return int(row["priority"]), float(row["deadline"]), row["queued_at"]
+
+    async def mark_queued(self, task_id: str, at: float) -> float:
+        """Note when the task first waited for room (kept on later waits); that time."""
+
+        def op(conn: sqlite3.Connection) -> float:
+            def body() -> float:
+                conn.execute("UPDATE task_queue SET queued_at = ? WHERE task_id = ? AND queued_at IS NULL",
+                             (at, task_id))
+                row = conn.execute("SELECT queued_at FROM task_queue WHERE task_id = ?", (task_id,)).fetchone()
+                return at if row is None or row["queued_at"] is None else float(row["queued_at"])
+
+            return transaction(conn, body)
+
+        return await self._run(op)
+
     # ------------------------------------------------------------ attempts
     async def add_attempt(self, attempt: Attempt) -> None:
         """Append to the task's placement log; ``AlreadyRecorded`` if entry ``n`` exists."""

@@ -194,7 +194,25 @@ _V5_GANGS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_TABLES, _V2_INDEXES, _V3_RETENTION, _V4_VERIFICATION, _V5_GANGS)
+_V6_QUEUE = Migration(
+    "queueing: a requester task's priority, queue deadline and when it first waited for room",
+    (
+        # one row per requester task that may wait for capacity (``peerd.jobs.queue``); its order is
+        # the task's (created_at, rowid), so a restart re-joins the queue in submission order
+        """
+        CREATE TABLE task_queue (
+            task_id   TEXT PRIMARY KEY NOT NULL REFERENCES tasks (task_id),
+            priority  INTEGER NOT NULL,
+            deadline  REAL NOT NULL,
+            queued_at REAL
+        ) STRICT
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _V1_TABLES, _V2_INDEXES, _V3_RETENTION, _V4_VERIFICATION, _V5_GANGS, _V6_QUEUE,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -96,6 +96,7 @@ placement_deadline = "90s"
 offer_hold = "7s"
 provider_timeout = "11s"
 peer_wait = "3s"
+queue_timeout = "17m"
 [metrics]
 listen = "127.0.0.1:9999"
 [dashboard]
@@ -192,6 +193,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "requester.offer_hold": lambda b: b.provider.offer_hold,
     "requester.provider_timeout": lambda b: b.requester.provider_timeout,
     "requester.peer_wait": lambda b: b.requester.peer_wait,
+    "requester.queue_timeout": lambda b: b.requester.queue_timeout,
     "policy.offers_per_peer": lambda b: b.provider.offers_per_peer,
     "policy.lapsed_offers": lambda b: b.provider.lapse_limit,
     "retention.max_age": lambda b: b.pruner.settings.max_age,
