@@ -5,7 +5,8 @@ is admitted against policy (the image reference and environment included),
 price, the per-peer bounds of ``OfferGuard`` and free capacity; a refusal is a
 signed ``Reject`` with a reason code. The Offer is a *quote*: it holds no
 capacity, so offers nobody accepts cannot lock a provider (nor show in its
-advert as used). Capacity is checked again and taken, atomically, when the
+advert as used). A requester that runs its fair share here while another one
+turned away for capacity waits is refused ``busy`` (``peerd.jobs.fairshare``). Capacity is checked again and taken, atomically, when the
 Accept arrives (the GPUs the offer named, or ``Reject(no_capacity)``); it is a
 hold until the countersigned lease comes back, then confirmed. Once both
 parties signed the lease it is written to the store *before* the container
@@ -36,6 +37,7 @@ from peerd.executor.contract import OverlaySpec, RunSpec
 from peerd.executor.errors import ExecutorError, Reason
 from peerd.executor.gpus import CapacityLedger
 from peerd.executor.policy import ProviderPolicy
+from peerd.jobs.fairshare import FairShare, Use, use_by_requester
 from peerd.jobs.gangmember import EndpointPorts, NoFreePort, gang_env, overlay_spec
 from peerd.jobs.jobrun import JobRunner
 from peerd.jobs.leasedjob import LeasedJob
@@ -87,12 +89,16 @@ Channel = TaskChannel[ProviderNegotiation]
 
 
 class Refusal(Exception):
-    """Internal: a request is refused with ``code`` (becomes a signed Reject)."""
+    """Internal: a request is refused with ``code`` (becomes a signed Reject).
 
-    def __init__(self, code: RejectCode, detail: str) -> None:
+    ``for_capacity``: turned away only because this provider is full now (the
+    requester then waits, for ``FairShare``)."""
+
+    def __init__(self, code: RejectCode, detail: str, *, for_capacity: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.for_capacity = for_capacity
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class Provider:
         self._quoted: dict[int, tuple[str, ...]] = {}  # open offers' GPUs, so quotes spread over GPUs
         self._quote_ids = itertools.count()
         self._gang_offers: set[str] = set()  # tasks with an open gang offer (they hold an endpoint port)
+        self.fair = FairShare()  # requesters lately turned away for capacity (peerd.jobs.fairshare)
         gang = settings.gang
         self.ports = None if gang is None else EndpointPorts(
             gang.endpoint_host, gang.first_port, gang.last_port,
@@ -179,7 +186,7 @@ class Provider:
         if request.requester != remote_peer:
             raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
         if len(self.runner.jobs) >= self.settings.max_concurrent:
-            raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here")
+            raise Refusal(RejectCode.BUSY, f"{len(self.runner.jobs)} jobs running, the limit here", for_capacity=True)
         spec = request.spec
         if request.gang is not None and self.ports is None:
             raise Refusal(RejectCode.GANG_NOT_SUPPORTED, "this provider does not join gang jobs ([gang] enabled)")
@@ -271,10 +278,13 @@ class Provider:
                 min_gpu_memory=spec.gpu_memory, now=now, avoid=others,
             )
         except ExecutorError as exc:
-            raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
+            code = REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY)
+            full = exc.reason is Reason.NO_CAPACITY and self._fits_when_free(request)
+            raise Refusal(code, exc.detail, for_capacity=full) from exc
 
     def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
         """At Accept: hold exactly what the offer named until the lease is countersigned."""
+        self._check_fair_share(request.requester, now)  # a requester may have been turned away since the offer
         spec = request.spec
         try:
             self.ledger.reserve(
@@ -283,8 +293,25 @@ class Provider:
                 now=now, hold_until=now + 2 * self.settings.io_timeout + 1.0,  # send + receive, each bounded
             )
         except ExecutorError as exc:
-            code = RejectCode.BAD_REQUEST if exc.reason is Reason.DUPLICATE_TASK else RejectCode.NO_CAPACITY
-            raise Refusal(code, f"{exc.detail} (taken since the offer)") from exc
+            full = exc.reason is not Reason.DUPLICATE_TASK
+            code = RejectCode.NO_CAPACITY if full else RejectCode.BAD_REQUEST
+            raise Refusal(code, f"{exc.detail} (taken since the offer)", for_capacity=full) from exc
+
+    # ------------------------------------------------------------ fair share (peerd.jobs.fairshare)
+    def _check_fair_share(self, requester: str, now: float) -> None:
+        """Refuse ``requester`` (busy) while it runs its share here and a requester turned away waits."""
+        held = use_by_requester((job.terms.requester, _use_of(job.terms)) for job in self.runner.jobs.values())
+        whole = Use(self.settings.max_concurrent, self.ledger.total_cpus, self.ledger.total_memory,
+                    len(self.ledger.gpus))
+        detail = self.fair.refusal(requester, held, whole, now)
+        if detail is not None:
+            raise Refusal(RejectCode.BUSY, detail)
+
+    def _fits_when_free(self, request: TaskRequest) -> bool:
+        """Whether the request fits this provider once it is idle (if not, waiting here is pointless)."""
+        spec = request.spec
+        return (spec.cpus <= self.ledger.total_cpus and spec.memory <= self.ledger.total_memory
+                and spec.gpus <= len(self.ledger.gpus))
 
     # ------------------------------------------------------------ streams
     async def handle_stream(self, stream: ByteStream, remote_peer: str) -> None:
@@ -320,6 +347,7 @@ class Provider:
             refusal = self.guard.refusal(remote_peer, now)
             if refusal is not None:
                 raise Refusal(RejectCode.BUSY, refusal)
+            self._check_fair_share(request.requester, now)
             gpus = self._quote(request, now)
             member = self._member(request)
         except Refusal as refusal:
@@ -355,6 +383,8 @@ class Provider:
 
     async def _refuse(self, channel: Channel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
         log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
+        if refusal.for_capacity:
+            self.fair.refused(request.requester, self.clock())
         await channel.send_frame(channel.machine.reject(refusal.code, refusal.detail))
 
     async def _offer_and_lease(
@@ -409,6 +439,7 @@ class Provider:
         if member is not None:
             final_spec = with_overlay(final_spec, terms, member)
         await self.runner.launch(terms, signed, final_spec)
+        self.fair.served(request.requester)
         return Ending.LEASED
 
     async def _resume(self, channel: Channel, resume: Resume, remote_peer: str) -> None:
@@ -462,6 +493,11 @@ class Provider:
             log.info("requester of %s went away: %s (the job runs on)", job.task_id, exc)
         except ProtocolError as exc:
             log.warning("requester of %s broke the protocol: %s (the job runs on)", job.task_id, exc)
+
+
+def _use_of(terms: LeaseTerms) -> Use:
+    """What one running job holds, for the fair share."""
+    return Use(1, terms.spec.cpus, terms.spec.memory, terms.spec.gpus)
 
 
 def with_overlay(run_spec: RunSpec, terms: LeaseTerms, member: _Member) -> RunSpec:
