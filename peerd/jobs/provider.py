@@ -2,13 +2,15 @@
 
 ``Provider.handle_stream`` serves one ``/peerd/task/1.0.0`` stream. A request
 is admitted against policy (the image reference and environment included),
-price, the per-peer bounds of ``OfferGuard`` and free capacity; a refusal is a
-signed ``Reject`` with a reason code. The Offer is a *quote*: it holds no
-capacity, so offers nobody accepts cannot lock a provider (nor show in its
-advert as used). A requester that runs its fair share here while another one
-turned away for capacity waits is refused ``busy`` (``peerd.jobs.fairshare``). Capacity is checked again and taken, atomically, when the
-Accept arrives (the GPUs the offer named, or ``Reject(no_capacity)``); it is a
-hold until the countersigned lease comes back, then confirmed. Once both
+price, the per-peer bounds of ``OfferGuard``, the fair share between
+requesters (``peerd.jobs.fairshare``: one that runs its share here while
+another one turned away for capacity waits is refused ``busy``) and free
+capacity; a refusal is a signed ``Reject`` with a reason code. The Offer is a
+*quote*: it holds no capacity, so offers nobody accepts cannot lock a provider
+(nor show in its advert as used). Capacity and the fair share are checked
+again and capacity is taken, atomically, when the Accept arrives (the GPUs the
+offer named, or ``Reject(no_capacity)``); it is a hold until the countersigned
+lease comes back, then confirmed. Once both
 parties signed the lease it is written to the store *before* the container
 starts, and the job then runs in the provider's own nursery, independent of
 the stream: a requester that reconnects with ``Resume`` picks up the logs,
