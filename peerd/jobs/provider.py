@@ -287,6 +287,9 @@ class Provider:
     def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
         """At Accept: hold exactly what the offer named until the lease is countersigned."""
         self._check_fair_share(request.requester, now)  # a requester may have been turned away since the offer
+        taken = sum(1 for r in self.ledger.reservations() if r.hold_until is None or r.hold_until > now)
+        if taken >= self.settings.max_concurrent:  # offers hold nothing: many may be accepted at once
+            raise Refusal(RejectCode.BUSY, f"{taken} jobs running or starting, the limit here", for_capacity=True)
         spec = request.spec
         try:
             self.ledger.reserve(

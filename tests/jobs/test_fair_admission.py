@@ -1,7 +1,8 @@
 """A provider's fair share between requesters, end to end over the wire (in-process pipes, scripted executor).
 
 The rule alone is in tests/jobs/test_fairshare.py. Here each requester speaks the negotiation itself (request,
-accept, countersign), so what is checked is the provider's answer to each request.
+accept, countersign), so what is checked is the provider's answer to each request. Also here: the job limit
+(``max_concurrent``) holds at accept, when more offers than slots are accepted at once.
 """
 
 from __future__ import annotations
@@ -138,3 +139,15 @@ async def test_an_offer_accepted_after_another_requester_was_turned_away_is_refu
         assert late is not None and late.code is RejectCode.BUSY and late.detail.startswith("fair share")
         assert "75% of this provider, its share 50%" in late.detail
         assert p.ledger.free().cpus == CPUS - 6.0  # a's accept took nothing
+
+
+async def test_the_job_limit_holds_when_more_offers_than_slots_are_accepted(tmp_path: Path) -> None:
+    async with provider_node(tmp_path, Net(), settings=SETTINGS, cpus=CPUS) as p:
+        opened = [(n, *await request(p, Signer.generate(), f"x-{n}")) for n in range(LIMIT + 2)]
+        assert all(isinstance(offer, Offer) for _, offer, _, _ in opened)  # offers are quotes: all are made
+        answers = [await lease(p, machine, stream, f"x-{n}") for n, _, machine, stream in opened]
+        assert answers[:LIMIT] == [None] * LIMIT
+        assert [(a.code, a.detail) for a in answers[LIMIT:] if a is not None] == [
+            (RejectCode.BUSY, f"{LIMIT} jobs running or starting, the limit here")] * 2
+        assert len(p.runner.jobs) == LIMIT
+        assert p.provider.fair.depth(time.time()) == 2  # both turned away for capacity: they wait
