@@ -9,12 +9,13 @@ capacity; a refusal is a signed ``Reject`` with a reason code. The Offer is a
 *quote*: it holds no capacity, so offers nobody accepts cannot lock a provider
 (nor show in its advert as used). Capacity and the fair share are checked
 again and capacity is taken, atomically, when the Accept arrives (the GPUs the
-offer named, or ``Reject(no_capacity)``); it is a hold until the countersigned
-lease comes back, then confirmed. Once both
-parties signed the lease it is written to the store *before* the container
-starts, and the job then runs in the provider's own nursery, independent of
-the stream: a requester that reconnects with ``Resume`` picks up the logs,
-result and receipt. Every exit path releases the ledger.
+offer named, or ``Reject(no_capacity)``), with a job slot (``max_concurrent``,
+or ``Reject(busy)``); it is a hold until the countersigned lease comes back,
+then confirmed. Once both parties signed the lease it is written to the store
+*before* the container starts, and the job then runs in the provider's own
+nursery, independent of the stream: a requester that reconnects with
+``Resume`` picks up the logs, result and receipt. Every exit path releases the
+ledger.
 
 A gang member's request (``request.gang``) is admitted only where ``[gang]
 enabled``; its offer carries a WireGuard public key made for this lease and a
