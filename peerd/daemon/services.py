@@ -45,10 +45,11 @@ class ProviderServices:
     provider: Provider
 
     def advert(self, config: Config, peer_id: str, addrs: list[str], now: float, *, draining: bool) -> Advert:
-        """Our resources now; the p2p publisher stamps seq, times and signature."""
+        """Our resources now; the p2p publisher stamps seq, times and signature. ``queue_depth``: the
+        requesters lately turned away here for capacity (``peerd.jobs.fairshare``)."""
         return build_advert(
             config=config, host=self.host, ledger=self.ledger, peer_id=peer_id, addrs=addrs, now=now,
-            seq=0, queue_depth=0, running=len(self.runner.jobs), draining=draining,
+            seq=0, queue_depth=self.provider.fair.depth(now), running=len(self.runner.jobs), draining=draining,
         )
 
 

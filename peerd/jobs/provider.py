@@ -2,16 +2,20 @@
 
 ``Provider.handle_stream`` serves one ``/peerd/task/1.0.0`` stream. A request
 is admitted against policy (the image reference and environment included),
-price, the per-peer bounds of ``OfferGuard`` and free capacity; a refusal is a
-signed ``Reject`` with a reason code. The Offer is a *quote*: it holds no
-capacity, so offers nobody accepts cannot lock a provider (nor show in its
-advert as used). Capacity is checked again and taken, atomically, when the
-Accept arrives (the GPUs the offer named, or ``Reject(no_capacity)``); it is a
-hold until the countersigned lease comes back, then confirmed. Once both
-parties signed the lease it is written to the store *before* the container
-starts, and the job then runs in the provider's own nursery, independent of
-the stream: a requester that reconnects with ``Resume`` picks up the logs,
-result and receipt. Every exit path releases the ledger.
+price, the per-peer bounds of ``OfferGuard``, the fair share between
+requesters (``peerd.jobs.fairshare``: one that runs its share here while
+another one turned away for capacity waits is refused ``busy``) and free
+capacity; a refusal is a signed ``Reject`` with a reason code. The Offer is a
+*quote*: it holds no capacity, so offers nobody accepts cannot lock a provider
+(nor show in its advert as used). Capacity and the fair share are checked
+again and capacity is taken, atomically, when the Accept arrives (the GPUs the
+offer named, or ``Reject(no_capacity)``), with a job slot (``max_concurrent``,
+or ``Reject(busy)``); it is a hold until the countersigned lease comes back,
+then confirmed. Once both parties signed the lease it is written to the store
+*before* the container starts, and the job then runs in the provider's own
+nursery, independent of the stream: a requester that reconnects with
+``Resume`` picks up the logs, result and receipt. Every exit path releases the
+ledger.
 
 A gang member's request (``request.gang``) is admitted only where ``[gang]
 enabled``; its offer carries a WireGuard public key made for this lease and a
@@ -36,6 +40,7 @@ from peerd.executor.contract import OverlaySpec, RunSpec
 from peerd.executor.errors import ExecutorError, Reason
 from peerd.executor.gpus import CapacityLedger
 from peerd.executor.policy import ProviderPolicy
+from peerd.jobs.fairshare import FairShare, Use, use_by_requester
 from peerd.jobs.gangmember import EndpointPorts, NoFreePort, gang_env, overlay_spec
 from peerd.jobs.jobrun import JobRunner
 from peerd.jobs.leasedjob import LeasedJob
@@ -87,12 +92,16 @@ Channel = TaskChannel[ProviderNegotiation]
 
 
 class Refusal(Exception):
-    """Internal: a request is refused with ``code`` (becomes a signed Reject)."""
+    """Internal: a request is refused with ``code`` (becomes a signed Reject).
 
-    def __init__(self, code: RejectCode, detail: str) -> None:
+    ``for_capacity``: turned away only because this provider is full now (the
+    requester then waits, for ``FairShare``)."""
+
+    def __init__(self, code: RejectCode, detail: str, *, for_capacity: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.for_capacity = for_capacity
 
 
 @dataclass(frozen=True)
@@ -160,8 +169,8 @@ class Provider:
         )
         self._quoted: dict[int, tuple[str, ...]] = {}  # open offers' GPUs, so quotes spread over GPUs
         self._quote_ids = itertools.count()
-        self._starting: set[str] = set()  # capacity taken at accept, the job not launched yet
         self._gang_offers: set[str] = set()  # tasks with an open gang offer (they hold an endpoint port)
+        self.fair = FairShare()  # requesters lately turned away for capacity (peerd.jobs.fairshare)
         gang = settings.gang
         self.ports = None if gang is None else EndpointPorts(
             gang.endpoint_host, gang.first_port, gang.last_port,
@@ -179,7 +188,7 @@ class Provider:
             raise Refusal(RejectCode.DRAINING, "this provider is draining and takes no new tasks")
         if request.requester != remote_peer:
             raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
-        self._check_slots()
+        self._check_slots(self.clock())
         spec = request.spec
         if request.gang is not None and self.ports is None:
             raise Refusal(RejectCode.GANG_NOT_SUPPORTED, "this provider does not join gang jobs ([gang] enabled)")
@@ -271,18 +280,22 @@ class Provider:
                 min_gpu_memory=spec.gpu_memory, now=now, avoid=others,
             )
         except ExecutorError as exc:
-            raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
+            code = REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY)
+            full = exc.reason is Reason.NO_CAPACITY and self._fits_when_free(request)
+            raise Refusal(code, exc.detail, for_capacity=full) from exc
 
-    def _check_slots(self) -> None:
-        """``max_concurrent`` counts the jobs running and those whose capacity was taken at accept."""
-        taken = len(self.runner.jobs) + len(self._starting)
+    def _check_slots(self, now: float) -> None:
+        """``max_concurrent`` counts the jobs running and those whose capacity was taken at accept
+        (offers hold nothing: many may be accepted at once)."""
+        taken = sum(1 for r in self.ledger.reservations() if r.hold_until is None or r.hold_until > now)
         if taken >= self.settings.max_concurrent:
-            raise Refusal(RejectCode.BUSY, f"{taken} jobs running or starting, the limit here")
+            raise Refusal(RejectCode.BUSY, f"{taken} jobs running or starting, the limit here", for_capacity=True)
 
     def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
         """At Accept: hold exactly what the offer named until the lease is countersigned."""
+        self._check_fair_share(request.requester, now)  # a requester may have been turned away since the offer
+        self._check_slots(now)  # others may have taken the slots since the offer
         spec = request.spec
-        self._check_slots()  # offers are quotes: others may have taken the slots since
         try:
             self.ledger.reserve(
                 request.task_id, cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus,
@@ -290,8 +303,25 @@ class Provider:
                 now=now, hold_until=now + 2 * self.settings.io_timeout + 1.0,  # send + receive, each bounded
             )
         except ExecutorError as exc:
-            code = RejectCode.BAD_REQUEST if exc.reason is Reason.DUPLICATE_TASK else RejectCode.NO_CAPACITY
-            raise Refusal(code, f"{exc.detail} (taken since the offer)") from exc
+            full = exc.reason is not Reason.DUPLICATE_TASK
+            code = RejectCode.NO_CAPACITY if full else RejectCode.BAD_REQUEST
+            raise Refusal(code, f"{exc.detail} (taken since the offer)", for_capacity=full) from exc
+
+    # ------------------------------------------------------------ fair share (peerd.jobs.fairshare)
+    def _check_fair_share(self, requester: str, now: float) -> None:
+        """Refuse ``requester`` (busy) while it runs its share here and a requester turned away waits."""
+        held = use_by_requester((job.terms.requester, _use_of(job.terms)) for job in self.runner.jobs.values())
+        whole = Use(self.settings.max_concurrent, self.ledger.total_cpus, self.ledger.total_memory,
+                    len(self.ledger.gpus))
+        detail = self.fair.refusal(requester, held, whole, now)
+        if detail is not None:
+            raise Refusal(RejectCode.BUSY, detail)
+
+    def _fits_when_free(self, request: TaskRequest) -> bool:
+        """Whether the request fits this provider once it is idle (if not, waiting here is pointless)."""
+        spec = request.spec
+        return (spec.cpus <= self.ledger.total_cpus and spec.memory <= self.ledger.total_memory
+                and spec.gpus <= len(self.ledger.gpus))
 
     # ------------------------------------------------------------ streams
     async def handle_stream(self, stream: ByteStream, remote_peer: str) -> None:
@@ -327,6 +357,7 @@ class Provider:
             refusal = self.guard.refusal(remote_peer, now)
             if refusal is not None:
                 raise Refusal(RejectCode.BUSY, refusal)
+            self._check_fair_share(request.requester, now)
             gpus = self._quote(request, now)
             member = self._member(request)
         except Refusal as refusal:
@@ -362,6 +393,8 @@ class Provider:
 
     async def _refuse(self, channel: Channel, request: TaskRequest, remote_peer: str, refusal: Refusal) -> None:
         log.info("rejecting %s from %s: %s", request.task_id, remote_peer[:16], refusal.detail)
+        if refusal.for_capacity:
+            self.fair.refused(request.requester, self.clock())
         await channel.send_frame(channel.machine.reject(refusal.code, refusal.detail))
 
     async def _offer_and_lease(
@@ -386,11 +419,9 @@ class Provider:
             await self._refuse(channel, request, request.requester, refusal)
             return Ending.DECLINED
         ending = Ending.LAPSED
-        self._starting.add(request.task_id)
         try:
             ending = await self._lease(channel, request, run_spec, gpus, member)
         finally:
-            self._starting.discard(request.task_id)
             if ending is not Ending.LEASED:
                 self.ledger.release(request.task_id)
         return ending
@@ -418,6 +449,7 @@ class Provider:
         if member is not None:
             final_spec = with_overlay(final_spec, terms, member)
         await self.runner.launch(terms, signed, final_spec)
+        self.fair.served(request.requester)
         return Ending.LEASED
 
     async def _resume(self, channel: Channel, resume: Resume, remote_peer: str) -> None:
@@ -471,6 +503,11 @@ class Provider:
             log.info("requester of %s went away: %s (the job runs on)", job.task_id, exc)
         except ProtocolError as exc:
             log.warning("requester of %s broke the protocol: %s (the job runs on)", job.task_id, exc)
+
+
+def _use_of(terms: LeaseTerms) -> Use:
+    """What one running job holds, for the fair share."""
+    return Use(1, terms.spec.cpus, terms.spec.memory, terms.spec.gpus)
 
 
 def with_overlay(run_spec: RunSpec, terms: LeaseTerms, member: _Member) -> RunSpec:
