@@ -65,9 +65,11 @@ class Client:
     def submit(
         self, image: str, command: Sequence[str], *, inputs: Sequence[str | tuple[str | os.PathLike[str], str]] = (),
         cpus: float = 1.0, memory: int = 256 << 20, timeout: float = 600.0, env: Mapping[str, str] | None = None,
-        gpus: int = 0, network: bool = False, local: bool = False,
+        gpus: int = 0, network: bool = False, local: bool = False, queue_timeout: float | None = None,
+        priority: int = 0,
     ) -> str:
-        """Submit a job; its task id (placement goes on in the daemon)."""
+        """Submit a job; its task id (placement goes on in the daemon). With no provider room now it waits
+        (``queued``) up to ``queue_timeout`` seconds (None: the node's default); higher ``priority`` first."""
         spec = JobSpec(image=image, command=tuple(command), env=dict(env or {}), cpus=cpus, memory=memory,
                        gpus=gpus, timeout=timeout, network=network)
         args: dict[str, Value] = {"spec": to_value(spec), "local": local}
@@ -78,6 +80,10 @@ class Client:
                 raise InputError(problem)
         if pairs:
             args["inputs"] = [{"source": s, "dest": d} for s, d in pairs]
+        if queue_timeout is not None:
+            args["queue_timeout"] = queue_timeout
+        if priority:
+            args["priority"] = priority
         result = self._control.call("submit", args, no_timeout=True)
         assert isinstance(result, dict)
         return str(result["task_id"])

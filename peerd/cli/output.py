@@ -228,9 +228,35 @@ def _image(spec: Value) -> str:
     return str(spec.get("image")) if isinstance(spec, dict) else "-"
 
 
+def queue_note(view: Mapping[str, Value], now: float | None = None) -> str:
+    """``#2, 40s`` for a queued task: its place (1 = placed next) and how long it has waited; else ""."""
+    queue = view.get("queue")
+    if view.get("state") != "queued" or not isinstance(queue, dict):
+        return ""
+    place, since = queue.get("position"), queue.get("queued_at")
+    parts = [f"#{place}" if isinstance(place, int) else "trying"]
+    if isinstance(since, int | float):
+        parts.append(_age((time.time() if now is None else now) - since))
+    return ", ".join(parts)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _state(view: Mapping[str, Value]) -> str:
+    note = queue_note(view)
+    return f"{view.get('state')} ({note})" if note else str(view.get("state"))
+
+
 def tasks_text(views: Sequence[Mapping[str, Value]]) -> str:
     rows = [
-        [str(v.get("task_id")), str(v.get("state")), _num(v.get("exit_code")), str(v.get("role")),
+        [str(v.get("task_id")), _state(v), _num(v.get("exit_code")), str(v.get("role")),
          short_id(v.get("provider")), when(v.get("created_at")), _command(v.get("spec"))]
         for v in views
     ]
@@ -259,7 +285,7 @@ def receipt_line(receipt: Value) -> str:
 def task_text(view: Mapping[str, Value]) -> str:
     items = [
         ("task", str(view.get("task_id"))),
-        ("state", str(view.get("state"))),
+        ("state", _state(view)),
         ("exit code", _num(view.get("exit_code"))),
         ("role", str(view.get("role"))),
         ("provider", str(view.get("provider") or "-")),

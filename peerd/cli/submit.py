@@ -48,6 +48,24 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _wait_limit(text: str) -> float:
+    """A duration that may be zero (``--queue-timeout 0``: do not wait for room)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return seconds
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -108,6 +126,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spot-check", type=_fraction, default=0.0, metavar="P",
                         help="with probability P also run it on a second provider and compare "
                              "(deterministic jobs; expected extra cost P)")
+    parser.add_argument("--queue-timeout", type=_wait_limit, metavar="DURATION",
+                        help="when no provider has room now, wait (queued, holding nothing) at most this long, "
+                             "e.g. 30m; 0: fail at once (default: the node's [requester] queue_timeout, 1h)")
+    parser.add_argument("--priority", type=_integer, default=0, metavar="N",
+                        help="among this node's queued tasks, higher is placed first (default 0; then in "
+                             "submission order)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end")
     parser.add_argument("--follow", action="store_true", help="stream its output, then wait")
     parser.add_argument("--input", action="append", default=[], metavar="SRC[:DEST]",
@@ -168,6 +192,10 @@ def run(ctx: Context) -> int:
         request["inputs"] = _inputs(args.input)
     if args.image_from_requester:
         request["image_from_requester"] = True
+    if args.queue_timeout is not None:
+        request["queue_timeout"] = args.queue_timeout
+    if args.priority:
+        request["priority"] = args.priority
     with ctx.client() as client:
         if args.replicas > 1:
             request["replicas"] = args.replicas

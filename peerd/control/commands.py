@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from peerd.control.ops import BadArgs, NodeOps, TaskNotFound
+from peerd.control.ops import BadArgs, NodeOps, Queueing, TaskNotFound
 from protocol.errors import DecodeError
 from protocol.jobspec import MAX_INPUTS
+from protocol.limits import MAX_TIMEOUT
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
@@ -23,6 +24,7 @@ DEFAULT_LIMIT = 50
 MAX_TASK_ID = 64
 MAX_PEER_ID = 128
 MAX_REPLICAS = 9
+MAX_PRIORITY = 1000
 
 
 class ArgReader:
@@ -141,6 +143,9 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
     replicas = a.integer("replicas", default=1, lo=1, hi=MAX_REPLICAS)
     spot_check = a.number("spot_check", default=0.0, lo=0.0, hi=1.0)
     carry = a.flag("image_from_requester")
+    wait = a.number("queue_timeout", default=-1.0, lo=0.0, hi=MAX_TIMEOUT)  # absent: the node's default
+    queue = Queueing(timeout=None if wait < 0 else wait,
+                     priority=a.integer("priority", default=0, lo=-MAX_PRIORITY, hi=MAX_PRIORITY))
     a.done()
     if replicas > 1 and spot_check:
         raise BadArgs("'replicas' and 'spot_check' are two ways to verify: give one")
@@ -149,17 +154,11 @@ async def _submit(ops: NodeOps, a: ArgReader) -> object:
                       "or 'spot_check'")
     if (replicas > 1 or spot_check) and (local or inputs):
         raise BadArgs("verification needs distinct providers and no 'inputs': not with 'local' or 'inputs' (yet)")
-    if replicas > 1:
-        return {"task_id": await ops.submit(spec, local=local, replicas=replicas)}
-    if spot_check:
-        return {"task_id": await ops.submit(spec, local=local, spot_check=spot_check)}
     if carry and local:
         raise BadArgs("'image_from_requester' carries an image to another node: not with 'local'")
-    if carry:
-        return {"task_id": await ops.submit(spec, local=local, inputs=inputs, image_from_requester=True)}
-    if inputs:
-        return {"task_id": await ops.submit(spec, local=local, inputs=inputs)}
-    return {"task_id": await ops.submit(spec, local=local)}
+    task_id = await ops.submit(spec, local=local, inputs=inputs, replicas=replicas, spot_check=spot_check,
+                               image_from_requester=carry, queue=queue)
+    return {"task_id": task_id}
 
 
 async def _wait(ops: NodeOps, a: ArgReader) -> object:

@@ -16,6 +16,7 @@ closed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import NotRequired, Protocol, TypedDict
 
 from peerd.control.wire import BAD_ARGS, FAILED, NOT_FOUND
@@ -25,6 +26,18 @@ from protocol.schema import Value
 
 
 # ---------------------------------------------------------------- errors
+@dataclass(frozen=True, slots=True)
+class Queueing:
+    """How a submitted task waits for room: ``timeout`` seconds at most (None: the node's
+    ``[requester] queue_timeout``; 0: it does not wait), and ``priority`` (higher is placed first)."""
+
+    timeout: float | None = None
+    priority: int = 0
+
+
+NODE_DEFAULT = Queueing()
+
+
 class OpError(PeerdError):
     """An operation refused or failed; ``code`` is sent to the client."""
 
@@ -192,6 +205,15 @@ class RankView(TypedDict):
     receipt: ReceiptView | None
 
 
+class QueueView(TypedDict):
+    """A requester's task waiting for room (state ``queued``): its place among ours and since when."""
+
+    position: int | None  # 1 = placed next; None while it is trying
+    priority: int
+    queued_at: float | None  # when it first waited (wall clock)
+    deadline: float  # it ends not_placed if still without room then (wall clock)
+
+
 class TaskView(TypedDict):
     task_id: str
     state: str  # TaskState value
@@ -208,6 +230,7 @@ class TaskView(TypedDict):
     detail: str
     verification: NotRequired[VerificationView]  # a replica group's (submit --replicas K)
     ranks: NotRequired[list[RankView]]  # a gang's (submit --nodes N), by rank
+    queue: NotRequired[QueueView]  # a requester's task still to be placed
 
 
 class LogChunkView(TypedDict):
@@ -257,7 +280,7 @@ class NodeOps(Protocol):
 
     async def submit(
         self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
-        spot_check: float = 0.0, image_from_requester: bool = False,
+        spot_check: float = 0.0, image_from_requester: bool = False, queue: Queueing = NODE_DEFAULT,
     ) -> str:
         """Record the task and return its ID at once; placement runs in the background.
 
@@ -268,6 +291,7 @@ class NodeOps(Protocol):
         ``spot_check``: with this probability, run it on a second provider too and compare.
         ``image_from_requester``: carry the image from this node's dockerd as job data (it is carried
         unasked when this dockerd holds it and no registry does).
+        ``queue``: how long it may wait (``queued``) for a provider with room, and its priority.
         """
         ...
 

@@ -116,6 +116,7 @@ class Node:
         await nursery.start(p2p.run)
         if ours is not None:
             p2p.set_stream_handler(TASK_PROTOCOL, task_stream_handler(ours.provider, self.state.task_streams))
+            ours.runner.on_change = p2p.advert_changed  # free capacity reaches requesters as it changes
         data = await start_job_data(
             nursery, config, chunks, store, p2p, dialer, clock=self.clock,
             active=lambda: ours.runner.jobs.keys() if ours else (), with_requester=not self.seed,

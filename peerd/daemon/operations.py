@@ -18,6 +18,7 @@ import trio
 
 from peerd import __version__
 from peerd.control.ops import (
+    NODE_DEFAULT,
     BadArgs,
     CancelView,
     CapacityView,
@@ -30,6 +31,8 @@ from peerd.control.ops import (
     PeerHistoryView,
     PeerNotFound,
     PeerView,
+    Queueing,
+    QueueView,
     RankView,
     ReachabilityStatus,
     ReceiptView,
@@ -69,7 +72,7 @@ class Operations:
     # ------------------------------------------------------------ the node
     async def status(self) -> StatusView:
         sample = await self.sample()
-        waiting = (TaskState.PLACING.value, TaskState.PENDING.value)
+        waiting = (TaskState.PLACING.value, TaskState.PENDING.value, TaskState.QUEUED.value)
         view = StatusView(
             peer_id=self.services.peer_id,
             addrs=self.services.p2p.listen_addrs(),
@@ -143,10 +146,11 @@ class Operations:
     # ------------------------------------------------------------ tasks
     async def submit(
         self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
-        spot_check: float = 0.0, image_from_requester: bool = False,
+        spot_check: float = 0.0, image_from_requester: bool = False, queue: Queueing = NODE_DEFAULT,
     ) -> str:
         if self.services.requester is None:
             raise PeerdError("a seed node does not take jobs")
+        terms = self.services.requester.queue_terms(queue.timeout, queue.priority)
         since = trio.current_time()
         if replicas > 1 or spot_check:
             if inputs or local:
@@ -162,7 +166,7 @@ class Operations:
             spec = await self._with_inputs(task_id, spec, inputs)
         if not local:
             spec = await self._with_image(task_id, spec, image_from_requester)
-        task_id = await self.services.requester.submit(spec, local=local, task_id=task_id)
+        task_id = await self.services.requester.submit(spec, local=local, task_id=task_id, queue=terms)
         self._nursery.start_soon(self._time_placement, task_id, since)
         data = self.services.data
         if data is not None and data.requester is not None and (spec.inputs or spec.image_content):
@@ -228,6 +232,11 @@ class Operations:
         )
         if record.spec.nodes > 1 and record.role is TaskRole.REQUESTER:
             view["ranks"] = await self._ranks(task_id)
+        if record.state in (TaskState.QUEUED, TaskState.PLACING) and record.role is TaskRole.REQUESTER:
+            terms, requester = await store.queue_terms(task_id), self.services.requester
+            if terms is not None and requester is not None:
+                view["queue"] = QueueView(position=requester.queue.position(task_id), priority=terms[0],
+                                          deadline=terms[1], queued_at=terms[2])
         return view
 
     async def _ranks(self, gang_id: str) -> list[RankView]:

@@ -86,6 +86,7 @@ class JobRunner:
         self.data = data  # job data (inputs staged before the run, outputs kept); None: no chunk store
         self.images = images  # images carried by requesters (peerd.data.imagedata); None: none taken
         self.jobs: dict[str, LeasedJob] = {}
+        self.on_change: Callable[[], None] | None = None  # a job started or ended: what we offer changed
         self._staging: dict[str, trio.CancelScope] = {}  # jobs staging their inputs: cancel() ends it
         self._nursery: trio.Nursery | None = None
 
@@ -136,7 +137,12 @@ class JobRunner:
         job = LeasedJob(terms=terms, lease=lease, max_log_bytes=self.log_limit, persist=persist)
         self.jobs[terms.task_id] = job
         self._nursery.start_soon(self._run_job, job, spec)
+        self._changed()
         return job
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _run_job(self, job: LeasedJob, spec: RunSpec | None) -> None:
         """Start (unless re-attaching), follow logs, wait, record; always release."""
@@ -146,6 +152,7 @@ class JobRunner:
         finally:
             self.ledger.release(job.task_id)  # the container has exited: what it held is free
             self.jobs.pop(job.task_id, None)
+            self._changed()  # e.g. re-advertise at once: requesters with queued tasks wait for this room
         await self._removed(job.task_id)
         if self.data is not None:  # the outputs stay pinned (output_retention); inputs and copies go
             with trio.CancelScope(shield=True):

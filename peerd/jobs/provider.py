@@ -188,7 +188,6 @@ class Provider:
             raise Refusal(RejectCode.DRAINING, "this provider is draining and takes no new tasks")
         if request.requester != remote_peer:
             raise Refusal(RejectCode.BAD_REQUEST, "requester field differs from the stream's peer")
-        self._check_slots(self.clock())
         spec = request.spec
         if request.gang is not None and self.ports is None:
             raise Refusal(RejectCode.GANG_NOT_SUPPORTED, "this provider does not join gang jobs ([gang] enabled)")
@@ -357,6 +356,7 @@ class Provider:
             refusal = self.guard.refusal(remote_peer, now)
             if refusal is not None:
                 raise Refusal(RejectCode.BUSY, refusal)
+            self._check_slots(now)  # after every permanent reason: "busy" means "ask again later"
             self._check_fair_share(request.requester, now)
             gpus = self._quote(request, now)
             member = self._member(request)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import trio
 
 from peerd.control.ops import (
+    NODE_DEFAULT,
     CancelView,
     DoctorCheck,
     DrainView,
@@ -23,6 +24,7 @@ from peerd.control.ops import (
     PeerHistoryView,
     PeerNotFound,
     PeerView,
+    Queueing,
     ReceiptView,
     ReputationView,
     StatusView,
@@ -131,13 +133,17 @@ class StubOps:
 
     async def submit(
         self, spec: JobSpec, *, local: bool, inputs: Sequence[tuple[str, str]] = (), replicas: int = 1,
-        spot_check: float = 0.0,
+        spot_check: float = 0.0, image_from_requester: bool = False, queue: Queueing = NODE_DEFAULT,
     ) -> str:
-        extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}
+        extra: dict[str, object] = {"inputs": list(inputs)} if inputs else {}  # only what differs from defaults
         if replicas > 1:
             extra["replicas"] = replicas
         if spot_check:
             extra["spot_check"] = spot_check
+        if image_from_requester:
+            extra["image_from_requester"] = True
+        if queue != NODE_DEFAULT:
+            extra["queue"] = queue
         self._record("submit", {"spec": spec, "local": local, **extra})
         task = _Task(f"t{len(self.tasks_by_id) + 1:04d}", spec, local)
         self.tasks_by_id[task.task_id] = task

@@ -9,6 +9,7 @@ from peerd import __version__
 from peerd.control.client import ControlClient
 from peerd.control.commands import COMMANDS
 from peerd.control.errors import ControlCallError
+from peerd.control.ops import Queueing
 from protocol.messages import JobSpec
 from protocol.schema import Value
 
@@ -163,3 +164,15 @@ async def test_unknown_command_then_same_connection_still_works(daemon: Daemon) 
 
     status = await trio.to_thread.run_sync(run)
     assert isinstance(status, dict) and status["peers_connected"] == 2
+
+
+async def test_submit_passes_the_queue_timeout_and_priority_on(daemon: Daemon) -> None:
+    await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, "queue_timeout": 90.0, "priority": 3})
+    assert daemon.ops.calls == [("submit", {"spec": SPEC, "local": False, "queue": Queueing(timeout=90.0, priority=3)})]
+
+
+@pytest.mark.parametrize("extra", [{"queue_timeout": -1.0}, {"priority": 10**6}, {"priority": "high"}])
+async def test_submit_refuses_a_bad_queue_timeout_or_priority(daemon: Daemon, extra: dict[str, Value]) -> None:
+    with pytest.raises(ControlCallError, match="queue_timeout|priority"):
+        await call(daemon.path, "submit", {"spec": SPEC.to_wire(), "local": False, **extra})
+    assert daemon.ops.calls == []
