@@ -148,6 +148,8 @@ class JobRunner:
         """Start (unless re-attaching), follow logs, wait, record; always release."""
         try:
             result = await self._execute(job, spec)
+            self.ledger.release(job.task_id)  # its slot is free before the result goes out: the requester
+            self._changed()  # (and others, through the advert) may ask for it at once
             await self._finish(job, result)
         finally:
             self.ledger.release(job.task_id)  # the container has exited: what it held is free

@@ -545,6 +545,7 @@ class Requester:
                     self.tracker.state(task_id, msg.state if msg.state is TaskState.STAGING else TaskState.RUNNING,
                                        msg.detail)
                 elif isinstance(msg, Result):
+                    self.queue.wake(channel.machine.peer_id)  # its slot there is free: a queued task may have it
                     break
                 elif isinstance(msg, Reject):
                     raise AttemptFailed(AttemptOutcome.LOST, msg.code.value, msg.detail, channel.machine.last_envelope)

@@ -119,8 +119,10 @@ def test_a_draining_provider_refuses_new_tasks_with_draining() -> None:
         assert drained["draining"] is True
         assert provider.status()["draining"] is True
 
-        # Asked directly, the provider answers with a signed `draining` reject.
-        out = provider.peerd("submit", "--local", "--image", IMAGE, "--wait", "--json", "--", "true")
+        # Asked directly, the provider answers with a signed `draining` reject (a task that may not wait
+        # for room ends there; see tests/integration/test_queueing.py for the one that waits).
+        out = provider.peerd("submit", "--local", "--queue-timeout", "0", "--image", IMAGE, "--wait", "--json",
+                             "--", "true")
         assert out.returncode == 1, out.stderr
         view = json.loads(out.stdout)
         assert view["state"] == "not_placed", view
@@ -133,10 +135,14 @@ def test_a_draining_provider_refuses_new_tasks_with_draining() -> None:
             return any(p["peer_id"] == provider_id and (p["advert"] or {}).get("draining") for p in peers)
 
         wait_for("the requester to hold the provider's draining advert", draining_advert, 30)
-        out = requester.peerd("submit", "--image", IMAGE, "--wait", "--json", "--", "true")
+        out = requester.peerd("submit", "--queue-timeout", "0", "--image", IMAGE, "--wait", "--json", "--", "true")
         assert out.returncode == 1
         remote = json.loads(out.stdout)
         assert remote["state"] == "not_placed" and remote["provider"] in (None, ""), remote
         assert all(a["provider"] != provider_id or a["reason"] == "draining" for a in remote["attempts"])
+        # Draining is "not now": a task that may wait is queued for the provider, not failed.
+        waiting = cli_json(requester, "submit", "--image", IMAGE, "--", "true")["task_id"]
+        wait_for("the task to be queued", lambda: cli_json(requester, "show", waiting)["state"] == "queued", 30)
+        assert requester.peerd("cancel", waiting).returncode == 0
 
         assert net.stop("provider", signal.SIGINT, timeout=60) == 0, provider.log_tail()  # Ctrl-C: the same stop
