@@ -40,3 +40,20 @@ def test_status_shows_reachability_and_peers_show_relayed_providers() -> None:
     assert "relayed" in text and circuit in text and "nothing to do" in text
     table = peers_text([{"peer_id": "ME", "addrs": [circuit], "advert": None}])
     assert "REACH" in table and "relayed" in table
+
+
+@pytest.mark.parametrize(("queue", "text"), [
+    ({"position": 3, "priority": 0, "queued_at": 1_000.0, "deadline": 4_600.0}, "queued (#3, 45s)"),
+    ({"position": None, "priority": 0, "queued_at": 1_000.0, "deadline": 4_600.0}, "queued (trying, 45s)"),
+    ({"position": 1, "priority": 0, "queued_at": None, "deadline": 4_600.0}, "queued (#1)"),
+])
+def test_a_queued_task_shows_its_place_and_how_long_it_waited(queue: dict[str, object], text: str) -> None:
+    view = {"task_id": "t1", "state": "queued", "queue": queue}
+    assert f"queued ({output.queue_note(view, now=1_045.0)})" == text
+    assert output.queue_note({"task_id": "t1", "state": "running", "queue": queue}) == ""
+
+
+def test_tasks_table_shows_the_queue_note_in_the_state_column() -> None:
+    view = {"task_id": "t1", "state": "queued", "exit_code": None, "role": "requester", "provider": None,
+            "created_at": 0, "spec": {"command": ["true"]}, "queue": {"position": 2, "queued_at": None}}
+    assert "queued (#2)" in output.tasks_text([view])

@@ -54,6 +54,12 @@ function duration(s) {
   return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + Math.floor(s % 60) + "s";
 }
 
+// "queued #2": a requester's task waiting for a provider with room, and its place (1 = placed next).
+function stateText(t) {
+  if (t.state !== "queued" || !t.queue) return t.state;
+  return typeof t.queue.position === "number" ? "queued #" + t.queue.position : "queued (trying)";
+}
+
 function when(t) {
   return typeof t === "number" && t > 0 ? new Date(t * 1000).toLocaleString() : "—";
 }
@@ -118,7 +124,7 @@ function renderTasks() {
   const rows = state.tasks.map((t) => {
     const tr = el("tr", { cls: "task-row" + (t.task_id === state.selected ? " selected" : "") },
       el("td", { cls: "mono" }, t.task_id),
-      el("td", { cls: "state-" + t.state }, t.state),
+      el("td", { cls: "state-" + t.state }, stateText(t)),
       el("td", null, t.role),
       el("td", { cls: "mono" }, t.spec && t.spec.image ? String(t.spec.image) : "—"),
       el("td", { cls: "mono", title: t.provider || "" },
@@ -177,7 +183,9 @@ async function loadTask(taskId) {
     if (state.selected !== taskId) return;
     state.selectedView = t;
     facts($("task-facts"), [
-      ["State", t.state],
+      ["State", stateText(t)],
+      ...(t.queue && t.state === "queued" ? [["Queued since", when(t.queue.queued_at)],
+        ["Gives up at", when(t.queue.deadline)]] : []),
       ["Side", t.role],
       ["Provider", t.provider || "—"],
       ["Image", t.spec && t.spec.image ? String(t.spec.image) : "—"],
