@@ -251,3 +251,32 @@ async def test_recovering_a_gang_ends_it(tmp_path: Path) -> None:
                 await again.tracker.wait_final(gang_id)
             record = await again.store.get_task(gang_id)
             assert record is not None and record.state is TaskState.LOST
+
+
+async def test_a_gang_that_cannot_be_placed_whole_waits_queued_holding_nothing_then_runs(tmp_path: Path) -> None:
+    net = Net()
+    one_slot = dataclasses.replace(GANG, max_concurrent=1)
+    queueing = dataclasses.replace(FAST_REQUESTER, queue_timeout=600.0)
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for i in range(2):
+            node = await stack.enter_async_context(provider_node(tmp_path, net, name=f"p{i}", settings=one_slot))
+            node.host.scripts[ECHO] = Script(output=(("stdout", b"hello\n"),))
+            nodes.append(node)
+        req = await stack.enter_async_context(requester_node(tmp_path, net, settings=queueing))
+        holder = await req.requester.submit(JobSpec(image=HELD, command=("hold",), cpus=1.0, timeout=60))
+        await req.first_log(holder)  # one provider's only slot is taken
+        gang_id = await req.requester.submit(gang_spec())
+        with trio.fail_after(20):
+            async for event in req.tracker.follow_events(gang_id):
+                if event.state is TaskState.QUEUED:
+                    break
+        busy = next(n for n in nodes if holder in n.runner.jobs)
+        idle = next(n for n in nodes if n is not busy)
+        assert not idle.ledger.reservations() and not idle.provider._gang_offers  # the waiting gang holds nothing
+        busy.host.release(holder)
+        with trio.fail_after(30):
+            await req.tracker.wait_final(gang_id)
+        record = await req.store.get_task(gang_id)
+        assert record is not None and record.state is TaskState.SUCCEEDED, record.detail
+        assert {t.provider for t in await rank_leases(req, gang_id)} == {n.peer_id for n in nodes}
