@@ -54,7 +54,7 @@ async def test_a_full_round_closes_the_queue_until_a_sign_of_room_lets_one_task_
         assert got == ["a", "a"] and queue.hint == "provider-1"
         queue.placed("a")  # the probe found room: open again, the rest may go
         await trio.testing.wait_all_tasks_blocked()
-        assert got == ["a", "a", "b", "c"]
+        assert got[:2] == ["a", "a"] and sorted(got[2:]) == ["b", "c"]  # both at once
         nursery.cancel_scope.cancel()
 
 
