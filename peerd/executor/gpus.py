@@ -1,6 +1,7 @@
 """The capacity ledger: who holds which GPUs, CPUs and memory. Pure: no I/O, no clock.
 
 Rules:
+  * a GPU matches a request by ``protocol.gpumatch`` (the market's rule too);
   * a GPU (by NVML UUID) belongs to at most one reservation at a time;
   * ``quote`` checks what a request would get (GPU UUIDs included) and takes
     nothing: an offer is a quote, so an offer nobody accepts holds nothing;
@@ -25,6 +26,7 @@ from typing import Protocol
 
 from peerd.executor.errors import CapacityError, Reason
 from peerd.host.nvml import GpuInfo
+from protocol.gpumatch import gpu_matches
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,11 @@ class Allocated(Protocol):
     def gpus(self) -> tuple[str, ...]: ...
 
 
-def gpu_matches(gpu: GpuInfo, model: str | None, min_memory: int) -> bool:
-    """``model`` matches case-insensitively as a substring of the NVML name ("h100" fits
-    "NVIDIA H100 80GB HBM3"); ``min_memory`` is compared with the GPU's total memory."""
-    if model and model.casefold() not in gpu.name.casefold():
-        return False
-    return gpu.memory_total >= min_memory
-
-
 _EPS = 1e-9
+
+
+def _matching(gpus: Iterable[GpuInfo], model: str | None, min_memory: int) -> list[GpuInfo]:
+    return [g for g in gpus if gpu_matches(model, min_memory, name=g.name, memory=g.memory_total)]
 
 
 class CapacityLedger:
@@ -170,7 +168,7 @@ class CapacityLedger:
     ) -> tuple[str, ...]:
         if len(gpus) != count or len(set(gpus)) != count:
             raise CapacityError(Reason.NO_CAPACITY, f"{count} distinct GPU(s) asked, {gpus!r} named")
-        free_ids = {g.uuid for g in free if gpu_matches(g, model, min_memory)}
+        free_ids = {g.uuid for g in _matching(free, model, min_memory)}
         gone = [uuid for uuid in gpus if uuid not in free_ids]
         if gone:
             raise CapacityError(Reason.NO_CAPACITY, f"GPU(s) {', '.join(gone)} no longer free")
@@ -186,13 +184,13 @@ class CapacityLedger:
     ) -> tuple[str, ...]:
         if count == 0:
             return ()
-        fitting = [g for g in self._gpus.values() if gpu_matches(g, model, min_memory)]
+        fitting = _matching(self._gpus.values(), model, min_memory)
         if len(fitting) < count:
             raise CapacityError(
                 Reason.NO_MATCHING_GPU,
                 f"{len(fitting)} GPU(s) here match model={model!r} memory>={min_memory}, {count} asked",
             )
-        matching = [g.uuid for g in free if gpu_matches(g, model, min_memory)]
+        matching = [g.uuid for g in _matching(free, model, min_memory)]
         available = sorted(matching, key=lambda uuid: uuid in avoid)  # stable: index order within each
         if len(available) < count:
             raise CapacityError(

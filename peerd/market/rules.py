@@ -9,9 +9,8 @@ per provider, from ``peerd.market.reputation``) a tier comes first (distrusted
 providers last; newcomers first in an exploratory placement) and the price is
 multiplied by the provider's reputation factor.
 
-A GPU matches a spec when it is free, its memory is at least ``gpu_memory`` and,
-if the spec names a ``gpu_model``, the model contains that text (case is
-ignored), so "a100" matches "NVIDIA A100-SXM4-80GB".
+A GPU matches a spec when it is free and ``protocol.gpumatch`` says its model and
+memory are what the spec asks (the provider's ledger applies the same rule).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 from peerd.market.reputation import NO_REPUTATION, Trust
+from protocol.gpumatch import gpu_matches
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
 from protocol.reachability import Reachability, of_addrs
 
@@ -46,16 +46,11 @@ def price_for(spec: JobSpec, advert: Advert) -> float:
     return spec.cpus * advert.price_cpu_hour + spec.gpus * advert.price_gpu_hour
 
 
-def gpu_matches(spec: JobSpec, gpu: GpuOffer) -> bool:
-    if gpu.memory < spec.gpu_memory:
-        return False
-    return spec.gpu_model.casefold() in gpu.model.casefold()
-
-
 def matching_free_gpus(spec: JobSpec, advert: Advert) -> list[GpuOffer]:
     """The advertised free GPUs that satisfy the spec's model and memory."""
     free = set(advert.free_gpus)
-    return [g for g in advert.gpus if g.uuid in free and gpu_matches(spec, g)]
+    return [g for g in advert.gpus if g.uuid in free
+            and gpu_matches(spec.gpu_model, spec.gpu_memory, name=g.model, memory=g.memory)]
 
 
 # Checks in the order they are reported: the first that fails is the reason.
