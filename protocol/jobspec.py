@@ -17,6 +17,15 @@ MAX_INPUTS = 16  # input data sets per job
 MAX_INPUT_SIZE = 1 << 40  # declared bytes of one input (the manifest format's own total limit)
 MAX_DEST = 1024  # characters of an input's container path
 _DIGEST_HEX = frozenset("0123456789abcdef")
+# The provider's executor owns these: the NVIDIA container toolkit reads every NVIDIA_* variable (which GPUs,
+# which driver capabilities, which CUDA the image needs) and, where its config names a swarm resource, the
+# DOCKER_RESOURCE_* variable before NVIDIA_VISIBLE_DEVICES: a job setting one could reach past its GPUs.
+RESERVED_ENV_PREFIXES = ("NVIDIA_", "DOCKER_RESOURCE_")
+
+
+def reserved_env(name: str) -> bool:
+    """``name`` (in any case) is an environment variable no job may set."""
+    return name.upper().startswith(RESERVED_ENV_PREFIXES)
 
 
 def is_digest_text(value: str) -> bool:
@@ -114,6 +123,9 @@ class JobSpec(Struct):
         for key in self.env:
             if not key or "=" in key or "\0" in key:
                 _fail(type(self), "env", f"has an invalid name {key!r}")
+            if reserved_env(key):
+                _fail(type(self), "env", f"sets {key!r:.80}: NVIDIA_* and DOCKER_RESOURCE_* variables are "
+                      "reserved for the provider (they decide which GPUs and driver features a job gets)")
         if not 0 < self.cpus <= MAX_CPUS or not math.isfinite(self.cpus):
             _fail(type(self), "cpus", f"must be in (0, {MAX_CPUS}], got {self.cpus!r}")
         check_range(self, "memory", 4 << 20, MAX_MEMORY)

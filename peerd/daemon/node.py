@@ -115,6 +115,7 @@ class Node:
         p2p = p2p_from(config, signer, seed=self.seed, advert_source=source, clock=self.clock)
         await nursery.start(p2p.run)
         if ours is not None:
+            ours.executor.on_gpu_change = p2p.advert_changed  # a GPU runtime that failed a start leaves the advert
             p2p.set_stream_handler(TASK_PROTOCOL, task_stream_handler(ours.provider, self.state.task_streams))
         data = await start_job_data(
             nursery, config, chunks, store, p2p, dialer, clock=self.clock,
@@ -174,7 +175,7 @@ class Node:
         await nursery.start(runner.run)
         provider = Provider(
             signer=signer, ledger=ledger, runner=runner,
-            settings=provider_settings_from(config, gpu_runtime=executor.gpu_runtime), clock=self.clock,
+            settings=provider_settings_from(config), clock=self.clock,
         )
         return ProviderServices(host=host, executor=executor, ledger=ledger, runner=runner, provider=provider)
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peerd.config import DEFAULT_LIMITS
+from peerd.config import DEFAULT_GPU_CAPABILITIES, DEFAULT_LIMITS
 from peerd.executor.contract import NOBODY, OUT_MOUNT, ContainerInfo, InputMount, RunSpec
 from peerd.executor.errors import InvalidSpec
+from peerd.executor.gpuaccess import CDI_KIND, GpuAccess
 
 LABEL_NODE = "peerd.node"
 LABEL_TASK = "peerd.task"
@@ -41,6 +42,7 @@ class Limits:
 
     tmp_size: int = DEFAULT_LIMITS.tmpfs  # bytes of tmpfs at /tmp (charged to the memory limit)
     log_file_size: int = 4 * 1024 * 1024  # dockerd's own json log, per container (bounded disk)
+    gpu_capabilities: tuple[str, ...] = DEFAULT_GPU_CAPABILITIES  # NVIDIA_DRIVER_CAPABILITIES of a GPU job
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,11 @@ def holder_name(node_id: str, task_id: str) -> str:
 
 def plan_container(
     spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits(),
-    network_of: str | None = None,
+    network_of: str | None = None, gpu_access: GpuAccess = GpuAccess.HOOK,
 ) -> ContainerPlan:
-    """``network_of``: the holder container whose network namespace (the overlay) the job joins."""
-    environment = spec.environment
-    environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus) if spec.gpus else NO_GPUS
+    """``network_of``: the holder container whose network namespace (the overlay) the job joins;
+    ``gpu_access``: how this dockerd gives containers GPUs (``peerd.executor.gpuaccess``)."""
+    environment = {**spec.environment, **gpu_environment(spec, limits)}
     labels = {
         LABEL_NODE: node_id,
         LABEL_TASK: spec.task_id,
@@ -85,8 +87,17 @@ def plan_container(
         environment=environment,
         user=spec.user,
         labels=labels,
-        host_config=host_config(spec, out_dir=out_dir, limits=limits, network_of=network_of),
+        host_config=host_config(spec, out_dir=out_dir, limits=limits, network_of=network_of, gpu_access=gpu_access),
     )
+
+
+def gpu_environment(spec: RunSpec, limits: Limits) -> dict[str, str]:
+    """What the NVIDIA toolkit reads, set by the executor over the image's own ENV (the job may set none of
+    it): exactly the leased GPUs (none: ``void``) and, for a GPU job, the configured driver capabilities."""
+    if not spec.gpus:
+        return {"NVIDIA_VISIBLE_DEVICES": NO_GPUS}
+    return {"NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpus),
+            "NVIDIA_DRIVER_CAPABILITIES": ",".join(limits.gpu_capabilities)}
 
 
 def plan_holder(spec: RunSpec, *, node_id: str, limits: Limits = Limits()) -> ContainerPlan:
@@ -139,7 +150,10 @@ def _isolation(limits: Limits) -> JsonObject:
     }
 
 
-def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str | None = None) -> JsonObject:
+def host_config(
+    spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str | None = None,
+    gpu_access: GpuAccess = GpuAccess.HOOK,
+) -> JsonObject:
     config: JsonObject = {
         "NetworkMode": network_mode(spec, network_of=network_of),
         **_isolation(limits),
@@ -153,16 +167,23 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str
         "PidsLimit": spec.pids,
     }
     if spec.gpus:
-        config["DeviceRequests"] = [
-            {
-                "Driver": "",
-                "Count": 0,
-                "DeviceIDs": list(spec.gpus),
-                "Capabilities": [["gpu"]],
-                "Options": {},
-            }
-        ]
+        config.update(gpu_request(spec.gpus, gpu_access))
     return config
+
+
+def gpu_request(gpus: tuple[str, ...], access: GpuAccess) -> JsonObject:
+    """The HostConfig fields that give a container exactly ``gpus`` (UUIDs) in the form this host takes.
+    HOOK: ``docker run --gpus`` (capability ``gpu`` only: Docker before 26 matches no other NVIDIA capability,
+    which ``NVIDIA_DRIVER_CAPABILITIES`` sets instead); CDI: ``--device nvidia.com/gpu=<UUID>``; RUNTIME:
+    ``--runtime nvidia`` with NVIDIA_VISIBLE_DEVICES (in the environment)."""
+    if access is GpuAccess.RUNTIME:
+        return {"Runtime": "nvidia"}
+    if access is GpuAccess.CDI:
+        request = {"Driver": "cdi", "Count": 0, "DeviceIDs": [f"{CDI_KIND}={g}" for g in gpus],
+                   "Capabilities": [], "Options": {}}
+    else:
+        request = {"Driver": "", "Count": 0, "DeviceIDs": list(gpus), "Capabilities": [["gpu"]], "Options": {}}
+    return {"DeviceRequests": [request]}
 
 
 def input_mount(mount: InputMount) -> JsonObject:

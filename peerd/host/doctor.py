@@ -21,6 +21,7 @@ import trio
 from peerd.config import Config
 from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, inspect_engine
+from peerd.executor.gpuaccess import GpuSupport, ToolkitFacts, decide, probe_toolkit
 from peerd.host.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.host.resources import disk_free, existing_ancestor
 from peerd.overlay.host import Availability, probe
@@ -47,6 +48,11 @@ class Findings:
     min_disk_free: int
     home: Path
     overlay: Availability
+    toolkit: ToolkitFacts = ToolkitFacts()
+
+    @property
+    def gpu_support(self) -> GpuSupport:
+        return decide(self.engine, self.toolkit)
 
 
 def _api_tuple(version: str | None) -> tuple[int, ...]:
@@ -85,22 +91,34 @@ def check_gpus(f: Findings) -> Check:
     return Check("gpus", True, "no NVIDIA driver found: this node offers CPUs only")
 
 
+TOOLKIT_FIX = ("Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
+               "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.")
+
+
 def check_runtime(f: Findings) -> Check:
     e = f.engine
     if not f.gpus:
         return Check("nvidia-runtime", True, "not needed: no GPUs to offer")
     if not e.reachable:
         return Check("nvidia-runtime", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
-    if e.gpu_runtime:
-        how = "nvidia runtime" if "nvidia" in e.runtimes else f"CDI ({', '.join(e.cdi_spec_dirs)})"
-        return Check("nvidia-runtime", True, f"containers can get GPUs through the {how}")
-    return Check(
-        "nvidia-runtime", False,
-        f"this host has {len(f.gpus)} GPU(s) but dockerd has no NVIDIA runtime (runtimes: "
-        f"{', '.join(e.runtimes) or 'none'}): GPU jobs will be refused",
-        "Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
-        "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.",
-    )
+    support = f.gpu_support
+    if not support.ok:
+        return Check("nvidia-runtime", False,
+                     f"this host has {len(f.gpus)} GPU(s) but dockerd cannot give them to containers: "
+                     f"{support.detail}: GPU jobs will be refused", TOOLKIT_FIX)
+    weak = toolkit_weaknesses(f.toolkit)
+    if weak:
+        return Check("nvidia-runtime", False, f"containers get GPUs through {support.detail}, but {weak}",
+                     "Comment out swarm-resource in /etc/nvidia-container-runtime/config.toml and restart docker.")
+    return Check("nvidia-runtime", True, f"containers get GPUs through {support.detail}")
+
+
+def toolkit_weaknesses(toolkit: ToolkitFacts) -> str:
+    """Toolkit settings that let a container's own environment choose GPUs ("" when none)."""
+    if toolkit.swarm_resources:
+        return (f"the toolkit reads {', '.join(toolkit.swarm_resources)} before NVIDIA_VISIBLE_DEVICES "
+                "(swarm-resource): an image that sets it could reach every GPU")
+    return ""
 
 
 def check_cgroups(f: Findings) -> Check:
@@ -165,12 +183,14 @@ async def run_checks(
     nvml: NvmlSource | None = None,
     min_disk_free: int = 5 * GiB,
     docker_timeout: float = 5.0,
+    toolkit_probe: Callable[[tuple[str, ...]], ToolkitFacts] | None = None,
 ) -> list[Check]:
     """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
     engine = await inspect_engine(docker_base_url, timeout=docker_timeout)
     gpus, problem = await diagnose_gpus(nvml)
     free = await trio.to_thread.run_sync(disk_free, home)
-    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home), probe())
+    toolkit = await trio.to_thread.run_sync(toolkit_probe or probe_toolkit, engine.cdi_spec_dirs)
+    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home), probe(), toolkit)
     return [check(findings) for check in CHECKS]
 
 

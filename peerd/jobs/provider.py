@@ -119,7 +119,6 @@ class ProviderSettings:
     price_cpu_hour: float
     price_gpu_hour: float
     policy: ProviderPolicy
-    gpu_runtime: bool
     pids: int = 512
     offer_hold: float = 15.0
     io_timeout: float = 30.0
@@ -194,7 +193,7 @@ class Provider:
         placeholder = tuple(f"GPU-pending-{i}" for i in range(spec.gpus))  # real UUIDs come from the ledger
         try:
             run_spec = self._run_spec(request, placeholder)
-            self.settings.policy.check(run_spec, gpu_runtime=self.settings.gpu_runtime)
+            self.settings.policy.check(run_spec, gpu_runtime=self.runner.executor.gpu_runtime)
         except ExecutorError as exc:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.BAD_REQUEST), exc.detail) from exc
         return run_spec

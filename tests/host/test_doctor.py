@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from peerd.executor.engine import EngineInfo
+from peerd.executor.gpuaccess import ToolkitFacts
 from peerd.host.doctor import Check, Findings, check_overlay, check_reachability, check_view, run_checks
 from peerd.host.nvml import FakeNvml
 from peerd.overlay.host import Availability, Backend
@@ -35,7 +36,8 @@ async def test_unreachable_docker_fails_with_a_fix(tmp_path: Path) -> None:
 
 @pytest.mark.docker  # the runtime check needs the docker check to pass
 async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: Path) -> None:
-    checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2)))
+    no_toolkit = lambda _dirs: ToolkitFacts()  # noqa: E731  # whatever this host has installed
+    checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2), toolkit_probe=no_toolkit))
     assert checks["gpus"].ok and "2 GPU(s)" in checks["gpus"].detail
     runtime = checks["nvidia-runtime"]
     assert not runtime.ok and "nvidia-container-toolkit" in runtime.fix

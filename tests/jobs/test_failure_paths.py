@@ -80,7 +80,7 @@ REFUSALS: list[tuple[RejectCode, JobSpec, Callable[[ProviderSettings], ProviderS
     (RejectCode.NO_CAPACITY, dataclasses.replace(QUICK, cpus=1.5), _policy(max_cpus=1.0)),
     (RejectCode.NO_GPU_RUNTIME, dataclasses.replace(QUICK, gpus=1), lambda s: s),
     (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, gpu_model="no such GPU"),
-     lambda s: dataclasses.replace(s, gpu_runtime=True)),
+     lambda s: s),  # on a host with a GPU runtime (below)
     (RejectCode.PRICE_TOO_LOW, dataclasses.replace(QUICK, max_price=0.001), lambda s: s),
     (RejectCode.BUSY, QUICK, lambda s: dataclasses.replace(s, max_concurrent=0)),
 ]
@@ -92,7 +92,8 @@ async def test_each_refusal_reaches_the_requester_signed_and_nothing_runs(
     tmp_path: Path, code: RejectCode, spec: JobSpec, configure: Callable[[ProviderSettings], ProviderSettings]
 ) -> None:
     net = Net()
-    async with provider_node(tmp_path, net, settings=configure(FAST_PROVIDER), gpus=1) as p, \
+    async with provider_node(tmp_path, net, settings=configure(FAST_PROVIDER), gpus=1,
+                             gpu_runtime=code is RejectCode.NO_MATCHING_GPU) as p, \
             requester_node(tmp_path, net) as r:
         task_id = await r.run(spec)
         record = await r.store.get_task(task_id)
