@@ -148,6 +148,8 @@ class DockerExecutor:
         self._toolkit = toolkit
         self.gpu_support: GpuSupport = NO_SUPPORT  # how containers get GPUs here (peerd.executor.gpuaccess)
         self.on_gpu_change: Callable[[], None] | None = None  # told when GPU support is taken back
+        self._probed: tuple[ToolkitFacts, EngineInfo] | None = None  # what the last decision was made from
+        self._failed: tuple[tuple[ToolkitFacts, EngineInfo], GpuSupport] | None = None  # ... and proved wrong
         self.networks = GangNetworks(self.node_id, limits)
 
     # ---- service -----------------------------------------------------------------------
@@ -181,16 +183,36 @@ class DockerExecutor:
         return self.gpu_support.ok
 
     async def probe_gpu_support(self) -> GpuSupport:
-        """Decide again how containers get GPUs (a toolkit installed since is noticed); the decision."""
+        """Decide again how containers get GPUs (a toolkit installed since is noticed); the decision. A decision
+        a GPU start already proved wrong stays NONE until dockerd or the toolkit changes."""
         toolkit = await trio.to_thread.run_sync(self._toolkit, self.engine_info.cdi_spec_dirs)
-        self.gpu_support = decide(self.engine_info, toolkit)
+        key = (toolkit, self.engine_info)
+        if self._failed is not None and self._failed[0] == key:
+            self.gpu_support = self._failed[1]
+        else:
+            self._failed = None
+            self.gpu_support = decide(self.engine_info, toolkit)
+        self._probed = key
         return self.gpu_support
+
+    async def refresh_gpu_support(self) -> bool:
+        """Ask dockerd again (periodic inventory) and decide again; whether containers can get GPUs now."""
+        if self._engine is not None:
+            try:
+                self.engine_info = await self._engine.info()
+            except EngineError as exc:
+                log.warning("docker info failed, GPU support left as it was: %s", exc)
+                return self.gpu_runtime
+        await self.probe_gpu_support()
+        return self.gpu_runtime
 
     def _gpu_start_failed(self, spec: RunSpec, exc: EngineError) -> ExecutorError:
         """A GPU container dockerd could not give its GPUs: no GPU jobs here until the next decision."""
         log.warning("task %s: GPU runtime failed (%s): taking GPU support back: %s",
                     spec.task_id, self.gpu_support.access, exc.detail)
         self.gpu_support = GpuSupport(GpuAccess.NONE, f"a GPU container failed to start: {exc.detail}")
+        if self._probed is not None:
+            self._failed = (self._probed, self.gpu_support)
         if self.on_gpu_change is not None:
             self.on_gpu_change()
         return ExecutorError(Reason.NO_GPU_RUNTIME, f"this host cannot give containers GPUs: {exc.detail}")

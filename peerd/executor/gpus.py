@@ -13,6 +13,8 @@ Rules:
     (``CapacityLedger.rebuild``): holds die with the process, confirmed
     allocations come back from the containers' labels;
   * free = total - sum(reservations), for CPUs, memory and each GPU;
+  * the GPUs may be read again (``update_gpus``): a GPU that vanished leaves the ledger once no reservation
+    holds it, and is never chosen meanwhile;
     ``free(holds=False)`` counts confirmed reservations only (what adverts show).
 
 The caller passes ``now`` (any monotonic or wall clock, used consistently).
@@ -79,6 +81,7 @@ class CapacityLedger:
         self._gpus: dict[str, GpuInfo] = {g.uuid: g for g in sorted(gpus, key=lambda g: g.index)}
         self._owner: dict[str, str] = {}  # gpu uuid -> task id
         self._reservations: dict[str, Reservation] = {}
+        self._lost: set[str] = set()  # GPUs NVML no longer lists, kept until their holder releases them
 
     @classmethod
     def rebuild(
@@ -107,7 +110,7 @@ class CapacityLedger:
         return FreeCapacity(
             cpus=self.total_cpus - sum(r.cpus for r in counted),
             memory=self.total_memory - sum(r.memory for r in counted),
-            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in taken),
+            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in taken and uuid not in self._lost),
         )
 
     def quote(
@@ -184,7 +187,7 @@ class CapacityLedger:
     ) -> tuple[str, ...]:
         if count == 0:
             return ()
-        fitting = _matching(self._gpus.values(), model, min_memory)
+        fitting = _matching((g for u, g in self._gpus.items() if u not in self._lost), model, min_memory)
         if len(fitting) < count:
             raise CapacityError(
                 Reason.NO_MATCHING_GPU,
@@ -197,6 +200,24 @@ class CapacityLedger:
                 Reason.NO_CAPACITY, f"{len(available)} matching GPU(s) free, {count} asked"
             )
         return tuple(sorted(available[:count], key=lambda uuid: self._gpus[uuid].index))
+
+    def update_gpus(self, gpus: Iterable[GpuInfo]) -> bool:
+        """The host's GPUs as read again: new ones join, vanished ones leave, but never while reserved (they
+        leave when released, and are never chosen again meanwhile). True when the offered set changed."""
+        now = {g.uuid: g for g in gpus}
+        before = set(self._gpus) - self._lost
+        for uuid in list(self._gpus):
+            if uuid in now:
+                continue
+            if uuid in self._owner:
+                self._lost.add(uuid)
+            else:
+                del self._gpus[uuid]
+        for uuid, gpu in now.items():
+            self._lost.discard(uuid)
+            self._gpus[uuid] = gpu
+        self._gpus = dict(sorted(self._gpus.items(), key=lambda item: item[1].index))
+        return set(self._gpus) - self._lost != before
 
     def adopt(self, task_id: str, *, cpus: float, memory: int, gpus: tuple[str, ...]) -> Reservation:
         """Record a confirmed allocation of exactly these GPUs (restart path). CPUs and memory
@@ -235,6 +256,9 @@ class CapacityLedger:
         if gone is not None:
             for uuid in gone.gpus:
                 del self._owner[uuid]
+                if uuid in self._lost:  # it vanished while reserved: it goes now
+                    self._lost.discard(uuid)
+                    self._gpus.pop(uuid, None)
         return gone
 
     def expire(self, now: float) -> tuple[Reservation, ...]:

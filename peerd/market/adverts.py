@@ -37,7 +37,7 @@ def offered_gpus(config: Config, gpus: tuple[GpuInfo, ...]) -> tuple[GpuInfo, ..
         return ()
     if "all" in chosen:
         return gpus
-    return tuple(g for g in gpus if g.uuid in chosen)
+    return tuple(g for g in gpus if g.uuid in chosen or g.parent in chosen)  # a MIG GPU named: its MIG devices
 
 
 def offered_capacity(config: Config, host: HostFacts) -> tuple[float, int]:
