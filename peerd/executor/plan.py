@@ -32,6 +32,9 @@ HOLDER_PIDS = 4
 HOLDER_NANO_CPUS = 50_000_000  # 0.05 CPU: it only sleeps
 
 NO_GPUS = "void"  # NVIDIA_VISIBLE_DEVICES value that makes the NVIDIA runtime act like runc
+DOCKER_SHM = 64 * 1024 * 1024  # Docker's /dev/shm, which CPU jobs keep
+GPU_SHM_DIVISOR = 2  # a GPU job's /dev/shm: half its memory limit (NCCL, data-loader workers), charged to it
+GPU_HOME = "/tmp"  # a GPU job's HOME unless it sets one: writable (tmpfs) under the read-only root
 
 JsonObject = dict[str, object]
 
@@ -71,7 +74,7 @@ def plan_container(
 ) -> ContainerPlan:
     """``network_of``: the holder container whose network namespace (the overlay) the job joins;
     ``gpu_access``: how this dockerd gives containers GPUs (``peerd.executor.gpuaccess``)."""
-    environment = {**spec.environment, **gpu_environment(spec, limits)}
+    environment = {**spec.environment, **gpu_job_home(spec), **gpu_environment(spec, limits)}
     labels = {
         LABEL_NODE: node_id,
         LABEL_TASK: spec.task_id,
@@ -98,6 +101,15 @@ def gpu_environment(spec: RunSpec, limits: Limits) -> dict[str, str]:
         return {"NVIDIA_VISIBLE_DEVICES": NO_GPUS}
     return {"NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpus),
             "NVIDIA_DRIVER_CAPABILITIES": ",".join(limits.gpu_capabilities)}
+
+
+def gpu_job_home(spec: RunSpec) -> dict[str, str]:
+    """A GPU job's caches (CUDA's JIT cache in ~/.nv, torch.compile's and Triton's, pip's) need a writable HOME;
+    the root is read-only and user 65534 has none, so HOME is /tmp (a bounded tmpfs) unless the job sets it."""
+    own = spec.environment
+    if not spec.gpus or "HOME" in own:
+        return {}
+    return {"HOME": GPU_HOME, **({} if "XDG_CACHE_HOME" in own else {"XDG_CACHE_HOME": f"{GPU_HOME}/.cache"})}
 
 
 def plan_holder(spec: RunSpec, *, node_id: str, limits: Limits = Limits()) -> ContainerPlan:
@@ -168,7 +180,14 @@ def host_config(
     }
     if spec.gpus:
         config.update(gpu_request(spec.gpus, gpu_access))
+        config["ShmSize"] = gpu_shm_size(spec.memory)
     return config
+
+
+def gpu_shm_size(memory: int) -> int:
+    """/dev/shm of a GPU job: Docker's 64 MB crashes NCCL and PyTorch data-loader workers, so it scales with
+    the job's memory limit (tmpfs pages are charged to that limit: it is room, not extra memory)."""
+    return max(DOCKER_SHM, memory // GPU_SHM_DIVISOR)
 
 
 def gpu_request(gpus: tuple[str, ...], access: GpuAccess) -> JsonObject:

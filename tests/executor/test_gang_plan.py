@@ -53,7 +53,8 @@ def test_a_gpu_rank_gets_its_devices_its_holders_network_and_every_isolation_def
     assert hc["CapDrop"] == ["ALL"] and hc["SecurityOpt"] == ["no-new-privileges"]
     assert hc["ReadonlyRootfs"] is True and hc["Privileged"] is False
     assert plan.environment == {**RANK_ENV, "NVIDIA_VISIBLE_DEVICES": ",".join(UUIDS),
-                                "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+                                "NVIDIA_DRIVER_CAPABILITIES": "compute,utility", "HOME": "/tmp",
+                                "XDG_CACHE_HOME": "/tmp/.cache"}
     assert plan.entrypoint is None and plan.labels[LABEL_NODE] == "node1"
 
 
