@@ -11,6 +11,9 @@ Memory: ``min_memory`` is in bytes, and the CLI reads ``--gpu-memory`` in decima
 bytes), the units GPU boxes are labelled in. NVML reports a little less than the label promises (an
 "80GB" H100 reports 81,559 MiB, a "16GB" T4 may report 15,109 MiB), so a GPU matches when it reports at
 least 96% of ``min_memory`` (``MEMORY_TOLERANCE_PERCENT``).
+
+Compute capability ("8.0", "9.0") and CUDA version ("12.4") compare as versions: a job asking for 8.0 takes
+an 8.6 or a 9.0 GPU; a GPU whose capability NVML did not report meets no asked capability.
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ import re
 
 MEMORY_TOLERANCE_PERCENT = 4  # a GPU may report this much below the asked memory and still match
 _TOKEN = re.compile(r"[0-9a-z]+")
+_VERSION = re.compile(r"\d{1,6}(\.\d{1,6}){0,3}")
+
+
+def is_version(text: str) -> bool:
+    """``text`` is a version such as "12.4", "9.0" or "550.54.15" (1 to 4 numbers)."""
+    return bool(_VERSION.fullmatch(text))
+
+
+def version_at_least(have: str, want: str) -> bool:
+    """``have`` ≥ ``want``, numerically part by part ("12.10" > "12.9"); no ``want`` is always met, an
+    unknown ``have`` ("") never meets one."""
+    if not want:
+        return True
+    if not is_version(have) or not is_version(want):
+        return False
+    a, b = [int(p) for p in have.split(".")], [int(p) for p in want.split(".")]
+    width = max(len(a), len(b))
+    return a + [0] * (width - len(a)) >= b + [0] * (width - len(b))
 
 
 def tokens(text: str) -> tuple[str, ...]:
@@ -44,6 +65,10 @@ def memory_matches(min_memory: int, memory: int) -> bool:
     return memory * 100 >= min_memory * (100 - MEMORY_TOLERANCE_PERCENT)
 
 
-def gpu_matches(model: str | None, min_memory: int, *, name: str, memory: int) -> bool:
-    """A GPU called ``name`` with ``memory`` bytes is one a job asking for ``model`` and ``min_memory`` takes."""
-    return memory_matches(min_memory, memory) and model_matches(model or "", name)
+def gpu_matches(
+    model: str | None, min_memory: int, *, name: str, memory: int, min_capability: str = "", capability: str = "",
+) -> bool:
+    """A GPU called ``name`` with ``memory`` bytes and compute ``capability`` is one a job asking for ``model``,
+    ``min_memory`` and ``min_capability`` takes."""
+    return (memory_matches(min_memory, memory) and model_matches(model or "", name)
+            and version_at_least(capability, min_capability))

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .gpumatch import is_version
 from .limits import MAX_CPUS, MAX_GPUS, MAX_MEMORY, MAX_NODES, MAX_PRICE, MAX_TIMEOUT
 from .schema import Struct, check_len, check_range, check_text, fail as _fail
 
@@ -100,7 +101,8 @@ class JobSpec(Struct):
     those of a spec without the field. The resources are per node.
     """
 
-    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"nodes", "image_content"})
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset(
+        {"nodes", "image_content", "min_cuda", "min_compute_capability"})
     image: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
@@ -115,6 +117,8 @@ class JobSpec(Struct):
     inputs: tuple[InputRef, ...] = ()
     nodes: int = 1
     image_content: ImageContent | None = None  # the image travels with the job (None: the provider has or pulls it)
+    min_cuda: str = ""  # GPU jobs: the CUDA version the provider's driver must support at least ("12.4")
+    min_compute_capability: str = ""  # GPU jobs: each GPU's compute capability at least ("8.0")
 
     def _check(self) -> None:
         check_text(self, "image", 256, nonempty=True)
@@ -132,6 +136,10 @@ class JobSpec(Struct):
         check_range(self, "gpus", 0, MAX_GPUS)
         check_range(self, "gpu_memory", 0, MAX_MEMORY)
         check_text(self, "gpu_model", 128)
+        for name in ("min_cuda", "min_compute_capability"):
+            value = getattr(self, name)
+            if value and not is_version(value):
+                _fail(type(self), name, f"must be a version such as 12.4, got {value!r:.40}")
         if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
             _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
         check_range(self, "max_price", 0, MAX_PRICE)

@@ -103,6 +103,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-model", default=_DEFAULTS["gpu_model"], metavar="MODEL",
                         help="GPU model as words of its name, case ignored, e.g. H100 or 'A100 80GB': each word "
                              "must be a whole word of the name (A10 does not take an A100, L4 not an L40S)")
+    parser.add_argument("--min-cuda", default=_DEFAULTS["min_cuda"], metavar="VERSION",
+                        help="GPU jobs: the CUDA version the provider's driver must support at least, e.g. 12.4")
+    parser.add_argument("--min-compute-capability", default=_DEFAULTS["min_compute_capability"], metavar="X.Y",
+                        help="GPU jobs: each GPU's compute capability at least, e.g. 8.0 (Ampere and newer)")
     parser.add_argument("--timeout", type=_duration, default=_DEFAULTS["timeout"], metavar="DURATION",
                         help="time limit, e.g. 90s, 10m, 2h (default 10m)")
     parser.add_argument("--max-price", type=_number, default=_DEFAULTS["max_price"], metavar="P",
@@ -148,7 +152,8 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
             image=image, command=tuple(command), env=dict(args.env), cpus=args.cpus,
             memory=args.memory, gpus=args.gpus, gpu_memory=args.gpu_memory,
             gpu_model=args.gpu_model, timeout=args.timeout, network=args.network,
-            max_price=args.max_price, nodes=args.nodes,
+            max_price=args.max_price, nodes=args.nodes, min_cuda=args.min_cuda,
+            min_compute_capability=args.min_compute_capability,
         )
     except LocalProtocolError as exc:
         flagged = re.sub(r"JobSpec\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))

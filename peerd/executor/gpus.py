@@ -70,8 +70,9 @@ class Allocated(Protocol):
 _EPS = 1e-9
 
 
-def _matching(gpus: Iterable[GpuInfo], model: str | None, min_memory: int) -> list[GpuInfo]:
-    return [g for g in gpus if gpu_matches(model, min_memory, name=g.name, memory=g.memory_total)]
+def _matching(gpus: Iterable[GpuInfo], model: str | None, min_memory: int, min_capability: str) -> list[GpuInfo]:
+    return [g for g in gpus if gpu_matches(model, min_memory, name=g.name, memory=g.memory_total,
+                                           min_capability=min_capability, capability=g.compute_capability)]
 
 
 class CapacityLedger:
@@ -121,6 +122,7 @@ class CapacityLedger:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         min_gpu_memory: int = 0,
+        min_capability: str = "",
         now: float,
         avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, ...]:
@@ -128,7 +130,7 @@ class CapacityLedger:
         Raises CapacityError as ``reserve`` would."""
         self.expire(now)
         free = self._check_room(cpus, memory, gpu_count)
-        return self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus, avoid)
+        return self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus, avoid)
 
     def reserve(
         self,
@@ -139,6 +141,7 @@ class CapacityLedger:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         min_gpu_memory: int = 0,
+        min_capability: str = "",
         now: float,
         hold_until: float,
         gpus: tuple[str, ...] | None = None,
@@ -150,9 +153,9 @@ class CapacityLedger:
             raise CapacityError(Reason.DUPLICATE_TASK, f"task {task_id!r} already holds capacity")
         free = self._check_room(cpus, memory, gpu_count)
         if gpus is None:
-            chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus)
+            chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus)
         else:
-            chosen = self._exact_gpus(gpus, gpu_count, gpu_model, min_gpu_memory, free.gpus)
+            chosen = self._exact_gpus(gpus, gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus)
         return self._record(Reservation(task_id, float(cpus), int(memory), chosen, hold_until))
 
     def _check_room(self, cpus: float, memory: int, gpu_count: int) -> FreeCapacity:
@@ -167,11 +170,12 @@ class CapacityLedger:
         return free
 
     def _exact_gpus(
-        self, gpus: tuple[str, ...], count: int, model: str | None, min_memory: int, free: tuple[GpuInfo, ...]
+        self, gpus: tuple[str, ...], count: int, model: str | None, min_memory: int, min_capability: str,
+        free: tuple[GpuInfo, ...],
     ) -> tuple[str, ...]:
         if len(gpus) != count or len(set(gpus)) != count:
             raise CapacityError(Reason.NO_CAPACITY, f"{count} distinct GPU(s) asked, {gpus!r} named")
-        free_ids = {g.uuid for g in _matching(free, model, min_memory)}
+        free_ids = {g.uuid for g in _matching(free, model, min_memory, min_capability)}
         gone = [uuid for uuid in gpus if uuid not in free_ids]
         if gone:
             raise CapacityError(Reason.NO_CAPACITY, f"GPU(s) {', '.join(gone)} no longer free")
@@ -182,18 +186,20 @@ class CapacityLedger:
         count: int,
         model: str | None,
         min_memory: int,
+        min_capability: str,
         free: tuple[GpuInfo, ...],
         avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, ...]:
         if count == 0:
             return ()
-        fitting = _matching((g for u, g in self._gpus.items() if u not in self._lost), model, min_memory)
+        fitting = _matching((g for u, g in self._gpus.items() if u not in self._lost), model, min_memory,
+                            min_capability)
         if len(fitting) < count:
             raise CapacityError(
                 Reason.NO_MATCHING_GPU,
                 f"{len(fitting)} GPU(s) here match model={model!r} memory>={min_memory}, {count} asked",
             )
-        matching = [g.uuid for g in _matching(free, model, min_memory)]
+        matching = [g.uuid for g in _matching(free, model, min_memory, min_capability)]
         available = sorted(matching, key=lambda uuid: uuid in avoid)  # stable: index order within each
         if len(available) < count:
             raise CapacityError(

@@ -50,6 +50,7 @@ from peerd.jobs.taskwire import (
 from peerd.market.offerguard import GuardLimits, OfferGuard
 from peerd.overlay.keys import WireGuardKeys, generate_keys
 from protocol import ProtocolError
+from protocol.gpumatch import version_at_least
 from protocol.messages import (
     Accept,
     Cancel,
@@ -190,6 +191,10 @@ class Provider:
                 RejectCode.PRICE_TOO_LOW,
                 f"price here is {price:.6g}/h for this job, above the job's max {spec.max_price:.6g}/h",
             )
+        cuda = self.ledger.gpus[0].cuda_version if self.ledger.gpus else ""
+        if spec.gpus and not version_at_least(cuda, spec.min_cuda):
+            raise Refusal(RejectCode.NO_MATCHING_GPU,
+                          f"the job needs CUDA {spec.min_cuda}; this provider's driver supports {cuda or 'none'}")
         placeholder = tuple(f"GPU-pending-{i}" for i in range(spec.gpus))  # real UUIDs come from the ledger
         try:
             run_spec = self._run_spec(request, placeholder)
@@ -267,7 +272,7 @@ class Provider:
         try:
             return self.ledger.quote(
                 cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus, gpu_model=spec.gpu_model or None,
-                min_gpu_memory=spec.gpu_memory, now=now, avoid=others,
+                min_gpu_memory=spec.gpu_memory, min_capability=spec.min_compute_capability, now=now, avoid=others,
             )
         except ExecutorError as exc:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY), exc.detail) from exc
@@ -278,7 +283,8 @@ class Provider:
         try:
             self.ledger.reserve(
                 request.task_id, cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus,
-                gpu_model=spec.gpu_model or None, min_gpu_memory=spec.gpu_memory, gpus=gpus,
+                gpu_model=spec.gpu_model or None, min_gpu_memory=spec.gpu_memory,
+                min_capability=spec.min_compute_capability, gpus=gpus,
                 now=now, hold_until=now + 2 * self.settings.io_timeout + 1.0,  # send + receive, each bounded
             )
         except ExecutorError as exc:

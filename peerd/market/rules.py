@@ -19,7 +19,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 from peerd.market.reputation import NO_REPUTATION, Trust
-from protocol.gpumatch import gpu_matches
+from protocol.gpumatch import gpu_matches, version_at_least
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
 from protocol.reachability import Reachability, of_addrs
 
@@ -34,6 +34,7 @@ class Misfit(enum.StrEnum):
     MEMORY = "memory"
     GPUS = "gpus"
     GPU_RUNTIME = "gpu_runtime"
+    CUDA = "cuda"  # the provider's driver supports an older CUDA than the job asks for
     TIMEOUT = "timeout"
     NETWORK = "network"
     GANG = "gang"
@@ -50,7 +51,8 @@ def matching_free_gpus(spec: JobSpec, advert: Advert) -> list[GpuOffer]:
     """The advertised free GPUs that satisfy the spec's model and memory."""
     free = set(advert.free_gpus)
     return [g for g in advert.gpus if g.uuid in free
-            and gpu_matches(spec.gpu_model, spec.gpu_memory, name=g.model, memory=g.memory)]
+            and gpu_matches(spec.gpu_model, spec.gpu_memory, name=g.model, memory=g.memory,
+                            min_capability=spec.min_compute_capability, capability=g.compute_capability)]
 
 
 # Checks in the order they are reported: the first that fails is the reason.
@@ -61,6 +63,7 @@ _CHECKS: tuple[tuple[Misfit, Callable[[JobSpec, Advert], bool]], ...] = (
     (Misfit.CPUS, lambda s, a: s.cpus <= a.free_cpus),
     (Misfit.MEMORY, lambda s, a: s.memory <= a.free_memory),
     (Misfit.GPU_RUNTIME, lambda s, a: s.gpus == 0 or a.gpu_runtime),
+    (Misfit.CUDA, lambda s, a: s.gpus == 0 or version_at_least(a.cuda_version, s.min_cuda)),
     (Misfit.GPUS, lambda s, a: s.gpus == 0 or len(matching_free_gpus(s, a)) >= s.gpus),
     (Misfit.TIMEOUT, lambda s, a: s.timeout <= a.max_timeout),
     (Misfit.NETWORK, lambda s, a: not s.network or a.network),

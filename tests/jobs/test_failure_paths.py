@@ -81,6 +81,8 @@ REFUSALS: list[tuple[RejectCode, JobSpec, Callable[[ProviderSettings], ProviderS
     (RejectCode.NO_GPU_RUNTIME, dataclasses.replace(QUICK, gpus=1), lambda s: s),
     (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, gpu_model="no such GPU"),
      lambda s: s),  # on a host with a GPU runtime (below)
+    (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, min_cuda="13.0"), lambda s: s),  # driver: 12.4
+    (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, min_compute_capability="10.0"), lambda s: s),
     (RejectCode.PRICE_TOO_LOW, dataclasses.replace(QUICK, max_price=0.001), lambda s: s),
     (RejectCode.BUSY, QUICK, lambda s: dataclasses.replace(s, max_concurrent=0)),
 ]

@@ -124,6 +124,7 @@ def test_a_job_spec_setting_a_reserved_variable_cannot_be_made(name: str) -> Non
         (request_wire(env={"NVIDIA_VISIBLE_DEVICES": "all"}), "reserved for the provider"),
         (request_wire(env={"DOCKER_RESOURCE_GPU": "all"}), "reserved for the provider"),
         (request_wire(env={"nvidia_driver_capabilities": "all"}), "reserved for the provider"),
+        (request_wire(min_cuda="twelve"), "must be a version"),
         (request_wire(image=""), "must not be empty"),
         (request_wire(image="x" * 5000), "longer than"),
         (request_wire(network=1), "expected bool"),

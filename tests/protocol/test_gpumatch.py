@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from peerd.units import parse_size
-from protocol.gpumatch import gpu_matches, memory_matches, model_matches
+from protocol.gpumatch import gpu_matches, is_version, memory_matches, model_matches, version_at_least
 
 MiB = 1 << 20
 H100 = ("NVIDIA H100 80GB HBM3", 81_559 * MiB)
@@ -81,3 +83,37 @@ def test_model_and_memory_both_decide() -> None:
     assert gpu_matches("H100", 80 * 10**9, name=name, memory=memory)
     assert not gpu_matches("A100", 80 * 10**9, name=name, memory=memory)
     assert not gpu_matches("H100", 100 * 10**9, name=name, memory=memory)
+
+
+@pytest.mark.parametrize(("have", "want", "met"), [
+    ("9.0", "8.0", True), ("8.6", "8.0", True), ("8.0", "8.6", False), ("12.10", "12.9", True),
+    ("12.4", "12.4", True), ("12", "12.0", True), ("", "8.0", False), ("anything", "", True), ("x", "8.0", False),
+])
+def test_versions_compare_numerically(have: str, want: str, met: bool) -> None:
+    assert version_at_least(have, want) is met
+
+
+def test_compute_capability_is_part_of_the_match() -> None:
+    name, memory = A100_80
+    assert gpu_matches("A100", 0, name=name, memory=memory, min_capability="8.0", capability="8.0")
+    assert not gpu_matches("A100", 0, name=name, memory=memory, min_capability="9.0", capability="8.0")
+    assert not gpu_matches(None, 0, name=name, memory=memory, min_capability="7.0", capability="")
+
+
+def test_what_reads_as_a_version() -> None:
+    assert all(is_version(v) for v in ("12.4", "9.0", "550.54.15", "12"))
+    assert not any(is_version(v) for v in ("", "12.", "v12", "12.4-rc1", "1.2.3.4.5"))
+
+
+def test_gpu_versions_travel_only_when_set() -> None:
+    from protocol import codec, messages as m
+    from tests.protocol.helpers import sample_advert, sample_spec
+
+    plain_advert, plain_spec = sample_advert("12D3KooWprovider"), sample_spec()
+    plain_request = m.TaskRequest(task_id="t", requester="r", spec=plain_spec, sent_at=1.0)
+    assert b"cuda_version" not in codec.encode(plain_advert) and b"min_cuda" not in codec.encode(plain_request)
+    advert = replace(plain_advert, gpu_driver="550.54.15", cuda_version="12.4")
+    spec = replace(plain_spec, min_cuda="12.4", min_compute_capability="8.0")
+    assert codec.decode(codec.encode(advert)) == advert
+    request = m.TaskRequest(task_id="t", requester="r", spec=spec, sent_at=1.0)
+    assert codec.decode(codec.encode(request)) == request
