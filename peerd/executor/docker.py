@@ -46,9 +46,11 @@ from peerd.executor.gpuaccess import (
     GpuAccess,
     GpuSupport,
     ToolkitFacts,
+    cuda_requirement,
     decide,
     is_no_gpu_runtime,
     probe_toolkit,
+    unmet_cuda,
 )
 from peerd.executor.logs import LogTail
 from peerd.executor.outmount import is_full
@@ -206,6 +208,16 @@ class DockerExecutor:
         await self.probe_gpu_support()
         return self.gpu_runtime
 
+    async def image_cuda(self, image: str) -> str:
+        """The CUDA version a local image asks for (its NVIDIA_REQUIRE_CUDA); "" when it asks none, or it is not
+        here (then the toolkit checks it at the start), or dockerd does not say."""
+        try:
+            env = await self.engine.image_env(image)
+        except EngineError as exc:
+            log.debug("cannot read %s's environment: %s", image, exc)
+            return ""
+        return cuda_requirement((env or {}).get("NVIDIA_REQUIRE_CUDA", ""))
+
     def _gpu_start_failed(self, spec: RunSpec, exc: EngineError) -> ExecutorError:
         """A GPU container dockerd could not give its GPUs: no GPU jobs here until the next decision."""
         log.warning("task %s: GPU runtime failed (%s): taking GPU support back: %s",
@@ -294,6 +306,10 @@ class DockerExecutor:
         except EngineError as exc:
             if spec.gpus and not isinstance(exc, ImageUnavailable) and is_no_gpu_runtime(exc.detail):
                 raise self._gpu_start_failed(spec, exc) from exc
+            need = unmet_cuda(exc.detail) if spec.gpus else None
+            if need is not None:
+                raise ExecutorError(Reason.START_FAILED, f"the image needs CUDA {need} (NVIDIA_REQUIRE_CUDA), newer "
+                                                         f"than this provider's driver supports: {exc.detail}") from exc
             raise
 
     async def _pull(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> None:

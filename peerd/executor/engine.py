@@ -411,6 +411,22 @@ class Engine:
 
         return await self._call(f"inspect image {ref}", work)
 
+    async def image_env(self, ref: str) -> dict[str, str] | None:
+        """The environment the local image ``ref`` sets (its ENV lines), or None if there is no such image."""
+        api = self._api
+
+        def work() -> dict[str, str] | None:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+            config = details.get("Config") if isinstance(details, dict) else None
+            env = config.get("Env") if isinstance(config, dict) else None
+            pairs = (str(e).partition("=") for e in env) if isinstance(env, list) else ()
+            return {k: v for k, _, v in pairs}
+
+        return await self._call(f"inspect image {ref}", work)
+
     async def repo_digests(self, ref: str) -> tuple[str, ...]:
         """The registry digests of the local image ``ref`` (none: built or loaded here, never pulled)."""
         api = self._api

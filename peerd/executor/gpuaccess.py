@@ -113,9 +113,26 @@ def _why_none(engine: EngineInfo, toolkit: ToolkitFacts, hook_mode_ok: bool) -> 
 
 
 def is_no_gpu_runtime(message: str) -> bool:
-    """dockerd's answer to a GPU container's create or start says it cannot give GPUs here."""
+    """dockerd's answer to a GPU container's create or start says it cannot give GPUs here (an image that wants a
+    newer CUDA than the driver's is no fault of the runtime: ``unmet_cuda``)."""
     text = message.lower()
-    return any(needle in text for needle in _NO_RUNTIME)
+    return unmet_cuda(message) is None and any(needle in text for needle in _NO_RUNTIME)
+
+
+_REQUIRE_CUDA = re.compile(r"(?:^|[\s,])cuda>=(\d+(?:\.\d+)*)")
+
+
+def cuda_requirement(require: str) -> str:
+    """The CUDA version an image's NVIDIA_REQUIRE_CUDA asks for ("cuda>=12.4 brand=tesla,driver>=470 ..." gives
+    "12.4"); "" when it asks none. The brand/driver alternatives (forward compatibility) are not judged here."""
+    found = _REQUIRE_CUDA.search(require)
+    return found.group(1) if found else ""
+
+
+def unmet_cuda(message: str) -> str | None:
+    """The CUDA version a start failed for ("unsatisfied condition: cuda>=12.4" from the toolkit), or None."""
+    found = re.search(r"unsatisfied condition: cuda>=(\d+(?:\.\d+)*)", message)
+    return found.group(1) if found else None
 
 
 # ---- probing the host's files (blocking: call in a worker thread) ------------------------------------

@@ -208,6 +208,7 @@ class Provider:
         """Job data (``peerd.data.jobdata``, ``peerd.data.imagedata``): a carried image welcome here, mountable
         destinations, and room for the declared bytes."""
         data = self.runner.data
+        await self._admit_image_cuda(request)
         if request.spec.image_content is not None:
             await self._admit_image(request)
         if not request.spec.inputs:
@@ -221,6 +222,17 @@ class Provider:
         detail = await data.room_refusal(request.spec)
         if detail is not None:
             raise Refusal(RejectCode.INPUTS_TOO_LARGE, detail)
+
+    async def _admit_image_cuda(self, request: TaskRequest) -> None:
+        """A GPU job whose image (here already) needs a newer CUDA than this driver's is refused before any offer."""
+        spec = request.spec
+        if not spec.gpus or spec.image_content is not None:
+            return
+        need = await self.runner.executor.image_cuda(spec.image)
+        cuda = self.ledger.gpus[0].cuda_version if self.ledger.gpus else ""
+        if need and not version_at_least(cuda, need):
+            raise Refusal(RejectCode.NO_MATCHING_GPU, f"image {spec.image} needs CUDA {need} (NVIDIA_REQUIRE_CUDA); "
+                                                      f"this provider's driver supports {cuda or 'none'}")
 
     async def _admit_image(self, request: TaskRequest) -> None:
         """A carried image: taken here at all, and room for it (least recently used images make way)."""

@@ -15,10 +15,12 @@ from peerd.executor.gpuaccess import (
     GpuAccess,
     ToolkitFacts,
     cdi_device_names,
+    cuda_requirement,
     decide,
     is_no_gpu_runtime,
     probe_toolkit,
     read_toolkit_config,
+    unmet_cuda,
 )
 from peerd.executor.plan import Limits, plan_container
 
@@ -144,3 +146,11 @@ def test_start_errors_that_mean_no_gpu_runtime(message: str) -> None:
 
 def test_other_start_errors_are_not_taken_for_it() -> None:
     assert not is_no_gpu_runtime('exec: "nosuch": executable file not found in $PATH')
+
+
+def test_an_images_cuda_requirement_is_read_and_its_start_error_is_not_a_runtime_failure() -> None:
+    require = "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471"
+    assert cuda_requirement(require) == "12.4" and cuda_requirement("") == "" and cuda_requirement("brand=x") == ""
+    error = ("start peerd-x: OCI runtime create failed: nvidia-container-cli: requirement error: unsatisfied "
+             "condition: cuda>=12.4, please update your driver to a newer version, or use an earlier cuda container")
+    assert unmet_cuda(error) == "12.4" and not is_no_gpu_runtime(error)

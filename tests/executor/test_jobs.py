@@ -23,7 +23,7 @@ from peerd.executor import (
     UnknownTask,
 )
 from peerd.executor.gpuaccess import GpuAccess, GpuSupport
-from tests.executor.helpers import MiB, closed_loopback_port, job, output_files
+from tests.executor.helpers import IMAGE, MiB, closed_loopback_port, job, output_files
 from tests.executor.registry import Registry
 
 pytestmark = pytest.mark.docker  # needs a real dockerd
@@ -253,3 +253,17 @@ async def test_a_missing_image_is_pulled_with_progress_events(
         assert any(r.startswith("GET /v2/" + registry.name + "/blobs/") for r in registry.requests)
     finally:
         await trio.run_process(["docker", "image", "rm", "-f", image], capture_stdout=True, check=False)
+
+
+async def test_image_cuda_reads_a_local_images_nvidia_require_cuda(executor: DockerExecutor, node_id: str) -> None:
+    tag = f"peerd-test/require-cuda-{node_id.lower()}:1"
+    dockerfile = f"FROM {IMAGE}\nENV NVIDIA_REQUIRE_CUDA=\"cuda>=12.4 brand=tesla,driver>=470,driver<471\"\n"
+    built = await trio.run_process(["docker", "build", "-q", "-t", tag, "-"], stdin=dockerfile.encode(),
+                                   capture_stdout=True, capture_stderr=True, check=False)
+    assert built.returncode == 0, built.stderr
+    try:
+        assert await executor.image_cuda(tag) == "12.4"
+        assert await executor.image_cuda(IMAGE) == ""  # asks for none
+        assert await executor.image_cuda("peerd-test/no-such-image:1") == ""  # not here: the toolkit checks it
+    finally:
+        await executor.engine.remove_image(tag)
