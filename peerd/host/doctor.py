@@ -49,7 +49,7 @@ class Findings:
     home: Path
     overlay: Availability
     toolkit: ToolkitFacts = ToolkitFacts()
-    nvml_notes: tuple[str, ...] = ()  # MIG devices offered instead of their GPU, memory NVML does not report
+    nvml_remarks: tuple[str, ...] = ()  # MIG devices offered instead of their GPU, memory NVML does not report
 
     @property
     def gpu_support(self) -> GpuSupport:
@@ -82,11 +82,12 @@ def check_docker(f: Findings) -> Check:
 def check_gpus(f: Findings) -> Check:
     """What NVML found. A device NVML fails on fails the check (the others are still offered); MIG-enabled GPUs
     are offered as their MIG devices (their own UUIDs and memory), never whole."""
-    notes = "".join(f"; {note}" for note in f.nvml_notes)
+    remarks = "".join(f"; {remark}" for remark in f.nvml_remarks)
     if f.gpus and f.nvml_problem:
         names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
         return Check(
-            "gpus", False, f"{len(f.gpus)} GPU(s) offered ({names}), but NVML fails on others: {f.nvml_problem}{notes}",
+            "gpus", False,
+            f"{len(f.gpus)} GPU(s) offered ({names}), but NVML fails on others: {f.nvml_problem}{remarks}",
             "Find the failing GPU with nvidia-smi: one fallen off the bus (GPU is lost) needs a reset "
             "(nvidia-smi -r) or a reboot; no permission means this user cannot open /dev/nvidia*.",
         )
@@ -94,15 +95,15 @@ def check_gpus(f: Findings) -> Check:
         names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
         return Check("gpus", True, f"{len(f.gpus)} GPU(s), driver {f.gpus[0].driver_version}"
                                    f"{', CUDA ' + f.gpus[0].cuda_version if f.gpus[0].cuda_version else ''}: "
-                                   f"{names}{notes}")
+                                   f"{names}{remarks}")
     if f.nvml_problem:
         return Check(
-            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}{notes}",
+            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}{remarks}",
             "Make the driver work (nvidia-smi must list the GPUs): a driver/library version mismatch "
             "is usually fixed by a reboot after a driver upgrade.",
         )
-    if f.nvml_notes:
-        return Check("gpus", True, f"no GPU to offer{notes}")
+    if f.nvml_remarks:
+        return Check("gpus", True, f"no GPU to offer{remarks}")
     return Check("gpus", True, "no NVIDIA driver found: this node offers CPUs only")
 
 
@@ -206,7 +207,7 @@ async def run_checks(
     free = await trio.to_thread.run_sync(disk_free, home)
     toolkit = await trio.to_thread.run_sync(toolkit_probe or probe_toolkit, engine.cdi_spec_dirs)
     findings = Findings(engine, report.gpus, report.problem, free, min_disk_free, existing_ancestor(home), probe(),
-                        toolkit, report.notes)
+                        toolkit, report.remarks)
     return [check(findings) for check in CHECKS]
 
 

@@ -44,7 +44,7 @@ class NvmlReport:
 
     gpus: tuple[GpuInfo, ...] = ()
     problems: tuple[str, ...] = ()  # one per device NVML failed on, or NVML as a whole
-    notes: tuple[str, ...] = ()  # facts worth saying that are no failure (MIG devices offered instead of a GPU)
+    remarks: tuple[str, ...] = ()  # facts worth saying that are no failure (MIG devices offered instead of a GPU)
 
     @property
     def problem(self) -> str | None:
@@ -116,11 +116,11 @@ class SystemNvml:
             cuda = ""
         gpus: list[GpuInfo] = []
         problems: list[str] = []
-        notes: list[str] = []
+        remarks: list[str] = []
         for index in range(nv.nvmlDeviceGetCount()):
             try:
                 handle = nv.nvmlDeviceGetHandleByIndex(index)
-                gpu = _device(nv, handle, index, driver, cuda, notes)
+                gpu = _device(nv, handle, index, driver, cuda, remarks)
                 migs = _mig_devices(nv, handle, gpu)
             except nv.NVMLError as exc:
                 problems.append(f"GPU {index}: {exc}: left out")
@@ -128,13 +128,14 @@ class SystemNvml:
             if migs is None:
                 gpus.append(gpu)
             else:
-                notes.append(f"GPU {index} ({gpu.uuid}) is in MIG mode: offered as its {len(migs)} MIG device(s)"
-                             + (f" ({', '.join(m.name.rpartition(' MIG ')[2] for m in migs)})" if migs else ""))
+                kinds = f" ({', '.join(m.name.rpartition(' MIG ')[2] for m in migs)})" if migs else ""
+                remarks.append(f"GPU {index} ({gpu.uuid}) is in MIG mode: offered as its {len(migs)} MIG device(s)"
+                               + kinds)
                 gpus.extend(migs)
-        return NvmlReport(tuple(gpus), tuple(problems), tuple(notes))
+        return NvmlReport(tuple(gpus), tuple(problems), tuple(remarks))
 
 
-def _device(nv: ModuleType, handle: object, index: int, driver: str, cuda: str, notes: list[str]) -> GpuInfo:
+def _device(nv: ModuleType, handle: object, index: int, driver: str, cuda: str, remarks: list[str]) -> GpuInfo:
     """One GPU or MIG device; NVMLError only when its identity cannot be read (then it is left out)."""
     uuid = _text(nv.nvmlDeviceGetUUID(handle))
     name = _text(nv.nvmlDeviceGetName(handle))
@@ -142,7 +143,7 @@ def _device(nv: ModuleType, handle: object, index: int, driver: str, cuda: str, 
         memory = nv.nvmlDeviceGetMemoryInfo(handle)
         total, free = int(memory.total), int(memory.free)
     except nv.NVMLError as exc:  # NOT_SUPPORTED on unified-memory systems (GB10): offered, with no memory figure
-        notes.append(f"GPU {index} ({uuid}): memory not reported ({exc}): offered with 0 bytes")
+        remarks.append(f"GPU {index} ({uuid}): memory not reported ({exc}): offered with 0 bytes")
         total = free = 0
     try:
         major, minor = nv.nvmlDeviceGetCudaComputeCapability(handle)

@@ -85,10 +85,10 @@ def test_a_host_without_wireguard_passes_and_says_how_to_join_gangs(tmp_path: Pa
 HOOK_HOST = ToolkitFacts(hook=True)
 
 
-def _gpu_findings(tmp_path: Path, problem: str | None, notes: tuple[str, ...] = (),
+def _gpu_findings(tmp_path: Path, problem: str | None, remarks: tuple[str, ...] = (),
                   toolkit: ToolkitFacts = HOOK_HOST) -> Findings:
     engine = EngineInfo(reachable=True, api_version="1.41")
-    return Findings(engine, (H100,), problem, 0, 0, tmp_path, Availability(None, "-"), toolkit, notes)
+    return Findings(engine, (H100,), problem, 0, 0, tmp_path, Availability(None, "-"), toolkit, remarks)
 
 
 def test_a_gpu_nvml_fails_on_fails_the_check_but_the_others_are_named(tmp_path: Path) -> None:

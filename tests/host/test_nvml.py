@@ -22,7 +22,7 @@ def uuid(i: int) -> str:
 def read(lib: FakeNvmlLibrary) -> tuple[list[GpuInfo], str | None, tuple[str, ...]]:
     report = SystemNvml(cast(ModuleType, lib)).diagnose()
     assert lib.initialised == 0  # every read shuts NVML down again
-    return list(report.gpus), report.problem, report.notes
+    return list(report.gpus), report.problem, report.remarks
 
 
 def test_healthy_gpus_with_driver_and_cuda_versions() -> None:
@@ -47,9 +47,9 @@ def test_one_bad_gpu_is_left_out_and_reported_the_others_stay(call: str, code: i
 
 def test_memory_not_supported_keeps_the_gpu_with_no_memory_figure() -> None:  # unified memory (GB10)
     devices = [FakeDevice(uuid(0), name="NVIDIA GB10", fail={"memory": pynvml.NVML_ERROR_NOT_SUPPORTED})]
-    gpus, problem, notes = read(FakeNvmlLibrary(devices))
+    gpus, problem, remarks = read(FakeNvmlLibrary(devices))
     assert problem is None and [g.memory_total for g in gpus] == [0]
-    assert any("memory not reported" in n for n in notes)
+    assert any("memory not reported" in n for n in remarks)
 
 
 def test_missing_utilization_and_capability_are_no_failure() -> None:
@@ -85,14 +85,14 @@ def test_a_mig_gpu_is_offered_as_its_mig_devices_never_whole() -> None:
             for i, (kind, mem) in enumerate([("3g.20gb", 19_968 << 20), ("1g.5gb", 4_864 << 20)])]
     devices = [FakeDevice(uuid(0), name="NVIDIA A100-SXM4-40GB", capability=(8, 0), mig=migs),
                FakeDevice(uuid(1), name="NVIDIA A100-SXM4-40GB", capability=(8, 0))]
-    gpus, problem, notes = read(FakeNvmlLibrary(devices))
+    gpus, problem, remarks = read(FakeNvmlLibrary(devices))
     assert problem is None
     assert [g.uuid for g in gpus] == [migs[0].uuid, migs[1].uuid, uuid(1)]  # the MIG parent itself is not offered
     assert [g.memory_total for g in gpus[:2]] == [19_968 << 20, 4_864 << 20]
     assert all(g.parent == uuid(0) and g.compute_capability == "8.0" and g.index == 0 for g in gpus[:2])
-    assert any("MIG mode" in n and "3g.20gb" in n for n in notes)
+    assert any("MIG mode" in n and "3g.20gb" in n for n in remarks)
 
 
 def test_a_mig_gpu_with_no_mig_devices_offers_nothing() -> None:
-    gpus, problem, notes = read(FakeNvmlLibrary([FakeDevice(uuid(0), mig=[])]))
-    assert gpus == [] and problem is None and any("0 MIG device(s)" in n for n in notes)
+    gpus, problem, remarks = read(FakeNvmlLibrary([FakeDevice(uuid(0), mig=[])]))
+    assert gpus == [] and problem is None and any("0 MIG device(s)" in n for n in remarks)
