@@ -295,8 +295,9 @@ class DockerExecutor:
             except ImageMissing:
                 await self._pull(engine, spec, on_pull)
                 network_of = await self.networks.open(engine, spec)
-        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline,
-                              limits=self.limits, network_of=network_of, gpu_access=self.gpu_support.access)
+        swarm = self._probed[0].swarm_resources if self._probed is not None else ()
+        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits,
+                              network_of=network_of, gpu_access=self.gpu_support.access, device_variables=swarm)
         try:
             try:
                 return await engine.launch(plan)

@@ -70,11 +70,12 @@ def holder_name(node_id: str, task_id: str) -> str:
 
 def plan_container(
     spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits(),
-    network_of: str | None = None, gpu_access: GpuAccess = GpuAccess.HOOK,
+    network_of: str | None = None, gpu_access: GpuAccess = GpuAccess.HOOK, device_variables: tuple[str, ...] = (),
 ) -> ContainerPlan:
     """``network_of``: the holder container whose network namespace (the overlay) the job joins;
-    ``gpu_access``: how this dockerd gives containers GPUs (``peerd.executor.gpuaccess``)."""
-    environment = {**spec.environment, **gpu_job_home(spec), **gpu_environment(spec, limits)}
+    ``gpu_access``: how this dockerd gives containers GPUs (``peerd.executor.gpuaccess``);
+    ``device_variables``: the toolkit's swarm-resource variables, which it reads before NVIDIA_VISIBLE_DEVICES."""
+    environment = {**spec.environment, **gpu_job_home(spec), **gpu_environment(spec, limits, device_variables)}
     labels = {
         LABEL_NODE: node_id,
         LABEL_TASK: spec.task_id,
@@ -94,13 +95,15 @@ def plan_container(
     )
 
 
-def gpu_environment(spec: RunSpec, limits: Limits) -> dict[str, str]:
+def gpu_environment(spec: RunSpec, limits: Limits, device_variables: tuple[str, ...] = ()) -> dict[str, str]:
     """What the NVIDIA toolkit reads, set by the executor over the image's own ENV (the job may set none of
-    it): exactly the leased GPUs (none: ``void``) and, for a GPU job, the configured driver capabilities."""
-    if not spec.gpus:
-        return {"NVIDIA_VISIBLE_DEVICES": NO_GPUS}
-    return {"NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpus),
-            "NVIDIA_DRIVER_CAPABILITIES": ",".join(limits.gpu_capabilities)}
+    it): exactly the leased GPUs (none: ``void``), in NVIDIA_VISIBLE_DEVICES and in any swarm-resource
+    variable the toolkit reads first, and, for a GPU job, the configured driver capabilities."""
+    devices = ",".join(spec.gpus) if spec.gpus else NO_GPUS
+    env = {name: devices for name in (*device_variables, "NVIDIA_VISIBLE_DEVICES")}
+    if spec.gpus:
+        env["NVIDIA_DRIVER_CAPABILITIES"] = ",".join(limits.gpu_capabilities)
+    return env
 
 
 def gpu_job_home(spec: RunSpec) -> dict[str, str]:

@@ -21,7 +21,7 @@ import trio
 from peerd.config import Config
 from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, inspect_engine
-from peerd.executor.gpuaccess import GpuSupport, ToolkitFacts, decide, probe_toolkit
+from peerd.executor.gpuaccess import GpuAccess, GpuSupport, ToolkitFacts, decide, probe_toolkit
 from peerd.host.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.host.resources import disk_free, existing_ancestor
 from peerd.overlay.host import Availability, probe
@@ -122,6 +122,12 @@ def check_runtime(f: Findings) -> Check:
         return Check("nvidia-runtime", False,
                      f"this host has {len(f.gpus)} GPU(s) but dockerd cannot give them to containers: "
                      f"{support.detail}: GPU jobs will be refused", TOOLKIT_FIX)
+    if not f.toolkit.unprivileged_env and support.access is not GpuAccess.CDI:
+        return Check("nvidia-runtime", False,
+                     f"containers would get GPUs through {support.detail}, but the toolkit ignores "
+                     "NVIDIA_VISIBLE_DEVICES in unprivileged containers: peerd's jobs would see no GPU",
+                     "Set accept-nvidia-visible-devices-envvar-when-unprivileged = true in "
+                     "/etc/nvidia-container-runtime/config.toml, or generate a CDI spec (nvidia-ctk cdi generate).")
     weak = toolkit_weaknesses(f.toolkit)
     if weak:
         return Check("nvidia-runtime", False, f"containers get GPUs through {support.detail}, but {weak}",

@@ -154,3 +154,12 @@ def test_an_images_cuda_requirement_is_read_and_its_start_error_is_not_a_runtime
     error = ("start peerd-x: OCI runtime create failed: nvidia-container-cli: requirement error: unsatisfied "
              "condition: cuda>=12.4, please update your driver to a newer version, or use an earlier cuda container")
     assert unmet_cuda(error) == "12.4" and not is_no_gpu_runtime(error)
+
+
+def test_swarm_resource_variables_the_toolkit_reads_first_carry_exactly_the_leased_gpus() -> None:
+    gpu = plan_container(SPEC, node_id="n1", out_dir=Path("/x"), deadline=1.0,
+                         device_variables=("DOCKER_RESOURCE_GPU",))
+    assert gpu.environment["DOCKER_RESOURCE_GPU"] == gpu.environment["NVIDIA_VISIBLE_DEVICES"] == UUID
+    cpu = plan_container(RunSpec(task_id="t2", image="busybox", cpus=1.0, memory=64 << 20, timeout=10.0),
+                         node_id="n1", out_dir=Path("/x"), deadline=1.0, device_variables=("DOCKER_RESOURCE_GPU",))
+    assert cpu.environment["DOCKER_RESOURCE_GPU"] == "void"  # an image's ENV cannot pick GPUs through it

@@ -106,3 +106,8 @@ def test_the_runtime_check_names_the_request_form_and_warns_about_swarm_resource
     weak = check_runtime(_gpu_findings(tmp_path, None, toolkit=ToolkitFacts(hook=True,
                                                                             swarm_resources=("DOCKER_RESOURCE_GPU",))))
     assert not weak.ok and "DOCKER_RESOURCE_GPU" in weak.detail and "swarm-resource" in weak.fix
+
+
+def test_a_toolkit_that_ignores_the_device_variable_when_unprivileged_fails_the_runtime_check(tmp_path: Path) -> None:
+    check = check_runtime(_gpu_findings(tmp_path, None, toolkit=ToolkitFacts(hook=True, unprivileged_env=False)))
+    assert not check.ok and "see no GPU" in check.detail and "envvar-when-unprivileged" in check.fix
