@@ -37,6 +37,9 @@ class NodeConfig:
     log_level: str = "info"
 
 
+DEFAULT_GPU_CAPABILITIES = ("compute", "utility")  # CUDA and nvidia-smi; graphics, video... only when configured
+
+
 @dataclass(frozen=True, slots=True)
 class ResourcesConfig:
     cpus: float = 0.0  # 0 = every CPU
@@ -44,6 +47,8 @@ class ResourcesConfig:
     reserve_memory: int = 1 << 30
     gpus: tuple[str, ...] = ("all",)  # "all", "none", or GPU UUIDs
     docker_url: str = ""  # "" = the environment's DOCKER_HOST or the local socket
+    # NVIDIA driver capabilities a GPU job gets (NVIDIA_DRIVER_CAPABILITIES, set by the executor, never the job)
+    gpu_capabilities: tuple[str, ...] = DEFAULT_GPU_CAPABILITIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,17 @@ def _strs(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+GPU_CAPABILITIES = ("compute", "compat32", "graphics", "utility", "video", "display")  # the toolkit's; no "all"
+
+
+def _gpu_capabilities(value: object) -> tuple[str, ...]:
+    caps = _strs(value)
+    wrong = [c for c in caps if c not in GPU_CAPABILITIES]
+    if wrong or not caps:
+        raise ValueError(f"expected some of {', '.join(GPU_CAPABILITIES)}, got {list(caps)!r}")
+    return tuple(dict.fromkeys(caps))
+
+
 def _image_ids(value: object) -> tuple[str, ...]:
     ids = _strs(value)
     for one in ids:
@@ -355,7 +371,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Parser]]] = {
     "node": (NodeConfig, {"role": _role, "listen": _strs, "bootstrap": _strs,
                           "control_socket": _str, "log_level": _log_level}),
     "resources": (ResourcesConfig, {"cpus": _cpus, "memory": _size, "reserve_memory": _size,
-                                    "gpus": _strs, "docker_url": _str}),
+                                    "gpus": _strs, "docker_url": _str, "gpu_capabilities": _gpu_capabilities}),
     "pricing": (PricingConfig, {"cpu_hour": _price, "gpu_hour": _price}),
     "policy": (PolicyConfig, {"images": _strs, "image_ids": _image_ids, "max_timeout": _timeout, "allow_network": _bool,
                               "max_cpus": _cpus, "max_memory": _size, "max_concurrent": _at_least_one,
@@ -479,6 +495,8 @@ reserve_memory = "1G"
 gpus = ["all"]
 # Docker endpoint; empty = $DOCKER_HOST or the local socket.
 docker_url = ""
+# NVIDIA driver capabilities a GPU job gets: some of compute, compat32, graphics, utility, video, display.
+gpu_capabilities = ["compute", "utility"]
 
 [pricing]
 # Credits per hour for one CPU / one GPU.

@@ -11,12 +11,14 @@ import re
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_DECIMAL_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes from ``512M``, ``1.5G``, ``4096``; binary multiples (K = 1024)."""
+def parse_size(text: str | int, *, decimal: bool = False) -> int:
+    """Bytes from ``512M``, ``1.5G``, ``4096``; binary multiples (K = 1024). With ``decimal``, as GPU
+    boxes are labelled: K = 1000, G = 10⁹, unless the unit says binary (``Gi``, ``GiB``)."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"size must not be negative: {text}")
@@ -24,8 +26,9 @@ def parse_size(text: str | int) -> int:
     match = _SIZE.match(str(text))
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 24G)")
-    number, unit, _ = match.groups()
-    value = float(number) * _SIZE_UNITS[unit.lower()]
+    number, unit, suffix = match.groups()
+    binary = not decimal or suffix.lower().startswith("i")
+    value = float(number) * (_SIZE_UNITS[unit.lower()] if binary else 1000 ** _DECIMAL_POWER[unit.lower()])
     if not math.isfinite(value):
         raise ValueError(f"size too large: {text!r}")
     return int(value)

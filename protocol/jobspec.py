@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .gpumatch import is_version
 from .limits import MAX_CPUS, MAX_GPUS, MAX_MEMORY, MAX_NODES, MAX_PRICE, MAX_TIMEOUT
 from .schema import Struct, check_len, check_range, check_text, fail as _fail
 
@@ -17,6 +18,15 @@ MAX_INPUTS = 16  # input data sets per job
 MAX_INPUT_SIZE = 1 << 40  # declared bytes of one input (the manifest format's own total limit)
 MAX_DEST = 1024  # characters of an input's container path
 _DIGEST_HEX = frozenset("0123456789abcdef")
+# The provider's executor owns these: the NVIDIA container toolkit reads every NVIDIA_* variable (which GPUs,
+# which driver capabilities, which CUDA the image needs) and, where its config names a swarm resource, the
+# DOCKER_RESOURCE_* variable before NVIDIA_VISIBLE_DEVICES: a job setting one could reach past its GPUs.
+RESERVED_ENV_PREFIXES = ("NVIDIA_", "DOCKER_RESOURCE_")
+
+
+def reserved_env(name: str) -> bool:
+    """``name`` (in any case) is an environment variable no job may set."""
+    return name.upper().startswith(RESERVED_ENV_PREFIXES)
 
 
 def is_digest_text(value: str) -> bool:
@@ -91,7 +101,8 @@ class JobSpec(Struct):
     those of a spec without the field. The resources are per node.
     """
 
-    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"nodes", "image_content"})
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset(
+        {"nodes", "image_content", "min_cuda", "min_compute_capability"})
     image: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
@@ -106,6 +117,8 @@ class JobSpec(Struct):
     inputs: tuple[InputRef, ...] = ()
     nodes: int = 1
     image_content: ImageContent | None = None  # the image travels with the job (None: the provider has or pulls it)
+    min_cuda: str = ""  # GPU jobs: the CUDA version the provider's driver must support at least ("12.4")
+    min_compute_capability: str = ""  # GPU jobs: each GPU's compute capability at least ("8.0")
 
     def _check(self) -> None:
         check_text(self, "image", 256, nonempty=True)
@@ -114,12 +127,19 @@ class JobSpec(Struct):
         for key in self.env:
             if not key or "=" in key or "\0" in key:
                 _fail(type(self), "env", f"has an invalid name {key!r}")
+            if reserved_env(key):
+                _fail(type(self), "env", f"sets {key!r:.80}: NVIDIA_* and DOCKER_RESOURCE_* variables are "
+                      "reserved for the provider (they decide which GPUs and driver features a job gets)")
         if not 0 < self.cpus <= MAX_CPUS or not math.isfinite(self.cpus):
             _fail(type(self), "cpus", f"must be in (0, {MAX_CPUS}], got {self.cpus!r}")
         check_range(self, "memory", 4 << 20, MAX_MEMORY)
         check_range(self, "gpus", 0, MAX_GPUS)
         check_range(self, "gpu_memory", 0, MAX_MEMORY)
         check_text(self, "gpu_model", 128)
+        for name in ("min_cuda", "min_compute_capability"):
+            value = getattr(self, name)
+            if value and not is_version(value):
+                _fail(type(self), name, f"must be a version such as 12.4, got {value!r:.40}")
         if not 0 < self.timeout <= MAX_TIMEOUT or not math.isfinite(self.timeout):
             _fail(type(self), "timeout", f"must be in (0, {MAX_TIMEOUT}], got {self.timeout!r}")
         check_range(self, "max_price", 0, MAX_PRICE)

@@ -29,6 +29,7 @@ from .gang import (
     RosterMember as RosterMember,
     roster_problem,
 )
+from .gpumatch import is_version
 from .jobspec import ImageContent as ImageContent, InputRef as InputRef, JobSpec as JobSpec
 from .limits import (
     MAX_COUNT as MAX_COUNT,
@@ -139,7 +140,7 @@ class Advert(Message):
     """A provider's signed description of what it offers right now (``gang``: it joins gang jobs)."""
 
     TYPE: ClassVar[str] = "advert"
-    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang", "images"})
+    OMIT_DEFAULTS: ClassVar[frozenset[str]] = frozenset({"gang", "images", "gpu_driver", "cuda_version"})
     peer_id: str
     seq: int
     issued_at: float
@@ -165,6 +166,8 @@ class Advert(Message):
     draining: bool
     gang: bool = False
     images: bool = False  # accepts images carried as job data (JobSpec.image_content)
+    gpu_driver: str = ""  # the NVIDIA driver version ("550.54.15"); "" without GPUs
+    cuda_version: str = ""  # the CUDA version that driver supports ("12.4"); "" without GPUs
 
     def _check(self) -> None:
         check_text(self, "peer_id", 128, nonempty=True)
@@ -194,6 +197,10 @@ class Advert(Message):
         check_range(self, "price_cpu_hour", 0, MAX_PRICE)
         check_range(self, "price_gpu_hour", 0, MAX_PRICE)
         check_range(self, "max_timeout", 0, MAX_TIMEOUT)
+        for name in ("gpu_driver", "cuda_version"):
+            value = getattr(self, name)
+            if value and not is_version(value):
+                _fail(type(self), name, f"must be a version such as 12.4, got {value!r:.40}")
 
 
 def _check_task_id(obj: object) -> None:

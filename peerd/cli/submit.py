@@ -23,6 +23,7 @@ from peerd.cli.query import expect_map, stream_logs
 from peerd.control.wire import to_value
 from peerd.units import parse_duration, parse_size
 from protocol.errors import LocalProtocolError
+from protocol.gpumatch import MEMORY_TOLERANCE_PERCENT
 from protocol.jobspec import JobSpec
 from protocol.schema import Value
 
@@ -34,6 +35,13 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default
 def _size(text: str) -> int:
     try:
         return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _gpu_size(text: str) -> int:
+    try:
+        return parse_size(text, decimal=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -106,10 +114,17 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=_size, default=_DEFAULTS["memory"], metavar="SIZE",
                         help="memory limit, e.g. 512M (default 256M)")
     parser.add_argument("--gpus", type=_count, default=_DEFAULTS["gpus"], metavar="N", help="GPUs (default 0)")
-    parser.add_argument("--gpu-memory", type=_size, default=_DEFAULTS["gpu_memory"], metavar="SIZE",
-                        help="minimum memory per GPU, e.g. 24G")
+    parser.add_argument("--gpu-memory", type=_gpu_size, default=_DEFAULTS["gpu_memory"], metavar="SIZE",
+                        help="minimum memory per GPU in decimal units as GPUs are sold (24G = 24×10⁹ bytes; "
+                             f"24Gi is binary); a GPU that reports up to {MEMORY_TOLERANCE_PERCENT}%% less still "
+                             "matches, so 80G takes an 80 GB H100 and 24G an RTX 4090")
     parser.add_argument("--gpu-model", default=_DEFAULTS["gpu_model"], metavar="MODEL",
-                        help="GPU model substring, e.g. H100")
+                        help="GPU model as words of its name, case ignored, e.g. H100 or 'A100 80GB': each word "
+                             "must be a whole word of the name (A10 does not take an A100, L4 not an L40S)")
+    parser.add_argument("--min-cuda", default=_DEFAULTS["min_cuda"], metavar="VERSION",
+                        help="GPU jobs: the CUDA version the provider's driver must support at least, e.g. 12.4")
+    parser.add_argument("--min-compute-capability", default=_DEFAULTS["min_compute_capability"], metavar="X.Y",
+                        help="GPU jobs: each GPU's compute capability at least, e.g. 8.0 (Ampere and newer)")
     parser.add_argument("--timeout", type=_duration, default=_DEFAULTS["timeout"], metavar="DURATION",
                         help="time limit, e.g. 90s, 10m, 2h (default 10m)")
     parser.add_argument("--max-price", type=_number, default=_DEFAULTS["max_price"], metavar="P",
@@ -161,7 +176,8 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> JobSpec:
             image=image, command=tuple(command), env=dict(args.env), cpus=args.cpus,
             memory=args.memory, gpus=args.gpus, gpu_memory=args.gpu_memory,
             gpu_model=args.gpu_model, timeout=args.timeout, network=args.network,
-            max_price=args.max_price, nodes=args.nodes,
+            max_price=args.max_price, nodes=args.nodes, min_cuda=args.min_cuda,
+            min_compute_capability=args.min_compute_capability,
         )
     except LocalProtocolError as exc:
         flagged = re.sub(r"JobSpec\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))

@@ -2,7 +2,8 @@
 
 Start-up order: store → executor (provider role; recovers its containers) →
 job runner (re-attaches leased jobs) → retention pruner → p2p (joins through the seeds, then
-publishes adverts) → requester (resumes unfinished tasks) → signal handling →
+publishes adverts) → inventory watch (provider: GPUs and GPU runtime read again every minute) →
+requester (resumes unfinished tasks) → signal handling →
 control socket → metrics endpoint (if ``metrics.listen``) → dashboard (if
 ``dashboard.listen``) → watchdog → READY=1.
 
@@ -24,6 +25,7 @@ import trio
 
 from peerd.config import Config
 from peerd.control.server import ControlServer
+from peerd.daemon.inventory import InventoryWatch
 from peerd.daemon.lifecycle import Lifecycle, RunState
 from peerd.daemon.metrics import Metrics, MetricsServer, listen_address
 from peerd.daemon.operations import Operations
@@ -46,6 +48,7 @@ from peerd.errors import PeerdError
 from peerd.executor.gpus import CapacityLedger
 from peerd.host import sdnotify
 from peerd.host.identity import load_key
+from peerd.host.nvml import read_gpus
 from peerd.host.resources import snapshot
 from peerd.jobs.jobrun import JobRunner
 from peerd.jobs.provider import Provider
@@ -115,6 +118,12 @@ class Node:
         p2p = p2p_from(config, signer, seed=self.seed, advert_source=source, clock=self.clock)
         await nursery.start(p2p.run)
         if ours is not None:
+            ours.executor.on_gpu_change = p2p.advert_changed  # a GPU runtime that failed a start leaves the advert
+            watch = InventoryWatch(
+                ours.ledger, read_gpus, lambda gpus: offered_gpus(self.config, gpus),
+                ours.executor.refresh_gpu_support, p2p.advert_changed,
+            )
+            await nursery.start(watch.run, ours.executor.gpu_runtime)
             p2p.set_stream_handler(TASK_PROTOCOL, task_stream_handler(ours.provider, self.state.task_streams))
             ours.runner.on_change = p2p.advert_changed  # free capacity reaches requesters as it changes
         data = await start_job_data(
@@ -176,7 +185,7 @@ class Node:
         await nursery.start(runner.run)
         provider = Provider(
             signer=signer, ledger=ledger, runner=runner,
-            settings=provider_settings_from(config, gpu_runtime=executor.gpu_runtime), clock=self.clock,
+            settings=provider_settings_from(config), clock=self.clock,
         )
         return ProviderServices(host=host, executor=executor, ledger=ledger, runner=runner, provider=provider)
 

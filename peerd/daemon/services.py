@@ -11,7 +11,7 @@ seed. Lifecycle (``peerd.daemon.lifecycle``) and the control socket's operations
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from peerd.config import Config
 from peerd.daemon.metrics import Metrics
@@ -47,8 +47,9 @@ class ProviderServices:
     def advert(self, config: Config, peer_id: str, addrs: list[str], now: float, *, draining: bool) -> Advert:
         """Our resources now; the p2p publisher stamps seq, times and signature. ``queue_depth``: the
         requesters lately turned away here for capacity (``peerd.jobs.fairshare``)."""
+        host = replace(self.host, gpu_runtime=self.executor.gpu_runtime)  # live: a failed GPU start takes it back
         return build_advert(
-            config=config, host=self.host, ledger=self.ledger, peer_id=peer_id, addrs=addrs, now=now,
+            config=config, host=host, ledger=self.ledger, peer_id=peer_id, addrs=addrs, now=now,
             seq=0, queue_depth=self.provider.fair.depth(now), running=len(self.runner.jobs), draining=draining,
         )
 

@@ -46,14 +46,14 @@ def executor_from(config: Config, node_id: str, *, store: OutputStore | None = N
     return DockerExecutor(
         node_id, config.work_dir, base_url=config.resources.docker_url or None, policy=policy_from(config),
         log_limit=limits.log_limit, output_limit=limits.output_limit, stop_grace=limits.stop_grace,
-        limits=Limits(tmp_size=limits.tmpfs), store=store,
+        limits=Limits(tmp_size=limits.tmpfs, gpu_capabilities=config.resources.gpu_capabilities), store=store,
     )
 
 
-def provider_settings_from(config: Config, *, gpu_runtime: bool) -> ProviderSettings:
+def provider_settings_from(config: Config) -> ProviderSettings:
     return ProviderSettings(
         price_cpu_hour=config.pricing.cpu_hour, price_gpu_hour=config.pricing.gpu_hour,
-        policy=policy_from(config), gpu_runtime=gpu_runtime, pids=config.limits.pids,
+        policy=policy_from(config), pids=config.limits.pids,
         offer_hold=config.requester.offer_hold, io_timeout=config.network.io_timeout,
         keepalive=config.network.keepalive, max_concurrent=config.policy.max_concurrent,
         offers_per_peer=config.policy.offers_per_peer, lapse_limit=config.policy.lapsed_offers,

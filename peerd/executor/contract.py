@@ -32,13 +32,12 @@ from typing import NamedTuple, Protocol
 
 from peerd.executor.errors import InvalidSpec, Reason
 from protocol.imageref import image_ref_problem
+from protocol.jobspec import reserved_env
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}(:[A-Za-z0-9_.-]{1,64})?$")
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-RESERVED_ENV = frozenset({"NVIDIA_VISIBLE_DEVICES"})  # set by the executor (plan.py)
-RESERVED_ENV_PREFIXES = ("NVIDIA_",)  # the NVIDIA runtime reads every NVIDIA_* variable: none is the job's
 MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
 NOBODY = "65534:65534"
 
@@ -69,8 +68,9 @@ def _normalise_env(env: Mapping[str, str] | EnvPairs) -> EnvPairs:
             raise InvalidSpec(f"bad environment variable name {key!r}")
         if not isinstance(value, str) or "\0" in value:
             raise InvalidSpec(f"environment variable {key} must be a string without NUL")
-        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-            raise InvalidSpec(f"environment variable {key} is reserved (NVIDIA_* variables are set by the executor)")
+        if reserved_env(key):  # the executor sets them (plan.py); the wire's JobSpec refuses them too
+            raise InvalidSpec(f"environment variable {key} is reserved (NVIDIA_* and DOCKER_RESOURCE_* "
+                              "variables are set by the executor)")
         if key in seen:
             raise InvalidSpec(f"environment variable {key} given twice")
         seen.add(key)
@@ -272,6 +272,15 @@ class OutputStore(Protocol):
 
 
 class Executor(Protocol):
+    @property
+    def gpu_runtime(self) -> bool:
+        """Containers can get GPUs here now (a GPU runtime that failed a start is taken back)."""
+        ...
+
+    async def image_cuda(self, image: str) -> str:
+        """The CUDA version a local image asks for (NVIDIA_REQUIRE_CUDA), "" when unknown or none."""
+        ...
+
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None: ...
 
     async def wait(self, task_id: str) -> RunOutcome: ...

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,17 @@ from peerd.executor.contract import (
 from peerd.executor.engine import Engine, EngineInfo, ImageMissing, OutputSource
 from peerd.executor.errors import EngineError, ExecutorError, ImageUnavailable, Reason, UnknownTask
 from peerd.executor.gangnet import GangNetworks
+from peerd.executor.gpuaccess import (
+    NO_SUPPORT,
+    GpuAccess,
+    GpuSupport,
+    ToolkitFacts,
+    cuda_requirement,
+    decide,
+    is_no_gpu_runtime,
+    probe_toolkit,
+    unmet_cuda,
+)
 from peerd.executor.logs import LogTail
 from peerd.executor.outmount import is_full
 from peerd.executor.outputs import OutputManifest, collect_outputs, discard_task_dir, prepare_out_dir
@@ -118,6 +129,7 @@ class DockerExecutor:
         pull_timeout: float = 120.0,
         limits: Limits = Limits(),
         store: OutputStore | None = None,
+        toolkit: Callable[[tuple[str, ...]], ToolkitFacts] = probe_toolkit,
     ) -> None:
         self.node_id = check_name("node id", node_id)
         self.workdir = Path(workdir)
@@ -135,6 +147,11 @@ class DockerExecutor:
         self._starting: set[str] = set()
         self._early_stops: dict[str, str] = {}  # task id -> reason, for stops during start
         self.engine_info = EngineInfo(reachable=False, detail="not started")
+        self._toolkit = toolkit
+        self.gpu_support: GpuSupport = NO_SUPPORT  # how containers get GPUs here (peerd.executor.gpuaccess)
+        self.on_gpu_change: Callable[[], None] | None = None  # told when GPU support is taken back
+        self._probed: tuple[ToolkitFacts, EngineInfo] | None = None  # what the last decision was made from
+        self._failed: tuple[tuple[ToolkitFacts, EngineInfo], GpuSupport] | None = None  # ... and proved wrong
         self.networks = GangNetworks(self.node_id, limits)
 
     # ---- service -----------------------------------------------------------------------
@@ -143,6 +160,7 @@ class DockerExecutor:
         engine = await Engine.connect(self.base_url)
         try:
             self.engine_info = await engine.info()
+            await self.probe_gpu_support()
             async with trio.open_nursery() as nursery:
                 self._engine, self._nursery = engine, nursery
                 task_status.started(self.engine_info)
@@ -163,7 +181,53 @@ class DockerExecutor:
 
     @property
     def gpu_runtime(self) -> bool:
-        return self.engine_info.gpu_runtime
+        """Containers can get GPUs here (in the request form ``gpu_support`` names)."""
+        return self.gpu_support.ok
+
+    async def probe_gpu_support(self) -> GpuSupport:
+        """Decide again how containers get GPUs (a toolkit installed since is noticed); the decision. A decision
+        a GPU start already proved wrong stays NONE until dockerd or the toolkit changes."""
+        toolkit = await trio.to_thread.run_sync(self._toolkit, self.engine_info.cdi_spec_dirs)
+        key = (toolkit, self.engine_info)
+        if self._failed is not None and self._failed[0] == key:
+            self.gpu_support = self._failed[1]
+        else:
+            self._failed = None
+            self.gpu_support = decide(self.engine_info, toolkit)
+        self._probed = key
+        return self.gpu_support
+
+    async def refresh_gpu_support(self) -> bool:
+        """Ask dockerd again (periodic inventory) and decide again; whether containers can get GPUs now."""
+        if self._engine is not None:
+            try:
+                self.engine_info = await self._engine.info()
+            except EngineError as exc:
+                log.warning("docker info failed, GPU support left as it was: %s", exc)
+                return self.gpu_runtime
+        await self.probe_gpu_support()
+        return self.gpu_runtime
+
+    async def image_cuda(self, image: str) -> str:
+        """The CUDA version a local image asks for (its NVIDIA_REQUIRE_CUDA); "" when it asks none, or it is not
+        here (then the toolkit checks it at the start), or dockerd does not say."""
+        try:
+            env = await self.engine.image_env(image)
+        except EngineError as exc:
+            log.debug("cannot read %s's environment: %s", image, exc)
+            return ""
+        return cuda_requirement((env or {}).get("NVIDIA_REQUIRE_CUDA", ""))
+
+    def _gpu_start_failed(self, spec: RunSpec, exc: EngineError) -> ExecutorError:
+        """A GPU container dockerd could not give its GPUs: no GPU jobs here until the next decision."""
+        log.warning("task %s: GPU runtime failed (%s): taking GPU support back: %s",
+                    spec.task_id, self.gpu_support.access, exc.detail)
+        self.gpu_support = GpuSupport(GpuAccess.NONE, f"a GPU container failed to start: {exc.detail}")
+        if self._probed is not None:
+            self._failed = (self._probed, self.gpu_support)
+        if self.on_gpu_change is not None:
+            self.on_gpu_change()
+        return ExecutorError(Reason.NO_GPU_RUNTIME, f"this host cannot give containers GPUs: {exc.detail}")
 
     def _out_dir(self, task_id: str) -> Path:
         return self.workdir / task_id / "out"
@@ -231,13 +295,23 @@ class DockerExecutor:
             except ImageMissing:
                 await self._pull(engine, spec, on_pull)
                 network_of = await self.networks.open(engine, spec)
-        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline,
-                              limits=self.limits, network_of=network_of)
+        swarm = self._probed[0].swarm_resources if self._probed is not None else ()
+        plan = plan_container(spec, node_id=self.node_id, out_dir=out_dir, deadline=deadline, limits=self.limits,
+                              network_of=network_of, gpu_access=self.gpu_support.access, device_variables=swarm)
         try:
-            return await engine.launch(plan)
-        except ImageMissing:
-            await self._pull(engine, spec, on_pull)
-            return await engine.launch(plan)
+            try:
+                return await engine.launch(plan)
+            except ImageMissing:
+                await self._pull(engine, spec, on_pull)
+                return await engine.launch(plan)
+        except EngineError as exc:
+            if spec.gpus and not isinstance(exc, ImageUnavailable) and is_no_gpu_runtime(exc.detail):
+                raise self._gpu_start_failed(spec, exc) from exc
+            need = unmet_cuda(exc.detail) if spec.gpus else None
+            if need is not None:
+                raise ExecutorError(Reason.START_FAILED, f"the image needs CUDA {need} (NVIDIA_REQUIRE_CUDA), newer "
+                                                         f"than this provider's driver supports: {exc.detail}") from exc
+            raise
 
     async def _pull(self, engine: Engine, spec: RunSpec, on_pull: PullListener | None) -> None:
         if spec.image_id:  # a carried image is loaded before the start, never pulled

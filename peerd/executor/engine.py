@@ -59,14 +59,10 @@ class EngineInfo:
     pids_limit: bool = False
     cpu_cfs_quota: bool = False
     root_dir: str | None = None
-
-    @property
-    def gpu_runtime(self) -> bool:
-        """An NVIDIA runtime is configured, or CDI devices can be requested."""
-        return "nvidia" in self.runtimes or bool(self.cdi_spec_dirs)
+    # Whether containers can get GPUs is not dockerd's to say alone: peerd.executor.gpuaccess decides it.
 
 
-def _engine_info(info: JsonObject, version: JsonObject, api_version: str) -> EngineInfo:
+def engine_info_from(info: JsonObject, version: JsonObject, api_version: str) -> EngineInfo:
     runtimes = info.get("Runtimes")
     cdi = info.get("CDISpecDirs")
     root = info.get("DockerRootDir")
@@ -193,7 +189,7 @@ class Engine:
 
     async def info(self) -> EngineInfo:
         api = self._api
-        return await self._call("docker info", lambda: _engine_info(api.info(), api.version(), api.api_version))
+        return await self._call("docker info", lambda: engine_info_from(api.info(), api.version(), api.api_version))
 
     async def launch(self, plan: ContainerPlan) -> tuple[str, list[OutputSource]]:
         """Create, attach to and start the container in one thread hop. dockerd attaches the
@@ -412,6 +408,22 @@ class Engine:
                 return None
             image = details.get("Id") if isinstance(details, dict) else None
             return str(image) if image else None
+
+        return await self._call(f"inspect image {ref}", work)
+
+    async def image_env(self, ref: str) -> dict[str, str] | None:
+        """The environment the local image ``ref`` sets (its ENV lines), or None if there is no such image."""
+        api = self._api
+
+        def work() -> dict[str, str] | None:
+            try:
+                details = api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+            config = details.get("Config") if isinstance(details, dict) else None
+            env = config.get("Env") if isinstance(config, dict) else None
+            pairs = (str(e).partition("=") for e in env) if isinstance(env, list) else ()
+            return {k: v for k, _, v in pairs}
 
         return await self._call(f"inspect image {ref}", work)
 

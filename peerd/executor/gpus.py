@@ -1,6 +1,7 @@
 """The capacity ledger: who holds which GPUs, CPUs and memory. Pure: no I/O, no clock.
 
 Rules:
+  * a GPU matches a request by ``protocol.gpumatch`` (the market's rule too);
   * a GPU (by NVML UUID) belongs to at most one reservation at a time;
   * ``quote`` checks what a request would get (GPU UUIDs included) and takes
     nothing: an offer is a quote, so an offer nobody accepts holds nothing;
@@ -12,6 +13,8 @@ Rules:
     (``CapacityLedger.rebuild``): holds die with the process, confirmed
     allocations come back from the containers' labels;
   * free = total - sum(reservations), for CPUs, memory and each GPU;
+  * the GPUs may be read again (``update_gpus``): a GPU that vanished leaves the ledger once no reservation
+    holds it, and is never chosen meanwhile;
     ``free(holds=False)`` counts confirmed reservations only (what adverts show).
 
 The caller passes ``now`` (any monotonic or wall clock, used consistently).
@@ -25,6 +28,7 @@ from typing import Protocol
 
 from peerd.executor.errors import CapacityError, Reason
 from peerd.host.nvml import GpuInfo
+from protocol.gpumatch import gpu_matches
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,12 @@ class Allocated(Protocol):
     def gpus(self) -> tuple[str, ...]: ...
 
 
-def gpu_matches(gpu: GpuInfo, model: str | None, min_memory: int) -> bool:
-    """``model`` matches case-insensitively as a substring of the NVML name ("h100" fits
-    "NVIDIA H100 80GB HBM3"); ``min_memory`` is compared with the GPU's total memory."""
-    if model and model.casefold() not in gpu.name.casefold():
-        return False
-    return gpu.memory_total >= min_memory
-
-
 _EPS = 1e-9
+
+
+def _matching(gpus: Iterable[GpuInfo], model: str | None, min_memory: int, min_capability: str) -> list[GpuInfo]:
+    return [g for g in gpus if gpu_matches(model, min_memory, name=g.name, memory=g.memory_total,
+                                           min_capability=min_capability, capability=g.compute_capability)]
 
 
 class CapacityLedger:
@@ -81,6 +82,7 @@ class CapacityLedger:
         self._gpus: dict[str, GpuInfo] = {g.uuid: g for g in sorted(gpus, key=lambda g: g.index)}
         self._owner: dict[str, str] = {}  # gpu uuid -> task id
         self._reservations: dict[str, Reservation] = {}
+        self._lost: set[str] = set()  # GPUs NVML no longer lists, kept until their holder releases them
 
     @classmethod
     def rebuild(
@@ -109,7 +111,7 @@ class CapacityLedger:
         return FreeCapacity(
             cpus=self.total_cpus - sum(r.cpus for r in counted),
             memory=self.total_memory - sum(r.memory for r in counted),
-            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in taken),
+            gpus=tuple(g for uuid, g in self._gpus.items() if uuid not in taken and uuid not in self._lost),
         )
 
     def quote(
@@ -120,6 +122,7 @@ class CapacityLedger:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         min_gpu_memory: int = 0,
+        min_capability: str = "",
         now: float,
         avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, ...]:
@@ -127,7 +130,7 @@ class CapacityLedger:
         Raises CapacityError as ``reserve`` would."""
         self.expire(now)
         free = self._check_room(cpus, memory, gpu_count)
-        return self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus, avoid)
+        return self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus, avoid)
 
     def reserve(
         self,
@@ -138,6 +141,7 @@ class CapacityLedger:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         min_gpu_memory: int = 0,
+        min_capability: str = "",
         now: float,
         hold_until: float,
         gpus: tuple[str, ...] | None = None,
@@ -149,9 +153,9 @@ class CapacityLedger:
             raise CapacityError(Reason.DUPLICATE_TASK, f"task {task_id!r} already holds capacity")
         free = self._check_room(cpus, memory, gpu_count)
         if gpus is None:
-            chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, free.gpus)
+            chosen = self._choose_gpus(gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus)
         else:
-            chosen = self._exact_gpus(gpus, gpu_count, gpu_model, min_gpu_memory, free.gpus)
+            chosen = self._exact_gpus(gpus, gpu_count, gpu_model, min_gpu_memory, min_capability, free.gpus)
         return self._record(Reservation(task_id, float(cpus), int(memory), chosen, hold_until))
 
     def _check_room(self, cpus: float, memory: int, gpu_count: int) -> FreeCapacity:
@@ -166,11 +170,12 @@ class CapacityLedger:
         return free
 
     def _exact_gpus(
-        self, gpus: tuple[str, ...], count: int, model: str | None, min_memory: int, free: tuple[GpuInfo, ...]
+        self, gpus: tuple[str, ...], count: int, model: str | None, min_memory: int, min_capability: str,
+        free: tuple[GpuInfo, ...],
     ) -> tuple[str, ...]:
         if len(gpus) != count or len(set(gpus)) != count:
             raise CapacityError(Reason.NO_CAPACITY, f"{count} distinct GPU(s) asked, {gpus!r} named")
-        free_ids = {g.uuid for g in free if gpu_matches(g, model, min_memory)}
+        free_ids = {g.uuid for g in _matching(free, model, min_memory, min_capability)}
         gone = [uuid for uuid in gpus if uuid not in free_ids]
         if gone:
             raise CapacityError(Reason.NO_CAPACITY, f"GPU(s) {', '.join(gone)} no longer free")
@@ -181,24 +186,44 @@ class CapacityLedger:
         count: int,
         model: str | None,
         min_memory: int,
+        min_capability: str,
         free: tuple[GpuInfo, ...],
         avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, ...]:
         if count == 0:
             return ()
-        fitting = [g for g in self._gpus.values() if gpu_matches(g, model, min_memory)]
+        fitting = _matching((g for u, g in self._gpus.items() if u not in self._lost), model, min_memory,
+                            min_capability)
         if len(fitting) < count:
             raise CapacityError(
                 Reason.NO_MATCHING_GPU,
                 f"{len(fitting)} GPU(s) here match model={model!r} memory>={min_memory}, {count} asked",
             )
-        matching = [g.uuid for g in free if gpu_matches(g, model, min_memory)]
+        matching = [g.uuid for g in _matching(free, model, min_memory, min_capability)]
         available = sorted(matching, key=lambda uuid: uuid in avoid)  # stable: index order within each
         if len(available) < count:
             raise CapacityError(
                 Reason.NO_CAPACITY, f"{len(available)} matching GPU(s) free, {count} asked"
             )
         return tuple(sorted(available[:count], key=lambda uuid: self._gpus[uuid].index))
+
+    def update_gpus(self, gpus: Iterable[GpuInfo]) -> bool:
+        """The host's GPUs as read again: new ones join, vanished ones leave, but never while reserved (they
+        leave when released, and are never chosen again meanwhile). True when the offered set changed."""
+        now = {g.uuid: g for g in gpus}
+        before = set(self._gpus) - self._lost
+        for uuid in list(self._gpus):
+            if uuid in now:
+                continue
+            if uuid in self._owner:
+                self._lost.add(uuid)
+            else:
+                del self._gpus[uuid]
+        for uuid, gpu in now.items():
+            self._lost.discard(uuid)
+            self._gpus[uuid] = gpu
+        self._gpus = dict(sorted(self._gpus.items(), key=lambda item: item[1].index))
+        return set(self._gpus) - self._lost != before
 
     def adopt(self, task_id: str, *, cpus: float, memory: int, gpus: tuple[str, ...]) -> Reservation:
         """Record a confirmed allocation of exactly these GPUs (restart path). CPUs and memory
@@ -237,6 +262,9 @@ class CapacityLedger:
         if gone is not None:
             for uuid in gone.gpus:
                 del self._owner[uuid]
+                if uuid in self._lost:  # it vanished while reserved: it goes now
+                    self._lost.discard(uuid)
+                    self._gpus.pop(uuid, None)
         return gone
 
     def expire(self, now: float) -> tuple[Reservation, ...]:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peerd.config import DEFAULT_LIMITS
+from peerd.config import DEFAULT_GPU_CAPABILITIES, DEFAULT_LIMITS
 from peerd.executor.contract import NOBODY, OUT_MOUNT, ContainerInfo, InputMount, RunSpec
 from peerd.executor.errors import InvalidSpec
+from peerd.executor.gpuaccess import CDI_KIND, GpuAccess
 
 LABEL_NODE = "peerd.node"
 LABEL_TASK = "peerd.task"
@@ -31,6 +32,9 @@ HOLDER_PIDS = 4
 HOLDER_NANO_CPUS = 50_000_000  # 0.05 CPU: it only sleeps
 
 NO_GPUS = "void"  # NVIDIA_VISIBLE_DEVICES value that makes the NVIDIA runtime act like runc
+DOCKER_SHM = 64 * 1024 * 1024  # Docker's /dev/shm, which CPU jobs keep
+GPU_SHM_DIVISOR = 2  # a GPU job's /dev/shm: half its memory limit (NCCL, data-loader workers), charged to it
+GPU_HOME = "/tmp"  # a GPU job's HOME unless it sets one: writable (tmpfs) under the read-only root
 
 JsonObject = dict[str, object]
 
@@ -41,6 +45,7 @@ class Limits:
 
     tmp_size: int = DEFAULT_LIMITS.tmpfs  # bytes of tmpfs at /tmp (charged to the memory limit)
     log_file_size: int = 4 * 1024 * 1024  # dockerd's own json log, per container (bounded disk)
+    gpu_capabilities: tuple[str, ...] = DEFAULT_GPU_CAPABILITIES  # NVIDIA_DRIVER_CAPABILITIES of a GPU job
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,12 @@ def holder_name(node_id: str, task_id: str) -> str:
 
 def plan_container(
     spec: RunSpec, *, node_id: str, out_dir: Path, deadline: float, limits: Limits = Limits(),
-    network_of: str | None = None,
+    network_of: str | None = None, gpu_access: GpuAccess = GpuAccess.HOOK, device_variables: tuple[str, ...] = (),
 ) -> ContainerPlan:
-    """``network_of``: the holder container whose network namespace (the overlay) the job joins."""
-    environment = spec.environment
-    environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus) if spec.gpus else NO_GPUS
+    """``network_of``: the holder container whose network namespace (the overlay) the job joins;
+    ``gpu_access``: how this dockerd gives containers GPUs (``peerd.executor.gpuaccess``);
+    ``device_variables``: the toolkit's swarm-resource variables, which it reads before NVIDIA_VISIBLE_DEVICES."""
+    environment = {**spec.environment, **gpu_job_home(spec), **gpu_environment(spec, limits, device_variables)}
     labels = {
         LABEL_NODE: node_id,
         LABEL_TASK: spec.task_id,
@@ -85,8 +91,28 @@ def plan_container(
         environment=environment,
         user=spec.user,
         labels=labels,
-        host_config=host_config(spec, out_dir=out_dir, limits=limits, network_of=network_of),
+        host_config=host_config(spec, out_dir=out_dir, limits=limits, network_of=network_of, gpu_access=gpu_access),
     )
+
+
+def gpu_environment(spec: RunSpec, limits: Limits, device_variables: tuple[str, ...] = ()) -> dict[str, str]:
+    """What the NVIDIA toolkit reads, set by the executor over the image's own ENV (the job may set none of
+    it): exactly the leased GPUs (none: ``void``), in NVIDIA_VISIBLE_DEVICES and in any swarm-resource
+    variable the toolkit reads first, and, for a GPU job, the configured driver capabilities."""
+    devices = ",".join(spec.gpus) if spec.gpus else NO_GPUS
+    env = {name: devices for name in (*device_variables, "NVIDIA_VISIBLE_DEVICES")}
+    if spec.gpus:
+        env["NVIDIA_DRIVER_CAPABILITIES"] = ",".join(limits.gpu_capabilities)
+    return env
+
+
+def gpu_job_home(spec: RunSpec) -> dict[str, str]:
+    """A GPU job's caches (CUDA's JIT cache in ~/.nv, torch.compile's and Triton's, pip's) need a writable HOME;
+    the root is read-only and user 65534 has none, so HOME is /tmp (a bounded tmpfs) unless the job sets it."""
+    own = spec.environment
+    if not spec.gpus or "HOME" in own:
+        return {}
+    return {"HOME": GPU_HOME, **({} if "XDG_CACHE_HOME" in own else {"XDG_CACHE_HOME": f"{GPU_HOME}/.cache"})}
 
 
 def plan_holder(spec: RunSpec, *, node_id: str, limits: Limits = Limits()) -> ContainerPlan:
@@ -139,7 +165,10 @@ def _isolation(limits: Limits) -> JsonObject:
     }
 
 
-def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str | None = None) -> JsonObject:
+def host_config(
+    spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str | None = None,
+    gpu_access: GpuAccess = GpuAccess.HOOK,
+) -> JsonObject:
     config: JsonObject = {
         "NetworkMode": network_mode(spec, network_of=network_of),
         **_isolation(limits),
@@ -153,16 +182,30 @@ def host_config(spec: RunSpec, *, out_dir: Path, limits: Limits, network_of: str
         "PidsLimit": spec.pids,
     }
     if spec.gpus:
-        config["DeviceRequests"] = [
-            {
-                "Driver": "",
-                "Count": 0,
-                "DeviceIDs": list(spec.gpus),
-                "Capabilities": [["gpu"]],
-                "Options": {},
-            }
-        ]
+        config.update(gpu_request(spec.gpus, gpu_access))
+        config["ShmSize"] = gpu_shm_size(spec.memory)
     return config
+
+
+def gpu_shm_size(memory: int) -> int:
+    """/dev/shm of a GPU job: Docker's 64 MB crashes NCCL and PyTorch data-loader workers, so it scales with
+    the job's memory limit (tmpfs pages are charged to that limit: it is room, not extra memory)."""
+    return max(DOCKER_SHM, memory // GPU_SHM_DIVISOR)
+
+
+def gpu_request(gpus: tuple[str, ...], access: GpuAccess) -> JsonObject:
+    """The HostConfig fields that give a container exactly ``gpus`` (UUIDs) in the form this host takes.
+    HOOK: ``docker run --gpus`` (capability ``gpu`` only: Docker before 26 matches no other NVIDIA capability,
+    which ``NVIDIA_DRIVER_CAPABILITIES`` sets instead); CDI: ``--device nvidia.com/gpu=<UUID>``; RUNTIME:
+    ``--runtime nvidia`` with NVIDIA_VISIBLE_DEVICES (in the environment)."""
+    if access is GpuAccess.RUNTIME:
+        return {"Runtime": "nvidia"}
+    if access is GpuAccess.CDI:
+        request = {"Driver": "cdi", "Count": 0, "DeviceIDs": [f"{CDI_KIND}={g}" for g in gpus],
+                   "Capabilities": [], "Options": {}}
+    else:
+        request = {"Driver": "", "Count": 0, "DeviceIDs": list(gpus), "Capabilities": [["gpu"]], "Options": {}}
+    return {"DeviceRequests": [request]}
 
 
 def input_mount(mount: InputMount) -> JsonObject:

@@ -21,6 +21,7 @@ import trio
 from peerd.config import Config
 from peerd.control.ops import DoctorCheck
 from peerd.executor.engine import EngineInfo, inspect_engine
+from peerd.executor.gpuaccess import GpuAccess, GpuSupport, ToolkitFacts, decide, probe_toolkit
 from peerd.host.nvml import GpuInfo, NvmlSource, diagnose_gpus
 from peerd.host.resources import disk_free, existing_ancestor
 from peerd.overlay.host import Availability, probe
@@ -47,6 +48,12 @@ class Findings:
     min_disk_free: int
     home: Path
     overlay: Availability
+    toolkit: ToolkitFacts = ToolkitFacts()
+    nvml_remarks: tuple[str, ...] = ()  # MIG devices offered instead of their GPU, memory NVML does not report
+
+    @property
+    def gpu_support(self) -> GpuSupport:
+        return decide(self.engine, self.toolkit)
 
 
 def _api_tuple(version: str | None) -> tuple[int, ...]:
@@ -73,16 +80,35 @@ def check_docker(f: Findings) -> Check:
 
 
 def check_gpus(f: Findings) -> Check:
+    """What NVML found. A device NVML fails on fails the check (the others are still offered); MIG-enabled GPUs
+    are offered as their MIG devices (their own UUIDs and memory), never whole."""
+    remarks = "".join(f"; {remark}" for remark in f.nvml_remarks)
+    if f.gpus and f.nvml_problem:
+        names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
+        return Check(
+            "gpus", False,
+            f"{len(f.gpus)} GPU(s) offered ({names}), but NVML fails on others: {f.nvml_problem}{remarks}",
+            "Find the failing GPU with nvidia-smi: one fallen off the bus (GPU is lost) needs a reset "
+            "(nvidia-smi -r) or a reboot; no permission means this user cannot open /dev/nvidia*.",
+        )
     if f.gpus:
         names = ", ".join(f"{g.name} ({g.uuid})" for g in f.gpus)
-        return Check("gpus", True, f"{len(f.gpus)} GPU(s), driver {f.gpus[0].driver_version}: {names}")
+        return Check("gpus", True, f"{len(f.gpus)} GPU(s), driver {f.gpus[0].driver_version}"
+                                   f"{', CUDA ' + f.gpus[0].cuda_version if f.gpus[0].cuda_version else ''}: "
+                                   f"{names}{remarks}")
     if f.nvml_problem:
         return Check(
-            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}",
+            "gpus", False, f"an NVIDIA driver is installed but NVML fails: {f.nvml_problem}{remarks}",
             "Make the driver work (nvidia-smi must list the GPUs): a driver/library version mismatch "
             "is usually fixed by a reboot after a driver upgrade.",
         )
+    if f.nvml_remarks:
+        return Check("gpus", True, f"no GPU to offer{remarks}")
     return Check("gpus", True, "no NVIDIA driver found: this node offers CPUs only")
+
+
+TOOLKIT_FIX = ("Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
+               "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.")
 
 
 def check_runtime(f: Findings) -> Check:
@@ -91,16 +117,30 @@ def check_runtime(f: Findings) -> Check:
         return Check("nvidia-runtime", True, "not needed: no GPUs to offer")
     if not e.reachable:
         return Check("nvidia-runtime", False, "unknown: dockerd is not reachable", "Fix the docker check first.")
-    if e.gpu_runtime:
-        how = "nvidia runtime" if "nvidia" in e.runtimes else f"CDI ({', '.join(e.cdi_spec_dirs)})"
-        return Check("nvidia-runtime", True, f"containers can get GPUs through the {how}")
-    return Check(
-        "nvidia-runtime", False,
-        f"this host has {len(f.gpus)} GPU(s) but dockerd has no NVIDIA runtime (runtimes: "
-        f"{', '.join(e.runtimes) or 'none'}): GPU jobs will be refused",
-        "Install the NVIDIA Container Toolkit (package nvidia-container-toolkit), then run "
-        "'sudo nvidia-ctk runtime configure --runtime=docker' and 'sudo systemctl restart docker'.",
-    )
+    support = f.gpu_support
+    if not support.ok:
+        return Check("nvidia-runtime", False,
+                     f"this host has {len(f.gpus)} GPU(s) but dockerd cannot give them to containers: "
+                     f"{support.detail}: GPU jobs will be refused", TOOLKIT_FIX)
+    if not f.toolkit.unprivileged_env and support.access is not GpuAccess.CDI:
+        return Check("nvidia-runtime", False,
+                     f"containers would get GPUs through {support.detail}, but the toolkit ignores "
+                     "NVIDIA_VISIBLE_DEVICES in unprivileged containers: peerd's jobs would see no GPU",
+                     "Set accept-nvidia-visible-devices-envvar-when-unprivileged = true in "
+                     "/etc/nvidia-container-runtime/config.toml, or generate a CDI spec (nvidia-ctk cdi generate).")
+    weak = toolkit_weaknesses(f.toolkit)
+    if weak:
+        return Check("nvidia-runtime", False, f"containers get GPUs through {support.detail}, but {weak}",
+                     "Comment out swarm-resource in /etc/nvidia-container-runtime/config.toml and restart docker.")
+    return Check("nvidia-runtime", True, f"containers get GPUs through {support.detail}")
+
+
+def toolkit_weaknesses(toolkit: ToolkitFacts) -> str:
+    """Toolkit settings that let a container's own environment choose GPUs ("" when none)."""
+    if toolkit.swarm_resources:
+        return (f"the toolkit reads {', '.join(toolkit.swarm_resources)} before NVIDIA_VISIBLE_DEVICES "
+                "(swarm-resource): an image that sets it could reach every GPU")
+    return ""
 
 
 def check_cgroups(f: Findings) -> Check:
@@ -165,12 +205,15 @@ async def run_checks(
     nvml: NvmlSource | None = None,
     min_disk_free: int = 5 * GiB,
     docker_timeout: float = 5.0,
+    toolkit_probe: Callable[[tuple[str, ...]], ToolkitFacts] | None = None,
 ) -> list[Check]:
     """Every check, in order. ``nvml`` defaults to the host's NVML (a FakeNvml in tests)."""
     engine = await inspect_engine(docker_base_url, timeout=docker_timeout)
-    gpus, problem = await diagnose_gpus(nvml)
+    report = await diagnose_gpus(nvml)
     free = await trio.to_thread.run_sync(disk_free, home)
-    findings = Findings(engine, tuple(gpus), problem, free, min_disk_free, existing_ancestor(home), probe())
+    toolkit = await trio.to_thread.run_sync(toolkit_probe or probe_toolkit, engine.cdi_spec_dirs)
+    findings = Findings(engine, report.gpus, report.problem, free, min_disk_free, existing_ancestor(home), probe(),
+                        toolkit, report.remarks)
     return [check(findings) for check in CHECKS]
 
 

@@ -16,6 +16,7 @@ import psutil
 import trio
 
 from peerd.executor.engine import EngineInfo, inspect_engine
+from peerd.executor.gpuaccess import NO_SUPPORT, GpuSupport, decide, probe_toolkit
 from peerd.host.nvml import GpuInfo, NvmlSource, read_gpus
 
 __all__ = ["GpuInfo", "Inventory", "snapshot"]
@@ -30,9 +31,13 @@ class Inventory:
     docker: bool  # dockerd reachable
     docker_version: str | None
     docker_detail: str  # why docker is False ("" otherwise)
-    nvidia_runtime: bool  # dockerd can give containers GPUs (nvidia runtime or CDI)
+    gpu_support: GpuSupport  # whether and how dockerd can give containers GPUs (peerd.executor.gpuaccess)
     gpus: tuple[GpuInfo, ...]
     engine: EngineInfo  # everything dockerd said (cgroup limits, runtimes, ...)
+
+    @property
+    def nvidia_runtime(self) -> bool:
+        return self.gpu_support.ok
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ async def snapshot(
     facts: _Host | None = None
     devices: list[GpuInfo] = []
     info = EngineInfo(reachable=False, detail="not probed")
+    support = NO_SUPPORT
 
     async def read_host() -> None:
         nonlocal facts
@@ -87,8 +93,9 @@ async def snapshot(
         devices = await read_gpus(nvml)
 
     async def read_engine() -> None:
-        nonlocal info
+        nonlocal info, support
         info = await inspect_engine(docker_url, timeout=docker_timeout)
+        support = decide(info, await trio.to_thread.run_sync(probe_toolkit, info.cdi_spec_dirs))
 
     async with trio.open_nursery() as nursery:
         for reader in (read_host, read_devices, read_engine):
@@ -102,7 +109,7 @@ async def snapshot(
         docker=info.reachable,
         docker_version=info.version,
         docker_detail=info.detail,
-        nvidia_runtime=info.gpu_runtime,
+        gpu_support=support,
         gpus=tuple(devices),
         engine=info,
     )

@@ -55,6 +55,7 @@ from peerd.jobs.taskwire import (
 from peerd.market.offerguard import GuardLimits, OfferGuard
 from peerd.overlay.keys import WireGuardKeys, generate_keys
 from protocol import ProtocolError
+from protocol.gpumatch import version_at_least
 from protocol.messages import (
     Accept,
     Cancel,
@@ -128,7 +129,6 @@ class ProviderSettings:
     price_cpu_hour: float
     price_gpu_hour: float
     policy: ProviderPolicy
-    gpu_runtime: bool
     pids: int = 512
     offer_hold: float = 15.0
     io_timeout: float = 30.0
@@ -199,10 +199,14 @@ class Provider:
                 RejectCode.PRICE_TOO_LOW,
                 f"price here is {price:.6g}/h for this job, above the job's max {spec.max_price:.6g}/h",
             )
+        cuda = self.ledger.gpus[0].cuda_version if self.ledger.gpus else ""
+        if spec.gpus and not version_at_least(cuda, spec.min_cuda):
+            raise Refusal(RejectCode.NO_MATCHING_GPU,
+                          f"the job needs CUDA {spec.min_cuda}; this provider's driver supports {cuda or 'none'}")
         placeholder = tuple(f"GPU-pending-{i}" for i in range(spec.gpus))  # real UUIDs come from the ledger
         try:
             run_spec = self._run_spec(request, placeholder)
-            self.settings.policy.check(run_spec, gpu_runtime=self.settings.gpu_runtime)
+            self.settings.policy.check(run_spec, gpu_runtime=self.runner.executor.gpu_runtime)
         except ExecutorError as exc:
             raise Refusal(REJECT_FOR_REASON.get(exc.reason, RejectCode.BAD_REQUEST), exc.detail) from exc
         return run_spec
@@ -212,6 +216,7 @@ class Provider:
         """Job data (``peerd.data.jobdata``, ``peerd.data.imagedata``): a carried image welcome here, mountable
         destinations, and room for the declared bytes."""
         data = self.runner.data
+        await self._admit_image_cuda(request)
         if request.spec.image_content is not None:
             await self._admit_image(request)
         if not request.spec.inputs:
@@ -225,6 +230,17 @@ class Provider:
         detail = await data.room_refusal(request.spec)
         if detail is not None:
             raise Refusal(RejectCode.INPUTS_TOO_LARGE, detail)
+
+    async def _admit_image_cuda(self, request: TaskRequest) -> None:
+        """A GPU job whose image (here already) needs a newer CUDA than this driver's is refused before any offer."""
+        spec = request.spec
+        if not spec.gpus or spec.image_content is not None:
+            return
+        need = await self.runner.executor.image_cuda(spec.image)
+        cuda = self.ledger.gpus[0].cuda_version if self.ledger.gpus else ""
+        if need and not version_at_least(cuda, need):
+            raise Refusal(RejectCode.NO_MATCHING_GPU, f"image {spec.image} needs CUDA {need} (NVIDIA_REQUIRE_CUDA); "
+                                                      f"this provider's driver supports {cuda or 'none'}")
 
     async def _admit_image(self, request: TaskRequest) -> None:
         """A carried image: taken here at all, and room for it (least recently used images make way)."""
@@ -276,7 +292,7 @@ class Provider:
         try:
             return self.ledger.quote(
                 cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus, gpu_model=spec.gpu_model or None,
-                min_gpu_memory=spec.gpu_memory, now=now, avoid=others,
+                min_gpu_memory=spec.gpu_memory, min_capability=spec.min_compute_capability, now=now, avoid=others,
             )
         except ExecutorError as exc:
             code = REJECT_FOR_REASON.get(exc.reason, RejectCode.NO_CAPACITY)
@@ -298,7 +314,8 @@ class Provider:
         try:
             self.ledger.reserve(
                 request.task_id, cpus=spec.cpus, memory=spec.memory, gpu_count=spec.gpus,
-                gpu_model=spec.gpu_model or None, min_gpu_memory=spec.gpu_memory, gpus=gpus,
+                gpu_model=spec.gpu_model or None, min_gpu_memory=spec.gpu_memory,
+                min_capability=spec.min_compute_capability, gpus=gpus,
                 now=now, hold_until=now + 2 * self.settings.io_timeout + 1.0,  # send + receive, each bounded
             )
         except ExecutorError as exc:

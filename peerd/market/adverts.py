@@ -16,6 +16,7 @@ from peerd import __version__
 from peerd.config import Config
 from peerd.executor.gpus import CapacityLedger
 from peerd.host.nvml import GpuInfo
+from protocol.gpumatch import is_version
 from protocol.messages import Advert, GpuOffer
 
 
@@ -37,7 +38,7 @@ def offered_gpus(config: Config, gpus: tuple[GpuInfo, ...]) -> tuple[GpuInfo, ..
         return ()
     if "all" in chosen:
         return gpus
-    return tuple(g for g in gpus if g.uuid in chosen)
+    return tuple(g for g in gpus if g.uuid in chosen or g.parent in chosen)  # a MIG GPU named: its MIG devices
 
 
 def offered_capacity(config: Config, host: HostFacts) -> tuple[float, int]:
@@ -91,4 +92,11 @@ def build_advert(
         gang=config.gang.enabled,
         draining=draining,
         images=config.images.receive and host.docker,
+        gpu_driver=_version(ledger.gpus[0].driver_version) if ledger.gpus else "",
+        cuda_version=_version(ledger.gpus[0].cuda_version) if ledger.gpus else "",  # one driver serves them all
     )
+
+
+def _version(text: str) -> str:
+    """``text`` if it reads as a version (what the advert accepts), else "" (unknown)."""
+    return text if is_version(text) else ""

@@ -9,9 +9,8 @@ per provider, from ``peerd.market.reputation``) a tier comes first (distrusted
 providers last; newcomers first in an exploratory placement) and the price is
 multiplied by the provider's reputation factor.
 
-A GPU matches a spec when it is free, its memory is at least ``gpu_memory`` and,
-if the spec names a ``gpu_model``, the model contains that text (case is
-ignored), so "a100" matches "NVIDIA A100-SXM4-80GB".
+A GPU matches a spec when it is free and ``protocol.gpumatch`` says its model and
+memory are what the spec asks (the provider's ledger applies the same rule).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from peerd.market.reputation import NO_REPUTATION, Trust
+from protocol.gpumatch import gpu_matches, version_at_least
 from protocol.messages import Advert, GpuOffer, JobSpec, NodeRole
 from protocol.reachability import Reachability, of_addrs
 
@@ -35,6 +35,7 @@ class Misfit(enum.StrEnum):
     MEMORY = "memory"
     GPUS = "gpus"
     GPU_RUNTIME = "gpu_runtime"
+    CUDA = "cuda"  # the provider's driver supports an older CUDA than the job asks for
     TIMEOUT = "timeout"
     NETWORK = "network"
     GANG = "gang"
@@ -47,16 +48,12 @@ def price_for(spec: JobSpec, advert: Advert) -> float:
     return spec.cpus * advert.price_cpu_hour + spec.gpus * advert.price_gpu_hour
 
 
-def gpu_matches(spec: JobSpec, gpu: GpuOffer) -> bool:
-    if gpu.memory < spec.gpu_memory:
-        return False
-    return spec.gpu_model.casefold() in gpu.model.casefold()
-
-
 def matching_free_gpus(spec: JobSpec, advert: Advert) -> list[GpuOffer]:
     """The advertised free GPUs that satisfy the spec's model and memory."""
     free = set(advert.free_gpus)
-    return [g for g in advert.gpus if g.uuid in free and gpu_matches(spec, g)]
+    return [g for g in advert.gpus if g.uuid in free
+            and gpu_matches(spec.gpu_model, spec.gpu_memory, name=g.model, memory=g.memory,
+                            min_capability=spec.min_compute_capability, capability=g.compute_capability)]
 
 
 # Checks in the order they are reported: the first that fails is the reason.
@@ -67,6 +64,7 @@ _CHECKS: tuple[tuple[Misfit, Callable[[JobSpec, Advert], bool]], ...] = (
     (Misfit.CPUS, lambda s, a: s.cpus <= a.free_cpus),
     (Misfit.MEMORY, lambda s, a: s.memory <= a.free_memory),
     (Misfit.GPU_RUNTIME, lambda s, a: s.gpus == 0 or a.gpu_runtime),
+    (Misfit.CUDA, lambda s, a: s.gpus == 0 or version_at_least(a.cuda_version, s.min_cuda)),
     (Misfit.GPUS, lambda s, a: s.gpus == 0 or len(matching_free_gpus(s, a)) >= s.gpus),
     (Misfit.TIMEOUT, lambda s, a: s.timeout <= a.max_timeout),
     (Misfit.NETWORK, lambda s, a: not s.network or a.network),

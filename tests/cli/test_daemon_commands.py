@@ -76,7 +76,7 @@ async def test_submit_prints_the_task_id_and_sends_the_spec(daemon: Daemon) -> N
     assert op == "submit" and args["local"] is True
     assert args["spec"] == JobSpec(
         image=IMAGE, command=("sh", "-c", "echo hi"), env={"A": "1", "B": "x=y"}, cpus=2.0,
-        memory=512 << 20, gpus=1, gpu_memory=24 << 30, gpu_model="H100", timeout=90.0,
+        memory=512 << 20, gpus=1, gpu_memory=24 * 10**9, gpu_model="H100", timeout=90.0,  # GPU memory: decimal
         network=True, max_price=3.5,
     )
 

@@ -8,7 +8,7 @@ it. A key without an entry, or one whose value does not arrive, fails.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,7 @@ memory = "6G"
 reserve_memory = "2G"
 gpus = ["none"]
 docker_url = "unix:///run/other-docker.sock"
+gpu_capabilities = ["compute", "utility", "video"]
 [pricing]
 cpu_hour = 0.25
 gpu_hour = 2.5
@@ -133,6 +134,11 @@ class Built:
         plan = plan_container(SPEC, node_id="n1", out_dir=Path("/x"), deadline=1.0, limits=self.executor.limits)
         return plan.host_config["Tmpfs"]
 
+    def gpu_env(self) -> object:
+        plan = plan_container(replace(SPEC, gpus=("GPU-1",)), node_id="n1", out_dir=Path("/x"), deadline=1.0,
+                              limits=self.executor.limits)
+        return plan.environment["NVIDIA_DRIVER_CAPABILITIES"]
+
     def seeds(self) -> list[str]:
         return [a for seed in self.p2p._seeds for a in seed.addrs]  # what discovery dials
 
@@ -142,7 +148,7 @@ def build(home: Path) -> Built:
     node = Node(config)
     return Built(
         config=config, node=node, executor=executor_from(config, node.signer.peer_id),
-        provider=provider_settings_from(config, gpu_runtime=True), requester=requester_settings_from(config),
+        provider=provider_settings_from(config), requester=requester_settings_from(config),
         p2p=p2p_from(config, node.signer, seed=False, advert_source=None), drain=drain_budget(config),
         pruner=pruner_from(config, None, active=frozenset),  # type: ignore[arg-type]  # the store is not touched
     )
@@ -160,6 +166,7 @@ REACHES: dict[str, Callable[[Built], object]] = {
     "resources.reserve_memory": lambda b: offered_capacity(with_overrides(b.config, "resources", memory=0), HOST)[1],
     "resources.gpus": lambda b: offered_gpus(b.config, HOST.gpus),
     "resources.docker_url": lambda b: b.executor.base_url,
+    "resources.gpu_capabilities": lambda b: b.gpu_env(),
     "pricing.cpu_hour": lambda b: b.provider.price_cpu_hour,
     "pricing.gpu_hour": lambda b: b.provider.price_gpu_hour,
     "policy.images": lambda b: (b.executor.policy.allowed_images, b.provider.policy.allowed_images),

@@ -41,7 +41,7 @@ async def unstarted_lifecycle(home: Path, *, provider: bool) -> AsyncIterator[Li
             ledger = CapacityLedger(cpus=HOST.cpus, memory=HOST.memory)
             runner = JobRunner(signer=signer, executor=executor, ledger=ledger, store=store,
                                pids=config.limits.pids, log_limit=config.limits.log_limit)
-            settings = provider_settings_from(config, gpu_runtime=False)
+            settings = provider_settings_from(config)
             ours = ProviderServices(host=HOST, executor=executor, ledger=ledger, runner=runner,
                                     provider=Provider(signer=signer, ledger=ledger, runner=runner, settings=settings))
         services = Services(

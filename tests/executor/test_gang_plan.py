@@ -11,6 +11,7 @@ import pytest
 from peerd.executor import DockerExecutor
 from peerd.executor.contract import OverlayPeer, OverlaySpec, RunSpec
 from peerd.executor.errors import InvalidSpec, PolicyError, Reason
+from peerd.executor.gpuaccess import GpuAccess, GpuSupport
 from peerd.executor.plan import (
     HOLDER_COMMAND,
     LABEL_HOLDER,
@@ -51,7 +52,9 @@ def test_a_gpu_rank_gets_its_devices_its_holders_network_and_every_isolation_def
                                      "Capabilities": [["gpu"]], "Options": {}}]
     assert hc["CapDrop"] == ["ALL"] and hc["SecurityOpt"] == ["no-new-privileges"]
     assert hc["ReadonlyRootfs"] is True and hc["Privileged"] is False
-    assert plan.environment == {**RANK_ENV, "NVIDIA_VISIBLE_DEVICES": ",".join(UUIDS)}
+    assert plan.environment == {**RANK_ENV, "NVIDIA_VISIBLE_DEVICES": ",".join(UUIDS),
+                                "NVIDIA_DRIVER_CAPABILITIES": "compute,utility", "HOME": "/tmp",
+                                "XDG_CACHE_HOME": "/tmp/.cache"}
     assert plan.entrypoint is None and plan.labels[LABEL_NODE] == "node1"
 
 
@@ -79,8 +82,7 @@ def test_a_gang_member_never_runs_without_its_holder_and_others_keep_their_netwo
 async def test_a_gpu_rank_on_a_host_without_the_gpu_runtime_is_refused_before_anything_is_made(
     executor: DockerExecutor, node_id: str,
 ) -> None:
-    if executor.gpu_runtime:
-        pytest.skip("this dockerd has a GPU runtime")
+    executor.gpu_support = GpuSupport(GpuAccess.NONE, "no toolkit")  # whatever this host's dockerd has
     with pytest.raises(PolicyError) as caught:
         await executor.start(gpu_rank(image=IMAGE))
     assert caught.value.reason is Reason.NO_GPU_RUNTIME

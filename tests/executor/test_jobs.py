@@ -22,7 +22,8 @@ from peerd.executor import (
     RunOutcomeState,
     UnknownTask,
 )
-from tests.executor.helpers import MiB, closed_loopback_port, job, output_files
+from peerd.executor.gpuaccess import GpuAccess, GpuSupport
+from tests.executor.helpers import IMAGE, MiB, closed_loopback_port, job, output_files
 from tests.executor.registry import Registry
 
 pytestmark = pytest.mark.docker  # needs a real dockerd
@@ -144,12 +145,30 @@ async def test_missing_image_without_registry_is_image_unavailable_quickly(
 
 
 async def test_gpu_job_on_a_host_without_nvidia_runtime_is_refused_up_front(executor: DockerExecutor) -> None:
-    assert not executor.gpu_runtime  # this host has no NVIDIA runtime
+    executor.gpu_support = GpuSupport(GpuAccess.NONE, "no toolkit")  # whatever this host's dockerd has
     spec = job("gpu-1", "true", gpus=("GPU-00000000-0000-4000-8000-000000000000",))
     with pytest.raises(PolicyError) as raised:
         await executor.start(spec)
     assert raised.value.reason is Reason.NO_GPU_RUNTIME
     assert await executor.list_owned() == []
+
+
+@pytest.mark.parametrize("access", [GpuAccess.HOOK, GpuAccess.CDI, GpuAccess.RUNTIME])
+async def test_a_gpu_start_dockerd_cannot_serve_takes_gpu_support_back(
+    executor: DockerExecutor, workdir: Path, access: GpuAccess,
+) -> None:
+    if executor.gpu_runtime:
+        pytest.skip(f"this dockerd gives containers GPUs ({executor.gpu_support.detail})")
+    changes: list[bool] = []
+    executor.on_gpu_change = lambda: changes.append(executor.gpu_runtime)
+    executor.gpu_support = GpuSupport(access, "wrongly decided")  # as a wrong decision would have it
+    with pytest.raises(ExecutorError) as raised:
+        await executor.start(job("gpu-2", "true", gpus=("GPU-00000000-0000-4000-8000-000000000000",)))
+    assert raised.value.reason is Reason.NO_GPU_RUNTIME, raised.value.detail
+    assert not executor.gpu_runtime and changes == [False]  # the advert is told at once
+    assert await executor.list_owned() == [] and not (workdir / "gpu-2").exists()
+    with pytest.raises(PolicyError):  # the next GPU job is refused up front
+        await executor.start(job("gpu-3", "true", gpus=("GPU-00000000-0000-4000-8000-000000000000",)))
 
 
 async def test_network_needs_the_job_to_ask_and_the_policy_to_allow(
@@ -234,3 +253,17 @@ async def test_a_missing_image_is_pulled_with_progress_events(
         assert any(r.startswith("GET /v2/" + registry.name + "/blobs/") for r in registry.requests)
     finally:
         await trio.run_process(["docker", "image", "rm", "-f", image], capture_stdout=True, check=False)
+
+
+async def test_image_cuda_reads_a_local_images_nvidia_require_cuda(executor: DockerExecutor, node_id: str) -> None:
+    tag = f"peerd-test/require-cuda-{node_id.lower()}:1"
+    dockerfile = f"FROM {IMAGE}\nENV NVIDIA_REQUIRE_CUDA=\"cuda>=12.4 brand=tesla,driver>=470,driver<471\"\n"
+    built = await trio.run_process(["docker", "build", "-q", "-t", tag, "-"], stdin=dockerfile.encode(),
+                                   capture_stdout=True, capture_stderr=True, check=False)
+    assert built.returncode == 0, built.stderr
+    try:
+        assert await executor.image_cuda(tag) == "12.4"
+        assert await executor.image_cuda(IMAGE) == ""  # asks for none
+        assert await executor.image_cuda("peerd-test/no-such-image:1") == ""  # not here: the toolkit checks it
+    finally:
+        await executor.engine.remove_image(tag)

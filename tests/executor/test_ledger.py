@@ -233,3 +233,29 @@ def test_free_without_holds_counts_confirmed_reservations_only() -> None:
     assert book.free().cpus == 3 and len(book.free().gpus) == 2
     advertised = book.free(holds=False)
     assert advertised.cpus == 6 and advertised.memory == 31 * GiB and len(advertised.gpus) == 3
+
+
+def test_a_gpu_read_again_joins_and_a_vanished_one_leaves_but_never_while_reserved() -> None:
+    gpus = mixed_gpus()
+    book = CapacityLedger(cpus=8, memory=32 * GiB, gpus=gpus)
+    held = book.reserve("t1", cpus=1, memory=GiB, gpu_count=1, gpu_model="A100", now=0, hold_until=10)
+    lost = held.gpus[0]
+    assert book.update_gpus(g for g in gpus if g.uuid != lost)  # the leased A100 fell off the bus
+    assert lost in {g.uuid for g in book.gpus}  # still the task's: a lease is never pulled from under it
+    assert lost not in {g.uuid for g in book.free().gpus}
+    with pytest.raises(CapacityError) as one_left:
+        book.reserve("t2", cpus=1, memory=GiB, gpu_count=2, gpu_model="A100", now=0, hold_until=10)
+    assert one_left.value.reason is Reason.NO_MATCHING_GPU  # the lost one is no longer counted as here
+    book.release("t1")
+    assert lost not in {g.uuid for g in book.gpus}  # gone once released
+    assert not book.update_gpus(g for g in gpus if g.uuid != lost)  # nothing new
+    assert book.update_gpus(gpus)  # it came back
+    assert lost in {g.uuid for g in book.free().gpus}
+    assert [g.index for g in book.gpus] == sorted(g.index for g in book.gpus)
+
+
+def test_an_unreserved_gpu_that_vanished_leaves_at_once() -> None:
+    gpus = mixed_gpus()
+    book = CapacityLedger(cpus=8, memory=32 * GiB, gpus=gpus)
+    assert book.update_gpus(gpus[1:])
+    assert [g.uuid for g in book.gpus] == [g.uuid for g in gpus[1:]]

@@ -64,6 +64,18 @@ def test_gpus_are_pinned_by_uuid_twice() -> None:
     assert plan.environment["NVIDIA_VISIBLE_DEVICES"] == ",".join(UUIDS)
 
 
+def test_a_gpu_job_gets_shared_memory_by_its_memory_and_a_writable_home() -> None:
+    big = plan_container(spec(gpus=UUIDS, memory=16 << 30), node_id="n", out_dir=Path("/o"), deadline=1.0)
+    assert big.host_config["ShmSize"] == 8 << 30  # half the limit, charged to it
+    small = plan_container(spec(gpus=UUIDS, memory=64 << 20), node_id="n", out_dir=Path("/o"), deadline=1.0)
+    assert small.host_config["ShmSize"] == 64 << 20  # never below Docker's own
+    assert big.environment["HOME"] == "/tmp" and big.environment["XDG_CACHE_HOME"] == "/tmp/.cache"
+    own = plan_container(spec(gpus=UUIDS, env={"HOME": "/work"}), node_id="n", out_dir=Path("/o"), deadline=1.0)
+    assert own.environment["HOME"] == "/work"  # the job's own wins
+    cpu = plan_container(spec(memory=16 << 30), node_id="n", out_dir=Path("/o"), deadline=1.0)
+    assert "ShmSize" not in cpu.host_config and "HOME" not in cpu.environment  # CPU jobs: as before
+
+
 def test_network_only_when_asked() -> None:
     assert plan_container(spec(network=True), node_id="n", out_dir=Path("/o"), deadline=1).host_config[
         "NetworkMode"] == "bridge"

@@ -177,6 +177,7 @@ class FakeExecutor:
         self.host = host or FakeHost()
         self.policy = policy or ProviderPolicy()
         self.gpu_runtime = gpu_runtime
+        self.image_cuda_versions: dict[str, str] = {}  # image -> the CUDA version its NVIDIA_REQUIRE_CUDA asks
         self._log_limit = log_limit
         self._clock = clock
         self._nursery: trio.Nursery | None = None
@@ -198,6 +199,10 @@ class FakeExecutor:
         if self._nursery is None:
             raise EngineError(Reason.DOCKER_UNAVAILABLE, "the executor service is not running")
         return self._nursery
+
+    async def image_cuda(self, image: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return self.image_cuda_versions.get(image, "")
 
     # ---- start ------------------------------------------------------------------------
     async def start(self, spec: RunSpec, *, on_pull: PullListener | None = None) -> None:

@@ -7,8 +7,18 @@ from pathlib import Path
 import pytest
 
 from peerd.executor.engine import EngineInfo
-from peerd.host.doctor import Check, Findings, check_overlay, check_reachability, check_view, run_checks
-from peerd.host.nvml import FakeNvml
+from peerd.executor.gpuaccess import ToolkitFacts
+from peerd.host.doctor import (
+    Check,
+    Findings,
+    check_gpus,
+    check_overlay,
+    check_reachability,
+    check_runtime,
+    check_view,
+    run_checks,
+)
+from peerd.host.nvml import H100, FakeNvml
 from peerd.overlay.host import Availability, Backend
 from protocol.reachability import HINTS, Reachability
 
@@ -35,7 +45,8 @@ async def test_unreachable_docker_fails_with_a_fix(tmp_path: Path) -> None:
 
 @pytest.mark.docker  # the runtime check needs the docker check to pass
 async def test_gpus_without_nvidia_runtime_fail_with_the_toolkit_fix(tmp_path: Path) -> None:
-    checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2)))
+    no_toolkit = lambda _dirs: ToolkitFacts()  # noqa: E731  # whatever this host has installed
+    checks = by_name(await run_checks(None, tmp_path, nvml=FakeNvml.identical(2), toolkit_probe=no_toolkit))
     assert checks["gpus"].ok and "2 GPU(s)" in checks["gpus"].detail
     runtime = checks["nvidia-runtime"]
     assert not runtime.ok and "nvidia-container-toolkit" in runtime.fix
@@ -69,3 +80,34 @@ def test_a_host_without_wireguard_passes_and_says_how_to_join_gangs(tmp_path: Pa
     assert missing.ok and "cannot join gang jobs" in missing.detail and "apt-get install" in missing.detail
     present = check_overlay(findings(Availability(Backend.USERSPACE, "wireguard-go (userspace) over /dev/net/tun")))
     assert present.ok and "wireguard-go" in present.detail
+
+
+HOOK_HOST = ToolkitFacts(hook=True)
+
+
+def _gpu_findings(tmp_path: Path, problem: str | None, remarks: tuple[str, ...] = (),
+                  toolkit: ToolkitFacts = HOOK_HOST) -> Findings:
+    engine = EngineInfo(reachable=True, api_version="1.41")
+    return Findings(engine, (H100,), problem, 0, 0, tmp_path, Availability(None, "-"), toolkit, remarks)
+
+
+def test_a_gpu_nvml_fails_on_fails_the_check_but_the_others_are_named(tmp_path: Path) -> None:
+    check = check_gpus(_gpu_findings(tmp_path, "GPU 1: GPU is lost: left out"))
+    assert not check.ok and H100.uuid in check.detail and "GPU is lost" in check.detail and "nvidia-smi" in check.fix
+
+
+def test_mig_devices_offered_instead_of_their_gpu_are_said(tmp_path: Path) -> None:
+    check = check_gpus(_gpu_findings(tmp_path, None, ("GPU 1 (GPU-x) is in MIG mode: offered as its 2 MIG device(s)",)))
+    assert check.ok and "MIG mode" in check.detail and "CUDA 12.4" in check.detail
+
+
+def test_the_runtime_check_names_the_request_form_and_warns_about_swarm_resources(tmp_path: Path) -> None:
+    assert check_runtime(_gpu_findings(tmp_path, None)).ok
+    weak = check_runtime(_gpu_findings(tmp_path, None, toolkit=ToolkitFacts(hook=True,
+                                                                            swarm_resources=("DOCKER_RESOURCE_GPU",))))
+    assert not weak.ok and "DOCKER_RESOURCE_GPU" in weak.detail and "swarm-resource" in weak.fix
+
+
+def test_a_toolkit_that_ignores_the_device_variable_when_unprivileged_fails_the_runtime_check(tmp_path: Path) -> None:
+    check = check_runtime(_gpu_findings(tmp_path, None, toolkit=ToolkitFacts(hook=True, unprivileged_env=False)))
+    assert not check.ok and "see no GPU" in check.detail and "envvar-when-unprivileged" in check.fix

@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from peerd.executor.gpuaccess import decide, probe_toolkit
 from peerd.host.nvml import H100, FakeNvml, SystemNvml, read_gpus
 from peerd.host.resources import snapshot
 
@@ -21,18 +22,21 @@ async def test_snapshot_reports_this_host(tmp_path: Path) -> None:
     assert 0 < inventory.memory_available <= inventory.memory
     assert 0 < inventory.disk_free <= psutil.disk_usage(str(tmp_path)).total
     assert inventory.docker and inventory.docker_version and inventory.docker_detail == ""
-    assert inventory.nvidia_runtime is inventory.engine.gpu_runtime
+    toolkit = probe_toolkit(inventory.engine.cdi_spec_dirs)
+    assert inventory.gpu_support == decide(inventory.engine, toolkit)  # whatever this host's toolkit allows
+    assert inventory.nvidia_runtime is inventory.gpu_support.ok
     assert inventory.gpus == tuple(await read_gpus())  # whatever NVML says here (none on CI)
 
 
 def test_system_nvml_on_this_host() -> None:
-    gpus, problem = SystemNvml().diagnose()
+    report = SystemNvml().diagnose()
+    gpus, problem = list(report.gpus), report.problem
     if ctypes.util.find_library("nvidia-ml") is None:  # no driver: no GPUs, and that is no problem
         assert (gpus, problem) == ([], None)
         assert SystemNvml().read() == []
     else:
         assert problem is None and gpus
-        assert all(g.uuid.startswith("GPU-") and g.memory_total > 0 for g in gpus)
+        assert all(g.uuid.startswith(("GPU-", "MIG-")) for g in gpus)
 
 
 async def test_fake_gpus_come_through_the_same_interface(tmp_path: Path) -> None:

@@ -75,6 +75,19 @@ def test_a_job_nobody_can_take_ends_not_placed_with_reasons(net: DevNet) -> None
     assert "no_gpu_runtime" in str(view["detail"])
 
 
+@pytest.mark.parametrize("variable", ["NVIDIA_FOO=1", "NVIDIA_VISIBLE_DEVICES=all", "DOCKER_RESOURCE_GPU=all"])
+def test_a_job_setting_a_reserved_gpu_variable_is_refused_before_any_lease(net: DevNet, variable: str) -> None:
+    requester = net.nodes["requester"]
+    nodes = [net.nodes[n] for n in ("requester", "provider-1", "provider-2")]
+    before = [json.loads(node.peerd("tasks", "--json").stdout) for node in nodes]
+    out = requester.peerd("submit", "--image", IMAGE, "--gpus", "0", "--env", variable, "--wait", "--json",
+                          "--", "true")
+    name = variable.partition("=")[0]
+    assert out.returncode == 2 and out.stdout == "", out
+    assert f"--env sets '{name}'" in out.stderr and "reserved for the provider" in out.stderr, out.stderr
+    assert [json.loads(node.peerd("tasks", "--json").stdout) for node in nodes] == before  # no task, no lease
+
+
 def test_provider_killed_mid_job_the_job_completes_elsewhere(net: DevNet) -> None:
     requester = net.nodes["requester"]
     out = requester.peerd("submit", "--image", IMAGE, "--json", "--", "sh", "-c", "sleep 4; echo done")

@@ -32,7 +32,7 @@ from tests.fakes.executor import FakeExecutor, FakeHost, Script
 
 CPUS = 2.0
 FAST_PROVIDER = ProviderSettings(
-    price_cpu_hour=0.01, price_gpu_hour=1.0, policy=ProviderPolicy(max_time_limit=600), gpu_runtime=False,
+    price_cpu_hour=0.01, price_gpu_hour=1.0, policy=ProviderPolicy(max_time_limit=600),
     keepalive=0.25, io_timeout=10,
 )
 FAST_REQUESTER = RequesterSettings(max_attempts=3, placement_deadline=30, provider_timeout=5, io_timeout=10)
@@ -120,7 +120,7 @@ class Net:
 @asynccontextmanager
 async def provider_node(
     tmp_path: Path, net: Net, *, signer: Signer | None = None, name: str = "p", host: FakeHost | None = None,
-    settings: ProviderSettings = FAST_PROVIDER, gpus: int = 0, cpus: float = CPUS,
+    settings: ProviderSettings = FAST_PROVIDER, gpus: int = 0, cpus: float = CPUS, gpu_runtime: bool = False,
 ) -> AsyncIterator[ProviderNode]:
     """A provider on its own store (``name``) and fake host, registered in ``net`` while it runs."""
     signer = signer or Signer.generate()
@@ -128,7 +128,7 @@ async def provider_node(
         host = FakeHost()
         host.scripts[HELD] = Script(hold=True, output=(("stdout", b"first\n"),))
     async with Store.open(tmp_path / f"{name}.db") as store, trio.open_nursery() as nursery:
-        executor = FakeExecutor(f"node-{name}", host, policy=settings.policy, gpu_runtime=settings.gpu_runtime)
+        executor = FakeExecutor(f"node-{name}", host, policy=settings.policy, gpu_runtime=gpu_runtime)
         await nursery.start(executor.run)
         ledger = CapacityLedger(cpus=cpus, memory=4 << 30, gpus=FakeNvml.identical(gpus).read())
         runner = JobRunner(signer=signer, executor=executor, ledger=ledger, store=store, pids=64, log_limit=1 << 20)

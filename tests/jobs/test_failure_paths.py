@@ -80,7 +80,9 @@ REFUSALS: list[tuple[RejectCode, JobSpec, Callable[[ProviderSettings], ProviderS
     (RejectCode.NO_CAPACITY, dataclasses.replace(QUICK, cpus=1.5), _policy(max_cpus=1.0)),
     (RejectCode.NO_GPU_RUNTIME, dataclasses.replace(QUICK, gpus=1), lambda s: s),
     (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, gpu_model="no such GPU"),
-     lambda s: dataclasses.replace(s, gpu_runtime=True)),
+     lambda s: s),  # on a host with a GPU runtime (below)
+    (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, min_cuda="13.0"), lambda s: s),  # driver: 12.4
+    (RejectCode.NO_MATCHING_GPU, dataclasses.replace(QUICK, gpus=1, min_compute_capability="10.0"), lambda s: s),
     (RejectCode.PRICE_TOO_LOW, dataclasses.replace(QUICK, max_price=0.001), lambda s: s),
     (RejectCode.BUSY, QUICK, lambda s: dataclasses.replace(s, max_concurrent=0)),
 ]
@@ -92,7 +94,8 @@ async def test_each_refusal_reaches_the_requester_signed_and_nothing_runs(
     tmp_path: Path, code: RejectCode, spec: JobSpec, configure: Callable[[ProviderSettings], ProviderSettings]
 ) -> None:
     net = Net()
-    async with provider_node(tmp_path, net, settings=configure(FAST_PROVIDER), gpus=1) as p, \
+    async with provider_node(tmp_path, net, settings=configure(FAST_PROVIDER), gpus=1,
+                             gpu_runtime=code is RejectCode.NO_MATCHING_GPU) as p, \
             requester_node(tmp_path, net) as r:
         task_id = await r.run(spec)
         record = await r.store.get_task(task_id)
@@ -334,3 +337,18 @@ async def test_a_provider_restart_reattaches_or_settles_the_job_and_the_requeste
             assert (await same_receipt(r, p2, task_id)).state is expected
             await settled(p2)
         assert p1 is not p2
+
+
+async def test_a_gpu_job_whose_image_needs_a_newer_cuda_is_refused_before_any_offer(tmp_path: Path) -> None:
+    net = Net()
+    async with provider_node(tmp_path, net, gpus=1, gpu_runtime=True) as p, requester_node(tmp_path, net) as r:
+        p.executor.image_cuda_versions["fake/quick"] = "13.0"  # its NVIDIA_REQUIRE_CUDA; the fake driver: 12.4
+        task_id = await r.run(dataclasses.replace(QUICK, gpus=1))
+        attempts = await r.store.attempts(task_id)
+        assert [(a.outcome, a.reason_code) for a in attempts] == [(AttemptOutcome.REJECTED, RejectCode.NO_MATCHING_GPU)]
+        assert "needs CUDA 13.0" in attempts[0].detail and "12.4" in attempts[0].detail
+        assert p.host.started == [] and len(p.ledger.free().gpus) == 1
+        p.executor.image_cuda_versions["fake/quick"] = "12.2"
+        done = await r.run(dataclasses.replace(QUICK, gpus=1))
+        record = await r.store.get_task(done)
+        assert record is not None and record.state is TaskState.SUCCEEDED

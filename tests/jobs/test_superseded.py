@@ -71,7 +71,7 @@ async def provider_host(store: Store, tmp_path: Path, name: str, nursery: trio.N
     runner = JobRunner(signer=signer, executor=executor, ledger=ledger, store=store, pids=64, log_limit=1 << 20)
     await nursery.start(runner.run)
     provider = Provider(signer=signer, ledger=ledger, runner=runner, settings=ProviderSettings(
-        price_cpu_hour=0.01, price_gpu_hour=1.0, policy=policy, gpu_runtime=False, keepalive=1.0, io_timeout=10))
+        price_cpu_hour=0.01, price_gpu_hour=1.0, policy=policy, keepalive=1.0, io_timeout=10))
     return Host(signer, provider, store)
 
 

@@ -59,6 +59,9 @@ def test_price_is_cpus_times_cpu_price_plus_gpus_times_gpu_price() -> None:
         (spec(gpus=2), advert(free_gpus=("G0",)), Misfit.GPUS),
         (spec(gpus=1, gpu_model="H100"), advert(), Misfit.GPUS),
         (spec(gpus=2, gpu_memory=40 * GIB), advert(), Misfit.GPUS),
+        (spec(gpus=1, min_cuda="12.4"), advert(), Misfit.CUDA),  # an advert without a CUDA version
+        (spec(gpus=1, min_cuda="12.4"), advert(cuda_version="12.2"), Misfit.CUDA),
+        (spec(gpus=1, min_compute_capability="9.0"), advert(), Misfit.GPUS),  # both are 8.0
         (spec(timeout=7200.0), advert(), Misfit.TIMEOUT),
         (spec(network=True), advert(), Misfit.NETWORK),
         (spec(image_content=CARRIED), advert(images=False), Misfit.IMAGES),
@@ -118,3 +121,18 @@ def test_a_relayed_provider_comes_after_an_equally_fitting_direct_one_but_not_af
     assert [a.peer_id for a in market.rank(job, [relayed, direct])] == ["z-direct", "a-relayed"]
     pricier = advert("z-direct", addrs=direct.addrs, price_cpu_hour=0.02)
     assert [a.peer_id for a in market.rank(job, [pricier, relayed])] == ["a-relayed", "z-direct"]
+
+
+def test_cuda_and_compute_capability_are_met_by_newer_ones() -> None:
+    ad = advert(cuda_version="12.10", gpu_driver="560.35.03")
+    assert market.fits(spec(gpus=2, min_cuda="12.4", min_compute_capability="7.5"), ad)
+    assert market.fits(spec(gpus=1, min_cuda="12.10", min_compute_capability="8.0"), ad)
+    assert not market.fits(spec(gpus=1, min_cuda="12.11"), ad)
+    assert market.fits(spec(min_cuda="99.0"), advert())  # a CPU job asks nothing of GPUs
+
+
+def test_an_80g_job_takes_an_h100_as_nvml_reports_it() -> None:
+    h100 = GpuOffer(uuid="H", model="NVIDIA H100 80GB HBM3", memory=81_559 << 20, compute_capability="9.0")
+    ad = advert(gpus=(h100,), free_gpus=("H",))
+    assert market.fits(spec(gpus=1, gpu_memory=80 * 10**9, gpu_model="H100"), ad)
+    assert not market.fits(spec(gpus=1, gpu_model="H10"), ad)

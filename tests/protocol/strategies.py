@@ -7,6 +7,7 @@ import base64
 from hypothesis import strategies as st
 
 from protocol import messages as m
+from protocol.jobspec import reserved_env
 from protocol.messages import (
     MAX_COUNT,
     MAX_CPUS,
@@ -66,7 +67,7 @@ def adverts(draw: st.DrawFn) -> m.Advert:
     )
 
 
-env_names = text(32, 1).filter(lambda k: "=" not in k and "\0" not in k)
+env_names = text(32, 1).filter(lambda k: "=" not in k and "\0" not in k and not reserved_env(k))
 
 input_dest_parts = st.text(st.characters(min_codepoint=0x30, max_codepoint=0x7A, exclude_characters="/"),
                            min_size=1, max_size=8)

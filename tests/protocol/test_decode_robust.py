@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from protocol import codec, messages as m, signing
-from protocol.errors import DecodeError, FrameTooLarge, ProtocolError
+from protocol.errors import DecodeError, FrameTooLarge, LocalProtocolError, ProtocolError
 
 from .helpers import NOW, provider_signer, sample_advert, sample_spec
 from .strategies import messages
@@ -103,6 +103,13 @@ def request_wire(**spec_changes: object) -> dict[str, object]:
     return value
 
 
+@pytest.mark.parametrize("name", ["NVIDIA_VISIBLE_DEVICES", "NVIDIA_FOO", "DOCKER_RESOURCE_GPU", "Nvidia_x"])
+def test_a_job_spec_setting_a_reserved_variable_cannot_be_made(name: str) -> None:
+    with pytest.raises(LocalProtocolError, match=f"env sets '{name}'.*reserved for the provider"):
+        m.JobSpec(image="busybox", command=("true",), env={name: "all"})
+    m.JobSpec(image="busybox", command=("true",), env={"MY_NVIDIA_": "1", "DOCKER_HOST": "x"})  # not reserved
+
+
 @pytest.mark.parametrize(
     ("value", "needle"),
     [
@@ -114,6 +121,10 @@ def request_wire(**spec_changes: object) -> dict[str, object]:
         (request_wire(cpus="1"), "expected float"),
         (request_wire(command="sh -c x"), "expected array"),
         (request_wire(env={"A": 1}), "expected str"),
+        (request_wire(env={"NVIDIA_VISIBLE_DEVICES": "all"}), "reserved for the provider"),
+        (request_wire(env={"DOCKER_RESOURCE_GPU": "all"}), "reserved for the provider"),
+        (request_wire(env={"nvidia_driver_capabilities": "all"}), "reserved for the provider"),
+        (request_wire(min_cuda="twelve"), "must be a version"),
         (request_wire(image=""), "must not be empty"),
         (request_wire(image="x" * 5000), "longer than"),
         (request_wire(network=1), "expected bool"),
