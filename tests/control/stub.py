@@ -25,6 +25,7 @@ from peerd.control.ops import (
     PeerNotFound,
     PeerView,
     Queueing,
+    QueueView,
     ReceiptView,
     ReputationView,
     StatusView,
@@ -51,6 +52,7 @@ class _Task:
         self.stderr = b""
         self.done = trio.Event()
         self.output = trio.Event()  # set whenever output was added
+        self.queue: QueueView | None = None  # a queued task's place (state "queued")
 
     def finish(self, exit_code: int, stdout: bytes, stderr: bytes = b"") -> None:
         self.stdout += stdout
@@ -65,7 +67,7 @@ class _Task:
         if self.done.is_set():
             receipt = {"task_id": self.task_id, "provider": PROVIDER, "requester": PEER_ID,
                        "cost": 0.25, "state": self.state, "verified": True, "cosigned": "8a01"}
-        return {
+        view: TaskView = {
             "task_id": self.task_id, "state": self.state, "exit_code": self.exit_code,
             "stdout": self.stdout.decode("utf-8", "replace"),
             "stderr": self.stderr.decode("utf-8", "replace"),
@@ -74,6 +76,9 @@ class _Task:
             "receipt": receipt, "created_at": 1700000000.0, "updated_at": 1700000001.0,
             "spec": self.spec.to_wire(), "role": "requester", "detail": "",
         }
+        if self.queue is not None:
+            view["queue"] = self.queue
+        return view
 
 
 class StubOps:

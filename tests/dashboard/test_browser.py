@@ -72,6 +72,9 @@ async def test_the_page_renders_escapes_job_output_and_shows_an_unreachable_daem
     evil = ops.add_task(("echo", XSS))
     evil.finish(0, f"{XSS}\nsecond line\n".encode())
     ops.add_task(("hang",))
+    waiting = ops.add_task(("later",))
+    waiting.state = "queued"  # no provider has room: its place among the requester's queued tasks
+    waiting.queue = {"position": 2, "priority": 0, "queued_at": 1700000000.0, "deadline": 1700003600.0}
     served = await serve(nursery, ops, interval=0.2)
     url = f"http://127.0.0.1:{served.port}/"
     driver = browser
@@ -81,7 +84,8 @@ async def test_the_page_renders_escapes_job_output_and_shows_an_unreachable_daem
         wait_for(driver, "the node panel", lambda d: "provider" in text_of(d, "node-facts"))
         assert "1h 2m 5s" in text_of(driver, "node-facts")  # uptime 3725 s
         wait_for(driver, "the capacity panel", lambda d: "2.00 leased / 8.00" in text_of(d, "capacity-body"))
-        wait_for(driver, "both tasks", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-rows tr")) == 2)
+        wait_for(driver, "the tasks", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#task-rows tr")) == 3)
+        assert "queued #2" in text_of(driver, "task-rows")
         assert text_of(driver, "peer-rows").count("0.0100") == 1  # the peer's CPU-hour price
         assert "0.75" in text_of(driver, "peer-rows")  # its reputation score (the stub's)
         driver.find_element(By.CSS_SELECTOR, f'#task-rows tr[data-task-id="{evil.task_id}"]').click()  # type: ignore[attr-defined]
