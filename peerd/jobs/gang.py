@@ -212,6 +212,8 @@ class GangPlacer:
         with trio.CancelScope() as scope:
             self.r.set_canceller(gang_id, self._canceller(scope, current))
             while True:
+                if not waited and self.r.queue.closed:
+                    await self.r.queued(gang_id)  # others wait for room already: so does it, in its place
                 with trio.move_on_at(until if waited else first_turn) as turn:
                     await self.r.queue.turn(gang_id)
                 if turn.cancelled_caught:

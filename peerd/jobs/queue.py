@@ -138,6 +138,11 @@ class PlacementQueue:
         key = self._keys[task_id]
         return 1 + sum(1 for other in self._waiting if self._keys[other] < key)
 
+    @property
+    def closed(self) -> bool:
+        """The last round found no room: a new task waits behind the queued ones for a sign of room."""
+        return not self._open and bool(self._waiting)
+
     def __len__(self) -> int:
         return len(self._waiting)
 

@@ -274,6 +274,8 @@ class Requester:
             if not local and not self._anyone(spec):
                 await self._wait_for_peers(task_id, spec, trio.current_time() + self.settings.placement_deadline)
             while True:
+                if not waited and self.queue.closed:
+                    await self.queued(task_id)  # others wait for room already: so does it, in its place
                 with trio.move_on_at(until if waited else first_turn) as turn:
                     await self.queue.turn(task_id)
                 if turn.cancelled_caught:
@@ -335,7 +337,8 @@ class Requester:
     async def queued(self, task_id: str) -> None:
         """No provider has room now: the task waits (``queued``) with the latest reason."""
         attempts = await self.store.attempts(task_id)
-        why = _describe(attempts[-1]) if attempts else "no provider has room for it now"
+        ahead = len(self.queue) - 1
+        why = _describe(attempts[-1]) if attempts else f"no provider has room now; {ahead} earlier task(s) wait"
         await self.store.mark_queued(task_id, self.clock())
         detail = f"queued: no room now ({why})"
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.QUEUED, detail=detail)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from peerd.devnet import DevNet, NodeProc, wait_for
+from peerd.devnet import DevNet, DevNetError, NodeProc, wait_for
 from protocol.messages import JobSpec
 from tests.integration.cli import FINAL_STATES, IMAGE, show, start_nodes, wait_final
 
@@ -95,8 +95,11 @@ def test_a_queued_task_survives_a_requester_restart_and_a_cancelled_one_never_ru
                for _ in range(16)]
     wait_for("16 jobs to run", lambda: all(show(requester, t)["state"] == "running" for t in holders), 60)
     later, cancelled = submit(requester, SLEEP), submit(requester, SLEEP)
-    wait_for("the two to be queued", lambda: all(show(requester, t)["state"] == "queued" for t in (later, cancelled)),
-             30)
+    try:
+        wait_for("the two to be queued",
+                 lambda: all(show(requester, t)["state"] == "queued" for t in (later, cancelled)), 30)
+    except DevNetError:
+        raise AssertionError([show(requester, t) for t in (later, cancelled)]) from None
     assert requester.peerd("cancel", cancelled).returncode == 0
     assert wait_final(requester, cancelled, 30)["state"] == "cancelled"
     net.stop("requester", signal.SIGKILL)
