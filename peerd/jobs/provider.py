@@ -308,8 +308,8 @@ class Provider:
 
     def _take(self, request: TaskRequest, gpus: tuple[str, ...], now: float) -> None:
         """At Accept: hold exactly what the offer named until the lease is countersigned."""
-        self._check_fair_share(request.requester, now)  # a requester may have been turned away since the offer
         self._check_slots(now)  # others may have taken the slots since the offer
+        self._check_fair_share(request.requester, now)  # a requester may have been turned away since then
         spec = request.spec
         try:
             self.ledger.reserve(

@@ -91,8 +91,8 @@ def test_two_requesters_bursting_at_once_both_start_in_the_first_round_of_slots(
 
 def test_a_queued_task_survives_a_requester_restart_and_a_cancelled_one_never_runs(net: DevNet) -> None:
     requester = net.nodes["requester"]
-    holders = [submit(requester, JobSpec(image=IMAGE, command=("sleep", "8"), cpus=QUARTER, timeout=120))
-               for _ in range(16)]
+    hold = JobSpec(image=IMAGE, command=("sleep", "20"), cpus=QUARTER, timeout=120)  # outlasts placing all 16
+    holders = [submit(requester, hold) for _ in range(16)]
     wait_for("16 jobs to run", lambda: all(show(requester, t)["state"] == "running" for t in holders), 60)
     later, cancelled = submit(requester, SLEEP), submit(requester, SLEEP)
     try:

@@ -107,3 +107,21 @@ def test_memory_is_bounded_and_the_oldest_refusal_goes_first() -> None:
     assert waiting[-1] == "peer0"
     assert "peer1" not in waiting and f"peer{MAX_REMEMBERED + 499}" in waiting
     assert fair.depth(1.0) == MAX_REMEMBERED
+
+
+def test_a_slot_is_kept_for_waiting_requesters_only_while_they_come_back_for_it() -> None:
+    fair = FairShare(grace=5.0)
+    fair.refused("b", 0.0)
+    assert fair.refusal("a", held(a=3), WHOLE, now=1.0) is not None  # the free slot is kept for b
+    assert fair.refusal("a", held(a=3), WHOLE, now=5.9) is not None  # b may still come (within the grace)
+    assert fair.refusal("a", held(a=3), WHOLE, now=6.0) is None  # b did not: it found room elsewhere
+    assert fair.depth(6.0) == 0
+
+
+def test_a_waiting_requester_that_comes_back_keeps_its_claim() -> None:
+    fair = FairShare(grace=5.0)
+    fair.refused("b", 0.0)
+    assert fair.refusal("a", held(a=3), WHOLE, now=1.0) is not None
+    fair.refused("b", 4.0)  # b asked again (the slot was gone by then): it still waits
+    assert fair.refusal("a", held(a=3), WHOLE, now=7.0) is not None  # the grace starts over
+    assert fair.refusal("a", held(a=3), WHOLE, now=12.0) is None
