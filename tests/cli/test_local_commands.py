@@ -55,9 +55,15 @@ async def test_bad_config_exits_1_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("[node]\nrole = 'boss'\n")
     ran = await peerd(tmp_path, "run")
     assert ran.code == 1 and "node.role" in ran.stderr and "Traceback" not in ran.stderr
-    # A command that only asks the daemon warns and still tries (the daemon may hold the old settings).
+    # A command that only asks the daemon reads node.control_socket alone (peerd.home): a bad value
+    # elsewhere is the daemon's to report (its status says whether it reloaded).
     ran = await peerd(tmp_path, "status")
-    assert ran.code == EXIT_UNREACHABLE and "node.role" in ran.stderr.splitlines()[0]
+    assert ran.code == EXIT_UNREACHABLE and "warning" not in ran.stderr
+    # A file it cannot read at all: it warns and still tries the default socket.
+    (tmp_path / "config.toml").write_text("[node\n")
+    ran = await peerd(tmp_path, "status")
+    assert ran.code == EXIT_UNREACHABLE and "not valid TOML" in ran.stderr.splitlines()[0]
+    assert str(tmp_path / "control.sock") in ran.stderr
 
 
 def test_run_flags_override_the_config() -> None:
