@@ -27,11 +27,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from peerd.config import load, resolve_home
 from peerd.control.client import ControlClient
 from peerd.control.wire import to_value
 from peerd.data.unpack import download, expected_output_id, input_arg, unreadable
 from peerd.errors import PeerdError
+from peerd.home import control_socket_path, resolve_home
 from protocol.jobspec import JobSpec
 from protocol.schema import Value
 
@@ -51,7 +51,7 @@ class Client:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, socket: str | os.PathLike[str] | None = None,
                  timeout: float | None = 30.0) -> None:
-        path = Path(socket) if socket is not None else load(resolve_home(str(home) if home else None)).control_path
+        path = Path(socket) if socket is not None else control_socket_path(resolve_home(str(home) if home else None))
         self._control = ControlClient(path, timeout, client="peerd-python")
 
     def __enter__(self) -> Client:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from peerd.errors import ConfigError
+from peerd.home import CONFIG_NAME, DEFAULT_CONTROL_SOCKET, control_path, read_config_file
 from peerd.market.offerguard import GuardLimits
 from peerd.units import format_size, parse_duration, parse_size
 from protocol.codec import DEFAULT_MAX_FRAME
@@ -25,15 +24,13 @@ from protocol.jobspec import is_digest_text
 from protocol.limits import MAX_COUNT, MAX_CPUS, MAX_MEMORY, MAX_PRICE, MAX_TIMEOUT
 from protocol.roles import NodeRole
 
-CONFIG_NAME = "config.toml"
-
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     role: NodeRole = NodeRole.PROVIDER
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
-    control_socket: str = ""
+    control_socket: str = DEFAULT_CONTROL_SOCKET
     log_level: str = "info"
 
 
@@ -200,12 +197,7 @@ class Config:
 
     @property
     def control_path(self) -> Path:
-        if self.node.control_socket:
-            return Path(self.node.control_socket)
-        runtime = os.environ.get("RUNTIME_DIRECTORY")
-        if runtime:
-            return Path(runtime.split(":")[0]) / "control.sock"
-        return self.home / "control.sock"
+        return control_path(self.home, self.node.control_socket)
 
     @property
     def work_dir(self) -> Path:
@@ -435,29 +427,10 @@ def _check_consistency(config: Config, source: str) -> None:
 
 def load(home: Path) -> Config:
     """Read ``<home>/config.toml``; a missing file means every default."""
-    path = home / CONFIG_NAME
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
+    data = read_config_file(home)
+    if data is None:
         return Config(home=home)
-    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself; not a TOMLDecodeError
-        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}): TOML files are UTF-8 text") from exc
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc or 'nested too deeply'}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    return parse(data, home=home, source=str(path))
-
-
-def resolve_home(flag: str | None) -> Path:
-    """``--home`` wins, then ``$PEERD_HOME``, then ``~/.peerd``."""
-    if flag:
-        return Path(flag).expanduser().absolute()
-    env = os.environ.get("PEERD_HOME")
-    if env:
-        return Path(env).expanduser().absolute()
-    return Path.home() / ".peerd"
+    return parse(data, home=home, source=str(home / CONFIG_NAME))
 
 
 def with_overrides(config: Config, section: str, **values: object) -> Config:

@@ -129,6 +129,10 @@ class GpuOffer(Struct):
     compute_capability: str
 
     def _check(self) -> None:
+        # One expression first (adverts carry GPUs at gossip rate); on failure the checks one by one say which.
+        if (0 < len(self.uuid) <= 128 and len(self.model) <= 128 and 0 <= self.memory <= MAX_MEMORY
+                and len(self.compute_capability) <= 16):
+            return
         check_text(self, "uuid", 128, nonempty=True)
         check_text(self, "model", 128)
         check_range(self, "memory", 0, MAX_MEMORY)
@@ -170,6 +174,35 @@ class Advert(Message):
     cuda_version: str = ""  # the CUDA version that driver supports ("12.4"); "" without GPUs
 
     def _check(self) -> None:
+        if not self._in_bounds():
+            self._check_bounds()
+        uuids = {g.uuid for g in self.gpus}
+        if len(uuids) != len(self.gpus):
+            _fail(type(self), "gpus", "lists a GPU twice")
+        free = set(self.free_gpus)
+        if len(free) != len(self.free_gpus):
+            _fail(type(self), "free_gpus", "lists a GPU twice")
+        if not free <= uuids:
+            _fail(type(self), "free_gpus", "names a GPU not in gpus")
+        for name in ("gpu_driver", "cuda_version"):
+            value = getattr(self, name)
+            if value and not is_version(value):
+                _fail(type(self), name, f"must be a version such as 12.4, got {value!r:.40}")
+
+    def _in_bounds(self) -> bool:
+        """Every check of ``_check_bounds`` as one expression (adverts are checked at gossip rate)."""
+        return (0 < len(self.peer_id) <= 128 and 0 <= self.seq <= MAX_SEQ
+                and 0 <= self.issued_at <= self.expires_at <= MAX_TIMESTAMP
+                and len(self.addrs) <= 16 and len(self.version) <= 64
+                and 0 <= self.cpus <= MAX_CPUS and 0 <= self.memory <= MAX_MEMORY and 0 <= self.disk <= MAX_MEMORY
+                and len(self.gpus) <= MAX_GPUS and 0 <= self.free_cpus <= self.cpus
+                and 0 <= self.free_memory <= self.memory
+                and 0 <= self.queue_depth <= MAX_COUNT and 0 <= self.running <= MAX_COUNT
+                and 0 <= self.price_cpu_hour <= MAX_PRICE and 0 <= self.price_gpu_hour <= MAX_PRICE
+                and 0 <= self.max_timeout <= MAX_TIMEOUT)
+
+    def _check_bounds(self) -> None:
+        """The bounds one by one: raises naming the first field out of bounds."""
         check_text(self, "peer_id", 128, nonempty=True)
         check_range(self, "seq", 0, MAX_SEQ)
         check_range(self, "issued_at", 0, MAX_TIMESTAMP)
@@ -184,23 +217,11 @@ class Advert(Message):
         check_len(self, "gpus", MAX_GPUS)
         check_range(self, "free_cpus", 0, self.cpus)
         check_range(self, "free_memory", 0, self.memory)
-        uuids = {g.uuid for g in self.gpus}
-        if len(uuids) != len(self.gpus):
-            _fail(type(self), "gpus", "lists a GPU twice")
-        free = set(self.free_gpus)
-        if len(free) != len(self.free_gpus):
-            _fail(type(self), "free_gpus", "lists a GPU twice")
-        if not free <= uuids:
-            _fail(type(self), "free_gpus", "names a GPU not in gpus")
         check_range(self, "queue_depth", 0, MAX_COUNT)
         check_range(self, "running", 0, MAX_COUNT)
         check_range(self, "price_cpu_hour", 0, MAX_PRICE)
         check_range(self, "price_gpu_hour", 0, MAX_PRICE)
         check_range(self, "max_timeout", 0, MAX_TIMEOUT)
-        for name in ("gpu_driver", "cuda_version"):
-            value = getattr(self, name)
-            if value and not is_version(value):
-                _fail(type(self), name, f"must be a version such as 12.4, got {value!r:.40}")
 
 
 def _check_task_id(obj: object) -> None:

@@ -4,9 +4,10 @@ Rules
 =====
 
 Rule 1: everything that decides whether a message may be sent or received
-lives in this file: the transition table first, the per-message checks after
-it. The machine never does I/O and never reads the clock; callers pass ``now``
-where time matters.
+lives in this file (the transition table first) and in
+``protocol.negotiation_checks`` (the per-message checks, pure functions). The
+machine never does I/O and never reads the clock; callers pass ``now`` where
+time matters.
 
 Rule 2: both sides run the same table and the same checks. A message we are
 about to send that breaks them raises ``LocalProtocolError`` (nothing is sent
@@ -53,33 +54,8 @@ Result (RESULT or RECEIPT_PROPOSED). Such a Cancel is accepted on receipt and
 changes nothing (the rows marked crossing, table ``CROSSING``); the requester
 cannot send one there.
 
-Checks beyond the table (``Negotiation._check_and_record``), applied to both sides:
-
-- every message carries the task_id of the first one;
-- TaskRequest.requester is the requester's peer ID;
-- Offer holds exactly ``spec.gpus`` distinct GPUs and at least the requested
-  CPUs and memory;
-- Accept.price == Offer.price (there is no counter-offer: refuse with Cancel);
-- gang jobs (``spec.nodes`` ≥ 2, ``protocol.gang``): the request names the
-  gang; the Offer carries the provider's overlay key and endpoint exactly when
-  the request names a gang; the Accept's roster has ``spec.nodes`` members and,
-  at the provider's rank, this provider with the key and endpoint of its Offer
-  (a one-node job's Accept has no roster); the lease terms carry the request's
-  gang and the accepted roster;
-- the proposed Lease is signed by the provider only, and its LeaseTerms name
-  this task, the requester and provider peer IDs, the requested spec, the
-  accepted price and the offered GPUs (and gang and roster), with
-  ``expires_at > issued_at``;
-- the countersigned Lease has the very same terms bytes and provider
-  signature, and both signatures verify (``signing.verify_cosigned``);
-- Status, LogChunk and Result need a lease (a provider answering Resume calls
-  ``attach_lease`` first); after a Resume, log chunks start at its log_seq;
-- Result.state is final; the requester cancels at most once;
-- the proposed Receipt is signed by the provider only, and its ReceiptTerms
-  name this task and parties, ``lease_digest == signing.digest(lease.terms)``,
-  the lease's price and the Result's state, exit code, output digest and size,
-  wall time and GPU seconds; the countersigned Receipt has identical terms
-  bytes and both signatures verify.
+Checks beyond the table, applied to both sides (``Negotiation._check_and_record``, with the
+pure functions of ``protocol.negotiation_checks``, whose docstring lists them).
 
 Time: the machine holds no clock. An offer has expired once ``now >=
 expires_at`` (``offer_expired(now)``, the one rule for both sides):
@@ -105,17 +81,13 @@ the stream. A LocalProtocolError from ``send`` or a helper changes nothing.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import TypeVar
 
-from . import signing
+from . import negotiation_checks as checks, signing
 from .codec import CLOSED, DEFAULT_MAX_FRAME, NEED_DATA, FrameDecoder, Sentinel, frame
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .messages import (
-    FINAL_STATES,
     Accept,
     Cancel,
-    CoSigned,
     GangRef,
     JobSpec,
     Lease,
@@ -202,34 +174,10 @@ STREAM_MESSAGES: tuple[type[Message], ...] = (
 )
 
 Event = Message | Sentinel
-M = TypeVar("M", bound=Message)
-D = TypeVar("D", Lease, Receipt)
-
-
-class _Violation(Exception):
-    """A broken rule; ``Negotiation._apply`` turns it into Local/RemoteProtocolError."""
-
-    def __init__(self, message: str, code: str = "invalid_message") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _require(ok: bool, why: str) -> None:
-    if not ok:
-        raise _Violation(why)
-
-
 def _remote(exc: ProtocolError) -> RemoteProtocolError:
     if isinstance(exc, RemoteProtocolError):
         return exc
     return RemoteProtocolError(str(exc), code=exc.code)
-
-
-def _verified_terms(doc: CoSigned, terms_type: type[M], *, require_both: bool) -> M:
-    try:
-        return signing.verify_cosigned(doc, terms_type, require_both=require_both)
-    except ProtocolError as exc:
-        raise _Violation(str(exc), exc.code) from exc
 
 
 class Negotiation:
@@ -387,7 +335,7 @@ class Negotiation:
         except ProtocolError as exc:
             self._state, self._error = State.ERROR, _remote(exc)
             raise self._error from None
-        except _Violation as exc:
+        except checks.Violation as exc:
             self._state = State.ERROR
             self._error = RemoteProtocolError(str(exc), code=exc.code)
             raise self._error from None
@@ -406,7 +354,7 @@ class Negotiation:
             self._next_state(msg, self.role)  # cheap, and spares signing what cannot go
             data = frame(signing.seal_bytes(msg, self.signer), self.max_frame)
             self._apply(msg, self.role)
-        except _Violation as exc:
+        except checks.Violation as exc:
             raise LocalProtocolError(str(exc), code=exc.code) from None
         return data
 
@@ -418,7 +366,7 @@ class Negotiation:
             new_state = CROSSING.get(key)
         if new_state is None:
             verb = "sent" if sender is not self.role else "may not send"
-            raise _Violation(
+            raise checks.Violation(
                 f"{sender} {verb} {msg.TYPE!r} in state {self._state}", "unexpected_message"
             )
         return new_state
@@ -429,134 +377,71 @@ class Negotiation:
         # Lease and Receipt carry the task_id inside their terms (checked below).
         task_id = getattr(msg, "task_id", self._task_id)
         if self._task_id is not None and task_id != self._task_id:
-            raise _Violation(
+            raise checks.Violation(
                 f"{sender}'s {msg.TYPE!r} is for task {task_id!r}, not {self._task_id!r}"
             )
         try:
             self._check_and_record(msg, sender)
-        except _Violation as exc:
-            raise _Violation(f"{sender}'s {msg.TYPE!r} in state {self._state}: {exc}", exc.code) from None
+        except checks.Violation as exc:
+            raise checks.Violation(f"{sender}'s {msg.TYPE!r} in state {self._state}: {exc}", exc.code) from None
         self._task_id = task_id
         self._state = new_state
 
     # ------------------------------------------------------------ per-message checks
     def _check_and_record(self, msg: Message, sender: TaskRole) -> None:
-        """Check first and record last, so that a failed check changes nothing."""
+        """Check first (``protocol.negotiation_checks``) and record last, so that a failed check changes nothing."""
         match msg:
             case TaskRequest():
-                _require(msg.requester == self.requester_id, "requester is not the requester's peer ID")
+                checks.check_request(msg, self.requester_id)
                 self._request = msg
             case Resume():
-                self._check_resume(msg)
+                if self.role is _R:
+                    checks.check_resume(msg, self._lease)
                 self._resumed = msg
             case Offer():
-                self._check_offer(msg)
+                assert self._request is not None
+                checks.check_offer(msg, self._request)
                 self._offer = msg
             case Reject():
                 self._rejection = msg
             case Accept():
-                assert self._offer is not None
-                _require(msg.price == self._offer.price, f"price {msg.price} is not the offered {self._offer.price}")
-                self._check_roster(msg)
+                assert self._request is not None and self._offer is not None
+                checks.check_accept(msg, self._request, self._offer, self.provider_id)
                 self._accepted = msg
             case Lease():
-                lease_terms = self._check_cosigned(
-                    msg, sender, LeaseTerms, self._proposed_lease, self._check_lease_terms
-                )
+                lease_terms = checks.check_cosigned(msg, sender, LeaseTerms, self._proposed_lease,
+                                                    self._check_lease_terms)
                 if sender is _P:
                     self._lease_terms, self._proposed_lease = lease_terms, msg
                 else:
                     self._lease = msg
             case Status() | LogChunk() | Result():
-                self._check_leased_phase(msg)
+                checks.check_leased_phase(msg, self._lease, self._resumed)
                 if isinstance(msg, Result):
                     self._result = msg
             case Cancel():
-                _require(not self._cancel_requested, "cancel sent twice")
+                checks.require(not self._cancel_requested, "cancel sent twice")
                 self._cancel_requested = True
             case Receipt():
-                receipt_terms = self._check_cosigned(
-                    msg, sender, ReceiptTerms, self._proposed_receipt, self._check_receipt_terms
-                )
+                receipt_terms = checks.check_cosigned(msg, sender, ReceiptTerms, self._proposed_receipt,
+                                                      self._check_receipt_terms)
                 if sender is _P:
                     self._receipt_terms, self._proposed_receipt = receipt_terms, msg
                 else:
                     self._receipt = msg
             case _:
-                raise _Violation(f"{msg.TYPE!r} is not a task stream message", "unexpected_message")
-
-    def _check_resume(self, msg: Resume) -> None:
-        if self.role is _R:
-            _require(self._lease is not None, "use resume(lease, log_seq), not send(Resume)")
-            assert self._lease is not None
-            _require(msg.lease_digest == signing.digest(self._lease.terms), "lease_digest mismatch")
-
-    def _check_offer(self, msg: Offer) -> None:
-        assert self._request is not None
-        spec = self._request.spec
-        _require(len(msg.gpus) == spec.gpus, f"offers {len(msg.gpus)} GPUs, {spec.gpus} requested")
-        _require(len(set(msg.gpus)) == len(msg.gpus), "offers a GPU twice")
-        _require(msg.cpus >= spec.cpus, "offers fewer CPUs than requested")
-        _require(msg.memory >= spec.memory, "offers less memory than requested")
-        gang = self._request.gang
-        _require((msg.overlay is None) == (gang is None),
-                 "a gang member's offer carries its overlay key and endpoint, no other offer does")
-
-    def _check_roster(self, msg: Accept) -> None:
-        assert self._request is not None and self._offer is not None
-        gang, overlay = self._request.gang, self._offer.overlay
-        if gang is None or overlay is None:
-            _require(not msg.roster, "a roster is for gang jobs only")
-            return
-        _require(len(msg.roster) == gang.size, f"roster has {len(msg.roster)} members, the gang {gang.size}")
-        mine = msg.roster[gang.rank]
-        _require(mine.peer == self.provider_id, f"roster rank {gang.rank} is not this provider")
-        _require(mine.overlay == overlay, f"roster rank {gang.rank} differs from the offer's key and endpoint")
-
-    def _check_cosigned(
-        self, msg: D, sender: TaskRole, terms_type: type[M], proposed: D | None, check_terms: Callable[[M], None]
-    ) -> M:
-        """A co-signed Lease or Receipt: the provider proposes, the requester countersigns the same bytes."""
-        if sender is _P:
-            _require(not msg.requester_sig, f"a proposed {msg.TYPE} carries no requester signature")
-            _require(bool(msg.provider_sig), f"a proposed {msg.TYPE} carries the provider's signature")
-            terms = _verified_terms(msg, terms_type, require_both=False)
-            check_terms(terms)
-            return terms
-        assert proposed is not None
-        _require(msg.terms == proposed.terms, f"terms differ from the proposed {msg.TYPE}")
-        _require(msg.provider_sig == proposed.provider_sig, "provider signature differs")
-        return _verified_terms(msg, terms_type, require_both=True)
+                raise checks.Violation(f"{msg.TYPE!r} is not a task stream message", "unexpected_message")
 
     def _check_lease_terms(self, terms: LeaseTerms) -> None:
         assert self._request is not None and self._offer is not None and self._accepted is not None
-        _require(terms.task_id == self._task_id, "terms name another task")
-        _require(terms.requester == self.requester_id, "terms name another requester")
-        _require(terms.provider == self.provider_id, "terms name another provider")
-        _require(terms.spec == self._request.spec, "terms spec differs from the requested spec")
-        _require(terms.price == self._accepted.price, "terms price differs from the accepted price")
-        _require(terms.gpus == self._offer.gpus, "terms GPUs differ from the offered GPUs")
-        _require(terms.gang == self._request.gang, "terms gang differs from the request's")
-        _require(terms.roster == self._accepted.roster, "terms roster differs from the accepted roster")
-        _require(terms.expires_at > terms.issued_at, "terms expire before they are issued")
-
-    def _check_leased_phase(self, msg: Status | LogChunk | Result) -> None:
-        _require(self._lease is not None, "no lease: a provider answering Resume calls attach_lease()")
-        if isinstance(msg, LogChunk) and self._resumed is not None:
-            _require(msg.seq >= self._resumed.log_seq, f"log seq {msg.seq} < resumed log_seq")
-        if isinstance(msg, Result):
-            _require(msg.state in FINAL_STATES, f"result state {msg.state} is not final")
+        checks.check_parties(terms, self._task_id, self.requester_id, self.provider_id)
+        checks.check_lease_terms(terms, self._request, self._offer, self._accepted)
 
     def _check_receipt_terms(self, terms: ReceiptTerms) -> None:
         lease, lease_terms, result = self._lease, self._lease_terms, self._result
         assert lease is not None and lease_terms is not None and result is not None
-        _require(terms.task_id == self._task_id, "terms name another task")
-        _require(terms.requester == self.requester_id, "terms name another requester")
-        _require(terms.provider == self.provider_id, "terms name another provider")
-        _require(terms.lease_digest == signing.digest(lease.terms), "lease_digest mismatch")
-        _require(terms.price == lease_terms.price, "price differs from the lease")
-        for name in ("state", "exit_code", "output_digest", "output_size", "wall_time", "gpu_seconds"):
-            _require(getattr(terms, name) == getattr(result, name), f"{name} differs from the result")
+        checks.check_parties(terms, self._task_id, self.requester_id, self.provider_id)
+        checks.check_receipt_terms(terms, lease, lease_terms, result)
 
     # ------------------------------------------------------------ shared helpers
     def _adopt_lease(self, lease: Lease) -> LeaseTerms:

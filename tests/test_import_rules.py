@@ -2,9 +2,11 @@
 
 - libp2p (and multiaddr, which comes with it) only under ``peerd/p2p/``;
 - the Docker SDK only in ``peerd/executor/engine.py``;
-- the CLI, and everything it imports when loaded, without trio, libp2p, multiaddr or docker: it only talks to
-  the daemon over the control socket and must start fast. Imports inside functions (the daemon that ``peerd
-  run`` starts) do not count; ``tests/cli/test_daemon_commands.py`` checks the same in a real process.
+- the CLI, and everything it imports when loaded, without trio, libp2p, multiaddr, docker or cryptography: it
+  only talks to the daemon over the control socket and must start fast. Nor ``peerd.config`` (its dataclasses
+  and the protocol modules they need): the CLI finds the socket with ``peerd.home``, and loads the whole config
+  only in the commands that need it. Imports inside functions (the daemon that ``peerd run`` starts) do not
+  count; ``tests/cli/test_daemon_commands.py`` checks the same in a real process.
 
 ``protocol/`` has its own, stricter rules in ``tests/protocol/test_isolation.py``.
 """
@@ -23,7 +25,8 @@ ONLY_IN = {
     "multiaddr": "peerd/p2p/",
     "docker": "peerd/executor/engine.py",
 }
-NOT_FOR_THE_CLI = {"trio", "libp2p", "multiaddr", "docker"}
+NOT_FOR_THE_CLI = {"trio", "libp2p", "multiaddr", "docker", "cryptography"}
+OURS_NOT_FOR_THE_CLI = {"peerd.config", "peerd.market", "peerd.daemon", "peerd.host", "peerd.p2p", "peerd.executor"}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -112,8 +115,15 @@ def test_the_cli_loads_no_daemon_library() -> None:
     cli = [m for m in (module_name(p) for p in source_files()) if m == "peerd.cli" or m.startswith("peerd.cli.")]
     assert "peerd.cli.parser" in cli
     seen = import_time_closure(cli)
-    heavy = [chain(seen, m) for m in seen if m.split(".")[0] in NOT_FOR_THE_CLI]
+    heavy = [chain(seen, m) for m in seen if m.split(".")[0] in NOT_FOR_THE_CLI
+             or any(m == ours or m.startswith(ours + ".") for ours in OURS_NOT_FOR_THE_CLI)]
     assert not heavy, "\n".join(sorted(heavy))
+
+
+def test_the_socket_lookup_is_lighter_still() -> None:
+    """``peerd.home`` (the socket's path from the home) needs nothing of ours but the error classes."""
+    seen = import_time_closure(["peerd.home"])
+    assert {m for m in seen if m.split(".")[0] in OURS} == {"peerd", "peerd.home", "peerd.errors"}
 
 
 def test_the_scan_notices_what_it_should(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """What every CLI command gets: its arguments, the home, the daemon's socket.
 
 Also the CLI's exit codes and ``UsageError`` (exit 2), which commands raise
-for arguments argparse could not check by itself.
+for arguments argparse could not check by itself. Finding the socket reads one
+key of the config (``peerd.home``); only the commands that need the whole
+``Config`` (``run``, ``doctor`` without a daemon) load ``peerd.config``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from peerd.config import Config, load, resolve_home
 from peerd.control.client import ControlClient
 from peerd.errors import ConfigError, PeerdError
+from peerd.home import DEFAULT_CONTROL_SOCKET, control_path, control_socket_path, resolve_home
+
+if TYPE_CHECKING:
+    from peerd.config import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed: job failed, not placed, unknown task…
@@ -49,6 +54,8 @@ class Context:
 
     def config(self) -> Config:
         if self._config is None:
+            from peerd.config import load  # its dataclasses cost a CLI call ~15 ms: only for commands that need it
+
             self._config = load(self.home)
         return self._config
 
@@ -58,10 +65,10 @@ class Context:
         if flag:
             return Path(flag)
         try:
-            path = self.config().control_path
+            path = control_socket_path(self.home)
         except ConfigError as exc:  # still reach the daemon (its status says whether it reloaded)
             self.note(f"peerd: warning: {exc}; trying the default control socket")
-            path = Config(home=self.home).control_path
+            path = control_path(self.home, DEFAULT_CONTROL_SOCKET)
         if not os.path.exists(path) and SYSTEM_SOCKET.exists():
             return SYSTEM_SOCKET
         return path

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from peerd.cli import output
 from peerd.cli.context import Context, UsageError
-from peerd.config import Config, with_overrides
 from protocol.roles import NodeRole
+
+if TYPE_CHECKING:
+    from peerd.config import Config
 
 
 def init(ctx: Context) -> int:
@@ -42,6 +45,8 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
 def daemon_config(config: Config, *, listen: Sequence[str], bootstrap: Sequence[str],
                   role: str | None, control_socket: str | None = None) -> Config:
     """The config with ``peerd run``'s flags applied."""
+    from peerd.config import with_overrides  # not on the path of the commands that only talk to the daemon
+
     for addr in listen:
         if not addr.startswith("/"):
             raise UsageError(f"--listen: not a multiaddr: {addr!r} (e.g. /ip4/0.0.0.0/tcp/4001)")

@@ -3,18 +3,20 @@
 Every command takes ``--home DIR`` (else $PEERD_HOME, else ~/.peerd),
 ``--socket PATH`` (else the config's control socket) and ``--json``, before
 or after the command name. Usage errors are one line on stderr, exit 2.
+Each command's module is imported only when its subparser is built, so a call
+loads the one it runs (``submit`` alone needs ``protocol.jobspec``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from peerd.cli import data, local, query, submit
 from peerd.cli.context import EXIT_USAGE, Context
 
 
@@ -58,27 +60,38 @@ def _nothing(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True, slots=True)
 class CliCommand:
+    """A command: ``run`` and ``arguments`` name functions of ``peerd.cli.<module>``, imported when built."""
+
     name: str
     help: str
-    run: Callable[[Context], int]
-    arguments: Callable[[argparse.ArgumentParser], None] = _nothing
+    module: str
+    run: str
+    arguments: str | None = None
+
+    def functions(self) -> tuple[Callable[[Context], int], Callable[[argparse.ArgumentParser], None]]:
+        module = importlib.import_module(f"peerd.cli.{self.module}")
+        run: Callable[[Context], int] = getattr(module, self.run)
+        arguments: Callable[[argparse.ArgumentParser], None] = (
+            getattr(module, self.arguments) if self.arguments else _nothing
+        )
+        return run, arguments
 
 
 COMMANDS: tuple[CliCommand, ...] = (
-    CliCommand("init", "create the node's home, key and config", local.init),
-    CliCommand("run", "run the daemon in the foreground", local.run, local.run_arguments),
-    CliCommand("status", "the daemon's identity, peers and tasks", query.status),
-    CliCommand("peers", "known peers and what they offer", query.peers),
-    CliCommand("peer", "one peer: its advert, reputation and history", query.peer, query.peer_arguments),
-    CliCommand("submit", "submit a job: peerd submit [OPTIONS] -- CMD [ARG ...]", submit.run, submit.arguments),
-    CliCommand("tasks", "recent tasks", query.tasks, query.limit_arguments),
-    CliCommand("show", "one task in full", query.show, query.task_argument),
-    CliCommand("logs", "a task's output", query.logs, query.logs_arguments),
-    CliCommand("get", "download a task's outputs (/out) from its provider", data.get, data.get_arguments),
-    CliCommand("cancel", "cancel a task", query.cancel, query.task_argument),
-    CliCommand("receipts", "co-signed receipts", query.receipts, query.limit_arguments),
-    CliCommand("doctor", "check this host (exit 1 if a check fails)", query.doctor),
-    CliCommand("drain", "stop taking work; finish what runs", query.drain),
+    CliCommand("init", "create the node's home, key and config", "local", "init"),
+    CliCommand("run", "run the daemon in the foreground", "local", "run", "run_arguments"),
+    CliCommand("status", "the daemon's identity, peers and tasks", "query", "status"),
+    CliCommand("peers", "known peers and what they offer", "query", "peers"),
+    CliCommand("peer", "one peer: its advert, reputation and history", "query", "peer", "peer_arguments"),
+    CliCommand("submit", "submit a job: peerd submit [OPTIONS] -- CMD [ARG ...]", "submit", "run", "arguments"),
+    CliCommand("tasks", "recent tasks", "query", "tasks", "limit_arguments"),
+    CliCommand("show", "one task in full", "query", "show", "task_argument"),
+    CliCommand("logs", "a task's output", "query", "logs", "logs_arguments"),
+    CliCommand("get", "download a task's outputs (/out) from its provider", "data", "get", "get_arguments"),
+    CliCommand("cancel", "cancel a task", "query", "cancel", "task_argument"),
+    CliCommand("receipts", "co-signed receipts", "query", "receipts", "limit_arguments"),
+    CliCommand("doctor", "check this host (exit 1 if a check fails)", "query", "doctor"),
+    CliCommand("drain", "stop taking work; finish what runs", "query", "drain"),
 )
 
 
@@ -135,6 +148,7 @@ def build_parser(argv: Sequence[str] | None = None) -> Parser:
             continue
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
                                     parents=[common], formatter_class=Formatter)
-        command.arguments(sub)
-        sub.set_defaults(run=command.run)
+        run, arguments = command.functions()
+        arguments(sub)
+        sub.set_defaults(run=run)
     return parser

@@ -14,7 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peerd.config import CONFIG_NAME, DEFAULT_CONFIG_TEXT, ConfigError
+from peerd.config import DEFAULT_CONFIG_TEXT, ConfigError
+from peerd.home import CONFIG_NAME
 from protocol.signing import Signer
 
 KEY_NAME = "node.key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -197,13 +198,18 @@ async def test_doctor_exit_code_follows_the_checks(daemon: Daemon) -> None:
 
 
 async def test_cli_imports_neither_trio_nor_libp2p(daemon: Daemon) -> None:
+    # The socket found from the home (peerd.home reads the one key), not given: the config's
+    # dataclasses stay unloaded too.
+    (daemon.path.parent / "config.toml").write_text("[node]\nrole = 'requester'\n")
     probe = (
         "import sys, json\n"
         "from peerd.cli import main\n"
-        f"code = main(['--socket', {str(daemon.path)!r}, 'status', '--json'])\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'libp2p', 'docker'))\n"
+        f"code = main(['--home', {str(daemon.path.parent)!r}, 'status', '--json'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'libp2p', 'docker')\n"
+        "               or m in ('peerd.config', 'cryptography'))\n"
         "print(json.dumps({'code': code, 'heavy': heavy}))\n"
     )
-    done = await trio.run_process([sys.executable, "-c", probe], capture_stdout=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PEERD_HOME", "RUNTIME_DIRECTORY")}
+    done = await trio.run_process([sys.executable, "-c", probe], capture_stdout=True, check=True, env=env)
     last = done.stdout.decode().strip().splitlines()[-1]
     assert json.loads(last) == {"code": 0, "heavy": []}

@@ -55,9 +55,15 @@ async def test_bad_config_exits_1_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("[node]\nrole = 'boss'\n")
     ran = await peerd(tmp_path, "run")
     assert ran.code == 1 and "node.role" in ran.stderr and "Traceback" not in ran.stderr
-    # A command that only asks the daemon warns and still tries (the daemon may hold the old settings).
+    # A command that only asks the daemon reads node.control_socket alone (peerd.home): a bad value
+    # elsewhere is the daemon's to report (its status says whether it reloaded).
     ran = await peerd(tmp_path, "status")
-    assert ran.code == EXIT_UNREACHABLE and "node.role" in ran.stderr.splitlines()[0]
+    assert ran.code == EXIT_UNREACHABLE and "warning" not in ran.stderr
+    # A file it cannot read at all: it warns and still tries the default socket.
+    (tmp_path / "config.toml").write_text("[node\n")
+    ran = await peerd(tmp_path, "status")
+    assert ran.code == EXIT_UNREACHABLE and "not valid TOML" in ran.stderr.splitlines()[0]
+    assert str(tmp_path / "control.sock") in ran.stderr
 
 
 def test_run_flags_override_the_config() -> None:
@@ -99,10 +105,13 @@ async def test_doctor_without_a_daemon_runs_the_checks_in_process(tmp_path: Path
 
 def test_the_cli_import_path_stays_light() -> None:
     """`peerd submit` and `peerd status` start fast: no I/O stack, no crypto, no message zoo."""
-    probe = "import sys, peerd.cli.parser\nprint('\\n'.join(sorted(sys.modules)))\n"
+    # The parser imports a command's module when it builds its subparser: import them all here.
+    probe = ("import sys, peerd.cli.parser, peerd.cli.submit, peerd.cli.query, peerd.cli.data, peerd.cli.local\n"
+             "print('\\n'.join(sorted(sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
     heavy_roots = {"trio", "libp2p", "docker", "cryptography", "hypothesis", "psutil", "pynvml", "sqlite3"}
-    heavy_modules = {"protocol.messages", "protocol.signing", "peerd.daemon.node", "peerd.host.doctor", "json"}
+    heavy_modules = {"protocol.messages", "protocol.signing", "peerd.daemon.node", "peerd.host.doctor", "json",
+                     "peerd.config"}
     assert "peerd.cli.submit" in loaded  # the probe did import the commands
     assert {m for m in loaded if m in heavy_modules or m.split(".")[0] in heavy_roots} == set()

@@ -71,3 +71,12 @@ def test_a_submit_imports_no_shutil() -> None:
              "print('shutil' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_command_loads_its_own_module_only() -> None:
+    probe = ("import sys\nfrom peerd.cli.parser import build_parser\n"
+             "build_parser(['status']).parse_args(['status'])\n"
+             "print(sorted(m for m in ('peerd.cli.submit', 'peerd.cli.data', 'peerd.cli.local', 'protocol.jobspec')"
+             " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

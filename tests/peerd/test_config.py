@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from peerd.config import DEFAULT_CONFIG_TEXT, SCHEMA, Config, load, parse, resolve_home
+from peerd.config import DEFAULT_CONFIG_TEXT, SCHEMA, Config, load, parse
 from peerd.errors import ConfigError
+from peerd.home import resolve_home
 
 
 def test_commented_default_file_equals_builtin_defaults(tmp_path: Path) -> None:
