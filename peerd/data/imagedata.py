@@ -16,11 +16,15 @@ image id (``RunSpec.image_id``). ``ensure`` runs after the lease, before the
 container: an image already here under that id is used as is; otherwise the
 manifest comes first, then the config, which must hash to the lease's id and
 list as many layers as the manifest (else the job fails with
-``image_mismatch`` before a layer moves), then the missing layer chunks. A
-``docker save`` archive is streamed from the chunk store into ``docker load``
-(tagged ``peerd-received:<hex>``, never under the requester's name, so a
-received image can never stand in for a local one), and dockerd must then
-report the lease's id. The chunks stay pinned under ``image:<hex>`` (they count
+``image_mismatch`` before a layer moves), then the missing layer chunks,
+streamed into ``docker load`` as they land: a ``docker save`` archive is made
+of the chunks in order, each one read back from the chunk store (re-hashed)
+once the fetch has stored it, while the next ones still move. A chunk that
+cannot be had or no longer matches its digest aborts the load (dockerd gets a
+broken archive and keeps nothing) and the job fails saying why. The archive is
+tagged ``peerd-received:<hex>``, never under the requester's name, so a
+received image can never stand in for a local one, and dockerd must then
+report the lease's id (else what it loaded is removed). The chunks stay pinned under ``image:<hex>`` (they count
 against the chunk store's quota; a later image sharing layers fetches only the
 others); ``collect`` removes received images least recently used first, never
 one a running job uses, until the room asked for is free.
@@ -134,6 +138,24 @@ def _ahead(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHE
 
     nursery.start_soon(pump)
     return receive
+
+
+def _ahead_or_error(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHEAD,
+                    ) -> AsyncIterator[bytes]:
+    """As ``_ahead``, but a PeerdError of ``source`` is raised in the consumer, after the pieces before it
+    (so a ``docker load`` reading them fails and ends, instead of being abandoned mid-stream)."""
+    send, receive = trio.open_memory_channel[bytes | PeerdError](depth)
+
+    async def pump() -> None:
+        async with send:
+            try:
+                async for piece in source:
+                    await send.send(piece)
+            except PeerdError as exc:
+                await send.send(exc)
+
+    nursery.start_soon(pump)
+    return _relay(receive)
 
 
 def _header_field(block: bytes, start: int, length: int) -> str:
@@ -330,8 +352,41 @@ class ImageSettings:
     io_timeout: float = 30.0
 
 
-async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str) -> AsyncIterator[bytes]:
-    """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams."""
+class _Landing:
+    """An image's chunks as the fetch lands them in the store, waited for in order by the archive that
+    streams into ``docker load``. A failed fetch wakes every waiter, which then raises its error."""
+
+    def __init__(self, waiting: dict[bytes, int]) -> None:
+        self._sizes = waiting  # digest -> its size, of each chunk the fetch has to move
+        self._events = {digest: trio.Event() for digest in waiting}
+        self.failure: PeerdError | None = None
+        self.bytes = 0  # chunk bytes landed so far
+        self.total = sum(waiting.values())  # chunk bytes to land in all
+
+    def landed(self, digest: bytes) -> None:
+        event = self._events.pop(digest, None)
+        if event is not None:
+            self.bytes += self._sizes.get(digest, 0)
+            event.set()
+
+    def end(self, failure: PeerdError | None = None) -> None:
+        self.failure = failure
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
+    async def wait(self, digest: bytes) -> None:
+        event = self._events.get(digest)
+        if event is not None:
+            await event.wait()
+        if self.failure is not None:
+            raise ImageError(f"the image's layers did not arrive: {self.failure}") from self.failure
+
+
+async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _Landing | None = None,
+                   ) -> AsyncIterator[bytes]:
+    """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams
+    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it."""
     layers = len(manifest.files) - 1
 
     def header(name: str, size: int) -> bytes:
@@ -347,12 +402,41 @@ async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str) -> AsyncIte
     for entry in manifest.files:
         yield header(entry.path, entry.size)
         for digest in entry.chunks:
-            data = await chunks.get(digest)
+            if landing is not None:
+                await landing.wait(digest)
+            data = await chunks.get(digest)  # None if absent or no longer matching its digest
             if data is None:
-                raise ImageError(f"a chunk of {entry.path} left the chunk store while loading")
+                raise ImageMismatch(f"a chunk of {entry.path} ({digest.hex()[:16]}) is missing from the chunk "
+                                    "store or does not match its digest; the load is aborted")
             yield data
         yield pad(entry.size)
     yield bytes(2 * _BLOCK)
+
+
+def _chunk_sizes(manifest: Manifest) -> dict[bytes, int]:
+    """Each chunk digest of a manifest -> its size."""
+    sizes = {}
+    for entry in manifest.files:
+        for i, digest in enumerate(entry.chunks):
+            sizes[digest] = min(manifest.chunk_size, entry.size - i * manifest.chunk_size)
+    return sizes
+
+
+async def _discard(engine: ImageEngine, tag: str) -> None:
+    """Remove what a failed or mismatched load left under ``tag`` (best effort, even while cancelled)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(30):
+        try:
+            await engine.remove_image(tag)
+        except ExecutorError as exc:
+            log.warning("could not remove %s after a failed load: %s", tag, exc)
+
+
+async def _relay(receive: trio.MemoryReceiveChannel[bytes | PeerdError]) -> AsyncIterator[bytes]:
+    """The pieces of ``_ahead(..., errors=True)``; an error it passed on is raised here, in the consumer."""
+    async for item in receive:
+        if isinstance(item, PeerdError):
+            raise item
+        yield item
 
 
 class ProviderImages:
@@ -370,6 +454,7 @@ class ProviderImages:
         self.bytes_fetched = 0  # image chunk bytes moved over the network
         self.loaded = 0
         self.in_use: dict[str, int] = {}  # image id -> jobs using it now
+        self.landing: dict[str, _Landing] = {}  # image id -> its load in progress
 
     def refusal(self, content: ImageContent | None) -> str | None:
         """Admission: why this node does not take a carried image, or None."""
@@ -431,25 +516,51 @@ class ProviderImages:
         config = manifest.files[0]
         head = await fetch(self.open_stream, [peer], task, list(config.chunks), self.chunks, timeout=timeout)
         check_config(await _read_file(self.chunks, config), content.id, layers)  # before any layer moves
-        rest = await fetch(self.open_stream, [peer], task, manifest.digests(), self.chunks, timeout=timeout)
         await self.chunks.pin(pin_key(content.id), [mid, *manifest.digests()])
+        sizes = _chunk_sizes(manifest)
+        landing = _Landing({digest: sizes[digest] for digest in await self.chunks.missing(manifest.digests())})
+        self.landing[content.id] = landing
+        try:
+            await self._stream_load(terms, content, manifest, landing)
+        finally:
+            del self.landing[content.id]
+        await self._touch(content.id)
+        self.loaded += 1
+        moved = first.chunk_bytes + head.chunk_bytes + landing.bytes
+        log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers, moved)
+        return moved
+
+    async def _fetch_layers(self, terms: LeaseTerms, manifest: Manifest, landing: _Landing) -> None:
+        """Fetch the image's missing chunks, telling ``landing`` of each (and of a failure: not raised here,
+        the archive raises it into ``docker load``, which then ends)."""
+        try:
+            await fetch(self.open_stream, [terms.requester], terms.task_id, manifest.digests(),
+                        self.chunks, timeout=self.settings.io_timeout, landed=landing.landed)
+        except (TransferError, BlobStoreError) as exc:
+            landing.end(exc)
+            return
+        landing.end()
+
+    async def _stream_load(self, terms: LeaseTerms, content: ImageContent, manifest: Manifest,
+                           landing: _Landing) -> None:
+        """``docker load`` of the image as its chunks land (the next are fetched while dockerd takes
+        these); afterwards dockerd must hold the lease's id under the received tag, else it is removed."""
         tag = f"{RECEIVED_REPOSITORY}:{content.id.removeprefix('sha256:')}"
         engine = self._engine()
         try:
-            async with trio.open_nursery() as nursery:  # the next chunks are read while dockerd takes these
-                await engine.load(_ahead(nursery, _archive(manifest, self.chunks, tag)))
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fetch_layers, terms, manifest, landing)
+                async with trio.open_nursery() as loading:
+                    await engine.load(_ahead_or_error(loading, _archive(manifest, self.chunks, tag, landing)))
+                    loading.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise single_error(group, (PeerdError,)) from None
+            await _discard(engine, tag)
+            error = single_error(group, (PeerdError,))
+            raise (landing.failure or error) from None
         loaded = await engine.image_id(tag)
         if loaded != content.id:
-            await engine.remove_image(tag)
+            await _discard(engine, tag)
             raise ImageMismatch(f"docker load gave image {loaded}, the lease names {content.id}")
-        await self._touch(content.id)
-        self.loaded += 1
-        log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers,
-                 first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes)
-        return first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes
 
     async def received(self) -> list[tuple[float, str, int]]:
         """(last use, image id, bytes of its chunks) of every received image, least recently used first."""

@@ -442,13 +442,23 @@ class Engine:
         return await self._call(f"inspect image {ref}", work)
 
     async def save(self, ref: str, *, piece: int = 1 << 20) -> AsyncIterator[bytes]:
-        """``docker save ref`` as it streams from dockerd, in pieces of at most ``piece`` bytes."""
+        """``docker save ref`` as it streams from dockerd, in pieces of ``piece`` bytes (the last may be
+        shorter). dockerd answers in small HTTP chunks: they are joined in the worker thread, so each
+        thread hop carries a whole piece."""
         api = self._api
         stream: Iterator[bytes] = await self._call(
             f"save {ref}", lambda: iter(api.get_image(ref, chunk_size=piece)), abandon=True,
         )
-        while (data := await self._call(f"save {ref}", lambda: next(stream, None), abandon=True)) is not None:
-            yield data
+
+        def next_piece() -> bytes | None:
+            parts, size = [], 0
+            while size < piece and (data := next(stream, None)) is not None:
+                parts.append(data)
+                size += len(data)
+            return b"".join(parts) if parts else None
+
+        while (joined := await self._call(f"save {ref}", next_piece, abandon=True)) is not None:
+            yield joined
 
     async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
         """``docker load`` of the archive ``pieces`` yields, streamed to dockerd; its messages."""

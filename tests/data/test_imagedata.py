@@ -22,6 +22,7 @@ import trio
 
 from peerd.data.blobstore import ChunkStore
 from peerd.data.imagedata import ImageError, ImageMismatch, ImageSettings, ProviderImages, export_image, pin_for_task
+from peerd.data.jobdata import parse_digest
 from peerd.executor.engine import Engine
 from protocol.manifest import Manifest, encode_manifest, manifest_id
 from protocol.messages import ImageContent, JobSpec, LeaseTerms
@@ -134,6 +135,79 @@ async def test_a_layer_swapped_for_another_is_refused_by_the_load(
         images = provider(there, ours, Opener(nursery, theirs), tmp_path)
         with pytest.raises(ImageError, match="diff|layer"):
             await images.ensure(terms_for("t1", forged))
+        nursery.cancel_scope.cancel()
+    assert content.id not in engine2.image_ids()
+    await theirs.close()
+    await ours.close()
+
+
+class Feeding:
+    """An engine whose ``load`` counts the archive bytes it hands dockerd."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.fed = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
+        async def counted() -> AsyncIterator[bytes]:
+            async for piece in pieces:
+                self.fed += len(piece)
+                yield piece
+
+        return await self.engine.load(counted())
+
+
+async def test_layers_stream_into_the_load_as_they_arrive_and_a_lost_chunk_aborts_it(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, _ = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    last = manifest.files[-1].chunks[-1]
+    await theirs.release("t1")  # the requester loses the top layer's last chunk
+    await theirs.pin("t1", [d for d in [*manifest.digests(), parse_digest(content.manifest)] if d != last])
+    await theirs.run_blocking(lambda files: files.path_of(last).unlink())
+    await theirs.run_blocking(lambda files: files.get(last))  # the store notices it is gone
+    engine2.docker("rmi", "-f", content.id)
+    feeding = Feeding(there)
+    async with trio.open_nursery() as nursery:
+        images = ProviderImages(lambda: feeding, ours, Opener(nursery, theirs),  # type: ignore[arg-type,return-value]
+                                ImageSettings(marks_dir=tmp_path / "marks"))
+        with pytest.raises(ImageError, match="could not be fetched"):
+            await images.ensure(terms_for("t1", content))
+        nursery.cancel_scope.cancel()
+    assert feeding.fed > manifest.files[0].size + (1 << 20)  # layer bytes reached dockerd before the fetch ended
+    assert content.id not in engine2.image_ids()
+    assert not images.landing
+    await theirs.close()
+    await ours.close()
+
+
+async def test_a_chunk_that_no_longer_matches_its_digest_aborts_the_load(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, _ = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    middle = manifest.files[-1].chunks[len(manifest.files[-1].chunks) // 2]
+    data = await theirs.get(middle)
+    assert data is not None
+    await ours.put(middle, data)  # already here, so not fetched again: then it rots on disk
+    await ours.run_blocking(lambda files: files.path_of(middle).write_bytes(b"x" + data[1:]))
+    engine2.docker("rmi", "-f", content.id)
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        with pytest.raises(ImageMismatch, match="does not match its digest"):
+            await images.ensure(terms_for("t1", content))
         nursery.cancel_scope.cancel()
     assert content.id not in engine2.image_ids()
     await theirs.close()
