@@ -7,8 +7,11 @@ pinned, stored: nothing is held whole in memory), and at the end the archive's
 image becomes a manifest of ``config.json`` and ``layers/NNNN.tar``
 (``protocol.imagelayout``), so identical layers are identical chunks across
 images; its id, the config's digest, goes into ``JobSpec.image_content``, which
-the lease binds. The export is pinned under ``image:<hex>`` and reused by the
-next job with the same image (nothing is exported twice).
+the lease binds. The export is pinned under ``export:<hex>`` and reused by the
+next job with the same image while a task that carries it is live; once the
+last such task is final (``RequesterImages.task_done``) the export is released
+and its chunks collected (a restart releases every export: live tasks keep
+their image's chunks by their own pins).
 
 Provider (``ProviderImages``): ``refusal`` at admission (receiving turned off,
 no room) happens before any byte moves, as does the policy, which sees the
@@ -100,9 +103,18 @@ def pin_key(image_id: str) -> str:
     return "image:" + image_id.removeprefix("sha256:")
 
 
+def export_key(image_id: str) -> str:
+    """The chunk store owner of a requester's export of an image: ``export:<hex>`` (kept while a task
+    that carries the image is live; ``RequesterImages`` releases it after)."""
+    return "export:" + image_id.removeprefix("sha256:")
+
+
 def _index_key(image_id: str) -> str:
     """The owner that pins only an exported image's manifest (to find it again)."""
     return "image-manifest:" + image_id.removeprefix("sha256:")
+
+
+EXPORT_OWNERS = ("export:", "image-manifest:")
 
 
 # ---------------------------------------------------------------- reading a tar stream
@@ -289,12 +301,12 @@ async def _read_file(chunks: ChunkStore, entry: FileEntry) -> bytes:
 async def export_image(
     engine: ImageEngine, ref: str, chunks: ChunkStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[ImageContent, Manifest]:
-    """Store the image ``ref`` names (in the requester's dockerd) as job data, pinned under ``image:<hex>``."""
+    """Store the image ``ref`` names (in the requester's dockerd) as job data, pinned under ``export:<hex>``."""
     try:
         image = await engine.image_id(ref)
         if image is None:
             raise ImageError(f"image {ref!r} is not in this node's dockerd")
-        owner = pin_key(image)
+        owner = export_key(image)
         cached = await _cached(chunks, image)
         if cached is not None:
             return cached
@@ -598,12 +610,16 @@ EngineSource = Callable[[], Awaitable[ImageEngine]]
 
 
 class RequesterImages:
-    """The requester's side: which jobs carry their image, and exporting it (once per image)."""
+    """The requester's side: which jobs carry their image, and exporting it (once per image while a task
+    that carries it is live: the export is pinned under ``export:<hex>`` until the last such task is
+    final, then released and its chunks collected, unless another pin holds them)."""
 
     def __init__(self, engine: EngineSource, chunks: ChunkStore) -> None:
         self._engine = engine
         self.chunks = chunks
         self.exported = 0  # images exported from dockerd (not counting reuse)
+        self.released = 0  # exports released once no live task carried them
+        self.carrying: dict[str, set[str]] = {}  # image id -> live tasks that carry it
 
     async def should_carry(self, ref: str) -> bool:
         """Carry ``ref`` unasked when this node's dockerd holds it and no registry does (it was built
@@ -618,11 +634,43 @@ class RequesterImages:
         """``spec`` with its image as job data, pinned for ``task_id`` (ImageError if it cannot be)."""
         try:
             engine = await self._engine()
+            image = await engine.image_id(spec.image)
         except ExecutorError as exc:
             raise ImageError(f"--image-from-requester: this node's dockerd is not reachable: {exc}") from exc
-        before = await self.chunks.pinned(_index_key(await engine.image_id(spec.image) or "sha256:"))
-        content, _manifest = await export_image(engine, spec.image, self.chunks)
-        if not before:
-            self.exported += 1
-        await pin_for_task(self.chunks, task_id, content)
+        if image is None:
+            raise ImageError(f"image {spec.image!r} is not in this node's dockerd")
+        self.carrying.setdefault(image, set()).add(task_id)  # first: no other task's end releases the export now
+        try:
+            before = await self.chunks.pinned(_index_key(image))
+            content, _manifest = await export_image(engine, spec.image, self.chunks)
+            if not before:
+                self.exported += 1
+            await pin_for_task(self.chunks, task_id, content)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.task_done(task_id)
+            raise
+        if content.id != image:  # retagged meanwhile: the task carries the image it names now
+            self.carrying.setdefault(content.id, set()).add(task_id)
         return replace(spec, image_content=content)
+
+    async def task_done(self, task_id: str) -> None:
+        """``task_id`` no longer carries an image: an export no live task carries is released, collected."""
+        for image in [i for i, tasks in self.carrying.items() if task_id in tasks]:
+            tasks = self.carrying[image]
+            tasks.discard(task_id)
+            if not tasks:
+                del self.carrying[image]
+                await self.chunks.release(export_key(image))
+                await self.chunks.release(_index_key(image))
+                await self.chunks.gc()
+                self.released += 1
+                log.info("released the export of image %s (no live task carries it)", image[:19])
+
+    async def recover(self) -> None:
+        """After a restart no task is known to carry an export: release them all (a live task's own pins
+        keep its image's chunks)."""
+        for owner in await self.chunks.tasks():
+            if owner.startswith(EXPORT_OWNERS):
+                await self.chunks.release(owner)
+        await self.chunks.gc()

@@ -21,8 +21,17 @@ import pytest
 import trio
 
 from peerd.data.blobstore import ChunkStore
-from peerd.data.imagedata import ImageError, ImageMismatch, ImageSettings, ProviderImages, export_image, pin_for_task
-from peerd.data.jobdata import parse_digest
+from peerd.data.imagedata import (
+    ImageError,
+    ImageMismatch,
+    ImageSettings,
+    ProviderImages,
+    RequesterImages,
+    export_image,
+    export_key,
+    pin_for_task,
+)
+from peerd.data.jobdata import load_manifest, parse_digest
 from peerd.executor.engine import Engine
 from protocol.manifest import Manifest, encode_manifest, manifest_id
 from protocol.messages import ImageContent, JobSpec, LeaseTerms
@@ -212,6 +221,36 @@ async def test_a_chunk_that_no_longer_matches_its_digest_aborts_the_load(
     assert content.id not in engine2.image_ids()
     await theirs.close()
     await ours.close()
+
+
+async def test_an_export_is_kept_while_a_task_carries_it_and_collected_after(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], tmp_path: Path,
+) -> None:
+    here, _ = engines
+    one, _ = built
+    store = await ChunkStore.open(tmp_path / "req")
+
+    async def source() -> Engine:
+        return here
+
+    images = RequesterImages(source, store)
+    spec = JobSpec(image=one.ref, command=("true",), timeout=30.0)
+    first = await images.carry("t1", spec)
+    second = await images.carry("t2", spec)  # the same export, reused
+    assert first.image_content == second.image_content and images.exported == 1
+    assert first.image_content is not None
+    digests = (await load_manifest(store, parse_digest(first.image_content.manifest) or b"")).digests()
+    assert images.carrying == {one.image_id: {"t1", "t2"}}
+    await images.task_done("t1")
+    await store.release("t1")
+    assert await store.pinned(export_key(one.image_id))  # t2 is live: kept
+    await store.release("t2")  # the task's own pins go first (RequesterData.release_when_final)
+    await images.task_done("t2")
+    assert not await store.pinned(export_key(one.image_id)) and images.released == 1
+    assert set(await store.missing(digests)) == set(digests)  # collected
+    await images.carry("t3", spec)  # exported again
+    assert images.exported == 2 and not await store.missing(digests)
+    await store.close()
 
 
 async def test_received_images_make_room_least_recently_used_first_never_one_in_use(
