@@ -468,6 +468,14 @@ class ProviderImages:
         self.in_use: dict[str, int] = {}  # image id -> jobs using it now
         self.landing: dict[str, _Landing] = {}  # image id -> its load in progress
 
+    def landing_counters(self) -> dict[str, int]:
+        """Images being received now: how many, the layer bytes landed so far, the bytes they need in all."""
+        return {
+            "data.images_landing": len(self.landing),
+            "data.images_landing_bytes": sum(one.bytes for one in self.landing.values()),
+            "data.images_landing_total": sum(one.total for one in self.landing.values()),
+        }
+
     def refusal(self, content: ImageContent | None) -> str | None:
         """Admission: why this node does not take a carried image, or None."""
         if content is not None and not self.settings.receive:

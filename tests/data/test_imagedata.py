@@ -156,6 +156,8 @@ class Feeding:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.fed = 0
+        self.images: ProviderImages | None = None
+        self.counters: dict[str, int] = {}  # the provider's landing counters at the first piece
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
@@ -163,6 +165,8 @@ class Feeding:
     async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
         async def counted() -> AsyncIterator[bytes]:
             async for piece in pieces:
+                if not self.fed and self.images is not None:
+                    self.counters = self.images.landing_counters()
                 self.fed += len(piece)
                 yield piece
 
@@ -188,12 +192,18 @@ async def test_layers_stream_into_the_load_as_they_arrive_and_a_lost_chunk_abort
     async with trio.open_nursery() as nursery:
         images = ProviderImages(lambda: feeding, ours, Opener(nursery, theirs),  # type: ignore[arg-type,return-value]
                                 ImageSettings(marks_dir=tmp_path / "marks"))
+        feeding.images = images
         with pytest.raises(ImageError, match="could not be fetched"):
             await images.ensure(terms_for("t1", content))
         nursery.cancel_scope.cancel()
     assert feeding.fed > manifest.files[0].size + (1 << 20)  # layer bytes reached dockerd before the fetch ended
     assert content.id not in engine2.image_ids()
-    assert not images.landing
+    layer_bytes = sum(f.size for f in manifest.files[1:])
+    assert feeding.counters["data.images_landing"] == 1
+    assert feeding.counters["data.images_landing_total"] == layer_bytes
+    assert feeding.counters["data.images_landing_bytes"] < layer_bytes
+    assert images.landing_counters() == {"data.images_landing": 0, "data.images_landing_bytes": 0,
+                                         "data.images_landing_total": 0}
     await theirs.close()
     await ours.close()
 
