@@ -19,8 +19,9 @@ image id (``RunSpec.image_id``). ``ensure`` runs after the lease, before the
 container: an image already here under that id is used as is; otherwise the
 manifest comes first, then the config, which must hash to the lease's id and
 list as many layers as the manifest (else the job fails with
-``image_mismatch`` before a layer moves), then the missing layer chunks,
-streamed into ``docker load`` as they land: a ``docker save`` archive is made
+``image_mismatch`` before a layer moves), then the missing layer chunks of the
+layers dockerd does not hold already (by chain id: a held layer goes into the
+archive as an empty file, which ``docker load`` does not read), streamed into ``docker load`` as they land: a ``docker save`` archive is made
 of the chunks in order, each one read back from the chunk store (re-hashed)
 once the fetch has stored it, while the next ones still move. A chunk that
 cannot be had or no longer matches its digest aborts the load (dockerd gets a
@@ -59,8 +60,10 @@ from protocol.errors import ProtocolError
 from protocol.imagelayout import (
     CONFIG_PATH,
     ImageLayoutError,
+    chain_ids,
     check_config,
     check_layout,
+    diff_ids,
     image_id_of,
     layer_path,
     load_manifest_json,
@@ -94,6 +97,8 @@ class ImageEngine(Protocol):
     async def load(self, pieces: AsyncIterator[bytes]) -> list[str]: ...
 
     async def remove_image(self, ref: str) -> None: ...
+
+    async def layer_chains(self) -> set[str]: ...
 
     async def images(self, repository: str) -> list[tuple[str, str, int]]: ...
 
@@ -396,9 +401,11 @@ class _Landing:
 
 
 async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _Landing | None = None,
-                   ) -> AsyncIterator[bytes]:
+                   held: Collection[int] = ()) -> AsyncIterator[bytes]:
     """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams
-    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it."""
+    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it.
+    A layer in ``held`` (indexes) is one dockerd holds already: it goes as an empty file, which
+    ``docker load`` does not read (it takes the layer it holds under that chain id)."""
     layers = len(manifest.files) - 1
 
     def header(name: str, size: int) -> bytes:
@@ -411,7 +418,10 @@ async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _L
 
     index = load_manifest_json(layers, tag)
     yield header("manifest.json", len(index)) + index + pad(len(index))
-    for entry in manifest.files:
+    for number, entry in enumerate(manifest.files):
+        if number - 1 in held:
+            yield header(entry.path, 0)
+            continue
         yield header(entry.path, entry.size)
         for digest in entry.chunks:
             if landing is not None:
@@ -423,6 +433,11 @@ async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _L
             yield data
         yield pad(entry.size)
     yield bytes(2 * _BLOCK)
+
+
+def _held_layers(config: bytes, held_chains: Collection[str]) -> set[int]:
+    """Indexes of the config's layers dockerd holds already (by chain id: the layer and all below it)."""
+    return {i for i, chain in enumerate(chain_ids(diff_ids(config))) if chain in held_chains}
 
 
 def _chunk_sizes(manifest: Manifest) -> dict[bytes, int]:
@@ -535,13 +550,16 @@ class ProviderImages:
             raise ImageLayoutError(f"{total} bytes of image, the lease says {content.size}", code="image_mismatch")
         config = manifest.files[0]
         head = await fetch(self.open_stream, [peer], task, list(config.chunks), self.chunks, timeout=timeout)
-        check_config(await _read_file(self.chunks, config), content.id, layers)  # before any layer moves
-        await self.chunks.pin(pin_key(content.id), [mid, *manifest.digests()])
+        config_bytes = await _read_file(self.chunks, config)
+        check_config(config_bytes, content.id, layers)  # before any layer moves
+        held = _held_layers(config_bytes, await self._engine().layer_chains())
+        wanted = [d for i, entry in enumerate(manifest.files) if i - 1 not in held for d in entry.chunks]
+        await self.chunks.pin(pin_key(content.id), [mid, *wanted])
         sizes = _chunk_sizes(manifest)
-        landing = _Landing({digest: sizes[digest] for digest in await self.chunks.missing(manifest.digests())})
+        landing = _Landing({digest: sizes[digest] for digest in await self.chunks.missing(wanted)})
         self.landing[content.id] = landing
         try:
-            await self._stream_load(terms, content, manifest, landing)
+            await self._stream_load(terms, content, manifest, landing, held, wanted)
         finally:
             del self.landing[content.id]
         await self._touch(content.id)
@@ -550,11 +568,11 @@ class ProviderImages:
         log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers, moved)
         return moved
 
-    async def _fetch_layers(self, terms: LeaseTerms, manifest: Manifest, landing: _Landing) -> None:
-        """Fetch the image's missing chunks, telling ``landing`` of each (and of a failure: not raised here,
-        the archive raises it into ``docker load``, which then ends)."""
+    async def _fetch_layers(self, terms: LeaseTerms, wanted: list[bytes], landing: _Landing) -> None:
+        """Fetch the ``wanted`` chunks this store lacks, telling ``landing`` of each (and of a failure: not
+        raised here, the archive raises it into ``docker load``, which then ends)."""
         try:
-            await fetch(self.open_stream, [terms.requester], terms.task_id, manifest.digests(),
+            await fetch(self.open_stream, [terms.requester], terms.task_id, wanted,
                         self.chunks, timeout=self.settings.io_timeout, landed=landing.landed)
         except (TransferError, BlobStoreError) as exc:
             landing.end(exc)
@@ -562,16 +580,17 @@ class ProviderImages:
         landing.end()
 
     async def _stream_load(self, terms: LeaseTerms, content: ImageContent, manifest: Manifest,
-                           landing: _Landing) -> None:
+                           landing: _Landing, held: set[int], wanted: list[bytes]) -> None:
         """``docker load`` of the image as its chunks land (the next are fetched while dockerd takes
         these); afterwards dockerd must hold the lease's id under the received tag, else it is removed."""
         tag = f"{RECEIVED_REPOSITORY}:{content.id.removeprefix('sha256:')}"
         engine = self._engine()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._fetch_layers, terms, manifest, landing)
+                nursery.start_soon(self._fetch_layers, terms, wanted, landing)
                 async with trio.open_nursery() as loading:
-                    await engine.load(_ahead_or_error(loading, _archive(manifest, self.chunks, tag, landing)))
+                    archive = _archive(manifest, self.chunks, tag, landing, held)
+                    await engine.load(_ahead_or_error(loading, archive))
                     loading.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             await _discard(engine, tag)

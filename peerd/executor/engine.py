@@ -32,6 +32,7 @@ from peerd.executor.plan import (
     exit_from_inspect,
     info_from_summary,
 )
+from protocol.imagelayout import chain_ids
 
 log = logging.getLogger(__name__)
 
@@ -484,6 +485,24 @@ class Engine:
             return messages
 
         return await self._call("docker load", work, abandon=True)
+
+    async def layer_chains(self) -> set[str]:
+        """The chain id of every layer the local images stand on (``protocol.imagelayout.chain_ids``)."""
+        api = self._api
+
+        def work() -> set[str]:
+            held: set[str] = set()
+            for image in api.images(all=True):
+                try:
+                    rootfs = api.inspect_image(str(image.get("Id", ""))).get("RootFS") or {}
+                except docker.errors.ImageNotFound:
+                    continue  # removed meanwhile
+                layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+                if isinstance(layers, list):
+                    held.update(chain_ids(tuple(str(layer) for layer in layers)))
+            return held
+
+        return await self._call("list image layers", work)
 
     async def remove_image(self, ref: str) -> None:
         """Remove an image (not forced: one a container uses stays); one already gone is fine."""

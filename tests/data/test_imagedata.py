@@ -208,6 +208,36 @@ async def test_layers_stream_into_the_load_as_they_arrive_and_a_lost_chunk_abort
     await ours.close()
 
 
+async def test_layers_the_engine_holds_are_neither_fetched_nor_fed_to_the_load(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, two = built  # both stand on the same base layer
+    theirs = await ChunkStore.open(tmp_path / "req")
+    first, _ = await export_image(here, one.ref, theirs)
+    second, manifest = await export_image(here, two.ref, theirs)
+    await pin_for_task(theirs, "t1", first)
+    await pin_for_task(theirs, "t2", second)
+    engine2.docker("rmi", "-f", first.id, second.id)
+    feeding = Feeding(there)
+    async with trio.open_nursery() as nursery:
+        opener = Opener(nursery, theirs)
+        await provider(there, await ChunkStore.open(tmp_path / "prov1"), opener, tmp_path).ensure(
+            terms_for("t1", first))
+        ours = await ChunkStore.open(tmp_path / "prov2")  # an empty store: what moves is only what dockerd lacks
+        images = ProviderImages(lambda: feeding, ours, opener,  # type: ignore[arg-type,return-value]
+                                ImageSettings(marks_dir=tmp_path / "marks"))
+        moved = await images.ensure(terms_for("t2", second))
+        nursery.cancel_scope.cancel()
+    base = manifest.files[1].size
+    assert second.id in engine2.image_ids()
+    assert moved <= second.size - base + (64 << 10)  # the manifest, the config, the top layer
+    assert feeding.fed <= second.size - base + (64 << 10)
+    assert set(await ours.missing(manifest.files[1].chunks)) == set(manifest.files[1].chunks)
+    await theirs.close()
+    await ours.close()
+
+
 async def test_a_chunk_that_no_longer_matches_its_digest_aborts_the_load(
     engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
 ) -> None:
