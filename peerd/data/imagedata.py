@@ -8,10 +8,12 @@ image becomes a manifest of ``config.json`` and ``layers/NNNN.tar``
 (``protocol.imagelayout``), so identical layers are identical chunks across
 images; its id, the config's digest, goes into ``JobSpec.image_content``, which
 the lease binds. The export is pinned under ``export:<hex>`` and reused by the
-next job with the same image while a task that carries it is live; once the
-last such task is final (``RequesterImages.task_done``) the export is released
-and its chunks collected (a restart releases every export: live tasks keep
-their image's chunks by their own pins).
+next job with the same image; it stays pinned while a task that carries it is
+live. Once the last such task is final (``RequesterImages.task_done``) the pin
+goes: its chunks are then collected like any unreferenced chunk (oldest first,
+when the store needs room under ``[storage] blob_quota``), and a later job with
+the same image reuses them while they are all still there. A restart releases
+every export (live tasks keep their image's chunks by their own pins).
 
 Provider (``ProviderImages``): ``refusal`` at admission (receiving turned off,
 no room) happens before any byte moves, as does the policy, which sees the
@@ -21,17 +23,18 @@ manifest comes first, then the config, which must hash to the lease's id and
 list as many layers as the manifest (else the job fails with
 ``image_mismatch`` before a layer moves), then the missing layer chunks of the
 layers dockerd does not hold already (by chain id: a held layer goes into the
-archive as an empty file, which ``docker load`` does not read), streamed into ``docker load`` as they land: a ``docker save`` archive is made
-of the chunks in order, each one read back from the chunk store (re-hashed)
-once the fetch has stored it, while the next ones still move. A chunk that
-cannot be had or no longer matches its digest aborts the load (dockerd gets a
-broken archive and keeps nothing) and the job fails saying why. The archive is
-tagged ``peerd-received:<hex>``, never under the requester's name, so a
-received image can never stand in for a local one, and dockerd must then
-report the lease's id (else what it loaded is removed). The chunks stay pinned under ``image:<hex>`` (they count
-against the chunk store's quota; a later image sharing layers fetches only the
-others); ``collect`` removes received images least recently used first, never
-one a running job uses, until the room asked for is free.
+archive as an empty file, which ``docker load`` does not read), streamed into
+``docker load`` as they land: a ``docker save`` archive is made of the chunks
+in order, each one read back from the chunk store (re-hashed) once the fetch
+has stored it, while the next ones still move. A chunk that cannot be had or
+no longer matches its digest aborts the load (dockerd gets a broken archive and
+keeps nothing) and the job fails saying why. The archive is tagged
+``peerd-received:<hex>``, never under the requester's name, so a received image
+can never stand in for a local one, and dockerd must then report the lease's id
+(else what it loaded is removed). The chunks stay pinned under ``image:<hex>``
+(they count against the chunk store's quota; a later image sharing layers
+fetches only the others); ``collect`` removes received images least recently
+used first, never one a running job uses, until the room asked for is free.
 """
 
 from __future__ import annotations
@@ -108,10 +111,13 @@ def pin_key(image_id: str) -> str:
     return "image:" + image_id.removeprefix("sha256:")
 
 
+EXPORT_OWNER = "export:"
+
+
 def export_key(image_id: str) -> str:
     """The chunk store owner of a requester's export of an image: ``export:<hex>`` (kept while a task
     that carries the image is live; ``RequesterImages`` releases it after)."""
-    return "export:" + image_id.removeprefix("sha256:")
+    return EXPORT_OWNER + image_id.removeprefix("sha256:")
 
 
 def _index_key(image_id: str) -> str:
@@ -119,7 +125,6 @@ def _index_key(image_id: str) -> str:
     return "image-manifest:" + image_id.removeprefix("sha256:")
 
 
-EXPORT_OWNERS = ("export:", "image-manifest:")
 
 
 # ---------------------------------------------------------------- reading a tar stream
@@ -339,14 +344,18 @@ async def export_image(
 
 
 async def _cached(chunks: ChunkStore, image: str) -> tuple[ImageContent, Manifest] | None:
-    """An earlier export of this image, if the store still holds all of it."""
+    """An earlier export of this image, if the store still holds all of it (pinned again under
+    ``export:<hex>`` first, so the store's room-making cannot take it meanwhile); a stale one is forgotten."""
     for mid in await chunks.pinned(_index_key(image)):
         try:
             manifest = await load_manifest(chunks, mid)
             check_layout(manifest)
+            await chunks.pin(export_key(image), [mid, *manifest.digests()])
         except (PeerdError, ProtocolError):
+            await chunks.release(_index_key(image))
             return None
-        if await chunks.missing(manifest.digests()):
+        if await chunks.missing(manifest.digests()):  # collected since: exported again
+            await chunks.release(_index_key(image))
             return None
         size = sum(entry.size for entry in manifest.files)
         return ImageContent(id=image, manifest="sha256:" + mid.hex(), size=size), manifest
@@ -668,9 +677,9 @@ class RequesterImages:
             raise ImageError(f"image {spec.image!r} is not in this node's dockerd")
         self.carrying.setdefault(image, set()).add(task_id)  # first: no other task's end releases the export now
         try:
-            before = await self.chunks.pinned(_index_key(image))
-            content, _manifest = await export_image(engine, spec.image, self.chunks)
-            if not before:
+            cached = await _cached(self.chunks, image)
+            content, _manifest = cached or await export_image(engine, spec.image, self.chunks)
+            if cached is None:
                 self.exported += 1
             await pin_for_task(self.chunks, task_id, content)
         except BaseException:
@@ -682,22 +691,21 @@ class RequesterImages:
         return replace(spec, image_content=content)
 
     async def task_done(self, task_id: str) -> None:
-        """``task_id`` no longer carries an image: an export no live task carries is released, collected."""
+        """``task_id`` no longer carries an image: an export no live task carries is released, its chunks
+        collectible (the store removes unreferenced chunks oldest first when it needs room); until then a
+        later job with the same image reuses them."""
         for image in [i for i, tasks in self.carrying.items() if task_id in tasks]:
             tasks = self.carrying[image]
             tasks.discard(task_id)
             if not tasks:
                 del self.carrying[image]
                 await self.chunks.release(export_key(image))
-                await self.chunks.release(_index_key(image))
-                await self.chunks.gc()
                 self.released += 1
                 log.info("released the export of image %s (no live task carries it)", image[:19])
 
     async def recover(self) -> None:
         """After a restart no task is known to carry an export: release them all (a live task's own pins
-        keep its image's chunks)."""
+        keep its image's chunks; the small manifest pins stay, to find an export still whole)."""
         for owner in await self.chunks.tasks():
-            if owner.startswith(EXPORT_OWNERS):
+            if owner.startswith(EXPORT_OWNER):
                 await self.chunks.release(owner)
-        await self.chunks.gc()
