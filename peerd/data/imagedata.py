@@ -468,7 +468,7 @@ async def _discard(engine: ImageEngine, tag: str) -> None:
 
 
 async def _relay(receive: trio.MemoryReceiveChannel[bytes | PeerdError]) -> AsyncIterator[bytes]:
-    """The pieces of ``_ahead(..., errors=True)``; an error it passed on is raised here, in the consumer."""
+    """The pieces ``_ahead_or_error`` passes on; an error it passed on is raised here, in the consumer."""
     async for item in receive:
         if isinstance(item, PeerdError):
             raise item
@@ -648,13 +648,13 @@ EngineSource = Callable[[], Awaitable[ImageEngine]]
 class RequesterImages:
     """The requester's side: which jobs carry their image, and exporting it (once per image while a task
     that carries it is live: the export is pinned under ``export:<hex>`` until the last such task is
-    final, then released and its chunks collected, unless another pin holds them)."""
+    final, then unpinned: collectible when the store needs room, reused by a later job while whole)."""
 
     def __init__(self, engine: EngineSource, chunks: ChunkStore) -> None:
         self._engine = engine
         self.chunks = chunks
         self.exported = 0  # images exported from dockerd (not counting reuse)
-        self.released = 0  # exports released once no live task carried them
+        self.released = 0  # exports unpinned once no live task carried them
         self.carrying: dict[str, set[str]] = {}  # image id -> live tasks that carry it
 
     async def should_carry(self, ref: str) -> bool:
