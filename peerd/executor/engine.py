@@ -443,9 +443,9 @@ class Engine:
         return await self._call(f"inspect image {ref}", work)
 
     async def save(self, ref: str, *, piece: int = 1 << 20) -> AsyncIterator[bytes]:
-        """``docker save ref`` as it streams from dockerd, in pieces of ``piece`` bytes (the last may be
-        shorter). dockerd answers in small HTTP chunks: they are joined in the worker thread, so each
-        thread hop carries a whole piece."""
+        """``docker save ref`` as it streams from dockerd, in pieces of at least ``piece`` bytes (the last
+        may be shorter). dockerd answers in small HTTP chunks (~32 KiB): they are joined in the worker
+        thread, so each thread hop carries a whole piece."""
         api = self._api
         stream: Iterator[bytes] = await self._call(
             f"save {ref}", lambda: iter(api.get_image(ref, chunk_size=piece)), abandon=True,
