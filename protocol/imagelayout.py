@@ -75,6 +75,18 @@ def diff_ids(config: bytes) -> tuple[str, ...]:
     return tuple(ids)
 
 
+def chain_ids(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """The chain id of each layer (the layer with all below it), as dockerd names a layer it holds:
+    the first layer's is its diff id, each next one ``sha256(<chain below> + " " + <diff id>)``."""
+    chains: list[str] = []
+    for diff_id in ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return tuple(chains)
+
+
 def check_config(config: bytes, image_id: str, layers: int) -> None:
     """The config is the image ``image_id`` names, with ``layers`` layers; ImageLayoutError if not."""
     actual = image_id_of(config)
@@ -95,6 +107,7 @@ __all__ = [
     "CONFIG_PATH",
     "MAX_LAYERS",
     "ImageLayoutError",
+    "chain_ids",
     "check_config",
     "check_layout",
     "diff_ids",

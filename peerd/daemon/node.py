@@ -148,6 +148,8 @@ class Node:
             await nursery.start(requester.run)
             if data.requester is not None:  # input pins a crash left behind go once their task is final
                 nursery.start_soon(data.requester.recover, tracker)
+            if data.images is not None:  # exports a crash left pinned: no live task is known to carry them
+                await data.images.recover()
         return Services(
             role=self.role, signer=signer, clock=self.clock, store=store, p2p=p2p, tracker=tracker,
             metrics=metrics, pruner=pruner, requester=requester, provider=ours, data=data, reputation=reputation,

@@ -170,8 +170,17 @@ class Operations:
         self._nursery.start_soon(self._time_placement, task_id, since)
         data = self.services.data
         if data is not None and data.requester is not None and (spec.inputs or spec.image_content):
-            self._nursery.start_soon(data.requester.release_when_final, task_id, self.services.tracker)
+            self._nursery.start_soon(self._release_when_final, task_id, spec)
         return task_id
+
+    async def _release_when_final(self, task_id: str, spec: JobSpec) -> None:
+        """Once the task is final: its input and image pins go, then the image's export if no live task
+        carries it any more (its chunks are collected)."""
+        data = self.services.data
+        assert data is not None and data.requester is not None
+        await data.requester.release_when_final(task_id, self.services.tracker)
+        if data.images is not None and spec.image_content:
+            await data.images.task_done(task_id)
 
     async def _with_inputs(self, task_id: str, spec: JobSpec, inputs: Sequence[tuple[str, str]]) -> JobSpec:
         """Job data (``peerd.data.requestdata``): store the inputs, name them in the spec."""

@@ -7,8 +7,13 @@ pinned, stored: nothing is held whole in memory), and at the end the archive's
 image becomes a manifest of ``config.json`` and ``layers/NNNN.tar``
 (``protocol.imagelayout``), so identical layers are identical chunks across
 images; its id, the config's digest, goes into ``JobSpec.image_content``, which
-the lease binds. The export is pinned under ``image:<hex>`` and reused by the
-next job with the same image (nothing is exported twice).
+the lease binds. The export is pinned under ``export:<hex>`` and reused by the
+next job with the same image; it stays pinned while a task that carries it is
+live. Once the last such task is final (``RequesterImages.task_done``) the pin
+goes: its chunks are then collected like any unreferenced chunk (oldest first,
+when the store needs room under ``[storage] blob_quota``), and a later job with
+the same image reuses them while they are all still there. A restart releases
+every export (live tasks keep their image's chunks by their own pins).
 
 Provider (``ProviderImages``): ``refusal`` at admission (receiving turned off,
 no room) happens before any byte moves, as does the policy, which sees the
@@ -16,14 +21,20 @@ image id (``RunSpec.image_id``). ``ensure`` runs after the lease, before the
 container: an image already here under that id is used as is; otherwise the
 manifest comes first, then the config, which must hash to the lease's id and
 list as many layers as the manifest (else the job fails with
-``image_mismatch`` before a layer moves), then the missing layer chunks. A
-``docker save`` archive is streamed from the chunk store into ``docker load``
-(tagged ``peerd-received:<hex>``, never under the requester's name, so a
-received image can never stand in for a local one), and dockerd must then
-report the lease's id. The chunks stay pinned under ``image:<hex>`` (they count
-against the chunk store's quota; a later image sharing layers fetches only the
-others); ``collect`` removes received images least recently used first, never
-one a running job uses, until the room asked for is free.
+``image_mismatch`` before a layer moves), then the missing layer chunks of the
+layers dockerd does not hold already (by chain id: a held layer goes into the
+archive as an empty file, which ``docker load`` does not read), streamed into
+``docker load`` as they land: a ``docker save`` archive is made of the chunks
+in order, each one read back from the chunk store (re-hashed) once the fetch
+has stored it, while the next ones still move. A chunk that cannot be had or
+no longer matches its digest aborts the load (dockerd gets a broken archive and
+keeps nothing) and the job fails saying why. The archive is tagged
+``peerd-received:<hex>``, never under the requester's name, so a received image
+can never stand in for a local one, and dockerd must then report the lease's id
+(else what it loaded is removed). The chunks stay pinned under ``image:<hex>``
+(they count against the chunk store's quota; a later image sharing layers
+fetches only the others); ``collect`` removes received images least recently
+used first, never one a running job uses, until the room asked for is free.
 """
 
 from __future__ import annotations
@@ -52,8 +63,10 @@ from protocol.errors import ProtocolError
 from protocol.imagelayout import (
     CONFIG_PATH,
     ImageLayoutError,
+    chain_ids,
     check_config,
     check_layout,
+    diff_ids,
     image_id_of,
     layer_path,
     load_manifest_json,
@@ -88,6 +101,8 @@ class ImageEngine(Protocol):
 
     async def remove_image(self, ref: str) -> None: ...
 
+    async def layer_chains(self) -> set[str]: ...
+
     async def images(self, repository: str) -> list[tuple[str, str, int]]: ...
 
 
@@ -96,9 +111,20 @@ def pin_key(image_id: str) -> str:
     return "image:" + image_id.removeprefix("sha256:")
 
 
+EXPORT_OWNER = "export:"
+
+
+def export_key(image_id: str) -> str:
+    """The chunk store owner of a requester's export of an image: ``export:<hex>`` (kept while a task
+    that carries the image is live; ``RequesterImages`` releases it after)."""
+    return EXPORT_OWNER + image_id.removeprefix("sha256:")
+
+
 def _index_key(image_id: str) -> str:
     """The owner that pins only an exported image's manifest (to find it again)."""
     return "image-manifest:" + image_id.removeprefix("sha256:")
+
+
 
 
 # ---------------------------------------------------------------- reading a tar stream
@@ -134,6 +160,24 @@ def _ahead(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHE
 
     nursery.start_soon(pump)
     return receive
+
+
+def _ahead_or_error(nursery: trio.Nursery, source: AsyncIterator[bytes], depth: int = AHEAD,
+                    ) -> AsyncIterator[bytes]:
+    """As ``_ahead``, but a PeerdError of ``source`` is raised in the consumer, after the pieces before it
+    (so a ``docker load`` reading them fails and ends, instead of being abandoned mid-stream)."""
+    send, receive = trio.open_memory_channel[bytes | PeerdError](depth)
+
+    async def pump() -> None:
+        async with send:
+            try:
+                async for piece in source:
+                    await send.send(piece)
+            except PeerdError as exc:
+                await send.send(exc)
+
+    nursery.start_soon(pump)
+    return _relay(receive)
 
 
 def _header_field(block: bytes, start: int, length: int) -> str:
@@ -267,12 +311,12 @@ async def _read_file(chunks: ChunkStore, entry: FileEntry) -> bytes:
 async def export_image(
     engine: ImageEngine, ref: str, chunks: ChunkStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[ImageContent, Manifest]:
-    """Store the image ``ref`` names (in the requester's dockerd) as job data, pinned under ``image:<hex>``."""
+    """Store the image ``ref`` names (in the requester's dockerd) as job data, pinned under ``export:<hex>``."""
     try:
         image = await engine.image_id(ref)
         if image is None:
             raise ImageError(f"image {ref!r} is not in this node's dockerd")
-        owner = pin_key(image)
+        owner = export_key(image)
         cached = await _cached(chunks, image)
         if cached is not None:
             return cached
@@ -300,14 +344,18 @@ async def export_image(
 
 
 async def _cached(chunks: ChunkStore, image: str) -> tuple[ImageContent, Manifest] | None:
-    """An earlier export of this image, if the store still holds all of it."""
+    """An earlier export of this image, if the store still holds all of it (pinned again under
+    ``export:<hex>`` first, so the store's room-making cannot take it meanwhile); a stale one is forgotten."""
     for mid in await chunks.pinned(_index_key(image)):
         try:
             manifest = await load_manifest(chunks, mid)
             check_layout(manifest)
+            await chunks.pin(export_key(image), [mid, *manifest.digests()])
         except (PeerdError, ProtocolError):
+            await chunks.release(_index_key(image))
             return None
-        if await chunks.missing(manifest.digests()):
+        if await chunks.missing(manifest.digests()):  # collected since: exported again
+            await chunks.release(_index_key(image))
             return None
         size = sum(entry.size for entry in manifest.files)
         return ImageContent(id=image, manifest="sha256:" + mid.hex(), size=size), manifest
@@ -330,8 +378,43 @@ class ImageSettings:
     io_timeout: float = 30.0
 
 
-async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str) -> AsyncIterator[bytes]:
-    """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams."""
+class _Landing:
+    """An image's chunks as the fetch lands them in the store, waited for in order by the archive that
+    streams into ``docker load``. A failed fetch wakes every waiter, which then raises its error."""
+
+    def __init__(self, waiting: dict[bytes, int]) -> None:
+        self._sizes = waiting  # digest -> its size, of each chunk the fetch has to move
+        self._events = {digest: trio.Event() for digest in waiting}
+        self.failure: PeerdError | None = None
+        self.bytes = 0  # chunk bytes landed so far
+        self.total = sum(waiting.values())  # chunk bytes to land in all
+
+    def landed(self, digest: bytes) -> None:
+        event = self._events.pop(digest, None)
+        if event is not None:
+            self.bytes += self._sizes.get(digest, 0)
+            event.set()
+
+    def end(self, failure: PeerdError | None = None) -> None:
+        self.failure = failure
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
+    async def wait(self, digest: bytes) -> None:
+        event = self._events.get(digest)
+        if event is not None:
+            await event.wait()
+        if self.failure is not None:
+            raise ImageError(f"the image's layers did not arrive: {self.failure}") from self.failure
+
+
+async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _Landing | None = None,
+                   held: Collection[int] = ()) -> AsyncIterator[bytes]:
+    """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams
+    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it.
+    A layer in ``held`` (indexes) is one dockerd holds already: it goes as an empty file, which
+    ``docker load`` does not read (it takes the layer it holds under that chain id)."""
     layers = len(manifest.files) - 1
 
     def header(name: str, size: int) -> bytes:
@@ -344,15 +427,52 @@ async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str) -> AsyncIte
 
     index = load_manifest_json(layers, tag)
     yield header("manifest.json", len(index)) + index + pad(len(index))
-    for entry in manifest.files:
+    for number, entry in enumerate(manifest.files):
+        if number - 1 in held:
+            yield header(entry.path, 0)
+            continue
         yield header(entry.path, entry.size)
         for digest in entry.chunks:
-            data = await chunks.get(digest)
+            if landing is not None:
+                await landing.wait(digest)
+            data = await chunks.get(digest)  # None if absent or no longer matching its digest
             if data is None:
-                raise ImageError(f"a chunk of {entry.path} left the chunk store while loading")
+                raise ImageMismatch(f"a chunk of {entry.path} ({digest.hex()[:16]}) is missing from the chunk "
+                                    "store or does not match its digest; the load is aborted")
             yield data
         yield pad(entry.size)
     yield bytes(2 * _BLOCK)
+
+
+def _held_layers(config: bytes, held_chains: Collection[str]) -> set[int]:
+    """Indexes of the config's layers dockerd holds already (by chain id: the layer and all below it)."""
+    return {i for i, chain in enumerate(chain_ids(diff_ids(config))) if chain in held_chains}
+
+
+def _chunk_sizes(manifest: Manifest) -> dict[bytes, int]:
+    """Each chunk digest of a manifest -> its size."""
+    sizes = {}
+    for entry in manifest.files:
+        for i, digest in enumerate(entry.chunks):
+            sizes[digest] = min(manifest.chunk_size, entry.size - i * manifest.chunk_size)
+    return sizes
+
+
+async def _discard(engine: ImageEngine, tag: str) -> None:
+    """Remove what a failed or mismatched load left under ``tag`` (best effort, even while cancelled)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(30):
+        try:
+            await engine.remove_image(tag)
+        except ExecutorError as exc:
+            log.warning("could not remove %s after a failed load: %s", tag, exc)
+
+
+async def _relay(receive: trio.MemoryReceiveChannel[bytes | PeerdError]) -> AsyncIterator[bytes]:
+    """The pieces ``_ahead_or_error`` passes on; an error it passed on is raised here, in the consumer."""
+    async for item in receive:
+        if isinstance(item, PeerdError):
+            raise item
+        yield item
 
 
 class ProviderImages:
@@ -370,6 +490,15 @@ class ProviderImages:
         self.bytes_fetched = 0  # image chunk bytes moved over the network
         self.loaded = 0
         self.in_use: dict[str, int] = {}  # image id -> jobs using it now
+        self.landing: dict[str, _Landing] = {}  # image id -> its load in progress
+
+    def landing_counters(self) -> dict[str, int]:
+        """Images being received now: how many, the layer bytes landed so far, the bytes they need in all."""
+        return {
+            "data.images_landing": len(self.landing),
+            "data.images_landing_bytes": sum(one.bytes for one in self.landing.values()),
+            "data.images_landing_total": sum(one.total for one in self.landing.values()),
+        }
 
     def refusal(self, content: ImageContent | None) -> str | None:
         """Admission: why this node does not take a carried image, or None."""
@@ -430,26 +559,56 @@ class ProviderImages:
             raise ImageLayoutError(f"{total} bytes of image, the lease says {content.size}", code="image_mismatch")
         config = manifest.files[0]
         head = await fetch(self.open_stream, [peer], task, list(config.chunks), self.chunks, timeout=timeout)
-        check_config(await _read_file(self.chunks, config), content.id, layers)  # before any layer moves
-        rest = await fetch(self.open_stream, [peer], task, manifest.digests(), self.chunks, timeout=timeout)
-        await self.chunks.pin(pin_key(content.id), [mid, *manifest.digests()])
+        config_bytes = await _read_file(self.chunks, config)
+        check_config(config_bytes, content.id, layers)  # before any layer moves
+        held = _held_layers(config_bytes, await self._engine().layer_chains())
+        wanted = [d for i, entry in enumerate(manifest.files) if i - 1 not in held for d in entry.chunks]
+        await self.chunks.pin(pin_key(content.id), [mid, *wanted])
+        sizes = _chunk_sizes(manifest)
+        landing = _Landing({digest: sizes[digest] for digest in await self.chunks.missing(wanted)})
+        self.landing[content.id] = landing
+        try:
+            await self._stream_load(terms, content, manifest, landing, held, wanted)
+        finally:
+            del self.landing[content.id]
+        await self._touch(content.id)
+        self.loaded += 1
+        moved = first.chunk_bytes + head.chunk_bytes + landing.bytes
+        log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers, moved)
+        return moved
+
+    async def _fetch_layers(self, terms: LeaseTerms, wanted: list[bytes], landing: _Landing) -> None:
+        """Fetch the ``wanted`` chunks this store lacks, telling ``landing`` of each (and of a failure: not
+        raised here, the archive raises it into ``docker load``, which then ends)."""
+        try:
+            await fetch(self.open_stream, [terms.requester], terms.task_id, wanted,
+                        self.chunks, timeout=self.settings.io_timeout, landed=landing.landed)
+        except (TransferError, BlobStoreError) as exc:
+            landing.end(exc)
+            return
+        landing.end()
+
+    async def _stream_load(self, terms: LeaseTerms, content: ImageContent, manifest: Manifest,
+                           landing: _Landing, held: set[int], wanted: list[bytes]) -> None:
+        """``docker load`` of the image as its chunks land (the next are fetched while dockerd takes
+        these); afterwards dockerd must hold the lease's id under the received tag, else it is removed."""
         tag = f"{RECEIVED_REPOSITORY}:{content.id.removeprefix('sha256:')}"
         engine = self._engine()
         try:
-            async with trio.open_nursery() as nursery:  # the next chunks are read while dockerd takes these
-                await engine.load(_ahead(nursery, _archive(manifest, self.chunks, tag)))
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fetch_layers, terms, wanted, landing)
+                async with trio.open_nursery() as loading:
+                    archive = _archive(manifest, self.chunks, tag, landing, held)
+                    await engine.load(_ahead_or_error(loading, archive))
+                    loading.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise single_error(group, (PeerdError,)) from None
+            await _discard(engine, tag)
+            error = single_error(group, (PeerdError,))
+            raise (landing.failure or error) from None
         loaded = await engine.image_id(tag)
         if loaded != content.id:
-            await engine.remove_image(tag)
+            await _discard(engine, tag)
             raise ImageMismatch(f"docker load gave image {loaded}, the lease names {content.id}")
-        await self._touch(content.id)
-        self.loaded += 1
-        log.info("received image %s from %s: %d layers, %d bytes fetched", content.id[:19], peer[:16], layers,
-                 first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes)
-        return first.chunk_bytes + head.chunk_bytes + rest.chunk_bytes
 
     async def received(self) -> list[tuple[float, str, int]]:
         """(last use, image id, bytes of its chunks) of every received image, least recently used first."""
@@ -487,12 +646,16 @@ EngineSource = Callable[[], Awaitable[ImageEngine]]
 
 
 class RequesterImages:
-    """The requester's side: which jobs carry their image, and exporting it (once per image)."""
+    """The requester's side: which jobs carry their image, and exporting it (once per image while a task
+    that carries it is live: the export is pinned under ``export:<hex>`` until the last such task is
+    final, then unpinned: collectible when the store needs room, reused by a later job while whole)."""
 
     def __init__(self, engine: EngineSource, chunks: ChunkStore) -> None:
         self._engine = engine
         self.chunks = chunks
         self.exported = 0  # images exported from dockerd (not counting reuse)
+        self.released = 0  # exports unpinned once no live task carried them
+        self.carrying: dict[str, set[str]] = {}  # image id -> live tasks that carry it
 
     async def should_carry(self, ref: str) -> bool:
         """Carry ``ref`` unasked when this node's dockerd holds it and no registry does (it was built
@@ -507,11 +670,42 @@ class RequesterImages:
         """``spec`` with its image as job data, pinned for ``task_id`` (ImageError if it cannot be)."""
         try:
             engine = await self._engine()
+            image = await engine.image_id(spec.image)
         except ExecutorError as exc:
             raise ImageError(f"--image-from-requester: this node's dockerd is not reachable: {exc}") from exc
-        before = await self.chunks.pinned(_index_key(await engine.image_id(spec.image) or "sha256:"))
-        content, _manifest = await export_image(engine, spec.image, self.chunks)
-        if not before:
-            self.exported += 1
-        await pin_for_task(self.chunks, task_id, content)
+        if image is None:
+            raise ImageError(f"image {spec.image!r} is not in this node's dockerd")
+        self.carrying.setdefault(image, set()).add(task_id)  # first: no other task's end releases the export now
+        try:
+            cached = await _cached(self.chunks, image)
+            content, _manifest = cached or await export_image(engine, spec.image, self.chunks)
+            if cached is None:
+                self.exported += 1
+            await pin_for_task(self.chunks, task_id, content)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.task_done(task_id)
+            raise
+        if content.id != image:  # retagged meanwhile: the task carries the image it names now
+            self.carrying.setdefault(content.id, set()).add(task_id)
         return replace(spec, image_content=content)
+
+    async def task_done(self, task_id: str) -> None:
+        """``task_id`` no longer carries an image: an export no live task carries is released, its chunks
+        collectible (the store removes unreferenced chunks oldest first when it needs room); until then a
+        later job with the same image reuses them."""
+        for image in [i for i, tasks in self.carrying.items() if task_id in tasks]:
+            tasks = self.carrying[image]
+            tasks.discard(task_id)
+            if not tasks:
+                del self.carrying[image]
+                await self.chunks.release(export_key(image))
+                self.released += 1
+                log.info("released the export of image %s (no live task carries it)", image[:19])
+
+    async def recover(self) -> None:
+        """After a restart no task is known to carry an export: release them all (a live task's own pins
+        keep its image's chunks; the small manifest pins stay, to find an export still whole)."""
+        for owner in await self.chunks.tasks():
+            if owner.startswith(EXPORT_OWNER):
+                await self.chunks.release(owner)

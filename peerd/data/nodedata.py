@@ -68,10 +68,14 @@ class JobData:
 
     def counters(self) -> dict[str, int]:
         """Bytes of job data moved, for ``peerd status``."""
+        landing = self.provider_images.landing_counters() if self.provider_images else {
+            "data.images_landing": 0, "data.images_landing_bytes": 0, "data.images_landing_total": 0}
         return {
             "data.images_fetched_bytes": self.provider_images.bytes_fetched if self.provider_images else 0,
             "data.images_loaded": self.provider_images.loaded if self.provider_images else 0,
+            **landing,
             "data.images_exported": self.images.exported if self.images else 0,
+            "data.images_exports_released": self.images.released if self.images else 0,
             "data.inputs_fetched_bytes": self.provider.bytes_fetched if self.provider else 0,
             "data.outputs_fetched_bytes": self.requester.bytes_fetched if self.requester else 0,
             "data.served_bytes": self.blobs.counters.bytes,

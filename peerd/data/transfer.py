@@ -198,6 +198,7 @@ class _Fetch:
         self.report = report
         self.remaining: dict[bytes, None] = {}
         self.unavailable: dict[str, set[bytes]] = defaultdict(set)  # peer -> digests it answered missing
+        self.landed: Callable[[bytes], None] | None = None
 
     def usable(self, peer: str) -> bool:
         return peer not in self.report.bad_peers and peer not in self.report.dropped
@@ -283,6 +284,8 @@ class _Fetch:
                 self.report.fetched += 1
                 self.report.chunk_bytes += len(event.data)
                 progress[0] += 1
+                if self.landed is not None:
+                    self.landed(event.digest)
             elif isinstance(event, Missing):
                 self.unavailable[peer].update(event.digests)
             elif isinstance(event, BlobError):
@@ -313,14 +316,16 @@ class _CountingStream:
 async def fetch(
     open_stream: OpenStream, peers: Sequence[str], task_id: str, digests: Sequence[bytes], store: ChunkStore, *,
     streams: int = DEFAULT_STREAMS, window: int = DEFAULT_WINDOW, max_chunk: int = MAX_CHUNK_SIZE,
-    retries: int = DEFAULT_RETRIES, timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES, timeout: float = DEFAULT_TIMEOUT, landed: Callable[[bytes], None] | None = None,
 ) -> FetchReport:
     """Make ``store`` hold every one of ``digests`` for ``task_id``, fetching what it lacks from ``peers``.
 
     Pins all of ``digests`` for the task first (the caller releases them when
-    the task is done). Returns the report; raises TransferIncomplete (with the
-    report) when some chunk could be had from no peer, BlobStoreError when the
-    store refuses one (quota), LocalProtocolError for a bad argument.
+    the task is done). ``landed`` is told each fetched chunk's digest as soon as
+    the store holds it (a consumer may use chunks while the rest still move).
+    Returns the report; raises TransferIncomplete (with the report) when some
+    chunk could be had from no peer, BlobStoreError when the store refuses one
+    (quota), LocalProtocolError for a bad argument.
     """
     if streams < 1:
         raise LocalProtocolError(f"streams must be at least 1, got {streams}")
@@ -332,6 +337,7 @@ async def fetch(
     report.present = len(wanted) - len(missing)
     state = _Fetch(open_stream, peers, task_id, store, window=window, max_chunk=max_chunk, retries=retries,
                    timeout=timeout, report=report)
+    state.landed = landed
     state.remaining = dict.fromkeys(missing)
     if missing and state.peers:
         parts = [missing[i::streams] for i in range(min(streams, len(missing)))]

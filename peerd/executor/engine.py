@@ -32,6 +32,7 @@ from peerd.executor.plan import (
     exit_from_inspect,
     info_from_summary,
 )
+from protocol.imagelayout import chain_ids
 
 log = logging.getLogger(__name__)
 
@@ -442,13 +443,23 @@ class Engine:
         return await self._call(f"inspect image {ref}", work)
 
     async def save(self, ref: str, *, piece: int = 1 << 20) -> AsyncIterator[bytes]:
-        """``docker save ref`` as it streams from dockerd, in pieces of at most ``piece`` bytes."""
+        """``docker save ref`` as it streams from dockerd, in pieces of at least ``piece`` bytes (the last
+        may be shorter). dockerd answers in small HTTP chunks (~32 KiB): they are joined in the worker
+        thread, so each thread hop carries a whole piece."""
         api = self._api
         stream: Iterator[bytes] = await self._call(
             f"save {ref}", lambda: iter(api.get_image(ref, chunk_size=piece)), abandon=True,
         )
-        while (data := await self._call(f"save {ref}", lambda: next(stream, None), abandon=True)) is not None:
-            yield data
+
+        def next_piece() -> bytes | None:
+            parts, size = [], 0
+            while size < piece and (data := next(stream, None)) is not None:
+                parts.append(data)
+                size += len(data)
+            return b"".join(parts) if parts else None
+
+        while (joined := await self._call(f"save {ref}", next_piece, abandon=True)) is not None:
+            yield joined
 
     async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
         """``docker load`` of the archive ``pieces`` yields, streamed to dockerd; its messages."""
@@ -474,6 +485,24 @@ class Engine:
             return messages
 
         return await self._call("docker load", work, abandon=True)
+
+    async def layer_chains(self) -> set[str]:
+        """The chain id of every layer the local images stand on (``protocol.imagelayout.chain_ids``)."""
+        api = self._api
+
+        def work() -> set[str]:
+            held: set[str] = set()
+            for image in api.images(all=True):
+                try:
+                    rootfs = api.inspect_image(str(image.get("Id", ""))).get("RootFS") or {}
+                except docker.errors.ImageNotFound:
+                    continue  # removed meanwhile
+                layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+                if isinstance(layers, list):
+                    held.update(chain_ids(tuple(str(layer) for layer in layers)))
+            return held
+
+        return await self._call("list image layers", work)
 
     async def remove_image(self, ref: str) -> None:
         """Remove an image (not forced: one a container uses stays); one already gone is fine."""

@@ -21,7 +21,17 @@ import pytest
 import trio
 
 from peerd.data.blobstore import ChunkStore
-from peerd.data.imagedata import ImageError, ImageMismatch, ImageSettings, ProviderImages, export_image, pin_for_task
+from peerd.data.imagedata import (
+    ImageError,
+    ImageMismatch,
+    ImageSettings,
+    ProviderImages,
+    RequesterImages,
+    export_image,
+    export_key,
+    pin_for_task,
+)
+from peerd.data.jobdata import load_manifest, parse_digest
 from peerd.executor.engine import Engine
 from protocol.manifest import Manifest, encode_manifest, manifest_id
 from protocol.messages import ImageContent, JobSpec, LeaseTerms
@@ -138,6 +148,156 @@ async def test_a_layer_swapped_for_another_is_refused_by_the_load(
     assert content.id not in engine2.image_ids()
     await theirs.close()
     await ours.close()
+
+
+class Feeding:
+    """An engine whose ``load`` counts the archive bytes it hands dockerd."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.fed = 0
+        self.images: ProviderImages | None = None
+        self.counters: dict[str, int] = {}  # the provider's landing counters at the first piece
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    async def load(self, pieces: AsyncIterator[bytes]) -> list[str]:
+        async def counted() -> AsyncIterator[bytes]:
+            async for piece in pieces:
+                if not self.fed and self.images is not None:
+                    self.counters = self.images.landing_counters()
+                self.fed += len(piece)
+                yield piece
+
+        return await self.engine.load(counted())
+
+
+async def test_layers_stream_into_the_load_as_they_arrive_and_a_lost_chunk_aborts_it(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, _ = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    last = manifest.files[-1].chunks[-1]
+    await theirs.release("t1")  # the requester loses the top layer's last chunk
+    await theirs.pin("t1", [d for d in [*manifest.digests(), parse_digest(content.manifest)] if d != last])
+    await theirs.run_blocking(lambda files: files.path_of(last).unlink())
+    await theirs.run_blocking(lambda files: files.get(last))  # the store notices it is gone
+    engine2.docker("rmi", "-f", content.id)
+    feeding = Feeding(there)
+    async with trio.open_nursery() as nursery:
+        images = ProviderImages(lambda: feeding, ours, Opener(nursery, theirs),  # type: ignore[arg-type,return-value]
+                                ImageSettings(marks_dir=tmp_path / "marks"))
+        feeding.images = images
+        with pytest.raises(ImageError, match="could not be fetched"):
+            await images.ensure(terms_for("t1", content))
+        nursery.cancel_scope.cancel()
+    assert feeding.fed > manifest.files[0].size + (1 << 20)  # layer bytes reached dockerd before the fetch ended
+    assert content.id not in engine2.image_ids()
+    layer_bytes = sum(f.size for f in manifest.files[1:])
+    assert feeding.counters["data.images_landing"] == 1
+    assert feeding.counters["data.images_landing_total"] == layer_bytes
+    assert feeding.counters["data.images_landing_bytes"] < layer_bytes
+    assert images.landing_counters() == {"data.images_landing": 0, "data.images_landing_bytes": 0,
+                                         "data.images_landing_total": 0}
+    await theirs.close()
+    await ours.close()
+
+
+async def test_layers_the_engine_holds_are_neither_fetched_nor_fed_to_the_load(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, two = built  # both stand on the same base layer
+    theirs = await ChunkStore.open(tmp_path / "req")
+    first, _ = await export_image(here, one.ref, theirs)
+    second, manifest = await export_image(here, two.ref, theirs)
+    await pin_for_task(theirs, "t1", first)
+    await pin_for_task(theirs, "t2", second)
+    engine2.docker("rmi", "-f", first.id, second.id)
+    feeding = Feeding(there)
+    async with trio.open_nursery() as nursery:
+        opener = Opener(nursery, theirs)
+        await provider(there, await ChunkStore.open(tmp_path / "prov1"), opener, tmp_path).ensure(
+            terms_for("t1", first))
+        ours = await ChunkStore.open(tmp_path / "prov2")  # an empty store: what moves is only what dockerd lacks
+        images = ProviderImages(lambda: feeding, ours, opener,  # type: ignore[arg-type,return-value]
+                                ImageSettings(marks_dir=tmp_path / "marks"))
+        moved = await images.ensure(terms_for("t2", second))
+        nursery.cancel_scope.cancel()
+    base = manifest.files[1].size
+    assert second.id in engine2.image_ids()
+    assert moved <= second.size - base + (64 << 10)  # the manifest, the config, the top layer
+    assert feeding.fed <= second.size - base + (64 << 10)
+    assert set(await ours.missing(manifest.files[1].chunks)) == set(manifest.files[1].chunks)
+    await theirs.close()
+    await ours.close()
+
+
+async def test_a_chunk_that_no_longer_matches_its_digest_aborts_the_load(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
+) -> None:
+    here, there = engines
+    one, _ = built
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(here, one.ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    middle = manifest.files[-1].chunks[len(manifest.files[-1].chunks) // 2]
+    data = await theirs.get(middle)
+    assert data is not None
+    await ours.put(middle, data)  # already here, so not fetched again: then it rots on disk
+    await ours.run_blocking(lambda files: files.path_of(middle).write_bytes(b"x" + data[1:]))
+    engine2.docker("rmi", "-f", content.id)
+    async with trio.open_nursery() as nursery:
+        images = provider(there, ours, Opener(nursery, theirs), tmp_path)
+        with pytest.raises(ImageMismatch, match="does not match its digest"):
+            await images.ensure(terms_for("t1", content))
+        nursery.cancel_scope.cancel()
+    assert content.id not in engine2.image_ids()
+    await theirs.close()
+    await ours.close()
+
+
+async def test_an_export_is_kept_while_a_task_carries_it_and_collectible_after(
+    engines: tuple[Engine, Engine], built: tuple[Built, Built], tmp_path: Path,
+) -> None:
+    here, _ = engines
+    one, _ = built
+    store = await ChunkStore.open(tmp_path / "req")
+
+    async def source() -> Engine:
+        return here
+
+    images = RequesterImages(source, store)
+    spec = JobSpec(image=one.ref, command=("true",), timeout=30.0)
+    first = await images.carry("t1", spec)
+    second = await images.carry("t2", spec)  # the same export, reused
+    assert first.image_content == second.image_content and images.exported == 1
+    assert first.image_content is not None
+    digests = (await load_manifest(store, parse_digest(first.image_content.manifest) or b"")).digests()
+    assert images.carrying == {one.image_id: {"t1", "t2"}}
+    await images.task_done("t1")
+    await store.release("t1")
+    assert await store.pinned(export_key(one.image_id))  # t2 is live: kept
+    await store.gc()
+    assert not await store.missing(digests)
+    await store.release("t2")  # the task's own pins go first (RequesterData.release_when_final)
+    await images.task_done("t2")
+    assert not await store.pinned(export_key(one.image_id)) and images.released == 1
+    await images.carry("t3", spec)  # still whole: reused
+    assert images.exported == 1 and await store.pinned(export_key(one.image_id))
+    await store.release("t3")
+    await images.task_done("t3")
+    await store.gc()  # what the store does when it needs room: the unreferenced export goes
+    assert set(await store.missing(digests)) == set(digests)
+    await images.carry("t4", spec)  # exported again
+    assert images.exported == 2 and not await store.missing(digests)
+    await store.close()
 
 
 async def test_received_images_make_room_least_recently_used_first_never_one_in_use(

@@ -9,6 +9,7 @@ import pytest
 
 from protocol.imagelayout import (
     ImageLayoutError,
+    chain_ids,
     check_config,
     check_layout,
     diff_ids,
@@ -65,3 +66,11 @@ def test_the_load_manifest_names_the_files_docker_load_reads() -> None:
     [entry_] = json.loads(load_manifest_json(2, "peerd-received:x"))
     assert entry_ == {"Config": "config.json", "RepoTags": ["peerd-received:x"],
                       "Layers": ["layers/0000.tar", "layers/0001.tar"]}
+
+
+def test_chain_ids_follow_dockers_rule() -> None:
+    a, b, c = ("sha256:" + ch * 64 for ch in "abc")
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    assert chain_ids((a,)) == (a,)
+    assert chain_ids((a, b, c)) == (a, ab, "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest())
+    assert chain_ids(()) == ()
