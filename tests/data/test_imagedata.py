@@ -74,6 +74,15 @@ def provider(engine: Engine, store: ChunkStore, opener: Opener, tmp_path: Path) 
     return ProviderImages(lambda: engine, store, opener, ImageSettings(marks_dir=tmp_path / "marks"))
 
 
+async def exported(engine: Engine, ref: str, tmp_path: Path) -> tuple[ChunkStore, ChunkStore, ImageContent, Manifest]:
+    """The requester's store with ``ref`` exported and pinned for task t1, and an empty provider store."""
+    theirs = await ChunkStore.open(tmp_path / "req")
+    ours = await ChunkStore.open(tmp_path / "prov")
+    content, manifest = await export_image(engine, ref, theirs)
+    await pin_for_task(theirs, "t1", content)
+    return theirs, ours, content, manifest
+
+
 async def test_an_exported_image_loads_on_an_empty_engine_with_the_same_id(
     engines: tuple[Engine, Engine], built: tuple[Built, Built], engine2: Dockerd, tmp_path: Path,
 ) -> None:
@@ -104,10 +113,7 @@ async def test_content_that_is_not_the_leased_image_is_refused_before_its_layers
 ) -> None:
     here, there = engines
     one, two = built
-    theirs = await ChunkStore.open(tmp_path / "req")
-    ours = await ChunkStore.open(tmp_path / "prov")
-    content, manifest = await export_image(here, one.ref, theirs)
-    await pin_for_task(theirs, "t1", content)
+    theirs, ours, content, manifest = await exported(here, one.ref, tmp_path)
     lying = replace(content, id=two.image_id)  # the lease names another image than the content is
     async with trio.open_nursery() as nursery:
         images = provider(there, ours, Opener(nursery, theirs), tmp_path)
@@ -178,10 +184,7 @@ async def test_layers_stream_into_the_load_as_they_arrive_and_a_lost_chunk_abort
 ) -> None:
     here, there = engines
     one, _ = built
-    theirs = await ChunkStore.open(tmp_path / "req")
-    ours = await ChunkStore.open(tmp_path / "prov")
-    content, manifest = await export_image(here, one.ref, theirs)
-    await pin_for_task(theirs, "t1", content)
+    theirs, ours, content, manifest = await exported(here, one.ref, tmp_path)
     last = manifest.files[-1].chunks[-1]
     await theirs.release("t1")  # the requester loses the top layer's last chunk
     await theirs.pin("t1", [d for d in [*manifest.digests(), parse_digest(content.manifest)] if d != last])
@@ -243,10 +246,7 @@ async def test_a_chunk_that_no_longer_matches_its_digest_aborts_the_load(
 ) -> None:
     here, there = engines
     one, _ = built
-    theirs = await ChunkStore.open(tmp_path / "req")
-    ours = await ChunkStore.open(tmp_path / "prov")
-    content, manifest = await export_image(here, one.ref, theirs)
-    await pin_for_task(theirs, "t1", content)
+    theirs, ours, content, manifest = await exported(here, one.ref, tmp_path)
     middle = manifest.files[-1].chunks[len(manifest.files[-1].chunks) // 2]
     data = await theirs.get(middle)
     assert data is not None
