@@ -71,7 +71,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20  # per read from a blob stream: chunks are large
-DEFAULT_STREAMS = 2  # py-libp2p's yamux: 4 streams on one connection moved ~60 MiB/s, 2 ~85, 1 ~80
+DEFAULT_STREAMS = 1  # py-libp2p's yamux: with the store pipelined, 2 streams on one connection moved no more
+# than 1 (scripts/bench/transfer.py --full) and cost ~20 % more event-loop CPU and ~2x the fetcher's RSS growth
 DEFAULT_RETRIES = 3  # failures in a row, without a chunk delivered, before a peer is dropped
 DEFAULT_TIMEOUT = 30.0  # seconds for any one read or write (the node passes network.io_timeout)
 BACKOFF = (0.05, 0.2, 0.5, 1.0)  # seconds before re-opening a stream, by failures in a row
