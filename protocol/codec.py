@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import deque
 from collections.abc import Iterator
 
 import msgpack
@@ -148,11 +149,18 @@ class FrameDecoder:
     Feed bytes with ``receive_data``; take complete frames with
     ``next_frame`` (None when more data is needed). An oversize length
     raises ``FrameTooLarge`` as soon as the header arrives.
+
+    The pieces received are kept as they came (a queue and a running length)
+    and a frame's bytes are joined once, when the whole frame is present: a
+    1 MiB frame fed in 64 KiB pieces costs one copy of its payload, not one
+    copy of the buffer per piece (or of what follows it when it is taken).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._buffer = bytearray()
+        self._pieces: deque[bytes] = deque()  # received and not yet taken, oldest first
+        self._offset = 0  # bytes of the first piece already taken
+        self._size = 0  # bytes received and not yet taken
         self._eof = False
 
     def receive_data(self, data: bytes) -> None:
@@ -160,53 +168,93 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        self._buffer += data
-        self._check_header()
+        self._pieces.append(bytes(data))  # no copy when it is bytes already
+        self._size += len(data)
+        self._checked_length()
 
-    def _check_header(self) -> None:
-        if len(self._buffer) >= HEADER_SIZE:
-            (length,) = _HEADER.unpack_from(self._buffer)
-            if length > self.max_frame:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+    def _length(self) -> int | None:
+        """The length field of the frame at the front, once its header is in (unchecked)."""
+        if self._size < HEADER_SIZE:
+            return None
+        first = self._pieces[0]
+        if len(first) - self._offset >= HEADER_SIZE:
+            (length,) = _HEADER.unpack_from(first, self._offset)
+            return int(length)
+        head = first[self._offset:]  # a header split over pieces (rare): its 4 bytes, nothing taken
+        for k in range(1, len(self._pieces)):
+            head += self._pieces[k][:HEADER_SIZE - len(head)]
+            if len(head) == HEADER_SIZE:
+                break
+        (length,) = _HEADER.unpack(head)
+        return int(length)
+
+    def _checked_length(self) -> int | None:
+        length = self._length()
+        if length is not None and length > self.max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+        return length
 
     def next_frame(self) -> bytes | None:
-        if len(self._buffer) < HEADER_SIZE:
+        length = self._checked_length()
+        if length is None or self._size < HEADER_SIZE + length:
             self._check_eof()
             return None
-        (length,) = _HEADER.unpack_from(self._buffer)
-        if length > self.max_frame:
-            raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
-        end = HEADER_SIZE + length
-        if len(self._buffer) < end:
-            self._check_eof()
-            return None
-        with memoryview(self._buffer) as view:  # one copy of the payload, not two (a slice, then bytes)
-            payload = bytes(view[HEADER_SIZE:end])
-        del self._buffer[:end]
+        self._take(HEADER_SIZE)
+        payload = self._take(length)
         # A following oversize header is reported by the next call, not this
         # one: raising here would lose the complete frame just taken.
         return payload
 
+    def _take(self, size: int) -> bytes:
+        """Remove and return the next ``size`` bytes (all received): one copy."""
+        if not size:
+            return b""
+        first = self._pieces[0]
+        start = self._offset
+        if len(first) - start >= size:  # within the first piece
+            out = first[start:start + size] if start or size < len(first) else first
+            self._advance(first, start + size)
+            self._size -= size
+            return out
+        parts: list[memoryview] = []
+        need = size
+        while need:
+            first = self._pieces[0]
+            start = self._offset
+            take = min(len(first) - start, need)
+            parts.append(memoryview(first)[start:start + take])
+            self._advance(first, start + take)
+            need -= take
+        self._size -= size
+        return b"".join(parts)
+
+    def _advance(self, first: bytes, offset: int) -> None:
+        if offset == len(first):
+            self._pieces.popleft()
+            self._offset = 0
+        else:
+            self._offset = offset
+
     def _check_eof(self) -> None:
-        if self._eof and self._buffer:
-            raise DecodeError(f"stream closed inside a frame ({len(self._buffer)} bytes pending)")
+        if self._eof and self._size:
+            raise DecodeError(f"stream closed inside a frame ({self._size} bytes pending)")
 
     @property
     def ready(self) -> int:
         """The payload size of the complete frame ``next_frame`` would return now (0: none, or an empty one)."""
-        if len(self._buffer) < HEADER_SIZE:
+        length = self._length()
+        if length is None:
             return 0
-        (length,) = _HEADER.unpack_from(self._buffer)
-        return length if length <= self.max_frame and len(self._buffer) >= HEADER_SIZE + length else 0
+        return length if length <= self.max_frame and self._size >= HEADER_SIZE + length else 0
 
     @property
     def closed(self) -> bool:
         """True once the peer closed and every complete frame was taken."""
-        return self._eof and not self._buffer
+        return self._eof and not self._size
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return self._size
 
 
 def iter_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Iterator[bytes]:

@@ -7,14 +7,17 @@ its store: ``lease_access``), else the answer is ``blob_error not_authorized``.
 Only digests the task pins in the chunk store are served (any other is
 answered ``missing``, so a party of one task learns nothing about another's
 chunks); every chunk is re-hashed as it is read (``ChunkStore.get_verified``)
-and sent as that ``VerifiedChunk``, not hashed again. A peer
+and sent as that ``VerifiedChunk``, not hashed again; the next chunk is read
+while the current one is sent (``READ_AHEAD``). A peer
 holds at most ``max_streams_per_peer`` blob streams at once (``busy`` beyond).
 
 Fetching (``fetch``): the digests the store lacks are pinned for the task
 first, then split over ``streams`` streams opened at once, spread over the
 peers that hold them. Every chunk is hashed once, by the machine as it
 arrives (its data must hash to its digest); the ``VerifiedChunk`` it hands
-out is stored as is (``ChunkStore.put_verified``). A
+out is stored as is (``ChunkStore.put_verified``), by a task beside the
+stream's reader (at most ``STORE_QUEUE`` chunks wait), so reading goes on while
+the store writes. A
 stream that breaks or times out is opened again (after a short back-off)
 asking only for what is still missing; a peer that fails ``retries`` times in
 a row without delivering a chunk is dropped as unreachable. A peer that sends
@@ -68,11 +71,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20  # per read from a blob stream: chunks are large
-DEFAULT_STREAMS = 2  # py-libp2p's yamux: 4 streams on one connection moved ~60 MiB/s, 2 ~85, 1 ~80
+DEFAULT_STREAMS = 1  # py-libp2p's yamux: with the store pipelined, 2 streams on one connection moved no more
+# than 1 (scripts/bench/transfer.py --full) and cost ~20 % more event-loop CPU and ~2x the fetcher's RSS growth
 DEFAULT_RETRIES = 3  # failures in a row, without a chunk delivered, before a peer is dropped
 DEFAULT_TIMEOUT = 30.0  # seconds for any one read or write (the node passes network.io_timeout)
 BACKOFF = (0.05, 0.2, 0.5, 1.0)  # seconds before re-opening a stream, by failures in a row
 MAX_STREAMS_PER_PEER = 8
+READ_AHEAD = 1  # chunks a serving stream reads from the store ahead of the one it sends
+STORE_QUEUE = 2  # received chunks a fetch stream holds for the store while it goes on reading
 OFF_LOOP_FRAME = 64 << 10  # a received frame this large is decoded and hashed in a worker thread
 
 Access = Callable[[str, str], Awaitable[bool]]
@@ -265,6 +271,41 @@ class _Fetch:
             await _close(stream, clean=clean)
 
     async def pump(self, stream: ByteStream, peer: str, machine: BlobFetcher, progress: list[int]) -> None:
+        """Run the exchange; the chunks it receives are stored by a task beside it, so reading goes on meanwhile.
+
+        At most ``STORE_QUEUE`` received chunks wait for the store (memory is
+        bounded; the exchange waits when they are there). When the exchange
+        fails, the chunks already received are stored before its error is raised.
+        """
+        send, receive = trio.open_memory_channel[VerifiedChunk](STORE_QUEUE)
+        failure: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.store_chunks, receive, progress)
+                async with send:
+                    try:
+                        await self.exchange(stream, peer, machine, send)
+                    except (PeerGone, PeerTimeout, P2PError, _Misbehaved, _Refused) as exc:  # raised once
+                        failure = exc  # what was received is stored
+        except BaseExceptionGroup as group:  # the store failed (quota): that ends the fetch
+            raise single_error(group, (Exception,)) from None
+        if failure is not None:
+            raise failure
+
+    async def store_chunks(self, chunks: trio.MemoryReceiveChannel[VerifiedChunk], progress: list[int]) -> None:
+        async with chunks:
+            async for chunk in chunks:  # the machine hashed it on arrival: stored without a second hash
+                await self.store.put_verified(chunk)
+                self.remaining.pop(chunk.digest, None)
+                self.report.fetched += 1
+                self.report.chunk_bytes += len(chunk.data)
+                progress[0] += 1
+                if self.landed is not None:
+                    self.landed(chunk.digest)
+
+    async def exchange(
+        self, stream: ByteStream, peer: str, machine: BlobFetcher, chunks: trio.MemorySendChannel[VerifiedChunk],
+    ) -> None:
         counted = _CountingStream(stream, self.report)
         while True:
             while (want := machine.next_want()) is not None:
@@ -278,14 +319,8 @@ class _Fetch:
                 bad = exc.code == "bad_chunk"
                 what = "sent a chunk that does not match its digest" if bad else "broke the protocol"
                 raise _Misbehaved(f"{what}: {exc}") from exc
-            if isinstance(event, VerifiedChunk):  # the machine hashed it on arrival: stored without a second hash
-                await self.store.put_verified(event)
-                self.remaining.pop(event.digest, None)
-                self.report.fetched += 1
-                self.report.chunk_bytes += len(event.data)
-                progress[0] += 1
-                if self.landed is not None:
-                    self.landed(event.digest)
+            if isinstance(event, VerifiedChunk):
+                await chunks.send(event)
             elif isinstance(event, Missing):
                 self.unavailable[peer].update(event.digests)
             elif isinstance(event, BlobError):
@@ -401,7 +436,10 @@ async def serve_blobs(
     counters = counters if counters is not None else ServeCounters()
     machine = BlobServer()
     try:
-        await _serve(stream, remote_peer, store, access, machine, timeout, counters, busy)
+        try:
+            await _serve(stream, remote_peer, store, access, machine, timeout, counters, busy)
+        except BaseExceptionGroup as group:  # from the read-ahead nursery of _answer
+            raise single_error(group, (Exception,)) from None
     except (PeerGone, PeerTimeout, RemoteProtocolError) as exc:
         counters.broken += 1
         log.info("blob stream from …%s ended: %s", remote_peer[-8:], exc)
@@ -415,7 +453,6 @@ async def _serve(
     while True:
         if allowed is not None and machine.pending:
             await _answer(stream, store, machine, allowed, timeout, counters)
-            continue
         event = await _next_event(stream, machine, timeout)
         if isinstance(event, Want) and allowed is None:
             refusal = await _refusal(peer, event.task_id, access, busy)
@@ -444,21 +481,38 @@ async def _answer(
     stream: ByteStream, store: ChunkStore, machine: BlobServer, allowed: set[bytes], timeout: float,
     counters: ServeCounters,
 ) -> None:
-    """Answer the oldest pending digest: its chunk, or missing (absent, corrupt, or not this task's)."""
-    digest = machine.pending[0]
-    chunk = await store.get_verified(digest) if digest in allowed else None  # re-hashed as it is read
-    if chunk is not None:
-        try:
-            out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
-        except LocalProtocolError:  # larger than this machine sends: serve it as missing
-            chunk = None
-    if chunk is None:
-        out = machine.send_missing([digest])
-        counters.missing += 1
-    else:
-        counters.chunks += 1
-        counters.bytes += len(chunk.data)
-    await send_bytes(stream, out, timeout)
+    """Answer every pending digest in order: its chunk, or missing (absent, corrupt, or not this task's).
+
+    The next chunk is read from the store (and re-hashed) in a task beside
+    the one that sends the current one, so the stream is not idle while the
+    store reads: at most ``READ_AHEAD`` chunks wait to be sent.
+    """
+    digests = machine.pending
+    send, receive = trio.open_memory_channel[VerifiedChunk | None](READ_AHEAD)
+
+    async def read_ahead() -> None:
+        async with send:
+            for digest in digests:
+                await send.send(await store.get_verified(digest) if digest in allowed else None)  # re-hashed
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_ahead)
+        async with receive:
+            async for chunk in receive:
+                out = None
+                if chunk is not None:
+                    try:
+                        out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
+                    except LocalProtocolError:  # larger than this machine sends: serve it as missing
+                        chunk = None
+                if out is None:
+                    out = machine.send_missing([machine.pending[0]])
+                    counters.missing += 1
+                else:
+                    assert chunk is not None
+                    counters.chunks += 1
+                    counters.bytes += len(chunk.data)
+                await send_bytes(stream, out, timeout)
 
 
 # ---------------------------------------------------------------- wiring

@@ -221,8 +221,9 @@ async def test_a_reset_mid_transfer_resumes_with_only_what_is_missing(dataset: D
             await mine.close()
         nursery.cancel_scope.cancel()
     assert mine.resets >= 1 and proxy.counters["reset"] >= 1, proxy.counters
-    assert proxy.counters["accepted"] >= 2  # it dialled again after the reset
-    assert report.complete and report.retries >= 1 and report.streams > 4
+    # it opened streams again after the reset (on a new connection: through the proxy, or, when identify on the
+    # reset connection re-taught the server's own address after ``forget`` under load, directly)
+    assert report.complete and report.retries >= 1 and report.streams > 4, report
     # no more than 1.2x the input moved in all: counted by the fetcher and, on the wire, by the proxy
     assert report.wire_bytes <= 1.2 * TOTAL, report
     assert proxy.counters["bytes"] <= 1.2 * TOTAL, proxy.counters

@@ -170,6 +170,62 @@ def test_oversize_header_is_refused_by_next_frame_too() -> None:
         decoder.next_frame()
 
 
+def _split(data: bytes, sizes: list[int]) -> list[bytes]:
+    """``data`` cut into pieces of ``sizes`` (cycled), the last one what is left."""
+    pieces, at, k = [], 0, 0
+    while at < len(data):
+        size = sizes[k % len(sizes)]
+        pieces.append(data[at:at + size])
+        at, k = at + size, k + 1
+    return pieces
+
+
+FRAMES = [b"a", b"", b"bc", bytes(range(256)) * 41, b"", b"z" * 3, bytes(70_000)]
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [5], [4], [7, 1, 2], [65_536], [10_501, 3], [1 << 20]])
+def test_frame_decoder_gives_the_same_frames_whatever_the_pieces(sizes: list[int]) -> None:
+    """1-byte pieces, headers split over pieces, several frames (and a frame's tail) in one piece."""
+    data = b"".join(codec.frame(f) for f in FRAMES)
+    decoder = codec.FrameDecoder()
+    got: list[bytes] = []
+    for piece in _split(data, sizes):
+        decoder.receive_data(piece)
+        while decoder.ready or decoder.pending >= codec.HEADER_SIZE:
+            ready = decoder.ready
+            payload = decoder.next_frame()
+            if payload is None:
+                assert ready == 0
+                break
+            assert ready == len(payload)
+            assert type(payload) is bytes
+            got.append(payload)
+    assert got == FRAMES and decoder.pending == 0
+    decoder.receive_data(b"")
+    assert decoder.closed and decoder.next_frame() is None
+
+
+def test_frame_decoder_takes_bytes_like_pieces_and_keeps_none_of_them_mutable() -> None:
+    data = bytearray(codec.frame(b"hello") + codec.frame(b"world"))
+    decoder = codec.FrameDecoder()
+    decoder.receive_data(data[:7])  # type: ignore[arg-type]
+    decoder.receive_data(memoryview(data)[7:])  # type: ignore[arg-type]
+    data[:] = bytes(len(data))  # the caller reuses its buffer
+    assert decoder.next_frame() == b"hello" and decoder.next_frame() == b"world"
+
+
+def test_frame_decoder_oversize_header_split_over_pieces() -> None:
+    decoder = codec.FrameDecoder(max_frame=8)
+    decoder.receive_data(codec.frame(b"ok")[:3])
+    decoder.receive_data(codec.frame(b"ok")[3:] + struct.pack(">I", 9)[:2])
+    assert decoder.next_frame() == b"ok"
+    with pytest.raises(FrameTooLarge, match="frame of 9 bytes"):
+        decoder.receive_data(struct.pack(">I", 9)[2:])
+    with pytest.raises(FrameTooLarge):
+        decoder.next_frame()
+    assert decoder.ready == 0
+
+
 # ---------------------------------------------------------------- iter_frames
 def test_iter_frames() -> None:
     data = codec.frame(b"one") + codec.frame(b"") + codec.frame(b"three")
