@@ -164,7 +164,7 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class ImagesConfig:
-    """Images carried by requesters as job data (``peerd.data.imagedata``)."""
+    """Images carried by requesters as job data (``peerd.data.imagedata``, ``peerd.data.imagereceive``)."""
 
     receive: bool = True  # accept them (the advert says so); they count against [storage] blob_quota
 

@@ -41,7 +41,7 @@ from peerd.daemon.wiring import (
 )
 from peerd.dashboard import DashboardServer, dashboard_address
 from peerd.data.blobstore import ChunkStore
-from peerd.data.imagedata import ProviderImages
+from peerd.data.imagereceive import ProviderImages
 from peerd.data.jobdata import ProviderData
 from peerd.data.nodedata import BlobDialer, open_chunks, start_job_data
 from peerd.errors import PeerdError

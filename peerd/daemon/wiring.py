@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerd.config import Config
-from peerd.data.imagedata import ImageSettings
+from peerd.data.imagereceive import ImageSettings
 from peerd.data.jobdata import DataSettings
 from peerd.executor.contract import OutputStore
 from peerd.executor.docker import DockerExecutor

@@ -20,7 +20,8 @@ import trio
 from peerd.config import Config
 from peerd.daemon.wiring import chunk_store_from, data_settings_from
 from peerd.data.blobstore import ChunkStore
-from peerd.data.imagedata import ImageEngine, ProviderImages, RequesterImages
+from peerd.data.imagedata import ImageEngine, RequesterImages
+from peerd.data.imagereceive import ProviderImages
 from peerd.data.jobdata import OutputRetention, ProviderData
 from peerd.data.requestdata import RequesterData
 from peerd.data.transfer import BlobService, blob_opener, lease_access, register_blob_protocol

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import trio
 
-from peerd.data.imagedata import ImageError, ProviderImages
+from peerd.data.imagedata import ImageError
+from peerd.data.imagereceive import ProviderImages
 from peerd.data.jobdata import ProviderData, StagingFailed
 from peerd.executor.contract import Executor, PullProgress, RunSpec
 from peerd.executor.errors import ExecutorError
@@ -84,7 +85,7 @@ class JobRunner:
         self.clock = clock
         self.on_overhead = on_overhead  # seconds the executor added around a job (start + teardown)
         self.data = data  # job data (inputs staged before the run, outputs kept); None: no chunk store
-        self.images = images  # images carried by requesters (peerd.data.imagedata); None: none taken
+        self.images = images  # images carried by requesters (peerd.data.imagereceive); None: none taken
         self.jobs: dict[str, LeasedJob] = {}
         self.on_change: Callable[[], None] | None = None  # a job started or ended: what we offer changed
         self._staging: dict[str, trio.CancelScope] = {}  # jobs staging their inputs: cancel() ends it
@@ -194,7 +195,7 @@ class JobRunner:
         return staged
 
     async def _stage_image(self, job: LeasedJob) -> None:
-        """The leased image, carried by the requester, loaded here (``peerd.data.imagedata``)."""
+        """The leased image, carried by the requester, loaded here (``peerd.data.imagereceive``)."""
         if self.images is None:
             raise ImageError("this provider takes no images carried by the requester")
         moved = await self.images.ensure(job.terms)

@@ -213,7 +213,7 @@ class Provider:
 
     async def _admit_inputs(self, request: TaskRequest) -> None:
         """Job data (``peerd.data.jobdata``): mountable destinations, and room for the declared bytes."""
-        """Job data (``peerd.data.jobdata``, ``peerd.data.imagedata``): a carried image welcome here, mountable
+        """Job data (``peerd.data.jobdata``, ``peerd.data.imagereceive``): a carried image welcome here, mountable
         destinations, and room for the declared bytes."""
         data = self.runner.data
         await self._admit_image_cuda(request)

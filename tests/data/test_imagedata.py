@@ -24,13 +24,12 @@ from peerd.data.blobstore import ChunkStore
 from peerd.data.imagedata import (
     ImageError,
     ImageMismatch,
-    ImageSettings,
-    ProviderImages,
     RequesterImages,
     export_image,
     export_key,
     pin_for_task,
 )
+from peerd.data.imagereceive import ImageSettings, ProviderImages
 from peerd.data.jobdata import load_manifest, parse_digest
 from peerd.executor.engine import Engine
 from protocol.manifest import Manifest, encode_manifest, manifest_id
