@@ -21,7 +21,6 @@ signed times (advert and offer expiry).
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import secrets
 import time
@@ -31,6 +30,7 @@ from typing import Protocol
 
 import trio
 
+from peerd.jobs.attemptlog import describe, next_attempt, not_placed_reason
 from peerd.jobs.gang import GangPlacer
 from peerd.jobs.leasedjob import countersign_receipt
 from peerd.jobs.queue import NO_QUEUE, PlacementQueue, QueueTerms
@@ -38,7 +38,7 @@ from peerd.jobs.supersede import EnderSettings, LeaseEnder, OpenStream
 from peerd.jobs.taskwire import ByteStream, PeerTimeout, TaskChannel, TaskWireError, single_error
 from peerd.jobs.tracking import TaskTracker
 from peerd.p2p.errors import P2PError
-from peerd.state.store import Attempt, AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
+from peerd.state.store import AttemptOutcome, ResultRecord, Store, TaskRecord, TaskRole
 from protocol import LocalProtocolError, ProtocolError
 from protocol.messages import (
     TRANSIENT_REJECTS,
@@ -60,7 +60,6 @@ from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
-_REJECT_CODES = frozenset(code.value for code in RejectCode)
 # Answers that mean "no room at this provider now": a task worth queueing (an offer that lapsed, too).
 _NOT_NOW = frozenset(code.value for code in TRANSIENT_REJECTS | {RejectCode.OFFER_EXPIRED})
 
@@ -292,7 +291,7 @@ class Requester:
         if scope.cancelled_caught:
             await self._settle(task_id, TaskState.CANCELLED, "cancelled before placement")
             return
-        detail = await self._not_placed_reason(task_id, local, waited)
+        detail = not_placed_reason(await self.store.attempts(task_id), local=local, waited=waited)
         await self._settle(task_id, TaskState.NOT_PLACED, detail)
 
     async def _round(self, task_id: str, spec: JobSpec, local: bool, never: set[str]) -> Ending:
@@ -338,7 +337,7 @@ class Requester:
         """No provider has room now: the task waits (``queued``) with the latest reason."""
         attempts = await self.store.attempts(task_id)
         ahead = len(self.queue) - 1
-        why = _describe(attempts[-1]) if attempts else f"no provider has room now; {ahead} earlier task(s) wait"
+        why = describe(attempts[-1]) if attempts else f"no provider has room now; {ahead} earlier task(s) wait"
         await self.store.mark_queued(task_id, self.clock())
         detail = f"queued: no room now ({why})"
         await self.store.update_task(task_id, now=self.clock(), state=TaskState.QUEUED, detail=detail)
@@ -366,14 +365,6 @@ class Requester:
             scope.cancel()
 
         return stop
-
-    async def _not_placed_reason(self, task_id: str, local: bool, waited: bool) -> str:
-        attempts = await self.store.attempts(task_id)
-        if not attempts:
-            where = "this node" if local else "the peer table"
-            return f"no provider in {where} can run this job (cpus, memory, GPUs, price or image)"
-        when = "within its queue timeout" if waited else f"after {len(attempts)} attempt(s)"
-        return f"not placed {when}: " + "; ".join(_describe(a) for a in attempts)
 
     async def _attempt(self, task_id: str, spec: JobSpec, candidate: Candidate, deadline: float) -> Ending:
         """One negotiation, and the run when it leads to a lease."""
@@ -589,21 +580,11 @@ class Requester:
 
     async def _record_attempt(self, task_id: str, provider: str, outcome: AttemptOutcome, code: str,
                               detail: str, signed: bytes | None = None) -> None:
-        """Append to the task's placement log. A queued task asks again and again: an answer the log
-        already holds since the last lease (same provider, outcome and reason) is not written twice."""
-        reason = code if code in _REJECT_CODES else None
-        if code and reason is None:
-            detail = f"{code}: {detail}"
-        reason_code = RejectCode(reason) if reason else None
-        log_so_far = await self.store.attempts(task_id)
-        since_lease = reversed(list(itertools.takewhile(lambda a: a.outcome is not AttemptOutcome.ACCEPTED,
-                                                        reversed(log_so_far))))
-        if outcome is not AttemptOutcome.ACCEPTED and any(
-            (a.provider, a.outcome, a.reason_code) == (provider, outcome, reason_code) for a in since_lease
-        ):
+        """Append to the task's placement log (``peerd.jobs.attemptlog``)."""
+        attempt = next_attempt(await self.store.attempts(task_id), task_id, provider, outcome, code, detail, signed,
+                               self.clock())
+        if attempt is None:
             return
-        attempt = Attempt(task_id=task_id, n=len(log_so_far) + 1, provider=provider, outcome=outcome,
-                          reason_code=reason_code, detail=detail[:1024], signed=signed, at=self.clock())
         with trio.CancelScope(shield=True):
             await self.store.add_attempt(attempt)
         self.tracker.state(task_id, TaskState.PLACING, f"{provider[:16]}…: {outcome} {code}".strip())
@@ -619,8 +600,3 @@ class Requester:
                 return
         await self._place(record.task_id, record.spec, record.local, terms)
 
-
-def _describe(attempt: Attempt) -> str:
-    """One placement-log entry as a person reads it."""
-    return " ".join(filter(None, (f"{attempt.provider[:16]}…:", attempt.outcome.value, attempt.reason_code or "",
-                                  attempt.detail)))
