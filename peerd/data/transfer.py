@@ -7,8 +7,9 @@ its store: ``lease_access``), else the answer is ``blob_error not_authorized``.
 Only digests the task pins in the chunk store are served (any other is
 answered ``missing``, so a party of one task learns nothing about another's
 chunks); every chunk is re-hashed as it is read (``ChunkStore.get_verified``)
-and sent as that ``VerifiedChunk``, not hashed again; the next chunk is read
-while the current one is sent (``READ_AHEAD``). A peer
+and sent as that ``VerifiedChunk``, not hashed again. Wants are read, chunks
+read from the store and chunks sent by three tasks side by side (at most
+``READ_AHEAD`` chunks read ahead of the one being sent). A peer
 holds at most ``max_streams_per_peer`` blob streams at once (``busy`` beyond).
 
 Fetching (``fetch``): the digests the store lacks are pinned for the task
@@ -48,6 +49,7 @@ from peerd.p2p.errors import P2PError
 from protocol.blobxfer import (
     BLOB_PROTOCOL,
     DEFAULT_WINDOW,
+    MAX_IN_FLIGHT,
     BlobError,
     BlobErrorCode,
     BlobFetcher,
@@ -449,24 +451,19 @@ async def _serve(
     stream: ByteStream, peer: str, store: ChunkStore, access: Access, machine: BlobServer, timeout: float,
     counters: ServeCounters, busy: bool,
 ) -> None:
-    allowed: set[bytes] | None = None
-    while True:
-        if allowed is not None and machine.pending:
-            await _answer(stream, store, machine, allowed, timeout, counters)
-        event = await _next_event(stream, machine, timeout)
-        if isinstance(event, Want) and allowed is None:
-            refusal = await _refusal(peer, event.task_id, access, busy)
-            if refusal is not None:
-                code, detail = refusal
-                if code is BlobErrorCode.BUSY:
-                    counters.busy += 1
-                else:
-                    counters.refused += 1
-                await send_bytes(stream, machine.abort(code, detail), timeout)
-                return
-            allowed = await store.pinned(event.task_id)
-        elif isinstance(event, Done | BlobError):
-            return
+    event = await _next_event(stream, machine, timeout)
+    if not isinstance(event, Want):  # the table allows only a want or an error first
+        return
+    refusal = await _refusal(peer, event.task_id, access, busy)
+    if refusal is not None:
+        code, detail = refusal
+        if code is BlobErrorCode.BUSY:
+            counters.busy += 1
+        else:
+            counters.refused += 1
+        await send_bytes(stream, machine.abort(code, detail), timeout)
+        return
+    await _answer(stream, store, machine, await store.pinned(event.task_id), event.digests, timeout, counters)
 
 
 async def _refusal(peer: str, task_id: str, access: Access, busy: bool) -> tuple[BlobErrorCode, str] | None:
@@ -478,41 +475,68 @@ async def _refusal(peer: str, task_id: str, access: Access, busy: bool) -> tuple
 
 
 async def _answer(
-    stream: ByteStream, store: ChunkStore, machine: BlobServer, allowed: set[bytes], timeout: float,
-    counters: ServeCounters,
+    stream: ByteStream, store: ChunkStore, machine: BlobServer, allowed: set[bytes], first: Sequence[bytes],
+    timeout: float, counters: ServeCounters,
 ) -> None:
-    """Answer every pending digest in order: its chunk, or missing (absent, corrupt, or not this task's).
+    """Answer every digest asked, in order: its chunk, or missing (absent, corrupt, or not this task's).
 
-    The next chunk is read from the store (and re-hashed) in a task beside
-    the one that sends the current one, so the stream is not idle while the
-    store reads: at most ``READ_AHEAD`` chunks wait to be sent.
+    Three tasks run side by side, so the stream is never idle while the store
+    reads or the next want is parsed: this one reads the fetcher's wants and
+    queues their digests (the machine holds at most ``MAX_IN_FLIGHT`` unanswered,
+    so the queue never blocks it), ``_read_chunks`` reads and re-hashes each
+    chunk from the store (at most ``READ_AHEAD`` wait to be sent), and
+    ``_send_answers`` sends them. A fetcher asks for one more chunk as each one
+    lands, so answering want by want would read and send one chunk at a time.
     """
-    digests = machine.pending
-    send, receive = trio.open_memory_channel[VerifiedChunk | None](READ_AHEAD)
-
-    async def read_ahead() -> None:
-        async with send:
-            for digest in digests:
-                await send.send(await store.get_verified(digest) if digest in allowed else None)  # re-hashed
-
+    digests_in, digests_out = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
+    answers_in, answers_out = trio.open_memory_channel[tuple[bytes, VerifiedChunk | None]](READ_AHEAD)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_ahead)
-        async with receive:
-            async for chunk in receive:
-                out = None
-                if chunk is not None:
-                    try:
-                        out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
-                    except LocalProtocolError:  # larger than this machine sends: serve it as missing
-                        chunk = None
-                if out is None:
-                    out = machine.send_missing([machine.pending[0]])
-                    counters.missing += 1
-                else:
-                    assert chunk is not None
-                    counters.chunks += 1
-                    counters.bytes += len(chunk.data)
-                await send_bytes(stream, out, timeout)
+        nursery.start_soon(_read_chunks, store, allowed, digests_out, answers_in)
+        nursery.start_soon(_send_answers, stream, machine, answers_out, timeout, counters)
+        async with digests_in:
+            for digest in first:
+                digests_in.send_nowait(digest)
+            while True:
+                event = await _next_event(stream, machine, timeout)
+                if isinstance(event, Want):
+                    for digest in event.digests:
+                        digests_in.send_nowait(digest)
+                elif isinstance(event, BlobError):  # the fetcher gave up: nothing more is sent
+                    nursery.cancel_scope.cancel()
+                    return
+                elif isinstance(event, Done):  # only when every digest was answered
+                    return
+
+
+async def _read_chunks(
+    store: ChunkStore, allowed: set[bytes], digests: trio.MemoryReceiveChannel[bytes],
+    answers: trio.MemorySendChannel[tuple[bytes, VerifiedChunk | None]],
+) -> None:
+    async with digests, answers:
+        async for digest in digests:
+            await answers.send((digest, await store.get_verified(digest) if digest in allowed else None))  # re-hashed
+
+
+async def _send_answers(
+    stream: ByteStream, machine: BlobServer, answers: trio.MemoryReceiveChannel[tuple[bytes, VerifiedChunk | None]],
+    timeout: float, counters: ServeCounters,
+) -> None:
+    async with answers:
+        async for digest, chunk in answers:
+            out = None
+            if chunk is not None:
+                try:
+                    out = machine.send_chunk(chunk)  # not hashed again: a VerifiedChunk
+                except LocalProtocolError:  # larger than this machine sends: serve it as missing
+                    chunk = None
+            if out is None:
+                out = machine.send_missing([digest])
+                counters.missing += 1
+            else:
+                assert chunk is not None
+                counters.chunks += 1
+                counters.bytes += len(chunk.data)
+            await send_bytes(stream, out, timeout)
 
 
 # ---------------------------------------------------------------- wiring
