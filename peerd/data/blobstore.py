@@ -9,8 +9,9 @@ Layout::
 Writing: ``put`` checks that the data hashes to the digest (``put_verified``
 takes a ``protocol.blobxfer.VerifiedChunk``, hashed when it was made, e.g. by
 the fetcher's machine on arrival, and does not hash again), writes it to a
-new file in ``tmp/`` (same file system), fsyncs it, checks its length and
-renames it into place. A chunk file therefore either does not exist or is
+new file in ``tmp/`` (same file system; ``chunkfile``: past the page cache
+where the file system allows), fsyncs it, checks its length and renames it
+into place. A chunk file therefore either does not exist or is
 complete: a SIGKILL or crash mid-write leaves at most a temp file, removed at
 the next open. The rename is not followed by a directory fsync: after a
 power loss a chunk may be missing (fetched again), never partial.
@@ -54,9 +55,11 @@ from typing import TypeVar
 
 import trio
 
+from peerd.data.chunkfile import ChunkWriter
 from peerd.errors import PeerdError
 from protocol.blobxfer import VerifiedChunk
 from protocol.errors import LocalProtocolError
+from protocol.manifest import MAX_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +174,7 @@ class BlockingChunkStore:
         self._index = index
         self._used = sum(e.size for e in index.values())
         self.corrupt_removed = 0  # chunks found corrupt on read and deleted
+        self._writer = ChunkWriter(MAX_CHUNK_SIZE)
 
     @classmethod
     def open(cls, root: Path, quota: int = 0) -> BlockingChunkStore:
@@ -219,19 +223,14 @@ class BlockingChunkStore:
         final = self.path_of(digest)
         tmp = self.root / TMP_DIR / f"{digest.hex()}.{secrets.token_hex(4)}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-                written = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+            written = self._writer.write_new(tmp, data)
             if written != len(data):
                 raise BlobStoreError(f"short write of chunk {digest.hex()}: {written} of {len(data)} bytes")
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # the first chunk under its ab/ directory
+                final.parent.mkdir(mode=0o700, exist_ok=True)
+                os.replace(tmp, final)
             stored_ns = os.stat(final).st_mtime_ns
         except OSError as exc:
             tmp.unlink(missing_ok=True)
