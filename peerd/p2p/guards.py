@@ -9,6 +9,11 @@ here change module state of the library or check the operating system:
   250 ms before its first address is even given a chance to finish; set to 0
   here and only here. ``tests/p2p/test_guards.py`` notices if an upgrade
   renames or changes it.
+* yamux frames that fit one Noise message (defect 17): yamux writes frames of
+  64 KiB plus its 12-byte header, one more than the 65,519 plaintext bytes a
+  Noise message holds, so every full frame went out as two Noise messages, the
+  second of 17 bytes, each with its own encryption, write and read; frames of
+  at most 65,519 bytes cut the CPU of a bulk stream by about a third.
 * logging ("Installing and importing" there): on import libp2p's logger stops
   propagating and prints warnings raw to stderr; we make it propagate to the
   application's handlers at WARNING.
@@ -24,6 +29,8 @@ import logging
 import socket
 
 import libp2p.network.swarm as _swarm
+import libp2p.security.noise.io as _noise_io
+import libp2p.stream_muxer.yamux.yamux as _yamux
 import multiaddr
 from multiaddr.exceptions import ProtocolLookupError
 
@@ -31,6 +38,8 @@ from peerd.p2p.errors import BadAddress, LibraryChanged, PortInUse
 
 # What 0.8.1 ships: a 250 ms head start for the first address of every dial.
 UPSTREAM_HAPPY_EYEBALLS_DELAY = 0.250
+# What 0.8.1 ships: yamux frames carry up to 64 KiB including the header.
+UPSTREAM_YAMUX_MAX_MESSAGE_SIZE = 64 * 1024
 # Loggers the library writes to (it also ships the "multiaddr" package).
 LIBRARY_LOGGERS = ("libp2p", "multiaddr")
 
@@ -43,6 +52,7 @@ def apply_library_guards(log_level: int = logging.WARNING) -> None:
     if _applied:
         return
     disable_dial_delay()
+    fit_yamux_frames_to_noise()
     tame_logging(log_level)
     _applied = True
 
@@ -57,6 +67,20 @@ def disable_dial_delay() -> None:
         )
     # The only place this is set: dials then take ~4 ms instead of 251 ms on loopback.
     _swarm._HAPPY_EYEBALLS_DELAY = 0.0
+
+
+def fit_yamux_frames_to_noise() -> None:
+    """Guard 17: a yamux frame (header included) is at most one Noise message's plaintext."""
+    current = getattr(_yamux, "MAX_MESSAGE_SIZE", None)
+    noise_max = getattr(_noise_io, "MAX_PLAINTEXT_LENGTH", None)
+    if not isinstance(current, int) or not isinstance(noise_max, int):
+        raise LibraryChanged(
+            "libp2p's yamux MAX_MESSAGE_SIZE or Noise MAX_PLAINTEXT_LENGTH is gone or not an int; "
+            "re-measure how yamux frames split into Noise messages (docs/py-libp2p.md, defect 17) before upgrading"
+        )
+    # Read by YamuxStream.write at each frame: frames of header + payload <= noise_max bytes from now on.
+    # Only the frames we send change (and the slices of a read-to-end); other peers' frames are read as before.
+    _yamux.MAX_MESSAGE_SIZE = min(current, noise_max)
 
 
 def tame_logging(level: int = logging.WARNING) -> None:

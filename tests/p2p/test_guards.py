@@ -10,6 +10,8 @@ import sys
 from functools import partial
 
 import libp2p.network.swarm as swarm
+import libp2p.security.noise.io as noise_io
+import libp2p.stream_muxer.yamux.yamux as yamux
 import multiaddr
 import pytest
 import trio
@@ -66,6 +68,65 @@ def test_dial_delay_guard_refuses_a_changed_library(monkeypatch: pytest.MonkeyPa
     monkeypatch.delattr(swarm, "_HAPPY_EYEBALLS_DELAY")
     with pytest.raises(guards.LibraryChanged):
         guards.disable_dial_delay()
+
+
+def test_upstream_still_ships_yamux_frames_one_byte_over_a_noise_message() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import libp2p.stream_muxer.yamux.yamux as y, libp2p.security.noise.io as n; "
+                               "print(y.MAX_MESSAGE_SIZE, n.MAX_PLAINTEXT_LENGTH)"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    assert out.stdout.split() == [str(guards.UPSTREAM_YAMUX_MAX_MESSAGE_SIZE), "65519"]
+
+
+async def _noise_messages_for_one_mib(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The plaintext sizes of the Noise messages either side encrypts while one stream carries 1 MiB."""
+    sizes: list[int] = []
+    encrypt = noise_io.NoiseTransportReadWriter.encrypt
+
+    def counted(self: noise_io.NoiseTransportReadWriter, data: bytes) -> bytes:
+        sizes.append(len(data))
+        return encrypt(self, data)
+
+    protocol = TProtocol("/test/bulk/1.0.0")
+    done = trio.Event()
+
+    async def sink(stream: object) -> None:
+        got = 0
+        while got < 1 << 20:
+            got += len(await stream.read(1 << 20))  # type: ignore[attr-defined]
+        done.set()
+
+    async with open_node(Signer.generate(), [LOOPBACK], topics=frozenset()) as a, \
+            open_node(Signer.generate(), [LOOPBACK], topics=frozenset()) as b:
+        b.host.set_stream_handler(protocol, sink)  # type: ignore[arg-type]
+        await connect(a, b.peer_id, [f"{b.host.get_addrs()[0]}"], timeout=5.0)
+        stream = await a.host.new_stream(b.host.get_id(), [protocol])
+        monkeypatch.setattr(noise_io.NoiseTransportReadWriter, "encrypt", counted)
+        await stream.write(bytes(1 << 20))
+        with trio.fail_after(10):
+            await done.wait()
+        monkeypatch.setattr(noise_io.NoiseTransportReadWriter, "encrypt", encrypt)
+        await stream.reset()
+    return sizes
+
+
+async def test_a_yamux_frame_goes_out_as_one_noise_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    guards.apply_library_guards()
+    assert yamux.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
+    guarded = await _noise_messages_for_one_mib(monkeypatch)
+    monkeypatch.setattr(yamux, "MAX_MESSAGE_SIZE", guards.UPSTREAM_YAMUX_MAX_MESSAGE_SIZE)
+    unguarded = await _noise_messages_for_one_mib(monkeypatch)
+    # upstream: each 64 KiB frame is split into 65,519 bytes and a 17-byte remainder
+    assert sum(1 for n in unguarded if n == 17) >= 16, sorted(unguarded)[:20]
+    assert 17 not in guarded
+    assert len(guarded) < len(unguarded) - 12, (len(guarded), len(unguarded))
+
+
+def test_frame_guard_refuses_a_changed_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(yamux, "MAX_MESSAGE_SIZE")
+    with pytest.raises(guards.LibraryChanged):
+        guards.fit_yamux_frames_to_noise()
 
 
 async def test_only_noise_is_offered_so_plaintext_peers_cannot_connect() -> None:
