@@ -49,6 +49,7 @@ from peerd.data.transfer import OpenStream, TransferError, fetch
 from peerd.errors import PeerdError
 from peerd.executor.errors import ExecutorError
 from peerd.jobs.taskwire import single_error
+from protocol.blobxfer import VerifiedChunk
 from protocol.imagelayout import (
     ImageLayoutError,
     chain_ids,
@@ -61,6 +62,7 @@ from protocol.manifest import Manifest
 from protocol.messages import ImageContent, LeaseTerms
 
 RECEIVED_REPOSITORY = "peerd-received"
+HANDOFF_BYTES = 32 << 20  # landed chunk bytes held for docker load; beyond, it reads them back from the store
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +95,36 @@ class ImageSettings:
 
 class _Landing:
     """An image's chunks as the fetch lands them in the store, waited for in order by the archive that
-    streams into ``docker load``. A failed fetch wakes every waiter, which then raises its error."""
+    streams into ``docker load``. A failed fetch wakes every waiter, which then raises its error.
+
+    The bytes of a landed chunk are handed to the archive from memory (they were hashed on arrival),
+    up to ``HANDOFF_BYTES`` held at a time; beyond that, and for chunks the store held already, the
+    archive reads them back from the store."""
 
     def __init__(self, waiting: dict[bytes, int]) -> None:
         self._sizes = waiting  # digest -> its size, of each chunk the fetch has to move
         self._events = {digest: trio.Event() for digest in waiting}
+        self._held: dict[bytes, bytes] = {}  # landed, not yet taken by the archive
+        self._held_bytes = 0
         self.failure: PeerdError | None = None
         self.bytes = 0  # chunk bytes landed so far
         self.total = sum(waiting.values())  # chunk bytes to land in all
 
-    def landed(self, digest: bytes) -> None:
-        event = self._events.pop(digest, None)
+    def landed(self, chunk: VerifiedChunk) -> None:
+        event = self._events.pop(chunk.digest, None)
         if event is not None:
-            self.bytes += self._sizes.get(digest, 0)
+            self.bytes += self._sizes.get(chunk.digest, 0)
+            if self._held_bytes + len(chunk.data) <= HANDOFF_BYTES:
+                self._held[chunk.digest] = chunk.data
+                self._held_bytes += len(chunk.data)
             event.set()
+
+    def take(self, digest: bytes) -> bytes | None:
+        """A landed chunk's bytes, if still held in memory (once: later asks read the store)."""
+        data = self._held.pop(digest, None)
+        if data is not None:
+            self._held_bytes -= len(data)
+        return data
 
     def end(self, failure: PeerdError | None = None) -> None:
         self.failure = failure
@@ -125,7 +143,8 @@ class _Landing:
 async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _Landing | None = None,
                    held: Collection[int] = ()) -> AsyncIterator[bytes]:
     """A ``docker save`` archive of an image manifest's files, read from the chunk store as it streams
-    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it.
+    (each chunk re-hashed as it is read); with ``landing``, each chunk once the fetch has landed it,
+    from memory while the landing holds it.
     A layer in ``held`` (indexes) is one dockerd holds already: it goes as an empty file, which
     ``docker load`` does not read (it takes the layer it holds under that chain id)."""
     layers = len(manifest.files) - 1
@@ -146,9 +165,12 @@ async def _archive(manifest: Manifest, chunks: ChunkStore, tag: str, landing: _L
             continue
         yield header(entry.path, entry.size)
         for digest in entry.chunks:
+            data = None
             if landing is not None:
                 await landing.wait(digest)
-            data = await chunks.get(digest)  # None if absent or no longer matching its digest
+                data = landing.take(digest)  # verified as it arrived
+            if data is None:
+                data = await chunks.get(digest)  # None if absent or no longer matching its digest
             if data is None:
                 raise ImageMismatch(f"a chunk of {entry.path} ({digest.hex()[:16]}) is missing from the chunk "
                                     "store or does not match its digest; the load is aborted")

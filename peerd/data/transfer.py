@@ -206,7 +206,7 @@ class _Fetch:
         self.report = report
         self.remaining: dict[bytes, None] = {}
         self.unavailable: dict[str, set[bytes]] = defaultdict(set)  # peer -> digests it answered missing
-        self.landed: Callable[[bytes], None] | None = None
+        self.landed: Callable[[VerifiedChunk], None] | None = None
 
     def usable(self, peer: str) -> bool:
         return peer not in self.report.bad_peers and peer not in self.report.dropped
@@ -303,7 +303,7 @@ class _Fetch:
                 self.report.chunk_bytes += len(chunk.data)
                 progress[0] += 1
                 if self.landed is not None:
-                    self.landed(chunk.digest)
+                    self.landed(chunk)
 
     async def exchange(
         self, stream: ByteStream, peer: str, machine: BlobFetcher, chunks: trio.MemorySendChannel[VerifiedChunk],
@@ -353,13 +353,14 @@ class _CountingStream:
 async def fetch(
     open_stream: OpenStream, peers: Sequence[str], task_id: str, digests: Sequence[bytes], store: ChunkStore, *,
     streams: int = DEFAULT_STREAMS, window: int = DEFAULT_WINDOW, max_chunk: int = MAX_CHUNK_SIZE,
-    retries: int = DEFAULT_RETRIES, timeout: float = DEFAULT_TIMEOUT, landed: Callable[[bytes], None] | None = None,
+    retries: int = DEFAULT_RETRIES, timeout: float = DEFAULT_TIMEOUT,
+    landed: Callable[[VerifiedChunk], None] | None = None,
 ) -> FetchReport:
     """Make ``store`` hold every one of ``digests`` for ``task_id``, fetching what it lacks from ``peers``.
 
     Pins all of ``digests`` for the task first (the caller releases them when
-    the task is done). ``landed`` is told each fetched chunk's digest as soon as
-    the store holds it (a consumer may use chunks while the rest still move).
+    the task is done). ``landed`` is given each fetched chunk (verified) as soon
+    as the store holds it (a consumer may use chunks while the rest still move).
     Returns the report; raises TransferIncomplete (with the report) when some
     chunk could be had from no peer, BlobStoreError when the store refuses one
     (quota), LocalProtocolError for a bad argument.

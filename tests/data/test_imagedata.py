@@ -10,6 +10,7 @@ recently used first, never one in use.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import subprocess
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from peerd.data import imagereceive
 from peerd.data.blobstore import ChunkStore
 from peerd.data.imagedata import (
     ImageError,
@@ -32,6 +34,7 @@ from peerd.data.imagedata import (
 from peerd.data.imagereceive import ImageSettings, ProviderImages
 from peerd.data.jobdata import load_manifest, parse_digest
 from peerd.executor.engine import Engine
+from protocol.blobxfer import VerifiedChunk
 from protocol.manifest import Manifest, encode_manifest, manifest_id
 from protocol.messages import ImageContent, JobSpec, LeaseTerms
 from tests.data.test_jobdata import PROVIDER, REQUESTER, Opener
@@ -325,3 +328,17 @@ async def test_received_images_make_room_least_recently_used_first_never_one_in_
         nursery.cancel_scope.cancel()
     await theirs.close()
     await ours.close()
+
+
+def test_landed_chunks_go_to_docker_load_from_memory_up_to_the_handoff_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(imagereceive, "HANDOFF_BYTES", 3)
+    one, two = (VerifiedChunk(hashlib.sha256(data).digest(), data) for data in (b"ab", b"cd"))
+    landing = imagereceive._Landing({one.digest: 2, two.digest: 2})
+    landing.landed(one)
+    landing.landed(two)  # 4 bytes would be over the bound: the archive reads this one from the store
+    assert landing.bytes == 4
+    assert landing.take(one.digest) == b"ab"
+    assert landing.take(two.digest) is None
+    assert landing.take(one.digest) is None  # handed over once; a repeat of the digest reads the store
+    landing.landed(VerifiedChunk(hashlib.sha256(b"x").digest(), b"x"))  # not waited for: not held
+    assert landing.take(hashlib.sha256(b"x").digest()) is None
