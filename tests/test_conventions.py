@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +92,16 @@ def test_cited_defects_and_guards_exist_in_the_docs() -> None:
     }
     assert cited, "the scan found no citation at all"
     assert {c for c in cited if c[1] not in documented} == set()
+
+
+BENCHMARKS = sorted(p.stem for p in (ROOT / "scripts" / "bench").glob("*.py") if p.stem != "p2p_node")
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_still_imports_what_it_uses(name: str) -> None:
+    # Benchmarks are not tests, so nothing else runs them between `scripts/bench/all` runs: a helper they import
+    # that moves (as the CLI helpers did, from tests/integration/netns.py to cli.py) would break them unnoticed.
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / f"{name}.py"), "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from peerd.devnet import wait_for  # noqa: E402
-from tests.integration.netns import NODE_PORT, NetnsDevNet, netns_devnet, submit  # noqa: E402
+from tests.integration.cli import submit  # noqa: E402
+from tests.integration.netns import NODE_PORT, NetnsDevNet, netns_devnet  # noqa: E402
 
 MIB = 1 << 20
 BLOBPEER = [sys.executable, "-m", "tests.integration.blobpeer"]
