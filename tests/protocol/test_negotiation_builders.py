@@ -83,6 +83,18 @@ def test_a_receipt_made_apart_from_the_stream_is_the_one_both_machines_take() ->
     assert pair.provider.receipt is not None and pair.provider.receipt.terms == proposal.terms
 
 
+
+def test_the_drafted_receipt_keeps_staging_time_apart_from_run_time() -> None:
+    pair = leased_pair()
+    pair.result()
+    lease, lease_terms, result = pair.provider.lease, pair.provider.lease_terms, pair.provider.result
+    assert lease is not None and lease_terms is not None and result is not None
+    drafted = pair.provider.draft_receipt(stdout_digest="", stderr_digest="", cost=0.25, finished_at=NOW + 9,
+                                          staging_time=2.5)
+    assert drafted.staging_time == 2.5
+    assert drafted == make_receipt_terms(lease, lease_terms, result, stdout_digest="", stderr_digest="", cost=0.25,
+                                         finished_at=NOW + 9, staging_time=2.5)
+
 @pytest.mark.parametrize("kind", ["lease", "receipt"])
 def test_a_countersigned_document_with_other_terms_is_refused_the_same_way(kind: str) -> None:
     pair = leased_pair() if kind == "receipt" else MachinePair()
