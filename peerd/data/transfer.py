@@ -35,6 +35,7 @@ This module imports no libp2p: the p2p layer hands it streams.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -491,22 +492,32 @@ async def _answer(
     """
     digests_in, digests_out = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
     answers_in, answers_out = trio.open_memory_channel[tuple[bytes, VerifiedChunk | None]](READ_AHEAD)
+    # The wants stop while the last chunks go out (all is asked), and a slow fetcher takes a while to
+    # take a window: the reader times out only after `timeout` without a want *and* without a chunk sent.
+    quiet = trio.CancelScope(deadline=trio.current_time() + timeout)
+
+    def progressed() -> None:
+        quiet.deadline = trio.current_time() + timeout
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_read_chunks, store, allowed, digests_out, answers_in)
-        nursery.start_soon(_send_answers, stream, machine, answers_out, timeout, counters)
+        nursery.start_soon(_send_answers, stream, machine, answers_out, timeout, counters, progressed)
         async with digests_in:
             for digest in first:
                 digests_in.send_nowait(digest)
-            while True:
-                event = await _next_event(stream, machine, timeout)
-                if isinstance(event, Want):
-                    for digest in event.digests:
-                        digests_in.send_nowait(digest)
-                elif isinstance(event, BlobError):  # the fetcher gave up: nothing more is sent
-                    nursery.cancel_scope.cancel()
-                    return
-                elif isinstance(event, Done):  # only when every digest was answered
-                    return
+            with quiet:
+                while True:
+                    event = await _next_event(stream, machine, math.inf)
+                    progressed()
+                    if isinstance(event, Want):
+                        for digest in event.digests:
+                            digests_in.send_nowait(digest)
+                    elif isinstance(event, BlobError):  # the fetcher gave up: nothing more is sent
+                        nursery.cancel_scope.cancel()
+                        return
+                    elif isinstance(event, Done):  # only when every digest was answered
+                        return
+            raise PeerTimeout(f"the fetcher asked for nothing and took nothing for {timeout:g}s")
 
 
 async def _read_chunks(
@@ -520,7 +531,7 @@ async def _read_chunks(
 
 async def _send_answers(
     stream: ByteStream, machine: BlobServer, answers: trio.MemoryReceiveChannel[tuple[bytes, VerifiedChunk | None]],
-    timeout: float, counters: ServeCounters,
+    timeout: float, counters: ServeCounters, progressed: Callable[[], None],
 ) -> None:
     async with answers:
         async for digest, chunk in answers:
@@ -538,6 +549,7 @@ async def _send_answers(
                 counters.chunks += 1
                 counters.bytes += len(chunk.data)
             await send_bytes(stream, out, timeout)
+            progressed()
 
 
 # ---------------------------------------------------------------- wiring
