@@ -543,13 +543,13 @@ async def _send_answers(
                     chunk = None
             if out is None:
                 out = machine.send_missing([digest])
-                counters.missing += 1
-            else:
-                assert chunk is not None
-                counters.chunks += 1
-                counters.bytes += len(chunk.data)
             await send_bytes(stream, out, timeout)
             progressed()
+            if chunk is None:
+                counters.missing += 1
+            else:  # counted once sent
+                counters.chunks += 1
+                counters.bytes += len(chunk.data)
 
 
 # ---------------------------------------------------------------- wiring
