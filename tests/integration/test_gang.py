@@ -69,6 +69,11 @@ def submit(node: NodeProc, nodes: int, job: str, *, wait: bool = True, image: st
     return dict(json.loads(out.stdout))
 
 
+def told(view: dict[str, object]) -> str:
+    """The whole task view, for a failed assertion (pytest cuts a dict's repr short; the reason is deep in it)."""
+    return json.dumps(view, indent=1, default=str)[:20000]
+
+
 def show(node: NodeProc, task_id: str) -> dict[str, object]:
     out = node.peerd("show", task_id, "--json")
     assert out.returncode == 0, out.stderr
@@ -113,7 +118,7 @@ def nothing_held(net: DevNet) -> None:
 def test_a_two_node_gang_runs_on_two_distinct_providers_with_the_env_contract(net: DevNet) -> None:
     requester = net.nodes["requester"]
     view = submit(requester, 2, ENV_JOB)
-    assert view["state"] == "succeeded", view
+    assert view["state"] == "succeeded", told(view)
     ranks = view["ranks"]
     assert isinstance(ranks, list) and [r["rank"] for r in ranks] == [0, 1]
     assert len({r["provider"] for r in ranks}) == 2 and set(peer_ids(net)) >= {r["provider"] for r in ranks}
@@ -200,7 +205,7 @@ def gnn_image() -> str:
 
 def test_a_gloo_all_reduce_crosses_the_overlay_between_two_providers(net: DevNet, gnn_image: str) -> None:
     view = submit(net.nodes["requester"], 2, "python3 /opt/gnn/allreduce.py", image=gnn_image, memory="768M")
-    assert view["state"] == "succeeded", view
+    assert view["state"] == "succeeded", told(view)
     ranks = view["ranks"]
     assert isinstance(ranks, list) and len({r["provider"] for r in ranks}) == 2  # two distinct providers
     for r in ranks:
@@ -255,7 +260,7 @@ def test_a_rank_reaches_the_other_rank_and_nothing_else(net: DevNet) -> None:
     finally:
         subprocess.run(["docker", "rm", "-f", other], capture_output=True, check=False)
         host.close()
-    assert view["state"] == "succeeded", view
+    assert view["state"] == "succeeded", told(view)
     rank0, rank1 = view["ranks"]  # type: ignore[misc]
     assert str(rank1["stdout"]).split() == ["lo", "peerd0", "hello"]  # the other rank answered over the overlay
     lines = str(rank0["stdout"]).splitlines()
@@ -278,7 +283,7 @@ def test_every_rank_gets_the_inputs(net: DevNet, tmp_path: Path) -> None:
                           "--input", f"{data}:/inputs/data", "--wait", "--json", "--",
                           "sh", "-c", "cat /inputs/data/greeting.txt; echo rank $RANK", timeout=300)
     view = json.loads(out.stdout)
-    assert view["state"] == "succeeded", view
+    assert view["state"] == "succeeded", told(view)
     for r in view["ranks"]:
         assert r["stdout"] == f"hello every rank\nrank {r['rank']}\n", r
     # the ranks' pins went with the gang: only the gang's own (until it is final) or none remain
